@@ -1,0 +1,194 @@
+"""The `sonocad` command: parse, call the library, print. No logic lives here."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from sonocad import __version__
+from sonocad.errors import SonocadError
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    # KEY=VALUE overrides may stand anywhere after the command, even after its options.
+    args, extra = parser.parse_known_args(argv)
+    if extra and hasattr(args, "overrides") and all("=" in e and not e.startswith("-")
+                                                    for e in extra):
+        args.overrides = [*args.overrides, *extra]
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if not hasattr(args, "handler"):
+        parser.print_help()
+        return 2
+    try:
+        return args.handler(args)
+    except SonocadError as exc:
+        print(f"sonocad: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("sonocad: interrupted", file=sys.stderr)
+        return 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sonocad", description="AI for breast ultrasound: segmentation, classification, "
+        "detection, statistics and reports.")
+    parser.add_argument("--version", action="version", version=f"sonocad {__version__}")
+    commands = parser.add_subparsers(title="commands", metavar="COMMAND")
+    _add_data_commands(commands)
+    _add_train_command(commands)
+    _add_evaluate_command(commands)
+    return parser
+
+
+def _command(commands, name: str, handler: Handler, help: str) -> argparse.ArgumentParser:
+    sub = commands.add_parser(name, help=help, description=help)
+    sub.set_defaults(handler=handler)
+    return sub
+
+
+# --- data ---------------------------------------------------------------------------------
+
+def _add_data_commands(commands) -> None:
+    data = commands.add_parser("data", help="check, split and synthesise datasets",
+                               description="Check, split and synthesise datasets.")
+    data_commands = data.add_subparsers(title="data commands", metavar="COMMAND")
+
+    check = _command(data_commands, "check", _data_check,
+                     "report class counts, sizes, duplicates and every problem, file by file")
+    check.add_argument("dataset", type=Path, help="dataset folder or CSV manifest")
+    check.add_argument("--layout", help="busi, folder, voc, labelme or manifest (default: detect)")
+    check.add_argument("--json", type=Path, metavar="FILE", help="also write the report as JSON")
+
+    split = _command(data_commands, "split", _data_split,
+                     "split by patient and duplicate group, stratified by class")
+    split.add_argument("dataset", type=Path, help="dataset folder or CSV manifest")
+    split.add_argument("--layout", help="busi, folder, voc, labelme or manifest (default: detect)")
+    split.add_argument("--out", type=Path, required=True, help="split JSON to write")
+    split.add_argument("--folds", type=int, default=0,
+                       help="K for K-fold subsets fold0..fold{K-1} (default: train/val/test)")
+    split.add_argument("--fractions", default="0.70,0.15,0.15",
+                       help="train,val,test fractions (default 0.70,0.15,0.15)")
+    split.add_argument("--test-fraction", type=float, default=0.0,
+                       help="with --folds: hold out this fraction as a test subset first")
+    split.add_argument("--by", choices=["patient"], default="patient",
+                       help="grouping unit (patient id where the data has one, else image); "
+                            "duplicate groups are always kept together")
+    split.add_argument("--seed", type=int, default=0)
+
+    phantom = _command(data_commands, "phantom", _data_phantom,
+                       "write a synthetic ultrasound phantom dataset (BUSI layout) for demos")
+    phantom.add_argument("out", type=Path, help="folder to create")
+    phantom.add_argument("--per-class", type=int, default=4)
+    phantom.add_argument("--seed", type=int, default=0)
+
+
+def _data_check(args: argparse.Namespace) -> int:
+    from sonocad.data.adapters import open_dataset
+    from sonocad.data.check import check_dataset, format_report
+    from sonocad.io.atomic import write_json
+    from sonocad.progress import progress
+
+    samples = open_dataset(args.dataset, args.layout)
+    report = check_dataset(args.dataset, samples, progress=lambda it: progress(it, "checking"))
+    print(format_report(report))
+    if args.json:
+        write_json(args.json, report.to_dict())
+    return 1 if report.errors else 0
+
+
+def _data_split(args: argparse.Namespace) -> int:
+    from sonocad.data.adapters import open_dataset
+    from sonocad.data.duplicates import find_duplicate_groups
+    from sonocad.data.split import make_folds, make_split, write_split
+
+    samples = open_dataset(args.dataset, args.layout)
+    groups = [group.image_ids for group in find_duplicate_groups(samples)]
+    if args.folds:
+        split = make_folds(samples, groups, k=args.folds, seed=args.seed,
+                           test_fraction=args.test_fraction)
+    else:
+        split = make_split(samples, groups, fractions=_fractions(args.fractions), seed=args.seed)
+    write_split(args.out, split)
+    for name, ids in split.subsets.items():
+        print(f"{name}: {len(ids)} images")
+    print(f"wrote {args.out}")
+    return 0
+
+
+def _fractions(text: str) -> tuple[float, float, float]:
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 3 or abs(sum(values) - 1) > 1e-6 or min(values) < 0:
+        raise SonocadError(f"--fractions {text!r}: give three non-negative numbers summing to 1")
+    return values  # type: ignore[return-value]
+
+
+def _data_phantom(args: argparse.Namespace) -> int:
+    from sonocad.data.phantom import write_phantom_dataset
+
+    paths = write_phantom_dataset(args.out, per_class=args.per_class, seed=args.seed)
+    print(f"wrote {len(paths)} phantom images to {args.out}")
+    return 0
+
+
+# --- train / evaluate ---------------------------------------------------------------------
+
+def _add_train_command(commands) -> None:
+    train = _command(commands, "train", _train,
+                     "train a model from a recipe (runs under torchrun for several processes)")
+    train.add_argument("recipe", type=Path, help="recipe YAML (see recipes/)")
+    train.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                       help="recipe overrides, e.g. max_steps=2 optimizer.lr=3e-4")
+    train.add_argument("--data", type=Path, required=True, help="dataset folder or CSV manifest")
+    train.add_argument("--split", type=Path, required=True, help="split JSON (sonocad data split)")
+    train.add_argument("--out", type=Path, required=True, help="run folder to write")
+    train.add_argument("--resume", action="store_true", help="continue from RUN/last.pt")
+
+
+def _train(args: argparse.Namespace) -> int:
+    from sonocad.engine.recipe import load_recipe
+    from sonocad.engine.trainer import train
+
+    recipe = load_recipe(args.recipe, args.overrides)
+    result = train(recipe, args.data, args.split, args.out, resume=args.resume)
+    print(f"best {result.select_metric} {result.best_value:.4f} after {result.steps} steps: "
+          f"{result.best_checkpoint}")
+    return 0
+
+
+def _add_evaluate_command(commands) -> None:
+    evaluate = _command(commands, "evaluate", _evaluate,
+                        "score a checkpoint on a frozen subset; write the predictions table")
+    evaluate.add_argument("checkpoint", type=Path)
+    evaluate.add_argument("--data", type=Path, required=True, help="dataset folder or manifest")
+    evaluate.add_argument("--split", required=True, metavar="FILE:SUBSET",
+                          help="split JSON and subset, e.g. benchmarks/splits/busi.json:test")
+    evaluate.add_argument("--out", type=Path, required=True, help="folder to write")
+    evaluate.add_argument("--layout", help="dataset layout (default: detect)")
+    evaluate.add_argument("--overlays", type=int, default=6,
+                          help="overlays of worst to best cases to draw (default 6)")
+    evaluate.add_argument("--batch-size", type=int, default=8)
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from sonocad.evaluation.runner import evaluate
+    from sonocad.evaluation.summary import format_summary
+
+    result = evaluate(args.checkpoint, args.data, args.split, args.out, layout=args.layout,
+                      overlays=args.overlays, batch_size=args.batch_size)
+    print(format_summary(result.metrics))
+    print(f"wrote {result.out_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

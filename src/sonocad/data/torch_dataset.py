@@ -1,0 +1,96 @@
+"""A torch Dataset over `Sample`s: decoded pixels cached once, transforms seeded per item.
+
+The batch sampler hands each item a seed derived from (run seed, epoch, position), so the
+augmentation an image gets does not depend on the number of workers or on whether training
+was interrupted and resumed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Sampler
+
+from sonocad.data.sample import Sample
+from sonocad.errors import SonocadError
+from sonocad.progress import progress
+
+ItemKey = tuple[int, int]  # (sample index, augmentation seed)
+
+
+class SampleDataset(Dataset):
+    def __init__(self, samples: Sequence[Sample], task: str, class_names: Sequence[str],
+                 transform: Callable[..., Any], *, cache: bool = True) -> None:
+        self.samples = list(samples)
+        self.task = task
+        self.class_names = list(class_names)
+        self.transform = transform
+        unknown = sorted({s.label for s in self.samples} - set(self.class_names) - {None})
+        if task == "classification" and (unknown or any(s.label is None for s in self.samples)):
+            raise SonocadError(f"labels {unknown or ['(none)']} are not among the recipe's "
+                               f"classes {self.class_names}; set data.labels to filter samples")
+        self._cache: list[tuple[np.ndarray, np.ndarray | None]] | None = None
+        if cache:
+            self._cache = [self._load(i) for i in progress(range(len(self.samples)), "loading")]
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, key: int | ItemKey) -> dict[str, Any]:
+        index, seed = key if isinstance(key, tuple) else (key, None)
+        pixels, mask = self._cache[index] if self._cache is not None else self._load(index)
+        with torch.random.fork_rng(devices=[]):
+            if seed is not None:
+                torch.manual_seed(seed)
+            image, mask_tensor = self.transform(pixels, mask)
+        item: dict[str, Any] = {"image": image, "index": index}
+        if self.task == "segmentation":
+            item["mask"] = mask_tensor
+        if self.task == "classification":
+            item["label"] = self.class_names.index(self.samples[index].label)
+        return item
+
+    def _load(self, index: int) -> tuple[np.ndarray, np.ndarray | None]:
+        sample = self.samples[index]
+        pixels = sample.load_image().pixels
+        if self.task != "segmentation":
+            return pixels, None
+        mask = sample.load_mask(pixels.shape[:2])
+        # An image without an annotation file (a normal scan) has no lesion.
+        return pixels, mask if mask is not None else np.zeros(pixels.shape[:2], dtype=bool)
+
+
+class EpochBatches(Sampler[list[ItemKey]]):
+    """Global batches from a permutation fixed by (seed, epoch); each DDP rank takes its slice.
+
+    Rank r of W takes items [r*B/W, (r+1)*B/W) of every global batch of B, so W processes see
+    exactly the batches one process would. `start` skips batches already trained on (resume).
+    """
+
+    def __init__(self, n: int, batch_size: int, *, seed: int, epoch: int, rank: int = 0,
+                 world: int = 1, start: int = 0, shuffle: bool = True) -> None:
+        if batch_size % world:
+            raise SonocadError(f"batch size {batch_size} does not divide over {world} processes")
+        self.n, self.batch_size, self.seed, self.epoch = n, batch_size, seed, epoch
+        self.rank, self.world, self.start, self.shuffle = rank, world, start, shuffle
+
+    def __len__(self) -> int:
+        return max(self.batches_per_epoch(self.n, self.batch_size) - self.start, 0)
+
+    @staticmethod
+    def batches_per_epoch(n: int, batch_size: int) -> int:
+        # Drop the last partial batch (batch norm and equal DDP shards), unless that is all.
+        return max(n // batch_size, 1) if n else 0
+
+    def __iter__(self) -> Iterator[list[ItemKey]]:
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        order = torch.randperm(self.n, generator=generator) if self.shuffle else torch.arange(self.n)
+        item_seeds = torch.randint(0, 2**31 - 1, (self.n,), generator=generator)
+        per_rank = min(self.batch_size, self.n) // self.world
+        for b in range(self.start, self.batches_per_epoch(self.n, self.batch_size)):
+            first = b * self.batch_size + self.rank * per_rank
+            positions = range(first, first + per_rank)
+            yield [(int(order[p]), int(item_seeds[p])) for p in positions]

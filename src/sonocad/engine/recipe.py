@@ -1,0 +1,139 @@
+"""Recipes: YAML files that log exactly how a model is trained, plus `key=value` overrides.
+
+An override names a dotted path (``train.max_steps=2``) or a bare key that occurs exactly once
+in the recipe (``max_steps=2``). Values are parsed as YAML, so ``lr=3e-4`` is a float and
+``augment.hflip=null`` removes an augmentation.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from sonocad.errors import InputError, SonocadError
+
+TASKS = ("segmentation", "classification", "detection")
+SECTIONS = {"task", "description", "model", "data", "transform", "loss", "optimizer",
+            "scheduler", "train"}
+
+class _Loader(yaml.SafeLoader):
+    """YAML 1.1 reads 3e-4 as a string; learning rates are written that way, so read floats."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$|^[-+]?\.(inf|Inf|INF)$|^\.(nan|NaN|NAN)$"),
+    list("-+0123456789."))
+
+
+def parse_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_Loader)  # noqa: S506  (a SafeLoader subclass)
+
+
+# Defaults a recipe may leave out; every key a recipe may set appears here or in a section
+# whose contents another module validates (model.args, transform, loss.args, ...).
+DEFAULTS: dict[str, Any] = {
+    "model": {"name": None, "args": {}, "pretrained": None},
+    "data": {"layout": None, "classes": ["normal", "benign", "malignant"], "labels": None,
+             "train_subsets": ["train"], "val_subset": "val", "limit": None, "cache": True},
+    "transform": {},
+    "loss": {"name": None, "args": {}},
+    "optimizer": {"name": "adamw", "lr": 1e-3, "weight_decay": 0.0, "momentum": 0.9,
+                  "betas": [0.9, 0.999]},
+    "scheduler": {"name": "none", "args": {}},
+    "train": {"batch_size": 8, "epochs": 10, "max_steps": None, "seed": 0, "num_workers": 0,
+              "select_metric": None, "select_mode": "max", "early_stopping": None,
+              "checkpoint_every": None, "eval_batch_size": 16, "amp": True,
+              "class_weights": None, "balanced_sampler": False, "grad_clip": None,
+              "max_minutes": None, "tensorboard": False},
+}
+
+
+def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> dict[str, Any]:
+    """Read a recipe, fill defaults, apply overrides, and check it."""
+    path = Path(path)
+    try:
+        raw = parse_yaml(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InputError(path, "no such recipe") from None
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise InputError(path, f"not a readable YAML recipe ({type(exc).__name__})") from None
+    if not isinstance(raw, dict):
+        raise InputError(path, "a recipe is a YAML mapping")
+    unknown = set(raw) - SECTIONS
+    if unknown:
+        raise InputError(path, f"unknown recipe section(s): {', '.join(sorted(unknown))}")
+    recipe = merge(DEFAULTS, raw)
+    for override in overrides:
+        apply_override(recipe, override)
+    validate(recipe, path)
+    return recipe
+
+
+def merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """Deep-merge `update` into a copy of `base`."""
+    out = copy.deepcopy(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def apply_override(recipe: dict[str, Any], override: str) -> None:
+    key, sep, text = override.partition("=")
+    if not sep or not key:
+        raise SonocadError(f"override {override!r} is not key=value")
+    try:
+        value = parse_yaml(text)
+    except yaml.YAMLError:
+        raise SonocadError(f"override {override!r}: value is not valid YAML") from None
+    path = key.split(".") if "." in key else _find_unique(recipe, key)
+    node = recipe
+    for part in path[:-1]:
+        if not isinstance(node.get(part), dict):
+            if part in node:
+                raise SonocadError(f"override {override!r}: {part} is not a section")
+            node[part] = {}
+        node = node[part]
+    node[path[-1]] = value
+
+
+def _find_unique(recipe: dict[str, Any], key: str) -> list[str]:
+    matches = [path for path in _leaf_paths(recipe) if path[-1] == key]
+    if len(matches) == 1:
+        return matches[0]
+    if not matches:
+        raise SonocadError(f"override key {key!r} is not in the recipe; use a dotted path "
+                           "such as train.max_steps")
+    options = ", ".join(".".join(m) for m in matches)
+    raise SonocadError(f"override key {key!r} is ambiguous ({options}); use a dotted path")
+
+
+def _leaf_paths(node: dict[str, Any], prefix: tuple[str, ...] = ()) -> Iterator[list[str]]:
+    for key, value in node.items():
+        yield [*prefix, key]
+        if isinstance(value, dict):
+            yield from _leaf_paths(value, (*prefix, key))
+
+
+def validate(recipe: dict[str, Any], path: Path) -> None:
+    if recipe.get("task") not in TASKS:
+        raise InputError(path, f"task must be one of {', '.join(TASKS)}")
+    if not recipe["model"].get("name"):
+        raise InputError(path, "model.name is required")
+    for section in ("data", "train", "optimizer"):
+        unknown = set(recipe[section]) - set(DEFAULTS[section])
+        if unknown:
+            raise InputError(path, f"unknown key(s) in {section}: {', '.join(sorted(unknown))}")
+    train = recipe["train"]
+    if int(train["batch_size"]) < 1 or int(train["epochs"]) < 1:
+        raise InputError(path, "train.batch_size and train.epochs must be at least 1")
+    if train["max_steps"] is not None and int(train["max_steps"]) < 1:
+        raise InputError(path, "train.max_steps must be at least 1")

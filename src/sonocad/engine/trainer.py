@@ -1,0 +1,349 @@
+"""One trainer for every task: a recipe, a dataset and a split in; checkpoints and a log out.
+
+Run layout (``--out RUN``):
+  recipe.yaml    the recipe exactly as used (defaults filled, overrides applied)
+  metrics.csv    one row per validation: epoch, step, train loss, validation metrics, lr
+  last.pt        everything ``--resume`` needs, written every ``checkpoint_every`` steps
+  best.pt        the weights that scored best on the validation subset (never the test)
+  summary.json   the selection metric, its value, steps, time
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from sonocad.data.adapters import open_dataset
+from sonocad.data.sample import Sample
+from sonocad.data.split import read_split, select
+from sonocad.data.torch_dataset import EpochBatches, SampleDataset
+from sonocad.engine.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from sonocad.engine.distributed import World, barrier, close_world, init_world, mean_over_world
+from sonocad.engine.losses import build_loss
+from sonocad.engine.optim import build_optimizer, build_scheduler, steps_per_optimizer_step
+from sonocad.engine.validation import DEFAULT_SELECT_METRIC, validate
+from sonocad.errors import SonocadError
+from sonocad.io.atomic import atomic_open, write_json, write_text
+from sonocad.models import create_model
+from sonocad.transforms import TransformConfig, build_transform
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    out_dir: Path
+    best_checkpoint: Path
+    select_metric: str
+    best_value: float
+    steps: int
+
+
+@dataclass
+class _Progress:
+    """What resuming needs besides weights and optimiser: where we were and how it went."""
+
+    epoch: int = 0
+    batch: int = 0  # next batch index within `epoch`
+    step: int = 0
+    best_value: float | None = None
+    best_metrics: dict[str, float] | None = None
+    bad_validations: int = 0
+    elapsed_s: float = 0.0
+
+
+def train(recipe: dict[str, Any], data: str | Path, split: str | Path, out: str | Path, *,
+          resume: bool = False) -> TrainResult:
+    """Train the recipe's model; select on the validation subset; return the best checkpoint."""
+    world = init_world()
+    try:
+        return _Trainer(recipe, Path(data), Path(split), Path(out), world).run(resume)
+    finally:
+        close_world(world)
+
+
+class _Trainer:
+    def __init__(self, recipe: dict[str, Any], data: Path, split: Path, out: Path,
+                 world: World) -> None:
+        self.recipe, self.out, self.world = recipe, out, world
+        self.task: str = recipe["task"]
+        self.cfg_train = recipe["train"]
+        self.class_names = self._class_names()
+        torch.manual_seed(int(self.cfg_train["seed"]))
+
+        train_samples, val_samples, data_info = _select_samples(recipe["data"], data, split)
+        self.data_info = data_info
+        self.transform_config = TransformConfig.from_dict(recipe["transform"])
+        cache = bool(recipe["data"]["cache"])
+        self.train_set = SampleDataset(train_samples, self.task, self.class_names,
+                                       build_transform(self.transform_config, train=True),
+                                       cache=cache)
+        self.val_set = SampleDataset(val_samples, self.task, self.class_names,
+                                     build_transform(self.transform_config, train=False),
+                                     cache=cache)
+
+        spec = recipe["model"]
+        self.model_args = {**spec["args"], **self._head_args()}
+        self.model: nn.Module = create_model(spec["name"], pretrained=spec["pretrained"],
+                                             **self.model_args).to(world.device)
+        self.trained_model = (DistributedDataParallel(self.model) if world.distributed
+                              else self.model)
+        self.loss_fn = build_loss(recipe["loss"], self.task)
+        self.optimizer = build_optimizer(self.model.parameters(), recipe["optimizer"])
+
+        self.batch_size = int(self.cfg_train["batch_size"])
+        self.batches_per_epoch = EpochBatches.batches_per_epoch(len(self.train_set),
+                                                                self.batch_size)
+        if self.batches_per_epoch == 0:
+            raise SonocadError("the training subset is empty")
+        self.epochs = int(self.cfg_train["epochs"])
+        self.total_steps = self.epochs * self.batches_per_epoch
+        if self.cfg_train["max_steps"] is not None:
+            self.total_steps = min(self.total_steps, int(self.cfg_train["max_steps"]))
+        self.scheduler = build_scheduler(self.optimizer, recipe["scheduler"], self.total_steps)
+        self.select_metric = self.cfg_train["select_metric"] or DEFAULT_SELECT_METRIC[self.task]
+        self.select_sign = 1.0 if self.cfg_train["select_mode"] == "max" else -1.0
+        use_amp = bool(self.cfg_train["amp"]) and world.device.type == "cuda"
+        self.autocast = torch.autocast(world.device.type, enabled=use_amp)
+        self.scaler = torch.amp.GradScaler(world.device.type, enabled=use_amp)
+        self.history: list[dict[str, Any]] = []
+
+    # --- set-up helpers --------------------------------------------------------------------
+
+    def _class_names(self) -> list[str]:
+        if self.task == "segmentation":
+            return ["background", "lesion"]
+        return list(self.recipe["data"]["labels"] or self.recipe["data"]["classes"])
+
+    def _head_args(self) -> dict[str, Any]:
+        if self.task == "classification":
+            return {"num_classes": len(self.class_names)}
+        return {}
+
+    # --- the loop --------------------------------------------------------------------------
+
+    def run(self, resume: bool) -> TrainResult:
+        state = self._resume() if resume else _Progress()
+        if self.world.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            write_text(self.out / "recipe.yaml", yaml.safe_dump(self.recipe, sort_keys=False))
+        started = time.monotonic() - state.elapsed_s
+        max_seconds = (float(self.cfg_train["max_minutes"]) * 60
+                       if self.cfg_train["max_minutes"] else math.inf)
+        checkpoint_every = int(self.cfg_train["checkpoint_every"] or self.batches_per_epoch)
+        bar = tqdm(total=self.total_steps, initial=state.step, desc="training", unit="step",
+                   disable=not (self.world.is_main and _is_tty()), dynamic_ncols=True)
+        stop = state.step >= self.total_steps
+        while not stop and state.epoch < self.epochs:
+            losses: list[float] = []
+            for batch in self._loader(state):
+                losses.append(self._step(batch))
+                state.batch += 1
+                state.step += 1
+                bar.update(1)
+                bar.set_postfix(loss=f"{losses[-1]:.4f}", epoch=state.epoch + 1)
+                out_of_time = time.monotonic() - started > max_seconds
+                stop = state.step >= self.total_steps or out_of_time
+                if stop:
+                    break
+                if state.step % checkpoint_every == 0 and state.batch < self.batches_per_epoch:
+                    state.elapsed_s = time.monotonic() - started
+                    self._save_last(state)
+            epoch_done = state.batch >= self.batches_per_epoch
+            if epoch_done:
+                state.epoch, state.batch = state.epoch + 1, 0
+            improved_or_none = self._validate(state, losses, started)
+            if not improved_or_none and self._early_stop(state):
+                stop = True
+            state.elapsed_s = time.monotonic() - started
+            self._save_last(state)
+        bar.close()
+        barrier(self.world)
+        return self._finish(state)
+
+    def _loader(self, state: _Progress) -> DataLoader:
+        sampler = EpochBatches(len(self.train_set), self.batch_size,
+                               seed=int(self.cfg_train["seed"]), epoch=state.epoch,
+                               rank=self.world.rank, world=self.world.size, start=state.batch)
+        workers = int(self.cfg_train["num_workers"])
+        return DataLoader(self.train_set, batch_sampler=sampler, num_workers=workers,
+                          persistent_workers=False)
+
+    def _step(self, batch: dict[str, Any]) -> float:
+        self.trained_model.train()
+        images = batch["image"].to(self.world.device)
+        target = batch["mask" if self.task == "segmentation" else "label"].to(self.world.device)
+        with self.autocast:
+            loss = self.loss_fn(self.trained_model(images), target)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        if self.cfg_train["grad_clip"]:
+            self.scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_(self.model.parameters(), float(self.cfg_train["grad_clip"]))
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        if steps_per_optimizer_step(self.scheduler):
+            self.scheduler.step()
+        return mean_over_world(loss.item(), self.world)
+
+    def _validate(self, state: _Progress, losses: list[float], started: float) -> bool:
+        """Validate, log, keep the best weights; True when this validation is the best so far."""
+        metrics = validate(self.model, self.val_set, self.task, self.loss_fn, self.world,
+                           batch_size=int(self.cfg_train["eval_batch_size"]))
+        if self.scheduler is not None and not steps_per_optimizer_step(self.scheduler):
+            self.scheduler.step(metrics["loss"])
+        if self.select_metric not in metrics:
+            raise SonocadError(f"train.select_metric {self.select_metric!r} is not a validation "
+                               f"metric; choose from {', '.join(sorted(metrics))}")
+        value = metrics[self.select_metric]
+        improved = state.best_value is None or (
+            self.select_sign * value > self.select_sign * state.best_value)
+        row = {"epoch": state.epoch, "step": state.step,
+               "train_loss": sum(losses) / len(losses) if losses else float("nan"),
+               **{f"val_{k}": v for k, v in metrics.items()},
+               "lr": self.optimizer.param_groups[0]["lr"],
+               "seconds": round(time.monotonic() - started, 1)}
+        self.history.append(row)
+        if improved:
+            state.best_value, state.best_metrics, state.bad_validations = value, metrics, 0
+            if self.world.is_main:
+                save_checkpoint(self.out / "best.pt", self._checkpoint(state))
+        else:
+            state.bad_validations += 1
+        if self.world.is_main:
+            self._write_history()
+            if not _is_tty():
+                print(f"epoch {state.epoch} step {state.step}/{self.total_steps} "
+                      f"train loss {row['train_loss']:.4f} val {self.select_metric} {value:.4f}"
+                      f"{' (best)' if improved else ''} {row['seconds']:.0f} s", flush=True)
+        return improved
+
+    def _early_stop(self, state: _Progress) -> bool:
+        patience = self.cfg_train["early_stopping"]
+        return patience is not None and state.bad_validations >= int(patience)
+
+    # --- checkpoints -----------------------------------------------------------------------
+
+    def _checkpoint(self, state: _Progress, training: bool = False) -> Checkpoint:
+        meta = {
+            "task": self.task,
+            "model": {"name": self.recipe["model"]["name"], "args": self.model_args},
+            "class_names": self.class_names,
+            "transform": self.transform_config.to_dict(),
+            "recipe": self.recipe,
+            "data": self.data_info,
+            "metrics": state.best_metrics if not training else None,
+            "select_metric": self.select_metric,
+            "epoch": state.epoch,
+            "step": state.step,
+        }
+        training_state = None
+        if training:
+            training_state = {
+                "progress": vars(state).copy(),
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict() if self.scheduler else None,
+                "scaler": self.scaler.state_dict(),
+                "torch_rng": torch.get_rng_state(),
+                "history": self.history,
+            }
+        return Checkpoint(meta, self.model.state_dict(), training_state)
+
+    def _save_last(self, state: _Progress) -> None:
+        if self.world.is_main:
+            save_checkpoint(self.out / "last.pt", self._checkpoint(state, training=True))
+
+    def _resume(self) -> _Progress:
+        path = self.out / "last.pt"
+        checkpoint = load_checkpoint(path)
+        if checkpoint.training_state is None:
+            raise SonocadError(f"{path}: has no training state to resume from")
+        if checkpoint.meta["data"]["fingerprint"] != self.data_info["fingerprint"]:
+            raise SonocadError(f"{path}: was trained on other data or another split; "
+                               "resume with the same --data and --split")
+        training = checkpoint.training_state
+        self.model.load_state_dict(checkpoint.state_dict)
+        self.optimizer.load_state_dict(training["optimizer"])
+        if self.scheduler is not None and training["scheduler"] is not None:
+            self.scheduler.load_state_dict(training["scheduler"])
+        self.scaler.load_state_dict(training["scaler"])
+        torch.set_rng_state(training["torch_rng"])
+        self.history = list(training["history"])
+        return _Progress(**training["progress"])
+
+    def _finish(self, state: _Progress) -> TrainResult:
+        if self.world.is_main:
+            write_json(self.out / "summary.json", {
+                "select_metric": self.select_metric, "best_value": state.best_value,
+                "best_metrics": state.best_metrics, "steps": state.step, "epochs": state.epoch,
+                "minutes": round(state.elapsed_s / 60, 2), "data": self.data_info})
+        return TrainResult(self.out, self.out / "best.pt", self.select_metric,
+                           float(state.best_value), state.step)
+
+    def _write_history(self) -> None:
+        fields = list(dict.fromkeys(key for row in self.history for key in row))
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(self.history)
+        with atomic_open(self.out / "metrics.csv", "w", encoding="utf-8") as handle:
+            handle.write(buffer.getvalue())
+
+
+def _select_samples(cfg: dict[str, Any], data: Path,
+                    split_path: Path) -> tuple[list[Sample], list[Sample], dict[str, Any]]:
+    samples = open_dataset(data, cfg["layout"])
+    split = read_split(split_path)
+    labels = set(cfg["labels"]) if cfg["labels"] else None
+
+    def subset(names: list[str]) -> list[Sample]:
+        chosen: list[Sample] = []
+        for name in names:
+            if name not in split.subsets:
+                raise SonocadError(f"{split_path}: has no subset {name!r} "
+                                   f"(it has {', '.join(split.subsets)})")
+            chosen += select(samples, split.subsets[name])
+        if labels is not None:
+            chosen = [s for s in chosen if s.label in labels]
+        return _spread(chosen, cfg["limit"])
+
+    train_samples = subset(list(cfg["train_subsets"]))
+    val_samples = subset([cfg["val_subset"]])
+    fingerprint = hashlib.sha256()
+    for sample in train_samples + [None] + val_samples:  # None marks the train/val boundary
+        fingerprint.update(b"|" if sample is None else _file_key(sample))
+    info = {"path": str(data), "split": str(split_path), "split_fingerprint": split.fingerprint,
+            "fingerprint": fingerprint.hexdigest(), "n_train": len(train_samples),
+            "n_val": len(val_samples), "train_subsets": list(cfg["train_subsets"]),
+            "val_subset": cfg["val_subset"], "labels": sorted(labels) if labels else None}
+    return train_samples, val_samples, info
+
+
+def _file_key(sample: Sample) -> bytes:
+    size = sample.image_path.stat().st_size if sample.image_path.exists() else -1
+    return f"{sample.image_id}:{size};".encode()
+
+
+def _spread(samples: list[Sample], limit: int | None) -> list[Sample]:
+    """At most `limit` samples, evenly spaced in id order (so a smoke run still mixes classes)."""
+    if limit is None or len(samples) <= int(limit):
+        return samples
+    step = len(samples) / int(limit)
+    return [samples[int(i * step)] for i in range(int(limit))]
+
+
+def _is_tty() -> bool:
+    import sys
+
+    return sys.stderr.isatty()

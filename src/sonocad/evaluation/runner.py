@@ -1,0 +1,130 @@
+"""`sonocad evaluate`: score a checkpoint on a frozen subset; write the predictions table.
+
+Outputs in ``--out``: predictions.csv / predictions.json (one row per image), metrics.json
+(means with 95 % bootstrap CIs over images, reported for all images, lesion images and normal
+images separately, plus the pooled pixel confusion matrix), and overlays/ (truth in green,
+prediction in red) for the worst, median and best cases.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sonocad.data.adapters import open_dataset
+from sonocad.data.sample import Sample
+from sonocad.data.split import resolve_subset, select
+from sonocad.evaluation.measure import lesion_measurements
+from sonocad.evaluation.segmentation import PixelCounts, confusion, image_metrics, summarise
+from sonocad.evaluation.table import write_predictions
+from sonocad.inference.predictor import Predictor
+from sonocad.io.atomic import save_png, write_json
+from sonocad.progress import progress
+from sonocad.visual import PREDICTION_COLOUR, TRUTH_COLOUR, draw_outlines
+
+Spacing = tuple[float, float] | None
+
+SEGMENTATION_METRICS = ["dice", "iou", "precision", "recall", "specificity", "pixel_accuracy",
+                        "hd95_px", "hd95_mm"]
+
+
+@dataclass(frozen=True)
+class EvaluationResult:
+    out_dir: Path
+    rows: list[dict[str, Any]]
+    metrics: dict[str, Any]
+
+
+def evaluate(checkpoint: str | Path, data: str | Path, split_spec: str, out: str | Path, *,
+             layout: str | None = None, overlays: int = 6, batch_size: int = 8,
+             n_boot: int = 2000) -> EvaluationResult:
+    out = Path(out)
+    predictor = Predictor(checkpoint)
+    split, subset = resolve_subset(split_spec)
+    samples = select(open_dataset(data, layout), split.subsets[subset])
+    labels = predictor.checkpoint.meta["data"].get("labels")
+    if labels:
+        samples = [s for s in samples if s.label in labels]
+    if predictor.task != "segmentation":
+        from sonocad.evaluation.classification_runner import evaluate_classification
+
+        return evaluate_classification(predictor, samples, out, split_spec, n_boot=n_boot)
+    rows, pooled, cases = [], PixelCounts(0, 0, 0, 0), []
+    for sample, spacing, truth, probability in _predict_all(predictor, samples, batch_size):
+        predicted = probability > 0.5
+        metrics = image_metrics(truth, predicted, spacing)
+        sizes = {f"pred_{k}": v for k, v in lesion_measurements(predicted, spacing).items()}
+        rows.append({"image_id": sample.image_id, "patient_id": sample.patient_id,
+                     "label": sample.label, "truth_lesion": int(truth.any()), **metrics, **sizes})
+        pooled = pooled + confusion(truth, predicted)
+        cases.append((sample, metrics["dice"]))
+    summary = _segmentation_summary(rows, pooled, n_boot)
+    summary.update(checkpoint=str(checkpoint), split=split_spec,
+                   model=predictor.checkpoint.meta["model"]["name"])
+    write_predictions(out / "predictions", rows)
+    write_json(out / "metrics.json", summary)
+    if overlays:
+        _write_overlays(predictor, _pick_cases(cases, overlays), out / "overlays")
+    return EvaluationResult(out, rows, summary)
+
+
+def _predict_all(predictor: Predictor, samples: list[Sample],
+                 batch_size: int) -> Iterator[tuple[Sample, Spacing, np.ndarray, np.ndarray]]:
+    """Stream (sample, spacing, truth mask, lesion probability) in batches; memory stays flat."""
+    for start in progress(range(0, len(samples), batch_size), "evaluating",
+                          total=-(-len(samples) // batch_size)):
+        chunk = samples[start:start + batch_size]
+        images = [sample.load_image() for sample in chunk]
+        predictions = predictor.predict([image.pixels for image in images])
+        for sample, image, prediction in zip(chunk, images, predictions):
+            truth = sample.load_mask(image.pixels.shape[:2])
+            truth = truth if truth is not None else np.zeros(image.pixels.shape[:2], bool)
+            yield sample, image.spacing_mm, truth, prediction.lesion_probability
+
+
+def _segmentation_summary(rows: list[dict[str, Any]], pooled: PixelCounts,
+                          n_boot: int) -> dict[str, Any]:
+    groups = {
+        "all": rows,
+        "lesion": [r for r in rows if r["truth_lesion"]],
+        "normal": [r for r in rows if not r["truth_lesion"]],
+    }
+    # Images of one patient are not independent: resample patients where ids exist.
+    by_patient = bool(rows) and all(r["patient_id"] for r in rows)
+    unit = "patients" if by_patient else "images"
+    return {
+        "task": "segmentation",
+        "n_images": len(rows),
+        "reduction": f"per-image metrics averaged over images; 95 % percentile bootstrap CIs "
+                     f"over {unit}; confusion matrix pooled over all pixels",
+        "groups": {name: {"n_images": len(group), **summarise(
+                       group, SEGMENTATION_METRICS, n_boot=n_boot,
+                       group_by="patient_id" if by_patient else None)}
+                   for name, group in groups.items() if group},
+        "pooled_confusion": {"tp": pooled.tp, "fp": pooled.fp, "fn": pooled.fn, "tn": pooled.tn},
+    }
+
+
+def _pick_cases(cases: list[tuple[Sample, float]], count: int) -> list[tuple[str, Sample]]:
+    """Worst, median and best lesion cases (by Dice), `count` in all, named by their rank."""
+    scored = sorted((c for c in cases if not np.isnan(c[1])), key=lambda c: c[1])
+    if not scored:
+        return []
+    picks = np.unique(np.linspace(0, len(scored) - 1, min(count, len(scored))).round().astype(int))
+    return [(f"rank{int(i) + 1:03d}_dice{scored[i][1]:.2f}", scored[i][0]) for i in picks]
+
+
+def _write_overlays(predictor: Predictor, picks: list[tuple[str, Sample]], folder: Path) -> None:
+    for name, sample in picks:
+        pixels = sample.load_image().pixels
+        truth = sample.load_mask(pixels.shape[:2])
+        predicted = predictor.predict([pixels])[0].mask
+        layers = [(predicted, PREDICTION_COLOUR)]
+        if truth is not None:
+            layers.insert(0, (truth, TRUTH_COLOUR))
+        stem = Path(sample.image_id).stem.replace(" ", "_")
+        save_png(folder / f"{name}_{stem}.png", draw_outlines(pixels, layers))

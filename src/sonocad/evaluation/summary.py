@@ -1,0 +1,27 @@
+"""Human-readable lines for a metrics.json: mean (95 % CI) per metric and group."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+
+def format_summary(metrics: dict[str, Any]) -> str:
+    lines = [f"{metrics.get('model', 'model')} on {metrics.get('split', '?')}: "
+             f"{metrics['n_images']} images ({metrics['reduction']})"]
+    for group, stats in metrics.get("groups", {}).items():
+        lines.append(f"  {group} ({stats['n_images']} images)")
+        for name, value in stats.items():
+            if isinstance(value, dict) and "mean" in value:
+                lines.append(f"    {name:<16} {format_ci(value)}")
+    return "\n".join(lines)
+
+
+def format_ci(stat: dict[str, float]) -> str:
+    """'0.712 (0.680-0.741)', or 'n/a' when undefined."""
+    if stat["mean"] is None or math.isnan(stat["mean"]):
+        return "n/a"
+    low, high = stat.get("ci_low"), stat.get("ci_high")
+    if low is None or math.isnan(low):
+        return f"{stat['mean']:.3f}"
+    return f"{stat['mean']:.3f} ({low:.3f}-{high:.3f})"

@@ -1,0 +1,195 @@
+"""Read any supported image file into one `Image`: uint8 or uint16, grey (H, W) or RGB (H, W, 3).
+
+PNG, JPEG, BMP and TIFF go through Pillow; DICOM (by suffix, or by its preamble for files
+without one) through `sonocad.io.dicom`. How Pillow modes map to pixels:
+  1 -> uint8 0/255;  L, LA -> L;  P, PA -> L when every colour used is grey, else RGB;
+  RGB, RGBA, CMYK, YCbCr -> RGB (alpha dropped);  I;16, I;16B -> uint16;
+  I (int32) and F (float) -> uint16: whole numbers within 0..65535 are kept as they are,
+  anything else is stretched linearly from the image's min..max onto 0..65535.
+Other modes (LAB TIFF, say) are refused. EXIF orientation is applied, so pixels are upright
+as a viewer shows them. 16-bit RGB PNGs arrive as 8-bit RGB (Pillow reads them so).
+"""
+
+from __future__ import annotations
+
+import stat
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+from PIL import Image as PILImage
+from PIL import ImageOps
+
+from sonocad.errors import InputError
+
+# Larger images are refused before decoding: a tiny compressed file can expand to gigabytes.
+MAX_IMAGE_PIXELS = 100_000_000
+
+_PIL_FORMATS = ("PNG", "JPEG", "BMP", "TIFF")
+_DICOM_SUFFIXES = frozenset({".dcm"})
+IMAGE_SUFFIXES: frozenset[str] = frozenset(
+    {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}) | _DICOM_SUFFIXES
+
+_TO_RGB = frozenset({"RGBA", "CMYK", "YCbCr"})
+_PIL_ERRORS = (OSError, SyntaxError, ValueError, EOFError)  # what Pillow raises for bad files
+
+
+@dataclass(frozen=True, eq=False)
+class Image:
+    """Pixels as read, plus the physical size of a pixel where the file or manifest says it."""
+
+    pixels: np.ndarray  # (H, W) grey or (H, W, 3) RGB; uint8 or uint16
+    spacing_mm: tuple[float, float] | None = None  # (row, column) mm per pixel
+
+    def __post_init__(self) -> None:
+        if self.pixels.dtype not in (np.uint8, np.uint16):
+            raise ValueError(f"image pixels must be uint8 or uint16, not {self.pixels.dtype}")
+        if not (self.pixels.ndim == 2 or (self.pixels.ndim == 3 and self.pixels.shape[2] == 3)):
+            raise ValueError(f"image pixels must be (H, W) or (H, W, 3), not {self.pixels.shape}")
+        if self.spacing_mm is not None:
+            spacing = tuple(float(value) for value in self.spacing_mm)
+            if len(spacing) != 2 or not all(np.isfinite(v) and v > 0 for v in spacing):
+                raise ValueError(
+                    f"pixel spacing must be two positive numbers, not {self.spacing_mm}")
+            object.__setattr__(self, "spacing_mm", spacing)
+
+    def with_spacing(self, spacing_mm: tuple[float, float] | None) -> Image:
+        return replace(self, spacing_mm=spacing_mm)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(height, width) in pixels."""
+        return self.pixels.shape[0], self.pixels.shape[1]
+
+    @property
+    def height(self) -> int:
+        return self.pixels.shape[0]
+
+    @property
+    def width(self) -> int:
+        return self.pixels.shape[1]
+
+
+def read_image(path: str | Path) -> Image:
+    """The image in `path`; for a multi-frame DICOM, its first frame."""
+    path = _checked_file(path)
+    if _is_dicom(path):
+        # imported on use: pydicom is slow to import, and dicom.py builds on Image
+        from sonocad.io.dicom import read_dicom
+
+        return read_dicom(path)
+    return _read_with_pillow(path)
+
+
+def iter_frames(path: str | Path) -> Iterator[Image]:
+    """Every frame of a DICOM cine loop; any other image yields once. Bad files fail on call."""
+    path = _checked_file(path)
+    if _is_dicom(path):
+        from sonocad.io.dicom import iter_dicom_frames
+
+        return iter_dicom_frames(path)
+    return iter([_read_with_pillow(path)])
+
+
+def is_image_file(path: str | Path) -> bool:
+    """A file `read_image` is meant for: a known suffix, or a suffix-less DICOM file."""
+    path = Path(path)
+    if not path.is_file():
+        return False
+    if path.suffix.lower() in IMAGE_SUFFIXES:
+        return True
+    # DICOMDIR is the index of a DICOM CD, not an image
+    return path.suffix == "" and path.name.upper() != "DICOMDIR" and _has_dicom_preamble(path)
+
+
+def stretch_to_dtype(values: np.ndarray, dtype: type[np.unsignedinteger]) -> np.ndarray:
+    """`values` mapped linearly from their min..max onto the full range of `dtype`.
+
+    A constant image becomes all zeros.
+    """
+    low, high = float(values.min()), float(values.max())
+    if high == low:
+        return np.zeros(values.shape, dtype)
+    scale = np.iinfo(dtype).max / (high - low)
+    return np.rint((values.astype(np.float64) - low) * scale).astype(dtype)
+
+
+def _checked_file(path: str | Path) -> Path:
+    path = Path(path)
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        raise InputError(path, "file not found") from None
+    except OSError as exc:
+        raise InputError(path, f"cannot access file ({exc.strerror or exc})") from None
+    if not stat.S_ISREG(info.st_mode):
+        raise InputError(path, "not a regular file")
+    if info.st_size == 0:
+        raise InputError(path, "file is empty")
+    return path
+
+
+def _is_dicom(path: Path) -> bool:
+    return path.suffix.lower() in _DICOM_SUFFIXES or _has_dicom_preamble(path)
+
+
+def _has_dicom_preamble(path: Path) -> bool:
+    """True when the file starts as DICOM part 10 does: 128 bytes, then b"DICM"."""
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(132)[128:] == b"DICM"
+    except OSError:
+        return False
+
+
+def _read_with_pillow(path: Path) -> Image:
+    try:
+        with warnings.catch_warnings():
+            # Pillow warns from its own, lower threshold; MAX_IMAGE_PIXELS below is the limit here
+            warnings.simplefilter("ignore", PILImage.DecompressionBombWarning)
+            with PILImage.open(path, formats=_PIL_FORMATS) as image:
+                width, height = image.size
+                if width * height > MAX_IMAGE_PIXELS:
+                    raise InputError(path, f"image too large ({width} x {height} pixels; "
+                                           f"the limit is {MAX_IMAGE_PIXELS} pixels)")
+                image.load()  # Pillow decodes lazily; a truncated file fails only here
+                return Image(_pixels_of(path, ImageOps.exif_transpose(image)))
+    except PILImage.DecompressionBombError as exc:
+        raise InputError(path, f"image too large ({exc})") from exc
+    except PILImage.UnidentifiedImageError as exc:
+        raise InputError(path, "not a PNG, JPEG, BMP, TIFF or DICOM image") from exc
+    except _PIL_ERRORS as exc:
+        reason = getattr(exc, "strerror", None) or exc  # "Permission denied", not "[Errno 13] ..."
+        raise InputError(path, f"cannot read image ({reason})") from exc
+
+
+def _pixels_of(path: Path, image: PILImage.Image) -> np.ndarray:
+    # np.array, not np.asarray: Pillow's arrays are read-only, and callers may edit in place
+    mode = image.mode
+    if mode in ("RGB", "L"):
+        return np.array(image)
+    if mode in ("1", "LA"):
+        return np.array(image.convert("L"))
+    if mode in ("P", "PA"):
+        rgb = np.array(image.convert("RGB"))
+        grey = (rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 1] == rgb[..., 2]).all()
+        return np.ascontiguousarray(rgb[..., 0]) if grey else rgb
+    if mode in _TO_RGB:
+        return np.array(image.convert("RGB"))
+    if mode.startswith("I;16"):
+        return np.asarray(image).astype(np.uint16)  # native byte order, whatever the file's
+    if mode in ("I", "F"):
+        values = np.asarray(image)
+        if not np.isfinite(values).all():
+            raise InputError(path, "image has NaN or infinite pixel values")
+        return _as_uint16(values)
+    raise InputError(path, f"unsupported image mode {mode!r}")
+
+
+def _as_uint16(values: np.ndarray) -> np.ndarray:
+    whole = values.dtype.kind in "iu" or np.array_equal(values, np.rint(values))
+    if whole and values.min() >= 0 and values.max() <= np.iinfo(np.uint16).max:
+        return values.astype(np.uint16)
+    return stretch_to_dtype(values, np.uint16)

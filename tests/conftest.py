@@ -1,0 +1,18 @@
+"""Shared fixtures. Tests that need the real BUSI data skip with a reason where it is absent."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+BUSI_ROOT = PROJECT_ROOT.parent / "shared" / "datasets" / "busi" / "Dataset_BUSI_with_GT"
+
+
+@pytest.fixture(scope="session")
+def busi_root() -> Path:
+    """The BUSI folder beside the project (../shared/datasets/busi/Dataset_BUSI_with_GT)."""
+    if not (BUSI_ROOT / "benign").is_dir():
+        pytest.skip(f"BUSI data set not found at {BUSI_ROOT} (see ../shared/datasets/README.md)")
+    return BUSI_ROOT

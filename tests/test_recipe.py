@@ -1,0 +1,63 @@
+from pathlib import Path
+
+import pytest
+
+from sonocad.engine.recipe import load_recipe
+from sonocad.errors import InputError, SonocadError
+
+RECIPES = sorted((Path(__file__).resolve().parents[1] / "recipes").glob("*.yaml"))
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "r.yaml"
+    path.write_text(text)
+    return path
+
+
+MINIMAL = "task: segmentation\nmodel: {name: unet}\n"
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=[r.name for r in RECIPES])
+def test_every_shipped_recipe_loads(recipe):
+    loaded = load_recipe(recipe)
+    assert loaded["model"]["name"]
+    assert recipe.read_text().startswith("#"), "each recipe starts with a comment citing its paper"
+
+
+def test_defaults_are_filled(tmp_path):
+    recipe = load_recipe(write(tmp_path, MINIMAL))
+    assert recipe["train"]["batch_size"] == 8
+    assert recipe["optimizer"]["name"] == "adamw"
+
+
+def test_overrides_bare_and_dotted_keys_parse_yaml_values(tmp_path):
+    recipe = load_recipe(write(tmp_path, MINIMAL),
+                         ["max_steps=2", "optimizer.lr=3e-4", "transform.input_size=[128, 96]",
+                          "model.args.base_width=8"])
+    assert recipe["train"]["max_steps"] == 2
+    assert recipe["optimizer"]["lr"] == pytest.approx(3e-4)
+    assert recipe["transform"]["input_size"] == [128, 96]
+    assert recipe["model"]["args"] == {"base_width": 8}
+
+
+def test_ambiguous_and_unknown_override_keys_are_errors(tmp_path):
+    path = write(tmp_path, MINIMAL)
+    with pytest.raises(SonocadError, match="ambiguous"):
+        load_recipe(path, ["name=x"])  # model.name, loss.name, optimizer.name, ...
+    with pytest.raises(SonocadError, match="not in the recipe"):
+        load_recipe(path, ["max_stepz=2"])
+    with pytest.raises(SonocadError, match="key=value"):
+        load_recipe(path, ["max_steps"])
+
+
+def test_typos_in_a_recipe_are_errors(tmp_path):
+    with pytest.raises(InputError, match="unknown key"):
+        load_recipe(write(tmp_path, MINIMAL + "train: {batch_sise: 4}\n"))
+    with pytest.raises(InputError, match="unknown recipe section"):
+        load_recipe(write(tmp_path, MINIMAL + "trian: {}\n"))
+    with pytest.raises(InputError, match="task"):
+        load_recipe(write(tmp_path, "task: painting\nmodel: {name: unet}\n"))
+    with pytest.raises(InputError, match="no such recipe"):
+        load_recipe(tmp_path / "missing.yaml")
+    with pytest.raises(InputError, match="YAML"):
+        load_recipe(write(tmp_path, "task: [unclosed\n"))
