@@ -44,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_commands(commands)
     _add_train_command(commands)
     _add_evaluate_command(commands)
+    _add_inference_commands(commands)
     return parser
 
 
@@ -187,6 +188,56 @@ def _evaluate(args: argparse.Namespace) -> int:
                       overlays=args.overlays, batch_size=args.batch_size)
     print(format_summary(result.metrics))
     print(f"wrote {result.out_dir}")
+    return 0
+
+
+# --- predict / export ----------------------------------------------------------------------
+
+def _add_inference_commands(commands) -> None:
+    predict = _command(commands, "predict", _predict,
+                       "segment / classify images, folders, globs or DICOM cine loops")
+    predict.add_argument("inputs", nargs="+", metavar="[CKPT] INPUT",
+                         help="an optional checkpoint (.pt or .onnx; default: the bundled "
+                              "model), then image files, folders or globs")
+    predict.add_argument("--out", type=Path, required=True, help="folder to write")
+    predict.add_argument("--backend", choices=["torch", "onnx"],
+                         help="inference engine (default: onnx for a .onnx model, else torch)")
+    predict.add_argument("--batch-size", type=int, default=8)
+
+    export = _command(commands, "export", _export, "export a checkpoint for ONNX Runtime")
+    export.add_argument("checkpoint", type=Path)
+    export.add_argument("--format", choices=["onnx"], default="onnx")
+    export.add_argument("--out", type=Path, help="file to write (default: beside the checkpoint)")
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from sonocad.inference.predict import predict
+
+    checkpoint, inputs = _split_checkpoint(args.inputs)
+    backend = args.backend or ("onnx" if checkpoint and checkpoint.suffix == ".onnx" else "torch")
+    result = predict(inputs, args.out, checkpoint=checkpoint, backend=backend,
+                     batch_size=args.batch_size)
+    print(f"predicted {len(result.rows)} images into {result.out_dir}")
+    if not result.ok:
+        print(f"sonocad: {len(result.failures)} input(s) failed (listed above)", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _split_checkpoint(items: list[str]) -> tuple[Path | None, list[str]]:
+    """`predict [CKPT] INPUTS...`: the first item is a checkpoint when it is a .pt/.onnx file."""
+    first = Path(items[0])
+    if first.suffix in (".pt", ".onnx") and len(items) > 1:
+        return first, items[1:]
+    if first.suffix in (".pt", ".onnx"):
+        raise SonocadError(f"{first}: a checkpoint was given but no images to predict")
+    return None, items
+
+
+def _export(args: argparse.Namespace) -> int:
+    from sonocad.inference.export import export_onnx
+
+    print(f"wrote {export_onnx(args.checkpoint, args.out)}")
     return 0
 
 

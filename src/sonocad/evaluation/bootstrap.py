@@ -7,7 +7,7 @@ patient are correlated, so a CI that treats them as independent is too narrow.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import numpy as np
 from numpy.typing import ArrayLike
@@ -31,8 +31,6 @@ def bootstrap_ci(
     """
     if not 0 < ci < 1:
         raise ValueError(f"ci must lie strictly between 0 and 1, got {ci}")
-    if n_boot < 1:
-        raise ValueError(f"n_boot must be at least 1, got {n_boot}")
     x = np.asarray(values, dtype=float)
     if x.ndim != 1:
         raise ValueError(f"values must be 1-D, got shape {x.shape}")
@@ -45,22 +43,44 @@ def bootstrap_ci(
 
     kept = ~np.isnan(x)
     x, labels = x[kept], labels[kept]
-    _, codes = np.unique(labels, return_inverse=True)
-    sizes = np.bincount(codes)
-    if x.size < 2 or sizes.size < 2:
+    resamples = bootstrap_indices(x.size, n_boot=n_boot, seed=seed, groups=labels)
+    stats = np.array([statistic(x[resample]) for resample in resamples])
+    if stats.size == 0:
         return float("nan"), float("nan")
-
-    # Values sorted by cluster, so cluster j is the slice starts[j] : starts[j] + sizes[j].
-    x = x[np.argsort(codes, kind="stable")]
-    starts = np.cumsum(sizes) - sizes
-    rng = np.random.default_rng(seed)
-    stats = np.empty(n_boot)
-    for i in range(n_boot):
-        chosen = rng.integers(0, sizes.size, size=sizes.size)
-        stats[i] = statistic(x[_member_indices(starts[chosen], sizes[chosen])])
     tail = (1 - ci) / 2
     low, high = np.quantile(stats, [tail, 1 - tail])
     return float(low), float(high)
+
+
+def bootstrap_indices(n: int, *, n_boot: int = 2000, seed: int = 0,
+                      groups: ArrayLike | None = None) -> Iterator[np.ndarray]:
+    """`n_boot` resamples of positions 0..n-1 (index arrays), for statistics of several arrays.
+
+    Index every array (labels and scores for an AUROC, say) with each resample. With ``groups``
+    (one label per position) whole groups are drawn with replacement. Nothing is yielded when
+    fewer than two units (positions, or groups) exist. The same seed gives the same resamples;
+    `bootstrap_ci` draws exactly these.
+    """
+    if n_boot < 1:
+        raise ValueError(f"n_boot must be at least 1, got {n_boot}")
+    labels = np.arange(n) if groups is None else np.asarray(groups)
+    if labels.shape != (n,):
+        raise ValueError(f"groups has shape {labels.shape}, expected ({n},)")
+    _, codes = np.unique(labels, return_inverse=True)
+    return _resamples(codes, n_boot, seed)
+
+
+def _resamples(codes: np.ndarray, n_boot: int, seed: int) -> Iterator[np.ndarray]:
+    sizes = np.bincount(codes)
+    if sizes.size < 2:
+        return
+    # Positions sorted by cluster, so cluster j is order[starts[j] : starts[j] + sizes[j]].
+    order = np.argsort(codes, kind="stable")
+    starts = np.cumsum(sizes) - sizes
+    rng = np.random.default_rng(seed)
+    for _ in range(n_boot):
+        chosen = rng.integers(0, sizes.size, size=sizes.size)
+        yield order[_member_indices(starts[chosen], sizes[chosen])]
 
 
 def _member_indices(starts: np.ndarray, sizes: np.ndarray) -> np.ndarray:

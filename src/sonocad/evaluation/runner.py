@@ -46,13 +46,14 @@ def evaluate(checkpoint: str | Path, data: str | Path, split_spec: str, out: str
     predictor = Predictor(checkpoint)
     split, subset = resolve_subset(split_spec)
     samples = select(open_dataset(data, layout), split.subsets[subset])
-    labels = predictor.checkpoint.meta["data"].get("labels")
+    labels = predictor.meta["data"].get("labels")
     if labels:
         samples = [s for s in samples if s.label in labels]
     if predictor.task != "segmentation":
         from sonocad.evaluation.classification_runner import evaluate_classification
 
-        return evaluate_classification(predictor, samples, out, split_spec, n_boot=n_boot)
+        return evaluate_classification(predictor, samples, out, split_spec, n_boot=n_boot,
+                                       batch_size=batch_size, checkpoint=checkpoint)
     rows, pooled, cases = [], PixelCounts(0, 0, 0, 0), []
     for sample, spacing, truth, probability in _predict_all(predictor, samples, batch_size):
         predicted = probability > 0.5
@@ -64,7 +65,7 @@ def evaluate(checkpoint: str | Path, data: str | Path, split_spec: str, out: str
         cases.append((sample, metrics["dice"]))
     summary = _segmentation_summary(rows, pooled, n_boot)
     summary.update(checkpoint=str(checkpoint), split=split_spec,
-                   model=predictor.checkpoint.meta["model"]["name"])
+                   model=predictor.meta["model"]["name"])
     write_predictions(out / "predictions", rows)
     write_json(out / "metrics.json", summary)
     if overlays:

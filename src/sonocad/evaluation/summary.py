@@ -11,9 +11,10 @@ def format_summary(metrics: dict[str, Any]) -> str:
              f"{metrics['n_images']} images ({metrics['reduction']})"]
     for group, stats in metrics.get("groups", {}).items():
         lines.append(f"  {group} ({stats['n_images']} images)")
-        for name, value in stats.items():
-            if isinstance(value, dict) and "mean" in value:
-                lines.append(f"    {name:<16} {format_ci(value)}")
+        named = {k: v for k, v in stats.items() if isinstance(v, dict) and "mean" in v}
+        width = max(map(len, named), default=0)
+        for name, value in named.items():
+            lines.append(f"    {name:<{width}}  {format_ci(value)}")
     return "\n".join(lines)
 
 

@@ -1,22 +1,35 @@
-"""The Predictor: a checkpoint in, per-image lesion probability maps and class probabilities out.
+"""The Predictor: a model in, per-image lesion probability maps and class probabilities out.
 
-It rebuilds preprocessing from the checkpoint, so inference sees exactly what training saw.
+It rebuilds preprocessing from the model's meta, so inference sees exactly what training saw.
 Probability maps come back at each image's own size.
+
+Two back ends share every step but the model call, which sits behind `Runner`:
+- ``torch`` runs the checkpoint's module (`TorchRunner`);
+- ``onnx`` runs one ONNX Runtime session (`sonocad.inference.onnx_backend.OnnxRunner`) on an
+  exported ``.onnx`` file, or on a checkpoint exported in memory when the Predictor is built
+  (a second or so; export once with `sonocad export` to skip that on every start).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from importlib.resources import as_file, files
 from pathlib import Path
+from typing import Any, Protocol
 
 import numpy as np
 import torch
+from torch import Tensor, nn
 
 from sonocad.engine.checkpoint import Checkpoint, load_checkpoint
-from sonocad.errors import SonocadError
+from sonocad.errors import InputError, SonocadError
 from sonocad.transforms import TransformConfig, restore_size, to_model_input
 
 THRESHOLD = 0.5
+BACKENDS = ("torch", "onnx")
+INFERENCE_TASKS = ("segmentation", "classification")
+DEFAULT_MODEL = ("weights", "default.pt")  # inside the sonocad package
 
 
 @dataclass
@@ -37,34 +50,107 @@ class Prediction:
         return max(self.class_probabilities, key=self.class_probabilities.__getitem__)
 
 
-class Predictor:
-    def __init__(self, checkpoint: Checkpoint | str | Path, *, device: str = "cpu") -> None:
-        self.checkpoint = (checkpoint if isinstance(checkpoint, Checkpoint)
-                           else load_checkpoint(checkpoint))
-        self.task = self.checkpoint.task
-        if self.task not in ("segmentation", "classification"):
-            raise SonocadError(f"the predictor does not handle {self.task} checkpoints yet")
-        self.class_names = self.checkpoint.class_names
-        self.transform_config = TransformConfig.from_dict(self.checkpoint.meta["transform"])
+class Runner(Protocol):
+    """The model call: a float32 batch (N, 3, H, W) of preprocessed images in, float32 CPU
+    logits out: (N, C, H, W) for segmentation, (N, K) for classification."""
+
+    def __call__(self, batch: Tensor) -> Tensor: ...
+
+
+class LogitsOnly(nn.Module):
+    """`model` returning one tensor: the segmentation "out" logits (the "aux" maps only serve
+    deep supervision in training) or the classifier's logits. ONNX export traces this too."""
+
+    def __init__(self, model: nn.Module, task: str) -> None:
+        super().__init__()
+        self.model, self.task = model, task
+
+    def forward(self, x: Tensor) -> Tensor:
+        outputs = self.model(x)
+        return outputs["out"] if self.task == "segmentation" else outputs
+
+
+class TorchRunner:
+    def __init__(self, model: nn.Module, task: str, device: str = "cpu") -> None:
         self.device = torch.device(device)
-        self.model = self.checkpoint.build_model().to(self.device)
+        self.module = LogitsOnly(model, task).to(self.device).eval()
 
     @torch.no_grad()
-    def predict(self, images: list[np.ndarray]) -> list[Prediction]:
+    def __call__(self, batch: Tensor) -> Tensor:
+        return self.module(batch.to(self.device)).float().cpu()
+
+
+def check_task(task: str) -> None:
+    if task not in INFERENCE_TASKS:
+        raise SonocadError(f"inference does not handle {task} models yet "
+                           f"(only {' and '.join(INFERENCE_TASKS)})")
+
+
+def is_onnx_file(source: Checkpoint | str | Path) -> bool:
+    return not isinstance(source, Checkpoint) and Path(source).suffix.lower() == ".onnx"
+
+
+class Predictor:
+    """`source`: a checkpoint (path or loaded); with ``backend="onnx"`` also a ``.onnx`` file
+    from `sonocad export`. `checkpoint` is None when the model came from an ONNX file; `meta`
+    (the checkpoint's meta, also stored in exported ONNX files) is always there."""
+
+    def __init__(self, source: Checkpoint | str | Path, *, backend: str = "torch",
+                 device: str = "cpu") -> None:
+        if backend not in BACKENDS:
+            raise SonocadError(f"unknown back end {backend!r} (choose {' or '.join(BACKENDS)})")
+        if backend == "onnx" and device != "cpu":
+            raise SonocadError("the onnx back end runs on the CPU only; use device 'cpu'")
+        self.backend = backend
+        self.checkpoint, self.runner, self.meta = _open(source, backend, device)
+        self.task: str = self.meta["task"]
+        self.class_names: list[str] = list(self.meta["class_names"])
+        self.transform_config = TransformConfig.from_dict(self.meta["transform"])
+
+    @classmethod
+    def default(cls, *, backend: str = "torch") -> Predictor:
+        """The bundled default model (``sonocad/weights/default.pt``)."""
+        resource = files("sonocad").joinpath(*DEFAULT_MODEL)
+        if not resource.is_file():
+            raise SonocadError("no bundled default model yet; pass a checkpoint")
+        with as_file(resource) as path:
+            return cls(path, backend=backend)
+
+    def predict(self, images: Sequence[np.ndarray]) -> list[Prediction]:
         """Predict a batch of images (uint8/uint16 arrays, grey or RGB, any sizes)."""
         if not images:
             return []
         batch = torch.stack([to_model_input(p, self.transform_config) for p in images])
-        outputs = self.model(batch.to(self.device))
+        logits = self.runner(batch)
         if self.task == "classification":
-            probabilities = torch.softmax(outputs.float(), dim=1).cpu().numpy()
+            probabilities = torch.softmax(logits, dim=1).numpy()
             return [Prediction(None, dict(zip(self.class_names, map(float, row))))
                     for row in probabilities]
-        logits = outputs["out"].float()
         return [Prediction(self._probability_map(logits[i], image.shape[:2]), None)
                 for i, image in enumerate(images)]
 
-    def _probability_map(self, logits: torch.Tensor, shape: tuple[int, int]) -> np.ndarray:
+    def _probability_map(self, logits: Tensor, shape: tuple[int, int]) -> np.ndarray:
         # Resize logits, not probabilities: the 0.5 contour stays where the model put it.
         resized = restore_size(logits, shape, self.transform_config)
-        return torch.sigmoid(resized)[0].cpu().numpy().astype(np.float32)
+        return torch.sigmoid(resized)[0].numpy().astype(np.float32)
+
+
+def _open(source: Checkpoint | str | Path, backend: str,
+          device: str) -> tuple[Checkpoint | None, Runner, dict[str, Any]]:
+    """(checkpoint or None for an ONNX file, runner, meta)."""
+    if backend == "onnx":
+        # Imported on use: the ONNX back end builds on this module (LogitsOnly, check_task).
+        from sonocad.inference.onnx_backend import OnnxRunner
+    if is_onnx_file(source):
+        if backend != "onnx":
+            raise InputError(source, "an ONNX model runs on the onnx back end, not torch")
+        runner = OnnxRunner.from_file(source)
+        check_task(runner.meta["task"])
+        return None, runner, runner.meta
+    checkpoint = source if isinstance(source, Checkpoint) else load_checkpoint(source)
+    check_task(checkpoint.task)
+    if backend == "torch":
+        runner = TorchRunner(checkpoint.build_model(), checkpoint.task, device)
+    else:
+        runner = OnnxRunner.from_checkpoint(checkpoint)
+    return checkpoint, runner, checkpoint.meta

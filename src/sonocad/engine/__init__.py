@@ -1,0 +1,1 @@
+"""Training: recipes, the trainer, losses, optimisers, checkpoints, DDP."""

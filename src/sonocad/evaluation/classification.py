@@ -1,0 +1,248 @@
+"""Classification metrics from true class indices and predicted probabilities, with 95 % CIs.
+
+Inputs: ``y_true`` (N,) class indices into ``class_names``; ``probs`` (N, C) class
+probabilities (softmax outputs). The predicted class is the argmax (the first on ties, as
+``Prediction.predicted_class``).
+
+Every metric is computed over the whole set of images at once (pooled); none is a mean of
+per-image values except accuracy, which is both. A metric whose denominator is empty is NaN,
+as in `sonocad.evaluation.segmentation`: the precision of a class never predicted, the AUROC
+of a class absent from the truth. Names (with ``<c>`` each class name):
+
+- ``accuracy``; ``precision_<c>``, ``recall_<c>`` (sensitivity), ``f1_<c>``;
+- ``macro_f1``: unweighted mean of the per-class F1 over classes seen in the truth or the
+  predictions (scikit-learn's ``average="macro", zero_division=nan``; the trainer's val
+  ``macro_f1``);
+- ``auroc_<c>``: one class against the rest, scored by that class's probability;
+  ``macro_auroc``: their unweighted mean (scikit-learn's ``multi_class="ovr"``), NaN unless
+  every class occurs in the truth;
+- ``benign_vs_malignant_auroc`` (when both classes exist): on images whose true label is benign
+  or malignant, scored by P(malignant) / (P(benign) + P(malignant)), the model's malignancy
+  belief once "normal" is ruled out — the question a biopsy decision asks;
+- ``ece``: top-label expected calibration error (Guo et al. 2017), see
+  `expected_calibration_error`.
+
+CIs: percentile bootstrap, resampling images, or whole patients with ``groups``. Every metric
+is recomputed on the same resamples; a resample in which a metric is undefined (a class drawn
+zero times) is left out of that metric's interval, the usual practice for bootstrap AUROCs.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from numpy.typing import ArrayLike
+from sklearn.calibration import calibration_curve
+from sklearn.metrics import (
+    accuracy_score,
+    confusion_matrix,
+    precision_recall_fscore_support,
+    roc_auc_score,
+    roc_curve,
+)
+
+from sonocad.evaluation.bootstrap import bootstrap_indices
+from sonocad.evaluation.segmentation import MetricSummary
+
+CALIBRATION_BINS = 10
+MAX_ROC_POINTS = 200
+BENIGN_VS_MALIGNANT = "benign_vs_malignant"
+
+
+def classification_metrics(
+    y_true: ArrayLike,
+    probs: ArrayLike,
+    class_names: Sequence[str],
+    *,
+    groups: ArrayLike | None = None,
+    ci: float = 0.95,
+    n_boot: int = 2000,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Every classification metric with its CI, plus the confusion matrix, ROC and calibration.
+
+    Returns a JSON-ready dict: ``metrics`` (name -> MetricSummary; ``mean`` is the estimate on
+    all images, ``n`` the images it was computed on), ``support`` (true images per class),
+    ``confusion_matrix`` (rows truth, columns prediction), ``roc`` (per class and
+    benign-vs-malignant: fpr, tpr, thresholds, at most ~200 points) and ``calibration``.
+    """
+    y, p = _check_inputs(y_true, probs, class_names)
+    names = list(class_names)
+    point = _scalar_metrics(y, p, names)
+    low, high = _bootstrap_intervals(y, p, names, len(point), groups, ci=ci, n_boot=n_boot,
+                                     seed=seed)
+    n_used = dict.fromkeys(point, len(y))
+    if BENIGN_VS_MALIGNANT + "_auroc" in point:
+        n_used[BENIGN_VS_MALIGNANT + "_auroc"] = int(_benign_or_malignant(y, names).sum())
+    predicted = p.argmax(1)
+    return {
+        "n_images": len(y),
+        "class_names": names,
+        "support": {name: int((y == k).sum()) for k, name in enumerate(names)},
+        "metrics": {
+            name: MetricSummary(mean=value, ci_low=lo, ci_high=hi, n=n_used[name],
+                                n_excluded=len(y) - n_used[name])
+            for (name, value), lo, hi in zip(point.items(), low, high)
+        },
+        "confusion_matrix": {
+            "labels": names,
+            "matrix": confusion_matrix(y, predicted, labels=range(len(names))).tolist(),
+        },
+        "roc": roc_curves(y, p, names),
+        "calibration": reliability(p.max(1), predicted == y),
+    }
+
+
+def expected_calibration_error(confidence: ArrayLike, correct: ArrayLike,
+                               n_bins: int = CALIBRATION_BINS) -> float:
+    """Top-label ECE: sum over bins B of |B| / N * |accuracy(B) - mean confidence(B)|.
+
+    ``confidence`` is each image's top-class probability, ``correct`` whether that class was
+    right. Bins are ``n_bins`` equal widths of [0, 1], right-closed: ((k-1)/M, k/M], the first
+    also holding 0 — scikit-learn's ``calibration_curve(strategy="uniform")`` bins, so the ECE
+    and the reliability curve describe the same bins. 0 is perfect calibration.
+    """
+    conf = np.asarray(confidence, dtype=float)
+    hits = np.asarray(correct, dtype=float)
+    bins = _calibration_bin(conf, n_bins)
+    # |B| * |acc(B) - conf(B)| = |sum of hits in B - sum of confidences in B|.
+    gaps = (np.bincount(bins, weights=hits, minlength=n_bins)
+            - np.bincount(bins, weights=conf, minlength=n_bins))
+    return float(np.abs(gaps).sum() / conf.size)
+
+
+def reliability(confidence: ArrayLike, correct: ArrayLike,
+                n_bins: int = CALIBRATION_BINS) -> dict[str, Any]:
+    """The reliability curve of top-class confidence against correctness, per non-empty bin.
+
+    ``edges`` and ``counts`` cover all bins (for a histogram); ``confidence`` (mean in the bin)
+    and ``accuracy`` (fraction correct) only the non-empty ones.
+    """
+    conf = np.asarray(confidence, dtype=float)
+    hits = np.asarray(correct, dtype=int)
+    accuracy, mean_confidence = calibration_curve(hits, conf, n_bins=n_bins, strategy="uniform")
+    return {
+        "n_bins": n_bins,
+        "edges": np.linspace(0.0, 1.0, n_bins + 1).tolist(),
+        "counts": np.bincount(_calibration_bin(conf, n_bins), minlength=n_bins).tolist(),
+        "confidence": mean_confidence.tolist(),
+        "accuracy": accuracy.tolist(),
+    }
+
+
+def roc_curves(y_true: np.ndarray, probs: np.ndarray,
+               class_names: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """One-vs-rest ROC points per class, and benign-vs-malignant where both classes exist.
+
+    A class absent from the truth (or the only one present) has no curve. Each curve is thinned
+    to at most MAX_ROC_POINTS points, ends kept; the first threshold, "above every score", is
+    None (JSON has no infinity).
+    """
+    curves = {name: _roc_points(y_true == k, probs[:, k]) for k, name in enumerate(class_names)}
+    if {"benign", "malignant"} <= set(class_names):
+        kept = _benign_or_malignant(y_true, class_names)
+        truth, score = _benign_vs_malignant(y_true[kept], probs[kept], class_names)
+        curves[BENIGN_VS_MALIGNANT] = _roc_points(truth, score)
+    return {name: curve for name, curve in curves.items() if curve is not None}
+
+
+def _scalar_metrics(y: np.ndarray, probs: np.ndarray, names: list[str]) -> dict[str, float]:
+    """Every scalar metric, in a fixed order (the bootstrap stacks them by position)."""
+    predicted = probs.argmax(1)
+    precision, recall, f1, _ = precision_recall_fscore_support(
+        y, predicted, labels=range(len(names)), zero_division=np.nan)
+    auroc = [_auroc(y == k, probs[:, k]) for k in range(len(names))]
+    scalars = {
+        "accuracy": float(accuracy_score(y, predicted)),
+        # NaN F1 (class neither true nor predicted) is left out, as sklearn's macro average does.
+        "macro_f1": float(np.nanmean(f1)),
+        "macro_auroc": float(np.mean(auroc)),
+    }
+    if {"benign", "malignant"} <= set(names):
+        kept = _benign_or_malignant(y, names)
+        scalars[BENIGN_VS_MALIGNANT + "_auroc"] = _auroc(
+            *_benign_vs_malignant(y[kept], probs[kept], names))
+    scalars["ece"] = expected_calibration_error(probs.max(1), predicted == y)
+    for k, name in enumerate(names):
+        scalars |= {f"precision_{name}": float(precision[k]), f"recall_{name}": float(recall[k]),
+                    f"f1_{name}": float(f1[k]), f"auroc_{name}": auroc[k]}
+    return scalars
+
+
+def _bootstrap_intervals(y: np.ndarray, probs: np.ndarray, names: list[str], n_metrics: int,
+                         groups: ArrayLike | None, *, ci: float, n_boot: int,
+                         seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Percentile (low, high) of each scalar metric over the same resamples; NaN-tolerant."""
+    if not 0 < ci < 1:
+        raise ValueError(f"ci must lie strictly between 0 and 1, got {ci}")
+    replicates = np.array([
+        list(_scalar_metrics(y[i], probs[i], names).values())
+        for i in bootstrap_indices(len(y), n_boot=n_boot, seed=seed, groups=groups)
+    ]).reshape(-1, n_metrics)
+    if not replicates.size:  # fewer than two images or patients: nothing to resample
+        return np.full(n_metrics, np.nan), np.full(n_metrics, np.nan)
+    tail = (1 - ci) / 2
+    with warnings.catch_warnings():  # a metric undefined in every resample stays NaN
+        warnings.simplefilter("ignore", RuntimeWarning)
+        low, high = np.nanquantile(replicates, [tail, 1 - tail], axis=0)
+    return low, high
+
+
+def _auroc(truth: np.ndarray, score: np.ndarray) -> float:
+    if truth.all() or not truth.any():
+        return float("nan")
+    return float(roc_auc_score(truth, score))
+
+
+def _roc_points(truth: np.ndarray, score: np.ndarray) -> dict[str, Any] | None:
+    if truth.all() or not truth.any():
+        return None
+    fpr, tpr, thresholds = roc_curve(truth, score)
+    keep = np.unique(np.linspace(0, fpr.size - 1, min(fpr.size, MAX_ROC_POINTS)).round())
+    keep = keep.astype(int)
+    return {
+        "auroc": float(roc_auc_score(truth, score)),
+        "fpr": fpr[keep].tolist(),
+        "tpr": tpr[keep].tolist(),
+        "thresholds": [float(t) if np.isfinite(t) else None for t in thresholds[keep]],
+    }
+
+
+def _benign_or_malignant(y: np.ndarray, names: Sequence[str]) -> np.ndarray:
+    return np.isin(y, [names.index("benign"), names.index("malignant")])
+
+
+def _benign_vs_malignant(y: np.ndarray, probs: np.ndarray,
+                         names: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """(is malignant, P(malignant) / (P(benign) + P(malignant))) for benign/malignant images."""
+    benign, malignant = probs[:, names.index("benign")], probs[:, names.index("malignant")]
+    total = benign + malignant
+    # Both underflowed to 0 (the model is sure it is normal): no preference either way.
+    score = np.divide(malignant, total, out=np.full_like(total, 0.5), where=total > 0)
+    return y == names.index("malignant"), score
+
+
+def _calibration_bin(confidence: np.ndarray, n_bins: int) -> np.ndarray:
+    """Bin index of each confidence, exactly as sklearn's calibration_curve bins it."""
+    return np.searchsorted(np.linspace(0.0, 1.0, n_bins + 1)[1:-1], confidence)
+
+
+def _check_inputs(y_true: ArrayLike, probs: ArrayLike,
+                  class_names: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    y = np.asarray(y_true)
+    p = np.asarray(probs, dtype=float)
+    n_classes = len(class_names)
+    if n_classes < 2 or len(set(class_names)) != n_classes:
+        raise ValueError(f"class_names must be at least two distinct names, got {class_names}")
+    if p.ndim != 2 or p.shape[1] != n_classes:
+        raise ValueError(f"probs must have shape (N, {n_classes}), got {p.shape}")
+    if y.shape != (p.shape[0],) or y.size == 0:
+        raise ValueError(f"y_true must have shape ({p.shape[0]},) and N > 0, got {y.shape}")
+    if not np.issubdtype(y.dtype, np.integer) or y.min() < 0 or y.max() >= n_classes:
+        raise ValueError(f"y_true must be class indices in 0..{n_classes - 1}")
+    if not (np.isfinite(p).all() and p.min() >= 0 and p.max() <= 1):
+        raise ValueError("probs must be probabilities in [0, 1]")
+    return y, p

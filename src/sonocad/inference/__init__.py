@@ -1,0 +1,1 @@
+"""Inference: the Predictor (torch and ONNX Runtime back ends) and export."""

@@ -1,0 +1,67 @@
+"""`sonocad export`: a checkpoint as a self-describing ONNX model for ONNX Runtime.
+
+The graph takes the checkpoint's preprocessed input, float32 (N, 3, H, W) with N free and
+(H, W) the checkpoint's input size, and returns its logits: the segmentation "out" map
+(N, C, H, W) or the class logits (N, K). Pre- and post-processing stay in Python, shared with
+the torch back end: run the file with ``Predictor(path, backend="onnx")``. The checkpoint's
+meta (task, class names, transform, model name and arguments, recipe, ...) is stored as JSON
+in the model's metadata under `META_KEY`, so the ONNX file needs nothing beside it.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import warnings
+from pathlib import Path
+
+import onnx
+import torch
+
+from sonocad.engine.checkpoint import Checkpoint, load_checkpoint
+from sonocad.errors import InputError, SonocadError
+from sonocad.inference.predictor import LogitsOnly, check_task
+from sonocad.io.atomic import write_bytes
+from sonocad.transforms import TransformConfig
+
+META_KEY = "sonocad_meta"
+INPUT_NAME, OUTPUT_NAME = "image", "logits"
+DEFAULT_OPSET = 17
+
+
+def export_onnx(checkpoint_path: str | Path, out_path: str | Path | None = None, *,
+                opset: int = DEFAULT_OPSET) -> Path:
+    """Write `checkpoint_path` as ONNX to `out_path` (default: beside it, suffix .onnx)."""
+    checkpoint_path = Path(checkpoint_path)
+    out_path = checkpoint_path.with_suffix(".onnx") if out_path is None else Path(out_path)
+    if out_path.resolve() == checkpoint_path.resolve():
+        raise InputError(out_path, "the ONNX output would overwrite the checkpoint; "
+                                   "choose another output path")
+    write_bytes(out_path, onnx_model_bytes(load_checkpoint(checkpoint_path), opset=opset))
+    return out_path
+
+
+def onnx_model_bytes(checkpoint: Checkpoint, *, opset: int = DEFAULT_OPSET) -> bytes:
+    """The serialised, checked ONNX model of `checkpoint`, its meta in the metadata."""
+    check_task(checkpoint.task)
+    size = TransformConfig.from_dict(checkpoint.meta["transform"]).size
+    module = LogitsOnly(checkpoint.build_model(), checkpoint.task)
+    buffer = io.BytesIO()
+    try:
+        with warnings.catch_warnings():
+            # The TorchScript-based exporter warns that it is deprecated; the torch.export-based
+            # one needs onnxscript, which sonocad does not depend on.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            torch.onnx.export(module, (torch.zeros(1, 3, *size),), buffer, dynamo=False,
+                              opset_version=opset, input_names=[INPUT_NAME],
+                              output_names=[OUTPUT_NAME],
+                              dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}})
+    except torch.onnx.errors.OnnxExporterError as exc:
+        # torch's message runs to pages (the graph); its first sentence says what failed.
+        reason = str(exc).strip().splitlines()[0].split(". ")[0].rstrip(".")
+        raise SonocadError(f"cannot export model {checkpoint.meta['model']['name']!r} "
+                           f"to ONNX: {reason}") from exc
+    model = onnx.load_model_from_string(buffer.getvalue())
+    onnx.helper.set_model_props(model, {META_KEY: json.dumps(checkpoint.meta)})
+    onnx.checker.check_model(model, full_check=True)
+    return model.SerializeToString()

@@ -1,0 +1,69 @@
+"""The ONNX Runtime back end: one InferenceSession behind the Predictor's `Runner` interface.
+
+It runs a ``.onnx`` file from `sonocad export` (its meta comes from the file's metadata) or a
+checkpoint, exported in memory first. It uses as many threads as torch does, so the two back
+ends share one CPU budget, with every graph optimisation on.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+import torch
+from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
+from torch import Tensor
+
+from sonocad.engine.checkpoint import Checkpoint
+from sonocad.errors import InputError
+from sonocad.inference.export import META_KEY, onnx_model_bytes
+
+# What ONNX Runtime raises for a file that is not a usable model (they derive from Exception).
+_LOAD_ERRORS = (ort_errors.InvalidProtobuf, ort_errors.InvalidGraph, ort_errors.Fail,
+                ort_errors.NotImplemented, ort_errors.InvalidArgument)
+
+
+class OnnxRunner:
+    def __init__(self, session: ort.InferenceSession, meta: dict[str, Any]) -> None:
+        self.session, self.meta = session, meta
+        self.input_name = session.get_inputs()[0].name
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> OnnxRunner:
+        path = Path(path)
+        if not path.is_file():
+            raise InputError(path, "no such ONNX model")
+        try:
+            session = _session(str(path))
+        except _LOAD_ERRORS as exc:
+            raise InputError(path, f"not a readable ONNX model ({type(exc).__name__})") from None
+        text = session.get_modelmeta().custom_metadata_map.get(META_KEY)
+        if text is None:
+            raise InputError(path, f"not a sonocad ONNX model (no {META_KEY!r} metadata; "
+                                   f"export it with `sonocad export`)")
+        try:
+            return cls(session, json.loads(text))
+        except json.JSONDecodeError:
+            raise InputError(path, f"its {META_KEY!r} metadata is not valid JSON") from None
+
+    @classmethod
+    def from_checkpoint(cls, checkpoint: Checkpoint) -> OnnxRunner:
+        return cls(_session(onnx_model_bytes(checkpoint)), checkpoint.meta)
+
+    def __call__(self, batch: Tensor) -> Tensor:
+        feed = np.ascontiguousarray(batch.numpy(), dtype=np.float32)
+        (logits,) = self.session.run(None, {self.input_name: feed})
+        return torch.from_numpy(logits)
+
+
+def _session(model: str | bytes) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # Idle threads sleep rather than spin: spinning steals a shared CPU from the rest of the
+    # run (preprocessing, writing outputs, torch) and from other processes.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])

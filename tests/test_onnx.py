@@ -1,0 +1,157 @@
+"""ONNX export and the ONNX Runtime back end: self-describing files, parity with torch."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from PIL import Image as PILImage
+
+from sonocad.data.phantom import make_phantom
+from sonocad.engine.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from sonocad.errors import InputError, SonocadError
+from sonocad.inference.export import META_KEY, export_onnx, onnx_model_bytes
+from sonocad.inference.predict import predict
+from sonocad.inference.predictor import Predictor
+from sonocad.models import create_model
+from sonocad.transforms import TransformConfig
+
+MODELS = {  # name -> (task, builder args, class names)
+    "u2net_lite": ("segmentation", {}, ["background", "lesion"]),
+    "unet": ("segmentation", {"base_width": 4, "depth": 2}, ["background", "lesion"]),
+    "resnet34": ("classification", {"num_classes": 3}, ["normal", "benign", "malignant"]),
+}
+
+
+def _checkpoint(path: Path, name: str) -> Path:
+    task, args, class_names = MODELS[name]
+    torch.manual_seed(0)
+    model = create_model(name, **args)
+    meta = {"task": task, "model": {"name": name, "args": args}, "class_names": class_names,
+            "transform": TransformConfig(input_size=64).to_dict(), "recipe": {}, "data": {},
+            "metrics": {}}
+    save_checkpoint(path, Checkpoint(meta, model.state_dict()))
+    return path
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, Path]]:
+    """name -> (checkpoint, its ONNX export at the default path)."""
+    folder = tmp_path_factory.mktemp("models")
+    pairs = {}
+    for name in MODELS:
+        checkpoint = _checkpoint(folder / f"{name}.pt", name)
+        pairs[name] = checkpoint, export_onnx(checkpoint)
+    return pairs
+
+
+def _images(count: int) -> list[np.ndarray]:
+    # Different sizes and aspect ratios, so letterboxing and restoring the size are exercised.
+    sizes = [(60, 80), (96, 64), (64, 64)]
+    return [make_phantom("malignant", size=sizes[i % 3], seed=i).image for i in range(count)]
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+@pytest.mark.parametrize("name", list(MODELS))
+def test_onnx_runtime_matches_torch(exported: dict[str, tuple[Path, Path]], name: str,
+                                    batch: int) -> None:
+    checkpoint, onnx_path = exported[name]
+    torch_predictor = Predictor(checkpoint)
+    onnx_predictor = Predictor(onnx_path, backend="onnx")
+    images = _images(batch)
+
+    model_input = torch.stack([torch.randn(3, 64, 64) for _ in range(batch)])
+    torch.testing.assert_close(onnx_predictor.runner(model_input),
+                               torch_predictor.runner(model_input), rtol=1e-4, atol=1e-4)
+    for ours, theirs in zip(onnx_predictor.predict(images), torch_predictor.predict(images),
+                            strict=True):
+        if MODELS[name][0] == "segmentation":
+            assert ours.lesion_probability.shape == theirs.lesion_probability.shape
+            np.testing.assert_allclose(ours.lesion_probability, theirs.lesion_probability,
+                                       atol=1e-4)
+        else:
+            assert ours.class_probabilities.keys() == theirs.class_probabilities.keys()
+            np.testing.assert_allclose(list(ours.class_probabilities.values()),
+                                       list(theirs.class_probabilities.values()), atol=1e-4)
+
+
+def test_exported_file_describes_itself(exported: dict[str, tuple[Path, Path]]) -> None:
+    checkpoint, onnx_path = exported["u2net_lite"]
+    assert onnx_path == checkpoint.with_suffix(".onnx")
+    model = onnx.load(onnx_path)
+    onnx.checker.check_model(model, full_check=True)
+    meta = json.loads({p.key: p.value for p in model.metadata_props}[META_KEY])
+    assert meta == load_checkpoint(checkpoint).meta
+    (graph_input,) = model.graph.input
+    dims = [d.dim_param or d.dim_value for d in graph_input.type.tensor_type.shape.dim]
+    assert dims == ["batch", 3, 64, 64]
+
+    predictor = Predictor(onnx_path, backend="onnx")
+    assert predictor.checkpoint is None
+    assert (predictor.task, predictor.class_names) == ("segmentation", ["background", "lesion"])
+    assert predictor.transform_config == TransformConfig(input_size=64)
+    options = predictor.runner.session.get_session_options()
+    assert options.intra_op_num_threads == torch.get_num_threads()
+
+
+def test_a_checkpoint_runs_on_the_onnx_back_end_directly(
+        exported: dict[str, tuple[Path, Path]]) -> None:
+    checkpoint, _ = exported["unet"]
+    predictor = Predictor(checkpoint, backend="onnx")
+    assert predictor.checkpoint is not None
+    (ours,) = predictor.predict(_images(1))
+    (theirs,) = Predictor(checkpoint).predict(_images(1))
+    np.testing.assert_allclose(ours.lesion_probability, theirs.lesion_probability, atol=1e-4)
+
+
+def test_predict_command_gives_the_same_table_on_both_back_ends(
+        exported: dict[str, tuple[Path, Path]], tmp_path: Path) -> None:
+    checkpoint, onnx_path = exported["unet"]
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for i, image in enumerate(_images(3)):
+        PILImage.fromarray(image).save(folder / f"{i}.png")
+    torch_rows = predict([folder], tmp_path / "torch", checkpoint=checkpoint).rows
+    onnx_rows = predict([folder], tmp_path / "onnx", checkpoint=onnx_path, backend="onnx").rows
+    assert [r["image_id"] for r in onnx_rows] == ["0.png", "1.png", "2.png"]
+    for ours, theirs in zip(onnx_rows, torch_rows, strict=True):
+        assert ours["lesion_area_px"] == pytest.approx(theirs["lesion_area_px"], abs=2)
+
+
+def test_export_to_a_chosen_path_and_never_over_the_checkpoint(
+        exported: dict[str, tuple[Path, Path]], tmp_path: Path) -> None:
+    checkpoint, _ = exported["unet"]
+    out = export_onnx(checkpoint, tmp_path / "sub" / "model.onnx", opset=18)
+    assert out.is_file() and onnx.load(out).opset_import[0].version == 18
+    with pytest.raises(InputError, match="overwrite the checkpoint"):
+        export_onnx(checkpoint, checkpoint)
+
+
+def test_unusable_models_are_clear_errors(exported: dict[str, tuple[Path, Path]],
+                                          tmp_path: Path) -> None:
+    checkpoint, onnx_path = exported["unet"]
+    garbage = tmp_path / "garbage.onnx"
+    garbage.write_bytes(b"not a model")
+    with pytest.raises(InputError, match="garbage.onnx: not a readable ONNX model"):
+        Predictor(garbage, backend="onnx")
+
+    foreign = onnx.load(onnx_path)
+    del foreign.metadata_props[:]
+    onnx.save(foreign, tmp_path / "foreign.onnx")
+    with pytest.raises(InputError, match="not a sonocad ONNX model"):
+        Predictor(tmp_path / "foreign.onnx", backend="onnx")
+
+    with pytest.raises(InputError, match="onnx back end"):
+        Predictor(onnx_path)
+    with pytest.raises(SonocadError, match="unknown back end"):
+        Predictor(checkpoint, backend="tensorrt")
+    with pytest.raises(InputError, match="no such ONNX model"):
+        Predictor(tmp_path / "missing.onnx", backend="onnx")
+
+    detection = Checkpoint({**load_checkpoint(checkpoint).meta, "task": "detection"}, {})
+    with pytest.raises(SonocadError, match="does not handle detection"):
+        onnx_model_bytes(detection)

@@ -1,0 +1,237 @@
+"""`predict`: inputs (files, folders, globs, DICOM cine loops), outputs, the table, failures."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from importlib.resources import files
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image as PILImage
+from pydicom import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, UltrasoundMultiFrameImageStorage
+
+from sonocad.data.phantom import make_phantom, write_phantom_dataset
+from sonocad.engine.checkpoint import Checkpoint, save_checkpoint
+from sonocad.errors import SonocadError
+from sonocad.evaluation.table import read_predictions
+from sonocad.inference.predict import predict
+from sonocad.models import create_model
+from sonocad.transforms import TransformConfig
+from sonocad.visual import PREDICTION_COLOUR
+
+SEG_CLASSES = ["background", "lesion"]
+CLS_CLASSES = ["normal", "benign", "malignant"]
+
+
+def _meta(task: str, name: str, args: dict, class_names: list[str]) -> dict:
+    return {"task": task, "model": {"name": name, "args": args}, "class_names": class_names,
+            "transform": TransformConfig(input_size=32).to_dict(), "recipe": {}, "data": {},
+            "metrics": {}}
+
+
+def _unet_checkpoint(path: Path, lesion_logit: float) -> Path:
+    """A tiny U-Net whose head ignores its features: every pixel gets `lesion_logit`, so the
+    predicted mask is all lesion (> 0) or all background (< 0) whatever the image."""
+    args = {"base_width": 4, "depth": 2}
+    model = create_model("unet", **args)
+    torch.nn.init.zeros_(model.head.weight)
+    torch.nn.init.constant_(model.head.bias, lesion_logit)
+    save_checkpoint(path, Checkpoint(_meta("segmentation", "unet", args, SEG_CLASSES),
+                                     model.state_dict()))
+    return path
+
+
+@pytest.fixture(scope="module")
+def lesion_everywhere(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _unet_checkpoint(tmp_path_factory.mktemp("ckpt") / "all.pt", 5.0)
+
+
+@pytest.fixture(scope="module")
+def no_lesion(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _unet_checkpoint(tmp_path_factory.mktemp("ckpt") / "none.pt", -5.0)
+
+
+def _png(path: Path, seed: int = 0, size: tuple[int, int] = (40, 56)) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    PILImage.fromarray(make_phantom("benign", size=size, seed=seed).image).save(path)
+    return path
+
+
+def _tree_digest(root: Path) -> dict[str, str]:
+    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_phantom_folder_writes_every_output_and_leaves_the_inputs_alone(
+        tmp_path: Path, lesion_everywhere: Path) -> None:
+    data = tmp_path / "data"
+    write_phantom_dataset(data, per_class=1, size=(40, 56))
+    before = _tree_digest(data)
+    result = predict([data], tmp_path / "out", checkpoint=lesion_everywhere, batch_size=2)
+
+    assert result.ok and _tree_digest(data) == before
+    assert sorted(r["image_id"] for r in result.rows) == sorted(before)  # images and masks
+    out = tmp_path / "out"
+    row = next(r for r in result.rows if r["image_id"] == "benign/benign (1).png")
+    assert row["output_name"] == "benign/benign (1)" and row["frame"] is None
+    assert (row["width"], row["height"]) == (56, 40)
+    mask = np.array(PILImage.open(out / "masks" / "benign" / "benign (1).png"))
+    assert mask.shape == (40, 56) and (mask == 255).all()
+    assert row["lesion_detected"] == 1 and row["lesion_area_px"] == 40 * 56
+    assert row["lesion_diameter_px"] == pytest.approx(math.hypot(39, 55))
+    assert math.isnan(row["lesion_area_mm2"])  # a PNG has no pixel spacing
+
+    # The overlay outlines the lesion: its rim is drawn, its inside still shows the tissue.
+    image = np.array(PILImage.open(data / "benign" / "benign (1).png"))
+    overlay = np.array(PILImage.open(out / "overlays" / "benign" / "benign (1).png"))
+    assert overlay.shape == (40, 56, 3)
+    assert tuple(overlay[0, 0]) == PREDICTION_COLOUR
+    assert (overlay[10:30, 10:46] == image[10:30, 10:46, None]).all()
+    assert np.array(PILImage.open(out / "heatmaps" / "benign" / "benign (1).png")).shape == \
+        (40, 56, 3)
+
+    table = read_predictions(out / "predictions.csv")
+    assert len(table) == len(result.rows)
+    assert len(json.loads((out / "predictions.json").read_text())) == len(result.rows)
+
+
+def test_no_lesion_gives_empty_masks_and_blank_sizes(tmp_path: Path, no_lesion: Path) -> None:
+    result = predict([_png(tmp_path / "x.png")], tmp_path / "out", checkpoint=no_lesion)
+    (row,) = result.rows
+    assert row["lesion_detected"] == 0 and row["lesion_area_px"] == 0
+    assert math.isnan(row["lesion_diameter_px"])
+    assert not np.array(PILImage.open(tmp_path / "out" / "masks" / "x.png")).any()
+    assert read_predictions(tmp_path / "out" / "predictions.csv")[0]["lesion_diameter_px"] is None
+
+
+def test_unreadable_file_is_reported_and_the_rest_predicted(
+        tmp_path: Path, lesion_everywhere: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    folder = tmp_path / "in"
+    _png(folder / "good.png")
+    (folder / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    result = predict([folder], tmp_path / "out", checkpoint=lesion_everywhere)
+
+    assert not result.ok
+    assert [f.path.name for f in result.failures] == ["bad.png"]
+    assert [r["image_id"] for r in result.rows] == ["good.png"]
+    assert (tmp_path / "out" / "masks" / "good.png").is_file()
+    assert not (tmp_path / "out" / "masks" / "bad.png").exists()
+    errors = capsys.readouterr().err.strip().splitlines()
+    assert len(errors) == 1 and "bad.png" in errors[0]
+
+
+def _cine_loop(path: Path, frames: int, shape: tuple[int, int],
+               spacing: tuple[float, float]) -> Path:
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    pixels = np.stack([make_phantom("malignant", size=shape, seed=i).image
+                       for i in range(frames)])
+    ds.set_pixel_data(pixels, "MONOCHROME2", 8)
+    ds.SOPClassUID = UltrasoundMultiFrameImageStorage
+    ds.PixelSpacing = list(spacing)
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def test_every_frame_of_a_dicom_cine_loop_is_predicted_in_mm(
+        tmp_path: Path, lesion_everywhere: Path) -> None:
+    loop = _cine_loop(tmp_path / "loop.dcm", 3, (36, 48), (0.1, 0.2))
+    result = predict([loop], tmp_path / "out", checkpoint=lesion_everywhere, batch_size=2)
+
+    assert result.ok
+    assert [r["frame"] for r in result.rows] == [1, 2, 3]
+    assert [r["output_name"] for r in result.rows] == [f"loop_frame00{i}" for i in (1, 2, 3)]
+    for row in result.rows:
+        assert row["image_id"] == "loop.dcm"
+        assert row["lesion_area_mm2"] == pytest.approx(36 * 48 * 0.1 * 0.2)
+        assert row["lesion_diameter_mm"] == pytest.approx(math.hypot(35 * 0.1, 47 * 0.2))
+        assert (tmp_path / "out" / "masks" / f"{row['output_name']}.png").is_file()
+    table = read_predictions(tmp_path / "out" / "predictions.csv")
+    assert table[2]["lesion_area_mm2"] == pytest.approx(36 * 48 * 0.02, rel=1e-5)
+
+
+def test_inputs_with_the_same_stem_get_their_own_outputs(
+        tmp_path: Path, lesion_everywhere: Path) -> None:
+    first = _png(tmp_path / "a" / "x.png", seed=1, size=(40, 40))
+    second = _png(tmp_path / "b" / "x.png", seed=2, size=(48, 32))
+    result = predict([first, second, first], tmp_path / "out", checkpoint=lesion_everywhere)
+
+    assert [r["output_name"] for r in result.rows] == ["x", "x_2"]  # `first` once only
+    assert [r["file"] for r in result.rows] == [str(first), str(second)]
+    shapes = [np.array(PILImage.open(tmp_path / "out" / "masks" / f"{name}.png")).shape
+              for name in ("x", "x_2")]
+    assert shapes == [(40, 40), (48, 32)]
+
+
+def test_glob_inputs_are_expanded_relative_to_their_root(
+        tmp_path: Path, lesion_everywhere: Path) -> None:
+    _png(tmp_path / "scans" / "left" / "a.png")
+    _png(tmp_path / "scans" / "right" / "b.png")
+    (tmp_path / "scans" / "notes.txt").write_text("not an image")
+    result = predict([str(tmp_path / "scans" / "**" / "*"), str(tmp_path / "none*.png")],
+                     tmp_path / "out", checkpoint=lesion_everywhere)
+
+    assert [r["image_id"] for r in result.rows] == ["left/a.png", "right/b.png"]
+    assert [Path(f.path).name for f in result.failures] == ["none*.png"]
+    assert (tmp_path / "out" / "masks" / "right" / "b.png").is_file()
+
+
+def test_output_inside_the_input_folder_is_not_read_back(
+        tmp_path: Path, lesion_everywhere: Path) -> None:
+    folder = tmp_path / "in"
+    _png(folder / "a.png")
+    predict([folder], folder / "pred", checkpoint=lesion_everywhere)
+    again = predict([folder], folder / "pred", checkpoint=lesion_everywhere)
+    assert [r["image_id"] for r in again.rows] == ["a.png"]
+
+
+def test_classifier_writes_probabilities_and_a_captioned_overlay(tmp_path: Path) -> None:
+    model = create_model("resnet34", num_classes=3)
+    torch.nn.init.zeros_(model.fc.weight)
+    with torch.no_grad():
+        model.fc.bias.copy_(torch.tensor([0.0, 2.0, 0.0]))
+    checkpoint = tmp_path / "cls.pt"
+    save_checkpoint(checkpoint, Checkpoint(_meta("classification", "resnet34",
+                                                 {"num_classes": 3}, CLS_CLASSES),
+                                           model.state_dict()))
+    image = _png(tmp_path / "in" / "x.png", size=(64, 80))
+    result = predict([image], tmp_path / "out", checkpoint=checkpoint)
+
+    (row,) = result.rows
+    benign = math.exp(2) / (2 + math.exp(2))
+    assert row["predicted_class"] == "benign"
+    assert row["prob_benign"] == pytest.approx(benign, abs=1e-6)
+    assert row["prob_normal"] == pytest.approx((1 - benign) / 2, abs=1e-6)
+    assert "lesion_area_px" not in row
+    assert not (tmp_path / "out" / "masks").exists()
+    assert not (tmp_path / "out" / "heatmaps").exists()
+    overlay = np.array(PILImage.open(tmp_path / "out" / "overlays" / "x.png"))
+    original = np.array(PILImage.open(image))
+    assert overlay.shape == (64, 80, 3)
+    # A black box with white text in the top-left corner.
+    assert (overlay[:2, :20] == 0).all() and (overlay[:16, :60] > 200).any()
+    assert (overlay[40:, :, 0] == original[40:]).all()  # the rest untouched
+
+
+def test_bad_arguments_are_clear_errors(tmp_path: Path, lesion_everywhere: Path) -> None:
+    (tmp_path / "out.txt").write_text("")
+    with pytest.raises(SonocadError, match="not a folder"):
+        predict([], tmp_path / "out.txt", checkpoint=lesion_everywhere)
+    with pytest.raises(SonocadError, match="batch size"):
+        predict([], tmp_path / "out", checkpoint=lesion_everywhere, batch_size=0)
+    with pytest.raises(SonocadError, match="no such checkpoint"):
+        predict([], tmp_path / "out", checkpoint=tmp_path / "missing.pt")
+
+
+def test_without_a_checkpoint_asks_for_one_until_a_default_model_is_bundled(
+        tmp_path: Path) -> None:
+    if files("sonocad").joinpath("weights", "default.pt").is_file():
+        pytest.skip("a default model is bundled")
+    with pytest.raises(SonocadError, match="no bundled default model yet; pass a checkpoint"):
+        predict([_png(tmp_path / "x.png")], tmp_path / "out")
