@@ -18,7 +18,6 @@ from sonocad.data.split import (
     read_split,
     resolve_subset,
     select,
-    split_units,
     write_split,
 )
 from sonocad.errors import InputError, SonocadError
@@ -69,8 +68,6 @@ def test_split_keeps_patients_and_duplicate_groups_whole():
     samples, groups = synthetic()
     split = make_split(samples, groups, seed=0)
     assert_grouped(split, samples, groups)
-    # The test set really is exercised: patients and groups chain into multi-image units.
-    assert max(len(u) for u in split_units(samples, groups)) >= 5
 
 
 def test_split_covers_every_image_once_with_sorted_ids():
@@ -218,3 +215,30 @@ def test_resolve_subset_errors(tmp_path):
         resolve_subset(f"{path}:tset")
     with pytest.raises(InputError, match="FILE:SUBSET"):
         resolve_subset(str(path))
+
+
+# --- the frozen BUSI split ----------------------------------------------------------------
+
+def test_committed_busi_split_is_a_valid_70_15_15_split():
+    split = read_split(BUSI_SPLIT)
+    assert split.dataset == "BUSI" and split.seed == 0 and len(split.image_ids) == 780
+    for name, fraction in zip(("train", "val", "test"), (0.70, 0.15, 0.15)):
+        assert abs(len(split.subsets[name]) / 780 - fraction) <= 0.02
+
+
+@pytest.mark.busi
+@pytest.mark.slow
+def test_committed_busi_split_keeps_every_duplicate_group_in_one_subset(busi_root):
+    from sonocad.data.adapters import open_dataset
+    from sonocad.data.duplicates import find_duplicate_groups
+
+    split = read_split(BUSI_SPLIT)
+    samples = open_dataset(busi_root)
+    counted = Counter(i for ids in split.subsets.values() for i in ids)
+    assert sorted(counted) == sorted(s.image_id for s in samples) and len(counted) == 780
+    assert set(counted.values()) == {1}
+    where = subset_of(split)
+    groups = find_duplicate_groups(samples)
+    assert len(groups) > 100  # the detector did run and found BUSI's duplicates
+    split_apart = [g.image_ids for g in groups if len({where[i] for i in g.image_ids}) > 1]
+    assert split_apart == []

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image as PILImage
 
-from sonocad.data.duplicates import find_duplicate_groups
+from sonocad.data.duplicates import ImageHashes, find_duplicate_groups, hash_image
 from sonocad.data.sample import CLASS_NAMES, MaskFormat, Sample
 from sonocad.errors import InputError
 
@@ -60,13 +60,15 @@ def check_dataset(root: str | Path, samples: list[Sample],
     problems: list[Problem] = []
     sizes: list[tuple[int, int]] = []
     readable: list[Sample] = []
+    hashes: dict[str, ImageHashes] = {}
     for sample in progress(samples):
-        shape, sample_problems = _check_sample(sample)
+        pixels, sample_problems = _check_sample(sample)
         problems.extend(sample_problems)
-        if shape is not None:
-            sizes.append(shape)
+        if pixels is not None:
+            sizes.append(pixels.shape[:2])
             readable.append(sample)
-    groups = find_duplicate_groups(readable)
+            hashes[sample.image_id] = hash_image(pixels)  # while the pixels are in memory
+    groups = find_duplicate_groups(readable, hashes=hashes)
     for group in groups:
         if group.cross_label:
             problems.append(Problem("warning", group.image_ids[0],
@@ -85,7 +87,8 @@ def check_dataset(root: str | Path, samples: list[Sample],
     )
 
 
-def _check_sample(sample: Sample) -> tuple[tuple[int, int] | None, list[Problem]]:
+def _check_sample(sample: Sample) -> tuple[np.ndarray | None, list[Problem]]:
+    """The image's pixels (None when unreadable) and the sample's problems."""
     problems: list[Problem] = []
     where = str(sample.image_path)
     if sample.label is not None and sample.label not in CLASS_NAMES:
@@ -95,15 +98,15 @@ def _check_sample(sample: Sample) -> tuple[tuple[int, int] | None, list[Problem]
         image = sample.load_image()
     except InputError as exc:
         return None, [*problems, Problem("error", str(exc.path), exc.problem)]
-    shape = image.pixels.shape[:2]
+    pixels = image.pixels
     if not sample.mask_paths:
         if sample.label in LESION_CLASSES:
             problems.append(Problem("error", where, f"missing mask for a {sample.label} image"))
-        return shape, problems
+        return pixels, problems
     try:
-        mask = sample.load_mask(shape)
+        mask = sample.load_mask(pixels.shape[:2])
     except InputError as exc:
-        return shape, [*problems, Problem("error", str(exc.path), exc.problem)]
+        return pixels, [*problems, Problem("error", str(exc.path), exc.problem)]
     if sample.label in LESION_CLASSES and not mask.any():
         problems.append(Problem("warning", where, f"empty mask in a {sample.label} image"))
     if sample.mask_format is MaskFormat.BINARY:
@@ -111,7 +114,7 @@ def _check_sample(sample: Sample) -> tuple[tuple[int, int] | None, list[Problem]
             if (levels := _grey_levels(path)) > 2:
                 problems.append(Problem("warning", str(path), f"non-binary mask ({levels} grey "
                                         "levels); any non-zero pixel is taken as lesion"))
-    return shape, problems
+    return pixels, problems
 
 
 def _grey_levels(mask_path: Path) -> int:

@@ -68,11 +68,12 @@ class SplitFile:
             out["k"] = self.k
             out["test_fraction"] = self.test_fraction or 0.0
         out["fingerprint"] = self.fingerprint
-        out["subsets"] = {name: list(ids) for name, ids in self.subsets.items()}
+        out["subsets"] = {name: sorted(ids) for name, ids in self.subsets.items()}
         return out
 
 
 def fingerprint(image_ids: Iterable[str]) -> str:
+    """sha256 (hex) of the sorted ids joined by newlines."""
     return hashlib.sha256("\n".join(sorted(image_ids)).encode("utf-8")).hexdigest()
 
 
@@ -122,16 +123,6 @@ def make_folds(samples: Sequence[Sample], groups: Iterable[Sequence[str]], *, k:
         subsets["test"] = _ids(ordered, ~in_folds)
     return SplitFile(dataset or _dataset_name(ordered), seed, method, subsets, k=k,
                      test_fraction=test_fraction)
-
-
-def split_units(samples: Sequence[Sample], groups: Iterable[Sequence[str]]) -> list[list[str]]:
-    """The units a split keeps whole (image ids, sorted), for checks and reports."""
-    ordered = sorted(samples, key=lambda s: s.image_id)
-    units = _units(ordered, groups)
-    out: dict[int, list[str]] = {}
-    for sample, unit in zip(ordered, units):
-        out.setdefault(int(unit), []).append(sample.image_id)
-    return sorted(out.values())
 
 
 def _check_fractions(fractions: Sequence[float]) -> tuple[float, ...]:
