@@ -155,7 +155,7 @@ def test_imagenet_offline_is_a_one_line_error(name: str) -> None:
         create_model(name, pretrained="imagenet")
     message = str(caught.value)
     assert "\n" not in message
-    assert "could not fetch ImageNet weights" in message and "--pretrained none" in message
+    assert "could not fetch ImageNet weights" in message and "model.pretrained=none" in message
     assert "checkpoints" in message  # where to place the file by hand
 
 

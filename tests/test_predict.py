@@ -191,7 +191,8 @@ def test_output_inside_the_input_folder_is_not_read_back(
     assert [r["image_id"] for r in again.rows] == ["a.png"]
 
 
-def test_classifier_writes_probabilities_and_a_captioned_overlay(tmp_path: Path) -> None:
+def test_classifier_writes_probabilities_a_captioned_overlay_and_grad_cam(
+        tmp_path: Path) -> None:
     model = create_model("resnet34", num_classes=3)
     torch.nn.init.zeros_(model.fc.weight)
     with torch.no_grad():
@@ -210,7 +211,8 @@ def test_classifier_writes_probabilities_and_a_captioned_overlay(tmp_path: Path)
     assert row["prob_normal"] == pytest.approx((1 - benign) / 2, abs=1e-6)
     assert "lesion_area_px" not in row
     assert not (tmp_path / "out" / "masks").exists()
-    assert not (tmp_path / "out" / "heatmaps").exists()
+    heat = PILImage.open(tmp_path / "out" / "heatmaps" / "x.png")
+    assert heat.size == (80, 64)  # Grad-CAM over the image at its own size
     overlay = np.array(PILImage.open(tmp_path / "out" / "overlays" / "x.png"))
     original = np.array(PILImage.open(image))
     assert overlay.shape == (64, 80, 3)

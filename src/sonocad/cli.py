@@ -204,6 +204,14 @@ def _add_inference_commands(commands) -> None:
                          help="inference engine (default: onnx for a .onnx model, else torch)")
     predict.add_argument("--batch-size", type=int, default=8)
 
+    explain = _command(commands, "explain", _explain,
+                       "heatmaps of where a model looked: Grad-CAM for classifiers, the lesion "
+                       "probability for segmentation models")
+    explain.add_argument("checkpoint", type=Path)
+    explain.add_argument("inputs", nargs="+", type=Path, metavar="IMAGE")
+    explain.add_argument("--out", type=Path, required=True, help="folder to write")
+    explain.add_argument("--method", choices=["gradcam", "gradcam++"], default="gradcam")
+
     export = _command(commands, "export", _export, "export a checkpoint for ONNX Runtime")
     export.add_argument("checkpoint", type=Path)
     export.add_argument("--format", choices=["onnx"], default="onnx")
@@ -232,6 +240,17 @@ def _split_checkpoint(items: list[str]) -> tuple[Path | None, list[str]]:
     if first.suffix in (".pt", ".onnx"):
         raise SonocadError(f"{first}: a checkpoint was given but no images to predict")
     return None, items
+
+
+def _explain(args: argparse.Namespace) -> int:
+    from sonocad.explain import explain
+
+    result = explain(args.checkpoint, args.inputs, args.out, method=args.method)
+    print(f"wrote {len(result.rows)} heatmaps to {result.out_dir}")
+    if not result.ok:
+        print(f"sonocad: {len(result.failures)} input(s) failed (listed above)", file=sys.stderr)
+        return 1
+    return 0
 
 
 def _export(args: argparse.Namespace) -> int:

@@ -49,8 +49,7 @@ DEFAULTS: dict[str, Any] = {
     "train": {"batch_size": 8, "epochs": 10, "max_steps": None, "seed": 0, "num_workers": 0,
               "select_metric": None, "select_mode": "max", "early_stopping": None,
               "checkpoint_every": None, "eval_batch_size": 16, "amp": True,
-              "class_weights": None, "balanced_sampler": False, "grad_clip": None,
-              "max_minutes": None, "tensorboard": False},
+              "grad_clip": None, "max_minutes": None, "tensorboard": False},
 }
 
 

@@ -118,6 +118,8 @@ class _Trainer:
         self.autocast = torch.autocast(world.device.type, enabled=use_amp)
         self.scaler = torch.amp.GradScaler(world.device.type, enabled=use_amp)
         self.history: list[dict[str, Any]] = []
+        self.tensorboard = _tensorboard_writer(out) if (
+            self.cfg_train["tensorboard"] and world.is_main) else None
 
     # --- set-up helpers --------------------------------------------------------------------
 
@@ -221,6 +223,11 @@ class _Trainer:
                 save_checkpoint(self.out / "best.pt", self._checkpoint(state))
         else:
             state.bad_validations += 1
+        if self.tensorboard is not None:
+            for key, value in row.items():
+                if key not in ("epoch", "step"):
+                    self.tensorboard.add_scalar(key, value, state.step)
+            self.tensorboard.flush()
         if self.world.is_main:
             self._write_history()
             if not _is_tty():
@@ -299,6 +306,15 @@ class _Trainer:
         writer.writerows(self.history)
         with atomic_open(self.out / "metrics.csv", "w", encoding="utf-8") as handle:
             handle.write(buffer.getvalue())
+
+
+def _tensorboard_writer(out: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise SonocadError("train.tensorboard needs the tensorboard package "
+                           "(pip install tensorboard); the CSV log needs nothing") from None
+    return SummaryWriter(str(out / "tensorboard"))
 
 
 def _select_samples(cfg: dict[str, Any], data: Path,

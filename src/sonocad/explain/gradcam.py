@@ -47,19 +47,22 @@ def grad_cam(model: nn.Module, image: Tensor, *, target_class: int | None = None
                            f"(choose from {', '.join(METHODS)})")
     if image.ndim != 4 or image.shape[0] != 1:
         raise SonocadError(f"grad_cam takes one image as (1, C, H, W), got {tuple(image.shape)}")
-    activations, logits = _forward(model, image, _resolve_layer(model, layer))
-    if logits.ndim != 2:
-        raise SonocadError("grad_cam needs class logits (1, K), the model gave "
-                           f"{tuple(logits.shape)}")
-    if target_class is None:
-        target_class = int(logits[0].argmax())
-    if not 0 <= target_class < logits.shape[1]:
-        raise SonocadError(f"target class {target_class} is out of range "
-                           f"(0..{logits.shape[1] - 1})")
-    # autograd.grad returns the gradient without accumulating into any parameter's .grad.
-    (gradients,) = torch.autograd.grad(logits[0, target_class], activations)
-    weights = _channel_weights(activations.detach(), gradients, method)
-    cam = F.relu((weights[:, :, None, None] * activations.detach()).sum(dim=1, keepdim=True))
+    # The whole graph is built and used inside enable_grad: a caller may be under no_grad.
+    with torch.enable_grad():
+        activations, logits = _forward(model, image, _resolve_layer(model, layer))
+        if not isinstance(logits, Tensor) or logits.ndim != 2:
+            raise SonocadError("grad_cam explains classifiers: the model must return "
+                               "logits (1, K)")
+        if target_class is None:
+            target_class = int(logits[0].argmax())
+        if not 0 <= target_class < logits.shape[1]:
+            raise SonocadError(f"target class {target_class} is out of range "
+                               f"(0..{logits.shape[1] - 1})")
+        # autograd.grad returns the gradient without accumulating into any parameter's .grad.
+        (gradients,) = torch.autograd.grad(logits[0, target_class], activations)
+    activations = activations.detach()
+    weights = _channel_weights(activations, gradients, method)
+    cam = F.relu((weights[:, :, None, None] * activations).sum(dim=1, keepdim=True))
     cam = F.interpolate(cam, size=image.shape[-2:], mode="bilinear", align_corners=False)[0, 0]
     peak = float(cam.max())
     return (cam / peak if peak > 0 else cam).cpu().numpy().astype(np.float32)
@@ -77,15 +80,14 @@ def _resolve_layer(model: nn.Module, layer: nn.Module | str | None) -> nn.Module
 
 
 def _forward(model: nn.Module, image: Tensor, layer: nn.Module) -> tuple[Tensor, Tensor]:
-    """(the layer's output, the logits) from one eval-mode forward pass with autograd on."""
+    """(the layer's output, the logits) from one eval-mode forward pass."""
     captured: list[Tensor] = []
     handle = layer.register_forward_hook(lambda _module, _inputs, output: captured.append(output))
     modes = {module: module.training for module in model.modules()}
     try:
         model.eval()
         # The input asks for gradients, so the graph exists even when every weight is frozen.
-        with torch.enable_grad():
-            logits = model(image.detach().clone().requires_grad_(True))
+        logits = model(image.detach().clone().requires_grad_(True))
     finally:
         handle.remove()
         for module, training in modes.items():

@@ -6,7 +6,8 @@ glob patterns; every frame of a DICOM cine loop is predicted. Outputs, all insid
   masks/<name>.png       predicted lesion at the image's own size, 0/255 (segmentation)
   overlays/<name>.png    the image with the predicted lesion outlined (segmentation), or with
                          the predicted class and its probability written on it (classification)
-  heatmaps/<name>.png    lesion probability over the image (segmentation)
+  heatmaps/<name>.png    lesion probability over the image (segmentation), or Grad-CAM of
+                         the predicted class (classification, torch checkpoints)
   predictions.csv/.json  one row per image or frame
 
 An image's id is its path relative to the folder or glob root it was found under, or its file
@@ -36,6 +37,7 @@ from sonocad.engine.checkpoint import Checkpoint
 from sonocad.errors import InputError, SonocadError
 from sonocad.evaluation.measure import lesion_measurements
 from sonocad.evaluation.table import write_predictions
+from sonocad.explain.runner import Explainer
 from sonocad.inference.predictor import Prediction, Predictor
 from sonocad.io.atomic import save_png
 from sonocad.io.images import Image, is_image_file, iter_frames
@@ -102,6 +104,9 @@ def predict(inputs: Sequence[str | Path], out: str | Path, *,
         raise InputError(out, "the output path exists and is not a folder")
     predictor = (Predictor.default(backend=backend) if checkpoint is None
                  else Predictor(checkpoint, backend=backend))
+    # A classifier's heatmap is Grad-CAM, which needs the torch model (not an ONNX file).
+    explainer = (Explainer(predictor) if predictor.task == "classification"
+                 and predictor.checkpoint is not None else None)
     sources, failures = _collect_inputs(inputs, exclude=[out / f for f in OUTPUT_FOLDERS])
     for failure in failures:
         _report(failure)
@@ -109,7 +114,7 @@ def predict(inputs: Sequence[str | Path], out: str | Path, *,
     for batch in _batches(_items(sources, failures), batch_size):
         predictions = predictor.predict([item.image.pixels for item in batch])
         for item, prediction in zip(batch, predictions):
-            _write_images(out, item, prediction)
+            _write_images(out, item, prediction, explainer)
             rows.append(_row(item, prediction))
     write_predictions(out / "predictions", rows)
     return PredictResult(out, rows, failures)
@@ -191,7 +196,8 @@ def _batches(items: Iterable[_Item], size: int) -> Iterator[list[_Item]]:
         yield batch
 
 
-def _write_images(out: Path, item: _Item, prediction: Prediction) -> None:
+def _write_images(out: Path, item: _Item, prediction: Prediction,
+                  explainer: Explainer | None) -> None:
     pixels, mask = item.image.pixels, prediction.mask
     if mask is not None:
         save_png(out / "masks" / f"{item.name}.png", mask)
@@ -199,8 +205,10 @@ def _write_images(out: Path, item: _Item, prediction: Prediction) -> None:
                  heatmap(pixels, prediction.lesion_probability))
         overlay = draw_outlines(pixels, [(mask, PREDICTION_COLOUR)])
     else:
-        # A classifier: its Grad-CAM heatmap (sonocad.explain.gradcam) is written here.
         overlay = to_rgb8(pixels)
+        if explainer is not None:  # a classifier: the heatmap is Grad-CAM of its call
+            heat = explainer(pixels, prediction).heat
+            save_png(out / "heatmaps" / f"{item.name}.png", heatmap(pixels, heat))
     if prediction.class_probabilities:
         label = prediction.predicted_class
         overlay = _caption(overlay, f"{label} {prediction.class_probabilities[label]:.2f}")

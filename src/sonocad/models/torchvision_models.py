@@ -44,7 +44,7 @@ def _fetching(weights: WeightsEnum | None) -> Iterator[None]:
         reason = " ".join(str(exc).split())
         raise SonocadError(
             f"could not fetch ImageNet weights {weights} ({reason}); download {weights.url} "
-            f"to {cached} or use --pretrained none") from exc
+            f"to {cached}, or train without them (model.pretrained=none)") from exc
 
 
 class TorchvisionSegmentation(nn.Module):
