@@ -16,7 +16,10 @@ demo: $(INSTALLED)
 	$(BIN)/sonocad data phantom demo-out/phantoms --per-class 4
 	$(BIN)/sonocad data check demo-out/phantoms --json demo-out/check.json
 
+# The web viewer's browser test drives Debian's headless Chromium; install it where we can.
 test: $(INSTALLED)
+	@if [ ! -x /usr/bin/chromedriver ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -qq && apt-get install -y -qq chromium chromium-driver >/dev/null; fi
 	$(BIN)/pytest -q
 
 clean:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -45,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_command(commands)
     _add_evaluate_command(commands)
     _add_inference_commands(commands)
+    _add_serve_command(commands)
     return parser
 
 
@@ -257,6 +259,31 @@ def _export(args: argparse.Namespace) -> int:
     from sonocad.inference.export import export_onnx
 
     print(f"wrote {export_onnx(args.checkpoint, args.out)}")
+    return 0
+
+
+# --- serve ---------------------------------------------------------------------------------
+
+def _add_serve_command(commands) -> None:
+    serve = _command(commands, "serve", _serve, "local web viewer: upload an image, see the "
+                     "lesion outline, heatmap, probabilities and measurements")
+    serve.add_argument("--model", type=Path, metavar="CKPT",
+                       help="checkpoint or .onnx (default: the bundled model)")
+    serve.add_argument("--host", default="127.0.0.1",
+                       help="address to listen on (default 127.0.0.1; any other needs --token)")
+    serve.add_argument("--port", type=int, default=8000, help="port (0: any free port)")
+    # From the environment by default: command lines are visible to other users in `ps`.
+    serve.add_argument("--token", default=os.environ.get("SONOCAD_TOKEN"),
+                       help="require 'Authorization: Bearer TOKEN' (default: $SONOCAD_TOKEN)")
+    serve.add_argument("--backend", choices=["torch", "onnx"],
+                       help="default: onnx for a .onnx model, else torch")
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from sonocad.serve import run
+
+    backend = args.backend or ("onnx" if args.model and args.model.suffix == ".onnx" else "torch")
+    run(args.model, host=args.host, port=args.port, token=args.token, backend=backend)
     return 0
 
 

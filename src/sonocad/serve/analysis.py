@@ -1,0 +1,68 @@
+"""One image through the model: the numbers the page shows and the pictures it draws.
+
+Measurements and drawings are the ones `sonocad predict` writes (`lesion_measurements`,
+`sonocad.visual`), so the viewer and the batch command agree on every image.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from PIL import Image as PILImage
+
+from sonocad.evaluation.measure import lesion_measurements
+from sonocad.explain.runner import Explainer
+from sonocad.inference.predictor import Predictor
+from sonocad.io.images import Image
+from sonocad.visual import PREDICTION_COLOUR, draw_outlines, heatmap, to_rgb8
+
+
+@dataclass(frozen=True)
+class Analysis:
+    summary: dict[str, Any]  # JSON-ready; None where a value does not apply or is unknown
+    images: dict[str, bytes]  # "overlay" (always) and "heatmap" (when there is one) as PNG
+
+
+def analyse(predictor: Predictor, image: Image, explainer: Explainer | None = None) -> Analysis:
+    """`explainer` gives a classifier its Grad-CAM heatmap; without it a classifier has none."""
+    (prediction,) = predictor.predict([image.pixels])
+    summary: dict[str, Any] = {
+        "width": image.width, "height": image.height,
+        "pixel_spacing_mm": list(image.spacing_mm) if image.spacing_mm else None,
+        "task": predictor.task,
+        "class_probabilities": prediction.class_probabilities,
+        "predicted_class": prediction.predicted_class,
+        "lesion_detected": None, "lesion_area_px": None, "lesion_area_mm2": None,
+        "lesion_diameter_px": None, "lesion_diameter_mm": None,
+    }
+    mask = prediction.mask
+    if mask is None:  # a classifier: no outline to draw, so the image as it is
+        images = {"overlay": _png(to_rgb8(image.pixels))}
+        if explainer is not None:
+            images["heatmap"] = _png(heatmap(image.pixels, explainer(image.pixels, prediction).heat))
+        return Analysis(summary, images)
+    sizes = lesion_measurements(mask, image.spacing_mm)
+    summary.update(lesion_detected=bool(mask.any()), lesion_area_px=int(sizes["area_px"]),
+                   lesion_area_mm2=_known(sizes["area_mm2"]),
+                   lesion_diameter_px=_known(sizes["diameter_px"]),
+                   lesion_diameter_mm=_known(sizes["diameter_mm"]))
+    return Analysis(summary, {
+        "overlay": _png(draw_outlines(image.pixels, [(mask, PREDICTION_COLOUR)])),
+        "heatmap": _png(heatmap(image.pixels, prediction.lesion_probability)),
+    })
+
+
+def _known(value: float) -> float | None:
+    """NaN (no spacing, no lesion) as None: JSON has no NaN."""
+    return None if math.isnan(value) else value
+
+
+def _png(pixels: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    # Fast compression: these go over loopback or a LAN, and encoding is on every request.
+    PILImage.fromarray(pixels).save(buffer, format="PNG", compress_level=1)
+    return buffer.getvalue()

@@ -1,0 +1,185 @@
+"""The HTTP API and the page of `sonocad serve`.
+
+  GET  /                                  the viewer page (static files under /static/)
+  GET  /api/health                        {"status": "ok", "version": ...}
+  GET  /api/model                         name, task, class names, input size (no file paths)
+  POST /api/predict                       multipart field "file": PNG, JPEG, BMP, TIFF or DICOM
+  GET  /api/results/{id}/overlay.png      the image with the predicted lesion outlined
+  GET  /api/results/{id}/heatmap.png      lesion probability over the image (segmentation)
+
+With a token, every /api/ request needs ``Authorization: Bearer <token>`` (else 401, before
+any upload is read). Errors are JSON ``{"detail": "<one line>"}``. Nothing about an upload
+(name, content, DICOM attributes) is logged; DICOM is read through `sonocad.io.dicom`, which
+never decodes patient attributes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import secrets
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Annotated, Any, BinaryIO, Literal
+
+from fastapi import FastAPI, HTTPException, Request, UploadFile
+from fastapi import Path as PathParam
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from sonocad import __version__
+from sonocad.errors import SonocadError
+from sonocad.explain.runner import Explainer
+from sonocad.inference.predictor import THRESHOLD, Predictor
+from sonocad.serve.analysis import Analysis, analyse
+from sonocad.serve.results import ID_PATTERN, ResultStore
+from sonocad.serve.uploads import UploadLimit, read_upload
+
+MAX_UPLOAD_BYTES = 20 * 2**20
+STATIC = Path(__file__).parent / "static"
+# Visible ASCII without spaces (it travels in a header), long enough not to be guessed.
+TOKEN_PATTERN = re.compile(r"[!-~]{16,}")
+# The page loads nothing from elsewhere, and no other site may frame or script it.
+_PAGE_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' blob:; object-src 'none'; "
+                               "base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+}
+
+
+def create_app(predictor: Predictor, *, token: str | None = None,
+               max_upload_bytes: int = MAX_UPLOAD_BYTES) -> FastAPI:
+    """The viewer's web app around `predictor`; `token` None leaves the API open."""
+    if token is not None and not TOKEN_PATTERN.fullmatch(token):
+        raise SonocadError("the token must be at least 16 visible ASCII characters without "
+                           "spaces, e.g. from: python -c 'import secrets; "
+                           "print(secrets.token_urlsafe())'")
+    # Every image goes through this one thread: one at a time, as the model already uses
+    # every core, and always the same thread, so glibc keeps one malloc arena for the model's
+    # working memory instead of one per request thread: memory stays flat under load.
+    worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sonocad-model")
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        worker.shutdown(wait=False, cancel_futures=True)
+
+    # No /docs: its page loads scripts from a CDN, and the viewer works offline.
+    app = FastAPI(title="sonocad", version=__version__, docs_url=None, redoc_url=None,
+                  openapi_url=None, lifespan=lifespan)
+    # Added last runs first: the token is checked before a byte of an upload is read.
+    app.add_middleware(UploadLimit, path="/api/predict", max_bytes=max_upload_bytes)
+    if token is not None:
+        app.add_middleware(BearerToken, token=token)
+    _add_error_handlers(app, max_upload_bytes)
+    store = ResultStore()
+    model_info = describe_model(predictor)
+    # A classifier's heatmap is Grad-CAM, which needs the torch model (not an ONNX file).
+    explainer = (Explainer(predictor) if predictor.task == "classification"
+                 and predictor.checkpoint is not None else None)
+
+    @app.get("/api/health")
+    async def health() -> dict[str, str]:
+        return {"status": "ok", "version": __version__}
+
+    @app.get("/api/model")
+    async def model() -> dict[str, Any]:
+        return model_info
+
+    @app.post("/api/predict", form_limits={"max_files": 1, "max_fields": 0})
+    async def predict(file: UploadFile) -> dict[str, Any]:
+        file_format, analysis = await asyncio.get_running_loop().run_in_executor(
+            worker, _read_and_analyse, predictor, explainer, file.file)
+        result_id = store.add(analysis.images)
+        urls = {f"{name}_url": f"/api/results/{result_id}/{name}.png"
+                if name in analysis.images else None for name in ("overlay", "heatmap")}
+        return {"id": result_id, "format": file_format, **analysis.summary, **urls}
+
+    @app.get("/api/results/{result_id}/{name}.png")
+    async def result_image(result_id: Annotated[str, PathParam(pattern=ID_PATTERN)],
+                           name: Literal["overlay", "heatmap"]) -> Response:
+        data = store.get(result_id, name)
+        if data is None:
+            raise HTTPException(404, f"no {name} for this result (the server keeps the "
+                                     f"latest {store.max_results} results)")
+        return Response(data, media_type="image/png",
+                        headers={"Cache-Control": "private, max-age=3600"})
+
+    @app.get("/")
+    async def page() -> FileResponse:
+        return FileResponse(STATIC / "index.html", headers=_PAGE_HEADERS)
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    return app
+
+
+def _read_and_analyse(predictor: Predictor, explainer: Explainer | None,
+                      stream: BinaryIO) -> tuple[str, Analysis]:
+    file_format, image = read_upload(stream)
+    return file_format, analyse(predictor, image, explainer)
+
+
+def describe_model(predictor: Predictor) -> dict[str, Any]:
+    """What the page shows about the model: from its meta, never a file path."""
+    return {
+        "name": predictor.meta["model"]["name"],
+        "task": predictor.task,
+        "class_names": predictor.class_names,
+        "input_size": list(predictor.transform_config.size),  # (height, width)
+        "lesion_threshold": THRESHOLD if predictor.task == "segmentation" else None,
+        "backend": predictor.backend,
+    }
+
+
+class BearerToken:
+    """401 for any request but the page's own files without ``Authorization: Bearer <token>``,
+    answered before its body is read."""
+
+    def __init__(self, app: ASGIApp, token: str) -> None:
+        self.app = app
+        self.token = token.encode()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and not self._public(scope["path"]):
+            scheme, _, given = dict(scope["headers"]).get(b"authorization", b"").partition(b" ")
+            # compare_digest: constant time, so the token cannot be guessed byte by byte
+            if scheme.lower() != b"bearer" or not secrets.compare_digest(given, self.token):
+                response = JSONResponse({"detail": "missing or wrong token"}, 401,
+                                        headers={"WWW-Authenticate": "Bearer"})
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+    @staticmethod
+    def _public(path: str) -> bool:
+        return path == "/" or path.startswith("/static/")  # the page holds no data
+
+
+def _add_error_handlers(app: FastAPI, max_upload_bytes: int) -> None:
+    """Every error as JSON {"detail": one line}; no traceback ever reaches a client."""
+
+    async def too_large(request: Request, exc: Exception) -> JSONResponse:
+        return JSONResponse({"detail": f"upload too large: the limit is "
+                                       f"{_size_text(max_upload_bytes)}"}, 413)
+
+    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        error = exc.errors()[0]
+        field = error["loc"][-1] if error.get("loc") else "request"
+        return JSONResponse({"detail": f"{field}: {error['msg']}"}, 422)
+
+    async def internal(request: Request, exc: Exception) -> JSONResponse:
+        # The traceback goes to the server log (uvicorn); the client gets one line.
+        return JSONResponse({"detail": "internal error; see the server log"}, 500)
+
+    app.add_exception_handler(413, too_large)
+    app.add_exception_handler(RequestValidationError, invalid)
+    app.add_exception_handler(Exception, internal)
+
+
+def _size_text(size: int) -> str:
+    return f"{size / 2**20:g} MiB" if size >= 2**20 else f"{size:,} bytes"

@@ -1,0 +1,59 @@
+"""`sonocad serve`: load the model, listen, and run the app under uvicorn until Ctrl+C."""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from pathlib import Path
+
+import uvicorn
+
+from sonocad.errors import SonocadError
+from sonocad.inference.predictor import Predictor
+from sonocad.serve.app import create_app
+
+
+def run(model: str | Path | None, host: str = "127.0.0.1", port: int = 8000,
+        token: str | None = None, backend: str = "torch") -> None:
+    """Serve `model` (a checkpoint, or a .onnx file with backend "onnx"; None: the bundled
+    default model) at http://host:port/ until interrupted. Port 0 picks a free port; the
+    address is printed either way. Any host but loopback needs a token."""
+    if token is None and not is_loopback(host):
+        raise SonocadError(f"serving on {host} exposes the API to the network: pass a token "
+                           "(clients send it as 'Authorization: Bearer <token>'), or serve on "
+                           "127.0.0.1")
+    predictor = Predictor.default(backend=backend) if model is None else Predictor(
+        model, backend=backend)
+    app = create_app(predictor, token=token)
+    listener = _listen(host, port)
+    bound_port = listener.getsockname()[1]
+    shown_host = f"[{host}]" if ":" in host else host
+    print(f"sonocad: serving {predictor.meta['model']['name']} ({predictor.task}) at "
+          f"http://{shown_host}:{bound_port}/ (Ctrl+C stops)", flush=True)
+    config = uvicorn.Config(app, log_level="info", server_header=False,
+                            timeout_graceful_shutdown=5)
+    uvicorn.Server(config).run(sockets=[listener])
+
+
+def is_loopback(host: str) -> bool:
+    """True for localhost, 127.0.0.0/8 and ::1: addresses no other machine can reach."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: it may resolve to any interface
+        return False
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """A bound socket: a busy port or a bad host fails here, as one line, not in uvicorn."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    listener = socket.socket(family, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        listener.bind((host, port))
+    except (OSError, OverflowError) as exc:  # OverflowError: a port outside 0..65535
+        listener.close()
+        reason = getattr(exc, "strerror", None) or exc
+        raise SonocadError(f"cannot listen on {host} port {port} ({reason})") from None
+    return listener

@@ -1,0 +1,97 @@
+"""Accepting an uploaded file: its size limit, its type, and its pixels as an `Image`.
+
+The type is sniffed from the bytes (magic numbers, the DICOM preamble): the file name and the
+Content-Type a client sends are never looked at, nor ever logged. Decoding is `read_image`'s,
+on a private temporary copy that is deleted at once; its error messages name the problem, never
+the temporary path.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+from typing import BinaryIO
+
+from fastapi import HTTPException, status
+from starlette.datastructures import Headers
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from sonocad.errors import InputError
+from sonocad.io.images import Image, read_image
+
+# Bigger images are refused after decoding: the overlay and heatmap of a 100-megapixel image
+# (read_image's own limit) would take gigabytes, and scanners make nothing near this size.
+MAX_PIXELS = 4096 * 4096
+
+_DICOM_PREAMBLE = 128  # DICOM part 10: 128 free bytes, then b"DICM"
+_SIGNATURES = ((b"\x89PNG\r\n\x1a\n", "PNG"), (b"\xff\xd8\xff", "JPEG"), (b"BM", "BMP"),
+               (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"))
+FORMATS = ("PNG", "JPEG", "BMP", "TIFF", "DICOM")
+
+
+class UploadLimit:
+    """413 for a request to `path` whose body is over `max_bytes`: at once when its
+    Content-Length says so, else as soon as the bytes streamed in pass the limit, so an
+    oversize upload is never held in full (in memory or in a temporary file)."""
+
+    def __init__(self, app: ASGIApp, path: str, max_bytes: int) -> None:
+        self.app, self.path, self.max_bytes = app, path, max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] != self.path:
+            await self.app(scope, receive, send)
+            return
+        length = Headers(scope=scope).get("content-length", "")
+        announced = int(length) if length.isdigit() else 0
+        received = 0
+
+        # Raised inside the form parser, which FastAPI lets pass as it is, so the app's handler
+        # answers in JSON; the stated length is refused before a byte of the body is read.
+        async def counted() -> Message:
+            nonlocal received
+            if announced > self.max_bytes:
+                raise HTTPException(status.HTTP_413_CONTENT_TOO_LARGE)
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.max_bytes:
+                raise HTTPException(status.HTTP_413_CONTENT_TOO_LARGE)
+            return message
+
+        await self.app(scope, counted, send)
+
+
+def sniff_format(head: bytes) -> str | None:
+    """"PNG", "JPEG", "BMP", "TIFF" or "DICOM" from a file's first 132 bytes; None otherwise."""
+    # DICOM first, as read_image does: its free preamble may itself start like another format.
+    if head[_DICOM_PREAMBLE:_DICOM_PREAMBLE + 4] == b"DICM":
+        return "DICOM"
+    return next((name for magic, name in _SIGNATURES if head.startswith(magic)), None)
+
+
+def read_upload(stream: BinaryIO) -> tuple[str, Image]:
+    """(format, image; the first frame of a cine loop). 415 for a file that is not one of
+    `FORMATS`, 422 for one that cannot be decoded or is too large to show."""
+    head = stream.read(_DICOM_PREAMBLE + 4)
+    if not head:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, "the file is empty")
+    file_format = sniff_format(head)
+    if file_format is None:
+        raise HTTPException(status.HTTP_415_UNSUPPORTED_MEDIA_TYPE,
+                            f"not a {', '.join(FORMATS[:-1])} or {FORMATS[-1]} image")
+    stream.seek(0)
+    with tempfile.TemporaryDirectory(prefix="sonocad-upload-") as folder:
+        path = Path(folder) / "upload"
+        with open(path, "wb") as handle:
+            shutil.copyfileobj(stream, handle)
+        try:
+            image = read_image(path)
+        except InputError as exc:
+            problem = exc.problem.replace(str(path), "upload").splitlines()[0]
+            raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT,
+                                f"cannot read this image: {problem}") from None
+    if image.width * image.height > MAX_PIXELS:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT,
+                            f"image too large to show ({image.width} x {image.height} pixels; "
+                            f"the limit is {MAX_PIXELS:,} pixels)")
+    return file_format, image

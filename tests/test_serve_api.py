@@ -1,0 +1,297 @@
+"""`sonocad serve` API: uploads (sniffed, size-limited), results, DICOM privacy, tokens."""
+
+from __future__ import annotations
+
+import io
+import logging
+import math
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from fastapi.testclient import TestClient
+from PIL import Image as PILImage
+from pydicom import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, UltrasoundImageStorage
+
+from sonocad.data.phantom import make_phantom
+from sonocad.engine.checkpoint import Checkpoint, save_checkpoint
+from sonocad.errors import SonocadError
+from sonocad.inference.predictor import Predictor
+from sonocad.models import create_model
+from sonocad.serve import create_app, run
+from sonocad.serve.results import ResultStore
+from sonocad.serve.server import is_loopback
+from sonocad.transforms import TransformConfig
+from sonocad.visual import PREDICTION_COLOUR
+
+TOKEN = "s3cret-token-for-tests-0123"
+PATIENT = {"PatientName": "Doe^Jane", "PatientID": "PID-4711", "PatientBirthDate": "19700101"}
+STATIC = Path(__file__).resolve().parents[1] / "src" / "sonocad" / "serve" / "static"
+
+
+def _meta(task: str, name: str, args: dict, class_names: list[str]) -> dict:
+    return {"task": task, "model": {"name": name, "args": args}, "class_names": class_names,
+            "transform": TransformConfig(input_size=32).to_dict(), "recipe": {}, "data": {},
+            "metrics": {}}
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny U-Net that calls every pixel lesion, so sizes are known exactly."""
+    args = {"base_width": 4, "depth": 2}
+    model = create_model("unet", **args)
+    torch.nn.init.zeros_(model.head.weight)
+    torch.nn.init.constant_(model.head.bias, 5.0)
+    path = tmp_path_factory.mktemp("ckpt") / "lesion.pt"
+    save_checkpoint(path, Checkpoint(_meta("segmentation", "unet", args,
+                                           ["background", "lesion"]), model.state_dict()))
+    return path
+
+
+@pytest.fixture(scope="module")
+def predictor(checkpoint: Path) -> Predictor:
+    return Predictor(checkpoint)
+
+
+@pytest.fixture(scope="module")
+def client(predictor: Predictor) -> Iterator[TestClient]:
+    with TestClient(create_app(predictor)) as test_client:
+        yield test_client
+
+
+def _png_bytes(size: tuple[int, int] = (40, 56)) -> bytes:
+    buffer = io.BytesIO()
+    PILImage.fromarray(make_phantom("benign", size=size, seed=1).image).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def _dicom_bytes(spacing: tuple[float, float] = (0.1, 0.2)) -> bytes:
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    for keyword, value in PATIENT.items():
+        setattr(ds, keyword, value)
+    ds.set_pixel_data(make_phantom("malignant", size=(40, 56), seed=2).image, "MONOCHROME2", 8)
+    ds.SOPClassUID = UltrasoundImageStorage
+    ds.PixelSpacing = list(spacing)
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def _upload(client: TestClient, data: bytes, name: str = "scan.png",
+            content_type: str = "image/png", **kwargs):
+    return client.post("/api/predict", files={"file": (name, data, content_type)}, **kwargs)
+
+
+def test_phantom_png_gives_measurements_overlay_and_heatmap(client: TestClient) -> None:
+    # A misleading name and content type: the type comes from the bytes alone.
+    response = _upload(client, _png_bytes(), name="notes.txt", content_type="text/plain")
+
+    assert response.status_code == 200, response.text
+    result = response.json()
+    assert (result["format"], result["width"], result["height"]) == ("PNG", 56, 40)
+    assert result["task"] == "segmentation"
+    assert result["class_probabilities"] is None and result["predicted_class"] is None
+    assert result["lesion_detected"] is True
+    assert result["lesion_area_px"] == 40 * 56
+    assert result["lesion_diameter_px"] == pytest.approx(math.hypot(39, 55))
+    assert result["pixel_spacing_mm"] is None  # a PNG says nothing of its pixel size
+    assert result["lesion_area_mm2"] is None and result["lesion_diameter_mm"] is None
+
+    overlay = client.get(result["overlay_url"])
+    assert overlay.status_code == 200 and overlay.headers["content-type"] == "image/png"
+    pixels = np.array(PILImage.open(io.BytesIO(overlay.content)))
+    assert pixels.shape == (40, 56, 3) and tuple(pixels[0, 0]) == PREDICTION_COLOUR
+    heatmap = client.get(result["heatmap_url"])
+    assert np.array(PILImage.open(io.BytesIO(heatmap.content))).shape == (40, 56, 3)
+
+
+def test_dicom_gives_mm_and_never_patient_data(
+        client: TestClient, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.DEBUG):
+        response = _upload(client, _dicom_bytes(), name="Doe_Jane_PID-4711.dcm",
+                           content_type="application/octet-stream")
+
+    assert response.status_code == 200, response.text
+    result = response.json()
+    assert result["format"] == "DICOM" and result["pixel_spacing_mm"] == [0.1, 0.2]
+    assert result["lesion_area_mm2"] == pytest.approx(40 * 56 * 0.1 * 0.2)
+    assert result["lesion_diameter_mm"] == pytest.approx(math.hypot(39 * 0.1, 55 * 0.2))
+    # Neither the file name nor any patient attribute shows in the answer or a log.
+    seen = response.text + caplog.text + client.get(result["overlay_url"]).text
+    for secret in ("Doe", "Jane", "PID-4711", "19700101"):
+        assert secret not in seen
+
+
+@pytest.mark.parametrize(("data", "status", "detail"), [
+    (b"hello, I am text in a file named scan.png\n" * 8, 415,
+     "not a PNG, JPEG, BMP, TIFF or DICOM image"),
+    (b"\x89PNG\r\n\x1a\n" + b"not really a PNG" * 20, 422, "cannot read this image: "),
+    (b"", 422, "the file is empty"),
+])
+def test_files_that_are_not_images_are_refused_in_one_line(
+        client: TestClient, data: bytes, status: int, detail: str) -> None:
+    response = _upload(client, data)
+
+    assert response.status_code == status
+    message = response.json()["detail"]
+    assert message.startswith(detail) and "\n" not in message
+    assert "/tmp" not in message and "sonocad-upload" not in message  # no server paths
+
+
+def test_oversize_upload_is_413_whether_announced_or_streamed(predictor: Predictor) -> None:
+    big = b"\x89PNG\r\n\x1a\n" + bytes(50_000)
+    with TestClient(create_app(predictor, max_upload_bytes=10_000)) as small_client:
+        announced = _upload(small_client, big)  # httpx sends a Content-Length
+
+        boundary = "sonocadboundary"
+        head = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; "
+                f"filename=\"x.png\"\r\nContent-Type: image/png\r\n\r\n").encode()
+        chunks = iter([head, *(big[i:i + 4096] for i in range(0, len(big), 4096)),
+                       f"\r\n--{boundary}--\r\n".encode()])
+        streamed = small_client.post(  # chunked: no Content-Length to trust
+            "/api/predict", content=chunks,
+            headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+        fits = _upload(small_client, _png_bytes())
+
+    for response in (announced, streamed):
+        assert response.status_code == 413
+        assert response.json() == {"detail": "upload too large: the limit is 10,000 bytes"}
+    assert fits.status_code == 200
+
+
+def test_missing_file_field_is_a_one_line_422(client: TestClient) -> None:
+    response = client.post("/api/predict", data={})
+    assert response.status_code == 422
+    assert response.json() == {"detail": "file: Field required"}
+
+
+@pytest.mark.parametrize("path", [
+    "/api/results/AAAAAAAAAAAAAAAAAAAAAA/overlay.png",  # well-formed, unknown
+    "/api/results/..%2F..%2F..%2Fetc%2Fpasswd/overlay.png",
+    "/api/results/%2E%2E/overlay.png",
+    "/api/results/....................../overlay.png",
+    "/api/results/AAAAAAAAAAAAAAAAAAAAAA%00/overlay.png",
+    "/api/results/" + "A" * 200 + "/overlay.png",
+    "/api/results/../../../etc/passwd",
+])
+def test_result_ids_cannot_reach_anything_but_stored_results(client: TestClient,
+                                                             path: str) -> None:
+    response = client.get(path)
+    assert response.status_code in (404, 422)
+    assert isinstance(response.json()["detail"], str)
+
+
+def test_result_names_are_only_overlay_and_heatmap(client: TestClient) -> None:
+    result = _upload(client, _png_bytes()).json()
+    assert client.get(f"/api/results/{result['id']}/mask.png").status_code == 422
+    assert client.get(f"/api/results/{result['id']}/overlay.png").status_code == 200
+
+
+def test_model_description_has_no_file_paths(client: TestClient, checkpoint: Path) -> None:
+    response = client.get("/api/model")
+    assert response.json() == {"name": "unet", "task": "segmentation",
+                               "class_names": ["background", "lesion"], "input_size": [32, 32],
+                               "lesion_threshold": 0.5, "backend": "torch"}
+    assert checkpoint.name not in response.text and str(checkpoint.parent) not in response.text
+    assert client.get("/api/health").json()["status"] == "ok"
+
+
+def test_classifier_gives_probabilities_and_a_grad_cam_heatmap(tmp_path: Path) -> None:
+    model = create_model("resnet34", num_classes=3)
+    torch.nn.init.zeros_(model.fc.weight)
+    with torch.no_grad():
+        model.fc.bias.copy_(torch.tensor([0.0, 2.0, 0.0]))
+    names = ["normal", "benign", "malignant"]
+    path = tmp_path / "cls.pt"
+    save_checkpoint(path, Checkpoint(_meta("classification", "resnet34", {"num_classes": 3},
+                                           names), model.state_dict()))
+    with TestClient(create_app(Predictor(path))) as cls_client:
+        result = _upload(cls_client, _png_bytes()).json()
+        heatmap = cls_client.get(f"/api/results/{result['id']}/heatmap.png")
+        overlay = cls_client.get(result["overlay_url"])
+
+    benign = math.exp(2) / (2 + math.exp(2))
+    assert result["predicted_class"] == "benign"
+    assert result["class_probabilities"] == pytest.approx(
+        {"normal": (1 - benign) / 2, "benign": benign, "malignant": (1 - benign) / 2})
+    assert result["lesion_detected"] is None
+    assert result["heatmap_url"] == f"/api/results/{result['id']}/heatmap.png"
+    assert heatmap.status_code == 200 and overlay.status_code == 200
+
+
+def test_token_guards_every_api_route_but_not_the_page(predictor: Predictor) -> None:
+    with TestClient(create_app(predictor, token=TOKEN)) as guarded:
+        page = guarded.get("/")
+        missing = guarded.get("/api/health")
+        wrong = guarded.get("/api/model", headers={"Authorization": "Bearer wrong-token"})
+        upload = _upload(guarded, _png_bytes())
+        right = guarded.get("/api/health", headers={"Authorization": f"Bearer {TOKEN}"})
+        lower = guarded.get("/api/health", headers={"Authorization": f"bearer {TOKEN}"})
+        result = _upload(guarded, _png_bytes(),
+                         headers={"Authorization": f"Bearer {TOKEN}"}).json()
+        image = guarded.get(result["overlay_url"])
+
+    assert page.status_code == 200
+    for response in (missing, wrong, upload, image):
+        assert response.status_code == 401
+        assert response.json() == {"detail": "missing or wrong token"}
+        assert response.headers["www-authenticate"] == "Bearer"
+    assert right.status_code == lower.status_code == 200
+
+
+@pytest.mark.parametrize("token", ["", "short", "has a space in it, sixteen+",
+                                   "ünïcödé-tökén-0123"])
+def test_weak_or_unsendable_tokens_are_refused(predictor: Predictor, token: str) -> None:
+    with pytest.raises(SonocadError, match="at least 16 visible ASCII"):
+        create_app(predictor, token=token)
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "::", "192.168.1.20", "example.org"])
+def test_non_loopback_host_without_token_refuses_to_start(checkpoint: Path, host: str) -> None:
+    with pytest.raises(SonocadError, match="pass a token"):
+        run(checkpoint, host=host, port=0)
+
+
+def test_loopback_hosts() -> None:
+    assert all(map(is_loopback, ["127.0.0.1", "127.8.9.10", "::1", "localhost"]))
+    assert not any(map(is_loopback, ["0.0.0.0", "::", "10.0.0.1", "my-laptop"]))
+
+
+def test_unexpected_failures_are_one_line_500(predictor: Predictor,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(*args: object) -> None:
+        raise RuntimeError("a bug deep inside\nwith a second line")
+
+    monkeypatch.setattr("sonocad.serve.app.analyse", broken)
+    with TestClient(create_app(predictor), raise_server_exceptions=False) as broken_client:
+        response = _upload(broken_client, _png_bytes())
+    assert response.status_code == 500
+    assert response.json() == {"detail": "internal error; see the server log"}
+
+
+def test_page_is_served_with_a_strict_policy_and_loads_nothing_from_elsewhere(
+        client: TestClient) -> None:
+    page = client.get("/")
+    assert page.status_code == 200 and "text/html" in page.headers["content-type"]
+    assert "default-src 'self'" in page.headers["content-security-policy"]
+    for name in ("index.html", "app.js", "style.css"):
+        text = (STATIC / name).read_text()
+        assert "http://" not in text and "https://" not in text and "//cdn" not in text
+        assert client.get(f"/static/{name}").status_code == 200 or name == "index.html"
+
+
+def test_result_store_keeps_the_latest_within_count_and_bytes() -> None:
+    store = ResultStore(max_results=3, max_bytes=1000)
+    ids = [store.add({"overlay": bytes(100)}) for _ in range(5)]
+    assert len(store) == 3 and store.get(ids[0], "overlay") is None
+    assert store.get(ids[2], "overlay") == bytes(100)  # now the most recently used
+    store.add({"overlay": bytes(100)})
+    assert store.get(ids[3], "overlay") is None and store.get(ids[2], "overlay") is not None
+    big = store.add({"overlay": bytes(5000)})  # alone over the byte limit: kept, others go
+    assert len(store) == 1 and store.get(big, "overlay") is not None
+    assert len(set(ids)) == 5
