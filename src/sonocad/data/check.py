@@ -130,7 +130,8 @@ def format_report(report: CheckReport) -> str:
     if report.width_range and report.height_range:
         lines.append(f"  width {report.width_range[0]}-{report.width_range[1]} px, "
                      f"height {report.height_range[0]}-{report.height_range[1]} px")
-    lines.append(f"  extra masks merged into their image's lesion mask: {report.extra_masks_merged}")
+    lines.append("  extra masks merged into their image's lesion mask: "
+                 f"{report.extra_masks_merged}")
     exact = sum(1 for g in report.duplicate_groups if g["exact"])
     images_in_groups = sum(len(g["image_ids"]) for g in report.duplicate_groups)
     lines.append(f"  duplicate groups: {len(report.duplicate_groups)} ({exact} exact, "

@@ -71,11 +71,11 @@ class EpochBatches(Sampler[list[ItemKey]]):
     """
 
     def __init__(self, n: int, batch_size: int, *, seed: int, epoch: int, rank: int = 0,
-                 world: int = 1, start: int = 0, shuffle: bool = True) -> None:
+                 world: int = 1, start: int = 0) -> None:
         if batch_size % world:
             raise SonocadError(f"batch size {batch_size} does not divide over {world} processes")
         self.n, self.batch_size, self.seed, self.epoch = n, batch_size, seed, epoch
-        self.rank, self.world, self.start, self.shuffle = rank, world, start, shuffle
+        self.rank, self.world, self.start = rank, world, start
 
     def __len__(self) -> int:
         return max(self.batches_per_epoch(self.n, self.batch_size) - self.start, 0)
@@ -87,7 +87,7 @@ class EpochBatches(Sampler[list[ItemKey]]):
 
     def __iter__(self) -> Iterator[list[ItemKey]]:
         generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-        order = torch.randperm(self.n, generator=generator) if self.shuffle else torch.arange(self.n)
+        order = torch.randperm(self.n, generator=generator)
         item_seeds = torch.randint(0, 2**31 - 1, (self.n,), generator=generator)
         per_rank = min(self.batch_size, self.n) // self.world
         for b in range(self.start, self.batches_per_epoch(self.n, self.batch_size)):

@@ -8,7 +8,8 @@ Each DDP rank scores its share of the validation set; the rows are gathered on e
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch

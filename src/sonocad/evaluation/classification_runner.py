@@ -13,7 +13,6 @@ both tasks alike; here ``mean`` is the estimate on the whole subset.
 from __future__ import annotations
 
 import io
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,11 +24,10 @@ from sklearn.metrics import ConfusionMatrixDisplay
 from sonocad.data.sample import Sample
 from sonocad.errors import SonocadError
 from sonocad.evaluation.classification import BENIGN_VS_MALIGNANT, classification_metrics
-from sonocad.evaluation.runner import EvaluationResult
+from sonocad.evaluation.runner import EvaluationResult, predict_samples
 from sonocad.evaluation.table import write_predictions
-from sonocad.inference.predictor import Prediction, Predictor
+from sonocad.inference.predictor import Predictor
 from sonocad.io.atomic import write_bytes, write_json
-from sonocad.progress import progress
 
 
 def evaluate_classification(predictor: Predictor, samples: list[Sample], out: str | Path,
@@ -40,7 +38,7 @@ def evaluate_classification(predictor: Predictor, samples: list[Sample], out: st
     class_names = predictor.class_names
     _check_labels(samples, class_names, split_spec)
     rows, probs = [], []
-    for sample, prediction in predict_samples(predictor, samples, batch_size):
+    for sample, _image, prediction in predict_samples(predictor, samples, batch_size):
         probabilities = prediction.class_probabilities
         rows.append({"image_id": sample.image_id, "patient_id": sample.patient_id,
                      "label": sample.label, "pred_label": prediction.predicted_class,
@@ -78,15 +76,6 @@ def evaluate_classification(predictor: Predictor, samples: list[Sample], out: st
     _save(out / "reliability.png",
           reliability_figure(summary["calibration"], summary["groups"]["all"]["ece"]["mean"]))
     return EvaluationResult(out, rows, summary)
-
-
-def predict_samples(predictor: Predictor, samples: list[Sample],
-                    batch_size: int) -> Iterator[tuple[Sample, Prediction]]:
-    """Stream (sample, prediction) in batches; memory stays flat."""
-    for start in progress(range(0, len(samples), batch_size), "evaluating",
-                          total=-(-len(samples) // batch_size)):
-        chunk = samples[start:start + batch_size]
-        yield from zip(chunk, predictor.predict([s.load_image().pixels for s in chunk]))
 
 
 def confusion_figure(confusion: dict[str, Any]) -> Figure:

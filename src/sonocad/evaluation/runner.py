@@ -21,12 +21,11 @@ from sonocad.data.split import resolve_subset, select
 from sonocad.evaluation.measure import lesion_measurements
 from sonocad.evaluation.segmentation import PixelCounts, confusion, image_metrics, summarise
 from sonocad.evaluation.table import write_predictions
-from sonocad.inference.predictor import Predictor
+from sonocad.inference.predictor import Prediction, Predictor
+from sonocad.io.images import Image
 from sonocad.io.atomic import save_png, write_json
 from sonocad.progress import progress
 from sonocad.visual import PREDICTION_COLOUR, TRUTH_COLOUR, draw_outlines
-
-Spacing = tuple[float, float] | None
 
 SEGMENTATION_METRICS = ["dice", "iou", "precision", "recall", "specificity", "pixel_accuracy",
                         "hd95_px", "hd95_mm"]
@@ -55,8 +54,10 @@ def evaluate(checkpoint: str | Path, data: str | Path, split_spec: str, out: str
         return evaluate_classification(predictor, samples, out, split_spec, n_boot=n_boot,
                                        batch_size=batch_size, checkpoint=checkpoint)
     rows, pooled, cases = [], PixelCounts(0, 0, 0, 0), []
-    for sample, spacing, truth, probability in _predict_all(predictor, samples, batch_size):
-        predicted = probability > 0.5
+    for sample, image, prediction in predict_samples(predictor, samples, batch_size):
+        spacing, predicted = image.spacing_mm, prediction.mask
+        truth = sample.load_mask(image.pixels.shape[:2])
+        truth = truth if truth is not None else np.zeros(predicted.shape, bool)
         metrics = image_metrics(truth, predicted, spacing)
         sizes = {f"pred_{k}": v for k, v in lesion_measurements(predicted, spacing).items()}
         rows.append({"image_id": sample.image_id, "patient_id": sample.patient_id,
@@ -73,18 +74,14 @@ def evaluate(checkpoint: str | Path, data: str | Path, split_spec: str, out: str
     return EvaluationResult(out, rows, summary)
 
 
-def _predict_all(predictor: Predictor, samples: list[Sample],
-                 batch_size: int) -> Iterator[tuple[Sample, Spacing, np.ndarray, np.ndarray]]:
-    """Stream (sample, spacing, truth mask, lesion probability) in batches; memory stays flat."""
+def predict_samples(predictor: Predictor, samples: list[Sample],
+                    batch_size: int) -> Iterator[tuple[Sample, Image, Prediction]]:
+    """Stream (sample, image, prediction) in batches; memory stays flat."""
     for start in progress(range(0, len(samples), batch_size), "evaluating",
                           total=-(-len(samples) // batch_size)):
         chunk = samples[start:start + batch_size]
         images = [sample.load_image() for sample in chunk]
-        predictions = predictor.predict([image.pixels for image in images])
-        for sample, image, prediction in zip(chunk, images, predictions):
-            truth = sample.load_mask(image.pixels.shape[:2])
-            truth = truth if truth is not None else np.zeros(image.pixels.shape[:2], bool)
-            yield sample, image.spacing_mm, truth, prediction.lesion_probability
+        yield from zip(chunk, images, predictor.predict([image.pixels for image in images]))
 
 
 def _segmentation_summary(rows: list[dict[str, Any]], pooled: PixelCounts,

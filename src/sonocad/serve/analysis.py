@@ -43,7 +43,8 @@ def analyse(predictor: Predictor, image: Image, explainer: Explainer | None = No
     if mask is None:  # a classifier: no outline to draw, so the image as it is
         images = {"overlay": _png(to_rgb8(image.pixels))}
         if explainer is not None:
-            images["heatmap"] = _png(heatmap(image.pixels, explainer(image.pixels, prediction).heat))
+            heat = explainer(image.pixels, prediction).heat
+            images["heatmap"] = _png(heatmap(image.pixels, heat))
         return Analysis(summary, images)
     sizes = lesion_measurements(mask, image.spacing_mm)
     summary.update(lesion_detected=bool(mask.any()), lesion_area_px=int(sizes["area_px"]),
