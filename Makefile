@@ -12,9 +12,15 @@ $(INSTALLED): pyproject.toml
 	$(BIN)/pip install --quiet -e ".[test]"
 	touch $@
 
+BUSI := ../shared/datasets/busi/Dataset_BUSI_with_GT
+
+# The main job: the bundled default model on synthetic phantoms, and on 15 BUSI images when the
+# shared data set is beside the project. Masks, overlays, heatmaps and predictions.csv per folder.
 demo: $(INSTALLED)
-	$(BIN)/sonocad data phantom demo-out/phantoms --per-class 4
-	$(BIN)/sonocad data check demo-out/phantoms --json demo-out/check.json
+	$(BIN)/sonocad data phantom demo-out/phantoms --per-class 2
+	$(BIN)/sonocad predict 'demo-out/phantoms/*/*[0-9]).png' --out demo-out/phantom-predictions
+	@if [ -d "$(BUSI)" ]; then \
+	    $(BIN)/sonocad predict '$(BUSI)/*/* (1[0-4]).png' --out demo-out/busi-predictions; fi
 
 # The web viewer's browser test drives Debian's headless Chromium; install it where we can.
 test: $(INSTALLED)

@@ -28,12 +28,14 @@ def test_list_models_by_task() -> None:
     segmentation = set(list_models("segmentation"))
     classification = set(list_models("classification"))
     detection = set(list_models("detection"))
+    multitask = set(list_models("multitask"))
     assert segmentation >= {"u2net", "u2netp", "u2net_lite", "unet", "fcn_resnet101",
                             "deeplabv3_resnet101"}
     assert classification >= {"resnext50_32x4d", "resnet34", "resnet50", "alexnet"}
     assert detection >= {"maskrcnn_resnet101_fpn"}
+    assert multitask >= {"efficientnet_lite0_unet"}
     assert not segmentation & classification and not detection & (segmentation | classification)
-    assert list_models() == sorted(segmentation | classification | detection)
+    assert list_models() == sorted(segmentation | classification | detection | multitask)
     assert model_task("u2net_lite") == "segmentation"
     assert model_task("maskrcnn_resnet101_fpn") == "detection"
     with pytest.raises(SonocadError, match="unknown task"):

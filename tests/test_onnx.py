@@ -24,6 +24,8 @@ MODELS = {  # name -> (task, builder args, class names)
     "u2net_lite": ("segmentation", {}, ["background", "lesion"]),
     "unet": ("segmentation", {"base_width": 4, "depth": 2}, ["background", "lesion"]),
     "resnet34": ("classification", {"num_classes": 3}, ["normal", "benign", "malignant"]),
+    "efficientnet_lite0_unet": ("multitask", {"num_classes": 3},
+                                ["normal", "benign", "malignant"]),
 }
 
 
@@ -69,11 +71,12 @@ def test_onnx_runtime_matches_torch(exported: dict[str, tuple[Path, Path]], name
                                torch_predictor.runner(model_input), rtol=1e-4, atol=1e-4)
     for ours, theirs in zip(onnx_predictor.predict(images), torch_predictor.predict(images),
                             strict=True):
-        if MODELS[name][0] == "segmentation":
+        task = MODELS[name][0]
+        if task in ("segmentation", "multitask"):
             assert ours.lesion_probability.shape == theirs.lesion_probability.shape
             np.testing.assert_allclose(ours.lesion_probability, theirs.lesion_probability,
                                        atol=1e-4)
-        else:
+        if task in ("classification", "multitask"):
             assert ours.class_probabilities.keys() == theirs.class_probabilities.keys()
             np.testing.assert_allclose(list(ours.class_probabilities.values()),
                                        list(theirs.class_probabilities.values()), atol=1e-4)

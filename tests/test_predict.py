@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from importlib.resources import files
 from pathlib import Path
 
 import numpy as np
@@ -229,11 +228,3 @@ def test_bad_arguments_are_clear_errors(tmp_path: Path, lesion_everywhere: Path)
         predict([], tmp_path / "out", checkpoint=lesion_everywhere, batch_size=0)
     with pytest.raises(SonocadError, match="no such checkpoint"):
         predict([], tmp_path / "out", checkpoint=tmp_path / "missing.pt")
-
-
-def test_without_a_checkpoint_asks_for_one_until_a_default_model_is_bundled(
-        tmp_path: Path) -> None:
-    if files("sonocad").joinpath("weights", "default.pt").is_file():
-        pytest.skip("a default model is bundled")
-    with pytest.raises(SonocadError, match="no bundled default model yet; pass a checkpoint"):
-        predict([_png(tmp_path / "x.png")], tmp_path / "out")

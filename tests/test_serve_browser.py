@@ -66,7 +66,7 @@ def _segmenter(folder: Path, truth: np.ndarray) -> Predictor:
     predictor = Predictor(path)
     soft = ndimage.gaussian_filter(truth.astype(np.float32), 4)
     logits = torch.from_numpy(12 * (soft - 0.5))[None, None]  # 0.5 contour = the lesion's edge
-    predictor.runner = lambda batch: logits.expand(len(batch), -1, -1, -1)
+    predictor.runner = lambda batch: (logits.expand(len(batch), -1, -1, -1),)
     return predictor
 
 

@@ -29,7 +29,8 @@ class SampleDataset(Dataset):
         self.class_names = list(class_names)
         self.transform = transform
         unknown = sorted({s.label for s in self.samples} - set(self.class_names) - {None})
-        if task == "classification" and (unknown or any(s.label is None for s in self.samples)):
+        labelled = task in ("classification", "multitask")
+        if labelled and (unknown or any(s.label is None for s in self.samples)):
             raise SonocadError(f"labels {unknown or ['(none)']} are not among the recipe's "
                                f"classes {self.class_names}; set data.labels to filter samples")
         self._cache: list[tuple[np.ndarray, np.ndarray | None]] | None = None
@@ -47,16 +48,16 @@ class SampleDataset(Dataset):
                 torch.manual_seed(seed)
             image, mask_tensor = self.transform(pixels, mask)
         item: dict[str, Any] = {"image": image, "index": index}
-        if self.task == "segmentation":
+        if self.task in ("segmentation", "multitask"):
             item["mask"] = mask_tensor
-        if self.task == "classification":
+        if self.task in ("classification", "multitask"):
             item["label"] = self.class_names.index(self.samples[index].label)
         return item
 
     def _load(self, index: int) -> tuple[np.ndarray, np.ndarray | None]:
         sample = self.samples[index]
         pixels = sample.load_image().pixels
-        if self.task != "segmentation":
+        if self.task not in ("segmentation", "multitask"):
             return pixels, None
         mask = sample.load_mask(pixels.shape[:2])
         # An image without an annotation file (a normal scan) has no lesion.

@@ -1,5 +1,8 @@
 """Losses, built by name from a recipe's ``loss`` section.
 
+A multitask model (segmentation and classification from one encoder) sums its segmentation
+loss and a weighted cross-entropy; its targets are (mask, labels).
+
 Segmentation losses take the model's output dict ({"out", "aux"}) and a float target
 (N, 1, H, W) in {0, 1}; deep-supervision maps in "aux" add ``aux_weight`` times their loss
 (U2-Net sums all seven outputs with weight 1; torchvision's FCN/DeepLab aux head uses 0.5).
@@ -62,14 +65,36 @@ def build_loss(config: dict[str, Any], task: str) -> Callable[[Any, Any], Tensor
     if task == "classification":
         if name not in (None, "cross_entropy"):
             raise SonocadError(f"loss {name!r} is not a classification loss (cross_entropy)")
-        weights = args.pop("class_weights", None)
-        weight = torch.tensor(weights, dtype=torch.float32) if weights else None
-        return lambda logits, labels: F.cross_entropy(
-            logits, labels, weight=None if weight is None else weight.to(logits.device), **args)
+        return _cross_entropy(args)
+    if task == "multitask":
+        return _multitask_loss(name or "dice", args, dict(config.get("classification") or {}))
     if task == "detection":
         # torchvision detection models return their own loss dict in training mode.
         return lambda losses, _targets: sum(losses.values())
     raise SonocadError(f"no losses for task {task!r}")
+
+
+def _cross_entropy(args: dict[str, Any]) -> Callable[[Tensor, Tensor], Tensor]:
+    weights = args.pop("class_weights", None)
+    weight = torch.tensor(weights, dtype=torch.float32) if weights else None
+    return lambda logits, labels: F.cross_entropy(
+        logits, labels, weight=None if weight is None else weight.to(logits.device), **args)
+
+
+def _multitask_loss(name: str, args: dict[str, Any],
+                    classification: dict[str, Any]) -> Callable[[dict, tuple], Tensor]:
+    """Segmentation loss + ``classification.weight`` x cross-entropy on "class_logits";
+    ``classification.args`` go to the cross-entropy (class_weights, label_smoothing)."""
+    segmentation = _segmentation_loss(name, args)
+    weight = float(classification.get("weight", 1.0))
+    cross_entropy = _cross_entropy(dict(classification.get("args") or {}))
+
+    def loss(outputs: dict[str, Any], targets: tuple[Tensor, Tensor]) -> Tensor:
+        mask, labels = targets
+        return segmentation(outputs, mask) + weight * cross_entropy(outputs["class_logits"],
+                                                                    labels)
+
+    return loss
 
 
 def _segmentation_loss(name: str, args: dict[str, Any]) -> Callable[[dict, Tensor], Tensor]:

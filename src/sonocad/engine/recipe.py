@@ -17,7 +17,7 @@ import yaml
 
 from sonocad.errors import InputError, SonocadError
 
-TASKS = ("segmentation", "classification", "detection")
+TASKS = ("segmentation", "classification", "detection", "multitask")
 SECTIONS = {"task", "description", "model", "data", "transform", "loss", "optimizer",
             "scheduler", "train"}
 
@@ -49,7 +49,8 @@ DEFAULTS: dict[str, Any] = {
     "train": {"batch_size": 8, "epochs": 10, "max_steps": None, "seed": 0, "num_workers": 0,
               "select_metric": None, "select_mode": "max", "early_stopping": None,
               "checkpoint_every": None, "eval_batch_size": 16, "amp": True,
-              "grad_clip": None, "max_minutes": None, "tensorboard": False},
+              "grad_clip": None, "max_minutes": None, "tensorboard": False,
+              "channels_last": False},
 }
 
 

@@ -97,6 +97,10 @@ class _Trainer:
         self.model_args = {**spec["args"], **self._head_args()}
         self.model: nn.Module = create_model(spec["name"], pretrained=spec["pretrained"],
                                              **self.model_args).to(world.device)
+        # channels_last: depthwise convolutions train ~1.3x faster this way on a CPU.
+        self.memory_format = (torch.channels_last if self.cfg_train["channels_last"]
+                              else torch.contiguous_format)
+        self.model.to(memory_format=self.memory_format)
         self.trained_model = (DistributedDataParallel(self.model) if world.distributed
                               else self.model)
         self.loss_fn = build_loss(recipe["loss"], self.task)
@@ -126,10 +130,11 @@ class _Trainer:
     def _class_names(self) -> list[str]:
         if self.task == "segmentation":
             return ["background", "lesion"]
+        # classification and multitask: the classes the class head predicts
         return list(self.recipe["data"]["labels"] or self.recipe["data"]["classes"])
 
     def _head_args(self) -> dict[str, Any]:
-        if self.task == "classification":
+        if self.task in ("classification", "multitask"):
             return {"num_classes": len(self.class_names)}
         return {}
 
@@ -184,8 +189,8 @@ class _Trainer:
 
     def _step(self, batch: dict[str, Any]) -> float:
         self.trained_model.train()
-        images = batch["image"].to(self.world.device)
-        target = batch["mask" if self.task == "segmentation" else "label"].to(self.world.device)
+        images = batch["image"].to(self.world.device, memory_format=self.memory_format)
+        target = _targets(batch, self.task, self.world.device)
         with self.autocast:
             loss = self.loss_fn(self.trained_model(images), target)
         self.optimizer.zero_grad(set_to_none=True)
@@ -306,6 +311,12 @@ class _Trainer:
         writer.writerows(self.history)
         with atomic_open(self.out / "metrics.csv", "w", encoding="utf-8") as handle:
             handle.write(buffer.getvalue())
+
+
+def _targets(batch: dict[str, Any], task: str, device: torch.device) -> Any:
+    if task == "multitask":
+        return batch["mask"].to(device), batch["label"].to(device)
+    return batch["mask" if task == "segmentation" else "label"].to(device)
 
 
 def _tensorboard_writer(out: Path):

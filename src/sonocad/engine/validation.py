@@ -2,6 +2,8 @@
 
 Segmentation is scored per image at the model's input resolution (fast; `sonocad evaluate`
 scores at each image's own size) with the conventions of `sonocad.evaluation.segmentation`.
+A multitask model gets both sets of metrics plus ``lesion_iou`` (IoU over images with a lesion)
+and ``joint``, the mean of lesion IoU and macro-F1, one number to select on for both heads.
 Each DDP rank scores its share of the validation set; the rows are gathered on every rank.
 """
 
@@ -22,7 +24,7 @@ from sonocad.engine.distributed import World, gather_lists
 from sonocad.evaluation.segmentation import confusion, overlap_metrics
 
 DEFAULT_SELECT_METRIC = {"segmentation": "dice", "classification": "accuracy",
-                         "detection": "loss"}
+                         "detection": "loss", "multitask": "joint"}
 
 
 @torch.no_grad()
@@ -40,22 +42,40 @@ def validate(model: nn.Module, dataset: SampleDataset, task: str,
         if task == "segmentation":
             target = batch["mask"].to(world.device)
             rows += _segmentation_rows(outputs["out"], target, loss_fn(outputs, target))
+        elif task == "multitask":
+            targets = (batch["mask"].to(world.device), batch["label"].to(world.device))
+            segmentation = _segmentation_rows(outputs["out"], targets[0],
+                                              loss_fn(outputs, targets))
+            classification = _classification_rows(outputs["class_logits"], targets[1], None)
+            rows += [{**a, **b} for a, b in zip(segmentation, classification)]
         else:
-            labels = batch["label"].to(world.device)
-            losses = [loss_fn(outputs[i:i + 1], labels[i:i + 1]).item()
-                      for i in range(len(labels))]
-            preds = outputs.argmax(1).tolist()
-            rows += [{"loss": loss, "label": int(y), "pred": p}
-                     for loss, y, p in zip(losses, labels.tolist(), preds)]
+            rows += _classification_rows(outputs, batch["label"].to(world.device), loss_fn)
     model.train(was_training)
     rows = gather_lists(rows, world)
-    if task == "segmentation":
-        return {k: _nanmean([r[k] for r in rows]) for k in ("loss", "dice", "iou")}
-    labels = [r["label"] for r in rows]
-    preds = [r["pred"] for r in rows]
-    return {"loss": _nanmean([r["loss"] for r in rows]),
-            "accuracy": float(np.mean(np.equal(labels, preds))),
-            "macro_f1": float(f1_score(labels, preds, average="macro", zero_division=0))}
+    metrics: dict[str, float] = {"loss": _nanmean([r["loss"] for r in rows])}
+    if task in ("segmentation", "multitask"):
+        metrics |= {k: _nanmean([r[k] for r in rows]) for k in ("dice", "iou")}
+    if task in ("classification", "multitask"):
+        labels = [r["label"] for r in rows]
+        preds = [r["pred"] for r in rows]
+        metrics |= {"accuracy": float(np.mean(np.equal(labels, preds))),
+                    "macro_f1": float(f1_score(labels, preds, average="macro", zero_division=0))}
+    if task == "multitask":
+        metrics["lesion_iou"] = _nanmean([r["iou"] for r in rows if r["lesion"]])
+        metrics["joint"] = (metrics["lesion_iou"] + metrics["macro_f1"]) / 2
+    return metrics
+
+
+def _classification_rows(logits: torch.Tensor, labels: torch.Tensor,
+                         loss_fn: Callable[[Any, Any], torch.Tensor] | None
+                         ) -> list[dict[str, float]]:
+    """Label and prediction per image; the loss per image when `loss_fn` is given."""
+    preds = logits.argmax(1).tolist()
+    rows = [{"label": int(y), "pred": p} for y, p in zip(labels.tolist(), preds)]
+    if loss_fn is not None:
+        for i, row in enumerate(rows):
+            row["loss"] = loss_fn(logits[i:i + 1], labels[i:i + 1]).item()
+    return rows
 
 
 def _segmentation_rows(logits: torch.Tensor, target: torch.Tensor,
@@ -65,7 +85,8 @@ def _segmentation_rows(logits: torch.Tensor, target: torch.Tensor,
     rows = []
     for t, p in zip(truth, predicted):
         metrics = overlap_metrics(confusion(t, p))
-        rows.append({"loss": batch_loss.item(), "dice": metrics["dice"], "iou": metrics["iou"]})
+        rows.append({"loss": batch_loss.item(), "dice": metrics["dice"], "iou": metrics["iou"],
+                     "lesion": bool(t.any())})
     return rows
 
 

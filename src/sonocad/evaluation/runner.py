@@ -4,6 +4,11 @@ Outputs in ``--out``: predictions.csv / predictions.json (one row per image), me
 (means with 95 % bootstrap CIs over images, reported for all images, lesion images and normal
 images separately, plus the pooled pixel confusion matrix), and overlays/ (truth in green,
 prediction in red) for the worst, median and best cases.
+
+A multitask model (lesion map and class) is scored as both: the segmentation outputs go to
+``--out``/segmentation, the classification outputs (evaluation.classification_runner) to
+``--out``/classification, and ``--out`` holds one predictions table with both sets of columns
+and a metrics.json whose ``parts`` are the two metrics files.
 """
 
 from __future__ import annotations
@@ -48,11 +53,36 @@ def evaluate(checkpoint: str | Path, data: str | Path, split_spec: str, out: str
     labels = predictor.meta["data"].get("labels")
     if labels:
         samples = [s for s in samples if s.label in labels]
-    if predictor.task != "segmentation":
-        from sonocad.evaluation.classification_runner import evaluate_classification
+    # Imported here: the classification runner builds on this module (predict_samples).
+    from sonocad.evaluation.classification_runner import evaluate_classification
 
-        return evaluate_classification(predictor, samples, out, split_spec, n_boot=n_boot,
-                                       batch_size=batch_size, checkpoint=checkpoint)
+    options = {"batch_size": batch_size, "n_boot": n_boot}
+    if predictor.task == "classification":
+        return evaluate_classification(predictor, samples, out, split_spec, **options,
+                                       checkpoint=checkpoint)
+    if predictor.task == "segmentation":
+        return evaluate_segmentation(predictor, samples, out, split_spec, **options,
+                                     overlays=overlays, checkpoint=checkpoint)
+    segmentation = evaluate_segmentation(predictor, samples, out / "segmentation", split_spec,
+                                         **options, overlays=overlays, checkpoint=checkpoint)
+    classification = evaluate_classification(predictor, samples, out / "classification",
+                                             split_spec, **options, checkpoint=checkpoint)
+    rows = [{**seg, **{k: v for k, v in cls.items() if k not in seg}}
+            for seg, cls in zip(segmentation.rows, classification.rows, strict=True)]
+    summary = {"task": "multitask", "model": predictor.meta["model"]["name"],
+               "split": split_spec, "checkpoint": str(checkpoint), "n_images": len(rows),
+               "parts": {"segmentation": segmentation.metrics,
+                         "classification": classification.metrics}}
+    write_predictions(out / "predictions", rows)
+    write_json(out / "metrics.json", summary)
+    return EvaluationResult(out, rows, summary)
+
+
+def evaluate_segmentation(predictor: Predictor, samples: list[Sample], out: Path,
+                          split_spec: str, *, overlays: int = 6, batch_size: int = 8,
+                          n_boot: int = 2000,
+                          checkpoint: str | Path | None = None) -> EvaluationResult:
+    """Score lesion maps against the samples' masks; write the table, metrics and overlays."""
     rows, pooled, cases = [], PixelCounts(0, 0, 0, 0), []
     for sample, image, prediction in predict_samples(predictor, samples, batch_size):
         spacing, predicted = image.spacing_mm, prediction.mask
@@ -65,8 +95,8 @@ def evaluate(checkpoint: str | Path, data: str | Path, split_spec: str, out: str
         pooled = pooled + confusion(truth, predicted)
         cases.append((sample, metrics["dice"]))
     summary = _segmentation_summary(rows, pooled, n_boot)
-    summary.update(checkpoint=str(checkpoint), split=split_spec,
-                   model=predictor.meta["model"]["name"])
+    summary.update(split=split_spec, model=predictor.meta["model"]["name"],
+                   **({"checkpoint": str(checkpoint)} if checkpoint is not None else {}))
     write_predictions(out / "predictions", rows)
     write_json(out / "metrics.json", summary)
     if overlays:

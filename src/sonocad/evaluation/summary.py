@@ -7,6 +7,9 @@ from typing import Any
 
 
 def format_summary(metrics: dict[str, Any]) -> str:
+    if "parts" in metrics:  # a multitask model: one block per head
+        return "\n".join(f"{name}: {format_summary(part)}"
+                         for name, part in metrics["parts"].items())
     lines = [f"{metrics.get('model', 'model')} on {metrics.get('split', '?')}: "
              f"{metrics['n_images']} images ({metrics['reduction']})"]
     for group, stats in metrics.get("groups", {}).items():

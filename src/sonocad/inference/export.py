@@ -1,8 +1,8 @@
 """`sonocad export`: a checkpoint as a self-describing ONNX model for ONNX Runtime.
 
 The graph takes the checkpoint's preprocessed input, float32 (N, 3, H, W) with N free and
-(H, W) the checkpoint's input size, and returns its logits: the segmentation "out" map
-(N, C, H, W) or the class logits (N, K). Pre- and post-processing stay in Python, shared with
+(H, W) the checkpoint's input size, and returns its logits, named as
+`sonocad.inference.predictor.output_names`: lesion logits (N, 1, H, W) and/or class logits (N, K). Pre- and post-processing stay in Python, shared with
 the torch back end: run the file with ``Predictor(path, backend="onnx")``. The checkpoint's
 meta (task, class names, transform, model name and arguments, recipe, ...) is stored as JSON
 in the model's metadata under `META_KEY`, so the ONNX file needs nothing beside it.
@@ -20,12 +20,12 @@ import torch
 
 from sonocad.engine.checkpoint import Checkpoint, load_checkpoint
 from sonocad.errors import InputError, SonocadError
-from sonocad.inference.predictor import LogitsOnly, check_task
+from sonocad.inference.predictor import LogitsOnly, check_task, output_names
 from sonocad.io.atomic import write_bytes
 from sonocad.transforms import TransformConfig
 
 META_KEY = "sonocad_meta"
-INPUT_NAME, OUTPUT_NAME = "image", "logits"
+INPUT_NAME = "image"
 DEFAULT_OPSET = 17
 
 
@@ -46,6 +46,7 @@ def onnx_model_bytes(checkpoint: Checkpoint, *, opset: int = DEFAULT_OPSET) -> b
     check_task(checkpoint.task)
     size = TransformConfig.from_dict(checkpoint.meta["transform"]).size
     module = LogitsOnly(checkpoint.build_model(), checkpoint.task)
+    outputs = list(output_names(checkpoint.task))
     buffer = io.BytesIO()
     try:
         with warnings.catch_warnings():
@@ -54,8 +55,8 @@ def onnx_model_bytes(checkpoint: Checkpoint, *, opset: int = DEFAULT_OPSET) -> b
             warnings.simplefilter("ignore", DeprecationWarning)
             torch.onnx.export(module, (torch.zeros(1, 3, *size),), buffer, dynamo=False,
                               opset_version=opset, input_names=[INPUT_NAME],
-                              output_names=[OUTPUT_NAME],
-                              dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}})
+                              output_names=outputs,
+                              dynamic_axes={name: {0: "batch"} for name in [INPUT_NAME, *outputs]})
     except torch.onnx.errors.OnnxExporterError as exc:
         # torch's message runs to pages (the graph); its first sentence says what failed.
         reason = str(exc).strip().splitlines()[0].split(". ")[0].rstrip(".")

@@ -53,10 +53,9 @@ class OnnxRunner:
     def from_checkpoint(cls, checkpoint: Checkpoint) -> OnnxRunner:
         return cls(_session(onnx_model_bytes(checkpoint)), checkpoint.meta)
 
-    def __call__(self, batch: Tensor) -> Tensor:
+    def __call__(self, batch: Tensor) -> tuple[Tensor, ...]:
         feed = np.ascontiguousarray(batch.numpy(), dtype=np.float32)
-        (logits,) = self.session.run(None, {self.input_name: feed})
-        return torch.from_numpy(logits)
+        return tuple(torch.from_numpy(t) for t in self.session.run(None, {self.input_name: feed}))
 
 
 def _session(model: str | bytes) -> ort.InferenceSession:

@@ -28,14 +28,16 @@ from sonocad.transforms import TransformConfig, restore_size, to_model_input
 
 THRESHOLD = 0.5
 BACKENDS = ("torch", "onnx")
-INFERENCE_TASKS = ("segmentation", "classification")
+INFERENCE_TASKS = ("segmentation", "classification", "multitask")
+LESION_TASKS = ("segmentation", "multitask")  # tasks with a lesion map
+CLASS_TASKS = ("classification", "multitask")  # tasks with class probabilities
 DEFAULT_MODEL = ("weights", "default.pt")  # inside the sonocad package
 
 
 @dataclass
 class Prediction:
-    lesion_probability: np.ndarray | None  # float32 (H, W) at the image's size; segmentation
-    class_probabilities: dict[str, float] | None  # classification
+    lesion_probability: np.ndarray | None  # float32 (H, W) at the image's size (LESION_TASKS)
+    class_probabilities: dict[str, float] | None  # CLASS_TASKS
 
     @property
     def mask(self) -> np.ndarray | None:
@@ -51,23 +53,34 @@ class Prediction:
 
 
 class Runner(Protocol):
-    """The model call: a float32 batch (N, 3, H, W) of preprocessed images in, float32 CPU
-    logits out: (N, C, H, W) for segmentation, (N, K) for classification."""
+    """The model call: a float32 batch (N, 3, H, W) of preprocessed images in, a tuple of
+    float32 CPU logits out (see `LogitsOnly`)."""
 
-    def __call__(self, batch: Tensor) -> Tensor: ...
+    def __call__(self, batch: Tensor) -> tuple[Tensor, ...]: ...
+
+
+def output_names(task: str) -> tuple[str, ...]:
+    """What `LogitsOnly` returns for `task`, in order (also the ONNX output names)."""
+    return {"segmentation": ("lesion_logits",), "classification": ("class_logits",),
+            "multitask": ("lesion_logits", "class_logits")}[task]
 
 
 class LogitsOnly(nn.Module):
-    """`model` returning one tensor: the segmentation "out" logits (the "aux" maps only serve
-    deep supervision in training) or the classifier's logits. ONNX export traces this too."""
+    """`model` returning only logits, as a tuple named by `output_names`: the lesion logits
+    (N, 1, H, W) (the "aux" maps only serve deep supervision in training) and/or the class
+    logits (N, K). ONNX export traces this too."""
 
     def __init__(self, model: nn.Module, task: str) -> None:
         super().__init__()
         self.model, self.task = model, task
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor) -> tuple[Tensor, ...]:
         outputs = self.model(x)
-        return outputs["out"] if self.task == "segmentation" else outputs
+        if self.task == "classification":
+            return (outputs,)
+        if self.task == "segmentation":
+            return (outputs["out"],)
+        return outputs["out"], outputs["class_logits"]
 
 
 class TorchRunner:
@@ -76,8 +89,8 @@ class TorchRunner:
         self.module = LogitsOnly(model, task).to(self.device).eval()
 
     @torch.no_grad()
-    def __call__(self, batch: Tensor) -> Tensor:
-        return self.module(batch.to(self.device)).float().cpu()
+    def __call__(self, batch: Tensor) -> tuple[Tensor, ...]:
+        return tuple(t.float().cpu() for t in self.module(batch.to(self.device)))
 
 
 def check_task(task: str) -> None:
@@ -112,7 +125,8 @@ class Predictor:
         """The bundled default model (``sonocad/weights/default.pt``)."""
         resource = files("sonocad").joinpath(*DEFAULT_MODEL)
         if not resource.is_file():
-            raise SonocadError("no bundled default model yet; pass a checkpoint")
+            raise SonocadError("no bundled default model (sonocad/weights/default.pt); "
+                               "pass a checkpoint")
         with as_file(resource) as path:
             return cls(path, backend=backend)
 
@@ -121,12 +135,13 @@ class Predictor:
         if not images:
             return []
         batch = torch.stack([to_model_input(p, self.transform_config) for p in images])
-        logits = self.runner(batch)
-        if self.task == "classification":
-            probabilities = torch.softmax(logits, dim=1).numpy()
-            return [Prediction(None, dict(zip(self.class_names, map(float, row))))
-                    for row in probabilities]
-        return [Prediction(self._probability_map(logits[i], image.shape[:2]), None)
+        outputs = self.runner(batch)
+        lesion = outputs[0] if self.task in LESION_TASKS else None
+        classes = (torch.softmax(outputs[-1], dim=1).numpy() if self.task in CLASS_TASKS
+                   else None)
+        return [Prediction(
+                    None if lesion is None else self._probability_map(lesion[i], image.shape[:2]),
+                    None if classes is None else dict(zip(self.class_names, map(float, classes[i]))))
                 for i, image in enumerate(images)]
 
     def _probability_map(self, logits: Tensor, shape: tuple[int, int]) -> np.ndarray:

@@ -1,6 +1,6 @@
 """Models by name: `create_model(name, **kwargs)` is the one way in (see registry.py)."""
 
-from sonocad.models import torchvision_models, u2net, unet  # noqa: F401  (registers the models)
+from sonocad.models import efficientnet_lite, torchvision_models, u2net, unet  # noqa: F401  (registers the models)
 from sonocad.models.registry import (
     SegmentationOutput,
     create_model,

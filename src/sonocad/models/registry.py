@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from sonocad.errors import SonocadError
 
-Task = Literal["segmentation", "classification", "detection"]
+Task = Literal["segmentation", "classification", "detection", "multitask"]
 TASKS: tuple[str, ...] = get_args(Task)
 
 Builder = TypeVar("Builder", bound=Callable[..., nn.Module])

@@ -34,7 +34,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from sonocad import __version__
 from sonocad.errors import SonocadError
 from sonocad.explain.runner import Explainer
-from sonocad.inference.predictor import THRESHOLD, Predictor
+from sonocad.inference.predictor import LESION_TASKS, THRESHOLD, Predictor
 from sonocad.serve.analysis import Analysis, analyse
 from sonocad.serve.results import ID_PATTERN, ResultStore
 from sonocad.serve.uploads import UploadLimit, read_upload
@@ -131,7 +131,7 @@ def describe_model(predictor: Predictor) -> dict[str, Any]:
         "task": predictor.task,
         "class_names": predictor.class_names,
         "input_size": list(predictor.transform_config.size),  # (height, width)
-        "lesion_threshold": THRESHOLD if predictor.task == "segmentation" else None,
+        "lesion_threshold": THRESHOLD if predictor.task in LESION_TASKS else None,
         "backend": predictor.backend,
     }
 

