@@ -45,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_commands(commands)
     _add_train_command(commands)
     _add_evaluate_command(commands)
+    _add_compare_command(commands)
     _add_inference_commands(commands)
     _add_serve_command(commands)
     return parser
@@ -190,6 +191,29 @@ def _evaluate(args: argparse.Namespace) -> int:
                       overlays=args.overlays, batch_size=args.batch_size)
     print(format_summary(result.metrics))
     print(f"wrote {result.out_dir}")
+    return 0
+
+
+def _add_compare_command(commands) -> None:
+    compare = _command(commands, "compare", _compare,
+                       "compare two evaluations of the same images: paired statistics at "
+                       "participant level (JMIR 2026 and QIMS 2023 Table 2 layouts)")
+    for name in ("eval_a", "eval_b"):
+        compare.add_argument(name, type=Path, metavar=name.upper(),
+                             help="a `sonocad evaluate` folder or its predictions.csv")
+    compare.add_argument("--out", type=Path, metavar="FILE.json",
+                         help="also write every number as JSON")
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from sonocad.evaluation.compare import compare_evaluations, format_comparison
+    from sonocad.io.atomic import write_json
+
+    comparison = compare_evaluations(args.eval_a, args.eval_b)
+    print(format_comparison(comparison))
+    if args.out:
+        write_json(args.out, comparison.to_dict())
+        print(f"wrote {args.out}")
     return 0
 
 

@@ -144,7 +144,7 @@ def roc_curves(y_true: np.ndarray, probs: np.ndarray,
     curves = {name: _roc_points(y_true == k, probs[:, k]) for k, name in enumerate(class_names)}
     if {"benign", "malignant"} <= set(class_names):
         kept = _benign_or_malignant(y_true, class_names)
-        truth, score = _benign_vs_malignant(y_true[kept], probs[kept], class_names)
+        truth, score = benign_vs_malignant_scores(y_true[kept], probs[kept], class_names)
         curves[BENIGN_VS_MALIGNANT] = _roc_points(truth, score)
     return {name: curve for name, curve in curves.items() if curve is not None}
 
@@ -164,7 +164,7 @@ def _scalar_metrics(y: np.ndarray, probs: np.ndarray, names: list[str]) -> dict[
     if {"benign", "malignant"} <= set(names):
         kept = _benign_or_malignant(y, names)
         scalars[BENIGN_VS_MALIGNANT + "_auroc"] = _auroc(
-            *_benign_vs_malignant(y[kept], probs[kept], names))
+            *benign_vs_malignant_scores(y[kept], probs[kept], names))
     scalars["ece"] = expected_calibration_error(probs.max(1), predicted == y)
     for k, name in enumerate(names):
         scalars |= {f"precision_{name}": float(precision[k]), f"recall_{name}": float(recall[k]),
@@ -215,7 +215,7 @@ def _benign_or_malignant(y: np.ndarray, names: Sequence[str]) -> np.ndarray:
     return np.isin(y, [names.index("benign"), names.index("malignant")])
 
 
-def _benign_vs_malignant(y: np.ndarray, probs: np.ndarray,
+def benign_vs_malignant_scores(y: np.ndarray, probs: np.ndarray,
                          names: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
     """(is malignant, P(malignant) / (P(benign) + P(malignant))) for benign/malignant images."""
     benign, malignant = probs[:, names.index("benign")], probs[:, names.index("malignant")]

@@ -24,17 +24,19 @@ from sonocad.data.adapters import open_dataset
 from sonocad.data.sample import Sample
 from sonocad.data.split import resolve_subset, select
 from sonocad.evaluation.measure import lesion_measurements
-from sonocad.evaluation.segmentation import PixelCounts, confusion, image_metrics, summarise
+from sonocad.evaluation.segmentation import (
+    SEGMENTATION_METRICS,
+    PixelCounts,
+    confusion,
+    image_metrics,
+    summarise,
+)
 from sonocad.evaluation.table import write_predictions
 from sonocad.inference.predictor import Prediction, Predictor
 from sonocad.io.images import Image
 from sonocad.io.atomic import save_png, write_json
 from sonocad.progress import progress
 from sonocad.visual import PREDICTION_COLOUR, TRUTH_COLOUR, draw_outlines
-
-SEGMENTATION_METRICS = ["dice", "iou", "precision", "recall", "specificity", "pixel_accuracy",
-                        "hd95_px", "hd95_mm"]
-
 
 @dataclass(frozen=True)
 class EvaluationResult:

@@ -41,6 +41,10 @@ from scipy import ndimage
 
 from sonocad.evaluation.bootstrap import bootstrap_ci
 
+# The per-image metrics `image_metrics` returns, in report order.
+SEGMENTATION_METRICS = ("dice", "iou", "precision", "recall", "specificity", "pixel_accuracy",
+                        "hd95_px", "hd95_mm")
+
 # 4-connected neighbourhood: a pixel is on the boundary when a 4-neighbour is background or off
 # the image (binary_erosion's border_value=0), as in medpy's hd95.
 _CROSS = ndimage.generate_binary_structure(2, 1)
