@@ -43,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"sonocad {__version__}")
     commands = parser.add_subparsers(title="commands", metavar="COMMAND")
     _add_data_commands(commands)
+    _add_register_command(commands)
     _add_train_command(commands)
     _add_evaluate_command(commands)
     _add_compare_command(commands)
@@ -142,6 +143,45 @@ def _data_phantom(args: argparse.Namespace) -> int:
     paths = write_phantom_dataset(args.out, per_class=args.per_class, seed=args.seed)
     print(f"wrote {len(paths)} phantom images to {args.out}")
     return 0
+
+
+# --- register -----------------------------------------------------------------------------
+
+def _add_register_command(commands) -> None:
+    from sonocad.registration.fields import FIELD_HELP
+
+    register = _command(commands, "register", _register,
+                        "map a slide's cancer outlines onto the ultrasound needle tract: tract "
+                        "crop, VOC and Labelme masks, overlay (docs/registration.md)")
+    register.add_argument("image", nargs="?", type=Path,
+                          help="the pre-fire ultrasound image (omit with --batch)")
+    register.add_argument("--batch", type=Path, metavar="CSV",
+                          help="one biopsy per row, columns named as the options below "
+                               "(post_fire for --post-fire); the options fill blank cells")
+    register.add_argument("--out", type=Path, required=True, metavar="DIR",
+                          help="dataset folder to write (VOC layout and manifest.csv)")
+    for name, (metavar, meaning) in FIELD_HELP.items():
+        if name != "image":
+            register.add_argument(f"--{name.replace('_', '-')}", metavar=metavar, help=meaning)
+
+
+def _register(args: argparse.Namespace) -> int:
+    from sonocad.registration.fields import FIELDS
+    from sonocad.registration.runner import describe, register_batch, register_one
+
+    fields = {name: str(getattr(args, name)) for name in FIELDS
+              if getattr(args, name) is not None}
+    if (args.image is None) == (args.batch is None):
+        raise SonocadError("register: give the pre-fire IMAGE or --batch CSV (one of them)")
+    if args.image is not None:
+        print(describe(register_one(fields, args.out)))
+        print(f"wrote {args.out}")
+        return 0
+    result = register_batch(args.batch, args.out, fields)
+    print(f"registered {len(result.registered)} biopsies into {result.out_dir}")
+    for failure in result.failures:
+        print(f"sonocad: failed: {failure}", file=sys.stderr)
+    return 1 if result.failures else 0
 
 
 # --- train / evaluate ---------------------------------------------------------------------
