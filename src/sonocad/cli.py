@@ -47,6 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_command(commands)
     _add_evaluate_command(commands)
     _add_compare_command(commands)
+    _add_report_command(commands)
     _add_inference_commands(commands)
     _add_serve_command(commands)
     return parser
@@ -254,6 +255,38 @@ def _compare(args: argparse.Namespace) -> int:
     if args.out:
         write_json(args.out, comparison.to_dict())
         print(f"wrote {args.out}")
+    return 0
+
+
+def _add_report_command(commands) -> None:
+    report = _command(commands, "report", _report,
+                      "one self-contained HTML report of training runs: data, training "
+                      "curves, metrics with CIs, figures, heatmaps and model cards")
+    report.add_argument("runs", nargs="+", type=Path, metavar="RUN",
+                        help="run folders written by `sonocad train`")
+    report.add_argument("--out", type=Path, required=True, metavar="report.html",
+                        help="HTML file to write")
+    report.add_argument("--eval", type=Path, action="append", dest="evaluations",
+                        metavar="DIR", help="the evaluation of each RUN, once per RUN in order "
+                                            "(default: RUN/eval)")
+    report.add_argument("--data", type=Path, metavar="DIR",
+                        help="the data set the evaluations read: enables heatmap examples")
+    report.add_argument("--layout", help="dataset layout for --data (default: detect)")
+    report.add_argument("--examples", type=int, default=3, metavar="N",
+                        help="test images per run shown with a heatmap (default 3; 0: none)")
+    report.add_argument("--compare", type=Path, metavar="FILE.json",
+                        help="include the tables of a `sonocad compare --out` file")
+    report.add_argument("--title", help="the report's title")
+
+
+def _report(args: argparse.Namespace) -> int:
+    from sonocad.report import build_report
+    from sonocad.report.runner import TITLE
+
+    out = build_report(args.runs, args.out, evaluations=args.evaluations, data=args.data,
+                       layout=args.layout, examples=args.examples, compare=args.compare,
+                       title=args.title or TITLE)
+    print(f"wrote {out}")
     return 0
 
 

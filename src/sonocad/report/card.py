@@ -1,0 +1,132 @@
+"""A run's model card: the author's MODEL_CARD.md, the bundled model's card, or one generated
+from the checkpoint, which describes itself (model, recipe, data, split, selection)."""
+
+from __future__ import annotations
+
+from importlib.resources import as_file, files
+from typing import Any
+
+import torch
+
+from sonocad.engine.checkpoint import Checkpoint, load_checkpoint
+from sonocad.inference.predictor import DEFAULT_MODEL
+from sonocad.report.html import Html, join, table, tag
+from sonocad.report.markdown import render_markdown
+from sonocad.report.sources import Run
+
+CARD_NAME = "MODEL_CARD.md"
+
+
+def model_card(run: Run) -> tuple[Html, str]:
+    """(the card as HTML, where it came from)."""
+    own = run.folder / CARD_NAME
+    if own.is_file():
+        return render_markdown(own.read_text(encoding="utf-8")), str(own)
+    bundled = files("sonocad").joinpath(*DEFAULT_MODEL[:-1], CARD_NAME)
+    if bundled.is_file() and _is_bundled_model(run.checkpoint):
+        return (render_markdown(bundled.read_text(encoding="utf-8")),
+                "the bundled default model's card")
+    return generated_card(run), (f"generated from {run.folder / 'best.pt'} (write a "
+                                 f"{CARD_NAME} into the run folder to replace it)")
+
+
+def generated_card(run: Run) -> Html:
+    """Model, recipe, data, split and selection, as far as the checkpoint records them."""
+    meta, recipe = run.meta, run.meta.get("recipe") or {}
+    data, model = meta.get("data") or {}, meta["model"]
+    rows = [
+        ("Model", f"{model['name']}" + (f" ({_pairs(model['args'])})" if model.get("args")
+                                        else "")),
+        ("Description", recipe.get("description") or "not recorded"),
+        ("Task", meta["task"]),
+        ("Classes", ", ".join(meta.get("class_names", [])) or "none"),
+        ("Input", describe_transform(meta.get("transform", {}))),
+        *(_recipe_rows(recipe) if recipe else [("Recipe", "not recorded")]),
+        *(_data_rows(data) if data else [("Training data", "not recorded")]),
+        ("Selection", selection(meta)),
+        ("Evaluation", f"{run.evaluation.get('split', 'an unrecorded subset')}, "
+                       f"{run.evaluation.get('n_images', '?')} images (results above)"),
+        ("Version", f"sonocad {meta.get('sonocad_version', '?')}"),
+    ]
+    return join([table(None, rows),
+                 tag("p", "Intended use: research on breast ultrasound. Not a medical device; "
+                          "not for diagnosis. Its numbers hold for the test data above and may "
+                          "not carry over to other scanners, sites or populations.",
+                     class_="small")])
+
+
+def _recipe_rows(recipe: dict[str, Any]) -> list[tuple[str, str]]:
+    train, optimizer = recipe.get("train", {}), recipe.get("optimizer", {})
+    steps = f", at most {train['max_steps']} steps" if train.get("max_steps") else ""
+    return [
+        ("Pretrained weights", recipe.get("model", {}).get("pretrained") or "none"),
+        ("Loss", _loss(recipe.get("loss", {}))),
+        ("Optimiser", f"{optimizer.get('name', '?')}, learning rate {optimizer.get('lr', '?')}, "
+                      f"weight decay {optimizer.get('weight_decay', 0)}"),
+        ("Schedule", f"{recipe.get('scheduler', {}).get('name', 'none')}; batch size "
+                     f"{train.get('batch_size', '?')}, epochs {train.get('epochs', '?')}{steps}"),
+    ]
+
+
+def _data_rows(data: dict[str, Any]) -> list[tuple[str, str]]:
+    return [
+        ("Training data", f"{data.get('n_train', '?')} images (subsets "
+                          f"{', '.join(data.get('train_subsets') or ['?'])}) of "
+                          f"{data.get('path', 'an unrecorded data set')}"),
+        ("Split", f"{data.get('split', 'not recorded')} (validation subset "
+                  f"{data.get('val_subset', '?')}, {data.get('n_val', '?')} images)"),
+    ]
+
+
+def describe_transform(transform: dict[str, Any]) -> str:
+    """'256 px, keep aspect, grey, imagenet normalisation; augment: hflip, rotation'."""
+    if not transform:
+        return "not recorded"
+    parts = [f"{transform.get('input_size', '?')} px",
+             "aspect kept (letterboxed)" if transform.get("keep_aspect") else "stretched",
+             "grey" if transform.get("grayscale") else "colour",
+             f"{transform.get('normalize', 'no')} normalisation"]
+    if transform.get("despeckle"):
+        parts.append(f"despeckle {transform['despeckle']}")
+    if transform.get("clahe"):
+        parts.append("CLAHE")
+    augment = ", ".join(transform.get("augment") or {}) or "none"
+    return f"{', '.join(parts)}; augmentation: {augment}"
+
+
+def selection(meta: dict[str, Any]) -> str:
+    """How best.pt was chosen: the metric, its value and when."""
+    metric = meta.get("select_metric")
+    if not metric:
+        return "not recorded"
+    value = (meta.get("metrics") or {}).get(metric)
+    mode = meta.get("recipe", {}).get("train", {}).get("select_mode", "max")
+    at = f"{value:.3f} " if isinstance(value, float) else ""
+    return (f"best validation {metric} ({mode}imum): {at}at epoch {meta.get('epoch', '?')}, "
+            f"step {meta.get('step', '?')}; the test subset was not used")
+
+
+def _loss(loss: dict[str, Any]) -> str:
+    text = loss.get("name") or "default for the task"
+    if loss.get("classification"):
+        text += f" + cross-entropy (weight {loss['classification'].get('weight', 1)})"
+    return text
+
+
+def _pairs(args: dict[str, Any]) -> str:
+    return ", ".join(f"{key}={value}" for key, value in args.items())
+
+
+def _is_bundled_model(checkpoint: Checkpoint) -> bool:
+    """True when the run's weights are the bundled default model's, tensor for tensor (in the
+    bundle's precision, should it have been stored smaller)."""
+    resource = files("sonocad").joinpath(*DEFAULT_MODEL)
+    if not resource.is_file():
+        return False
+    with as_file(resource) as path:
+        bundled = load_checkpoint(path)
+    if bundled.meta["model"]["name"] != checkpoint.meta["model"]["name"] or \
+            bundled.state_dict.keys() != checkpoint.state_dict.keys():
+        return False
+    return all(torch.equal(tensor, checkpoint.state_dict[key].to(tensor.dtype))
+               for key, tensor in bundled.state_dict.items())
