@@ -15,6 +15,7 @@ import torch
 
 from _common import best_seconds, machine_line
 from sonocad.engine.checkpoint import Checkpoint
+from sonocad.errors import SonocadError
 from sonocad.inference.onnx_backend import OnnxRunner
 from sonocad.inference.predictor import TorchRunner
 from sonocad.models import create_model, list_models
@@ -50,7 +51,12 @@ def main() -> None:
     times: dict[str, tuple[float, float]] = {}
     for task in ("multitask", "segmentation", "classification"):
         for name in list_models(task):
-            torch_runner, onnx_runner = runners(name, task, args.size)
+            try:
+                torch_runner, onnx_runner = runners(name, task, args.size)
+            except SonocadError as exc:  # e.g. AlexNet's pooling exports only at 224 px
+                print(f"| {name} | {task} | — | — | not exportable at {args.size} px: "
+                      f"{str(exc).split(': ', 1)[-1]} |", flush=True)
+                continue
             eager = best_seconds(lambda: torch_runner(image), repeats=args.repeats) * 1000
             onnx = best_seconds(lambda: onnx_runner(image), repeats=args.repeats) * 1000
             times[name] = eager, onnx
