@@ -48,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_evaluate_command(commands)
     _add_compare_command(commands)
     _add_report_command(commands)
+    _add_combine_command(commands)
     _add_inference_commands(commands)
     _add_serve_command(commands)
     return parser
@@ -287,6 +288,31 @@ def _report(args: argparse.Namespace) -> int:
                        layout=args.layout, examples=args.examples, compare=args.compare,
                        title=args.title or TITLE)
     print(f"wrote {out}")
+    return 0
+
+
+def _add_combine_command(commands) -> None:
+    combine = _command(commands, "combine", _combine,
+                       "QIMS 2023: clinical MLP and combined models (logistic regression, "
+                       "decision tree) on a detector's scores; prints the Table 2 layout")
+    combine.add_argument("--fit", type=Path, required=True, metavar="PREDICTIONS.csv",
+                         help="detector predictions table to fit on (e.g. the train subset)")
+    combine.add_argument("--test", type=Path, required=True, metavar="PREDICTIONS.csv",
+                         help="detector predictions table to test on")
+    combine.add_argument("--clinical", type=Path, required=True, metavar="CLINICAL.csv",
+                         help="clinical table keyed by image_id (or a CSV manifest)")
+    combine.add_argument("--out", type=Path, required=True, help="folder to write")
+    combine.add_argument("--folds", type=int, default=5, help="cross-validation folds (5)")
+    combine.add_argument("--seed", type=int, default=0)
+
+
+def _combine(args: argparse.Namespace) -> int:
+    from sonocad.evaluation.combined_runner import run_combined
+
+    result = run_combined(args.fit, args.test, args.clinical, args.out, folds=args.folds,
+                          seed=args.seed)
+    print(result.table)
+    print(f"wrote {result.out_dir}")
     return 0
 
 

@@ -3,6 +3,10 @@
 The batch sampler hands each item a seed derived from (run seed, epoch, position), so the
 augmentation an image gets does not depend on the number of workers or on whether training
 was interrupted and resumed.
+
+Items are dicts: "image", "index", and by task "mask", "label" or, for detection, "target"
+(torchvision's {"boxes", "labels", "masks"}, one entry per connected lesion of the mask after
+augmentation; empty for an image without a lesion). `collate` batches them for every task.
 """
 
 from __future__ import annotations
@@ -12,13 +16,15 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import Dataset, Sampler, default_collate
 
+from sonocad.data.instances import class_instances
 from sonocad.data.sample import Sample
 from sonocad.errors import SonocadError
 from sonocad.progress import progress
 
 ItemKey = tuple[int, int]  # (sample index, augmentation seed)
+MASK_TASKS = ("segmentation", "multitask", "detection")  # tasks that read the lesion masks
 
 
 class SampleDataset(Dataset):
@@ -52,16 +58,35 @@ class SampleDataset(Dataset):
             item["mask"] = mask_tensor
         if self.task in ("classification", "multitask"):
             item["label"] = self.class_names.index(self.samples[index].label)
+        if self.task == "detection":
+            item["target"] = self._detection_target(index, mask_tensor[0] > 0.5)
         return item
+
+    def _detection_target(self, index: int, mask: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Instances of the augmented mask, all of the sample's class ("benign", ...)."""
+        sample = self.samples[index]
+        instances, labels = class_instances(mask.numpy(), sample.label, self.class_names,
+                                            sample.image_id)
+        return {"boxes": torch.from_numpy(instances.boxes), "labels": torch.from_numpy(labels),
+                "masks": torch.from_numpy(instances.masks).to(torch.uint8)}
 
     def _load(self, index: int) -> tuple[np.ndarray, np.ndarray | None]:
         sample = self.samples[index]
         pixels = sample.load_image().pixels
-        if self.task not in ("segmentation", "multitask"):
+        if self.task not in MASK_TASKS:
             return pixels, None
         mask = sample.load_mask(pixels.shape[:2])
         # An image without an annotation file (a normal scan) has no lesion.
         return pixels, mask if mask is not None else np.zeros(pixels.shape[:2], dtype=bool)
+
+
+def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
+    """`default_collate`, except that detection targets (any number of lesions per image) stay
+    a list of dicts, as torchvision's detection models take them."""
+    batch = default_collate([{k: v for k, v in item.items() if k != "target"} for item in items])
+    if "target" in items[0]:
+        batch["target"] = [item["target"] for item in items]
+    return batch
 
 
 class EpochBatches(Sampler[list[ItemKey]]):

@@ -29,7 +29,7 @@ from tqdm import tqdm
 from sonocad.data.adapters import open_dataset
 from sonocad.data.sample import Sample
 from sonocad.data.split import read_split, select
-from sonocad.data.torch_dataset import EpochBatches, SampleDataset
+from sonocad.data.torch_dataset import EpochBatches, SampleDataset, collate
 from sonocad.engine.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from sonocad.engine.distributed import World, barrier, close_world, init_world, mean_over_world
 from sonocad.engine.losses import build_loss
@@ -116,6 +116,11 @@ class _Trainer:
         if self.cfg_train["max_steps"] is not None:
             self.total_steps = min(self.total_steps, int(self.cfg_train["max_steps"]))
         self.scheduler = build_scheduler(self.optimizer, recipe["scheduler"], self.total_steps)
+        if self.task == "detection" and self.scheduler is not None and \
+                not steps_per_optimizer_step(self.scheduler):
+            raise SonocadError(f"scheduler {recipe['scheduler']['name']!r} watches the "
+                               "validation loss, which detection validation does not compute "
+                               "(it scores AP); use cosine or warmup_cosine")
         self.select_metric = self.cfg_train["select_metric"] or DEFAULT_SELECT_METRIC[self.task]
         self.select_sign = 1.0 if self.cfg_train["select_mode"] == "max" else -1.0
         use_amp = bool(self.cfg_train["amp"]) and world.device.type == "cuda"
@@ -130,11 +135,15 @@ class _Trainer:
     def _class_names(self) -> list[str]:
         if self.task == "segmentation":
             return ["background", "lesion"]
+        classes = list(self.recipe["data"]["labels"] or self.recipe["data"]["classes"])
+        if self.task == "detection":
+            # Instances take their image's class; "normal" images have none to detect.
+            return ["background", *(name for name in classes if name != "normal")]
         # classification and multitask: the classes the class head predicts
-        return list(self.recipe["data"]["labels"] or self.recipe["data"]["classes"])
+        return classes
 
     def _head_args(self) -> dict[str, Any]:
-        if self.task in ("classification", "multitask"):
+        if self.task in ("classification", "multitask", "detection"):
             return {"num_classes": len(self.class_names)}
         return {}
 
@@ -185,14 +194,17 @@ class _Trainer:
                                rank=self.world.rank, world=self.world.size, start=state.batch)
         workers = int(self.cfg_train["num_workers"])
         return DataLoader(self.train_set, batch_sampler=sampler, num_workers=workers,
-                          persistent_workers=False)
+                          persistent_workers=False, collate_fn=collate)
 
     def _step(self, batch: dict[str, Any]) -> float:
         self.trained_model.train()
         images = batch["image"].to(self.world.device, memory_format=self.memory_format)
         target = _targets(batch, self.task, self.world.device)
         with self.autocast:
-            loss = self.loss_fn(self.trained_model(images), target)
+            # torchvision detectors take the targets and return their losses in train mode.
+            outputs = (self.trained_model(list(images), target) if self.task == "detection"
+                       else self.trained_model(images))
+            loss = self.loss_fn(outputs, target)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         if self.cfg_train["grad_clip"]:
@@ -314,6 +326,8 @@ class _Trainer:
 
 
 def _targets(batch: dict[str, Any], task: str, device: torch.device) -> Any:
+    if task == "detection":
+        return [{k: v.to(device) for k, v in target.items()} for target in batch["target"]]
     if task == "multitask":
         return batch["mask"].to(device), batch["label"].to(device)
     return batch["mask" if task == "segmentation" else "label"].to(device)

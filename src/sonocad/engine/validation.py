@@ -4,6 +4,10 @@ Segmentation is scored per image at the model's input resolution (fast; `sonocad
 scores at each image's own size) with the conventions of `sonocad.evaluation.segmentation`.
 A multitask model gets both sets of metrics plus ``lesion_iou`` (IoU over images with a lesion)
 and ``joint``, the mean of lesion IoU and macro-F1, one number to select on for both heads.
+A detector is scored with COCO-style AP (`sonocad.evaluation.detection`) at the model's input
+resolution: ``ap50`` and ``map`` on box IoU, ``mask_ap50`` and ``mask_map`` on mask IoU. It has
+no validation loss (torchvision computes losses only in training mode, where batch-norm
+statistics would move and proposals are sampled at random), so it selects on ``ap50``.
 Each DDP rank scores its share of the validation set; the rows are gathered on every rank.
 """
 
@@ -19,12 +23,14 @@ from sklearn.metrics import f1_score
 from torch import nn
 from torch.utils.data import DataLoader
 
-from sonocad.data.torch_dataset import SampleDataset
+from sonocad.data.torch_dataset import SampleDataset, collate
 from sonocad.engine.distributed import World, gather_lists
+from sonocad.evaluation.detection import (ScoredImage, detection_ap, from_torchvision,
+                                          score_image)
 from sonocad.evaluation.segmentation import confusion, overlap_metrics
 
 DEFAULT_SELECT_METRIC = {"segmentation": "dice", "classification": "accuracy",
-                         "detection": "loss", "multitask": "joint"}
+                         "detection": "ap50", "multitask": "joint"}
 
 
 @torch.no_grad()
@@ -34,7 +40,12 @@ def validate(model: nn.Module, dataset: SampleDataset, task: str,
     was_training = model.training
     model.eval()
     indices = list(range(world.rank, len(dataset), world.size))
-    loader = DataLoader(torch.utils.data.Subset(dataset, indices), batch_size=batch_size)
+    loader = DataLoader(torch.utils.data.Subset(dataset, indices), batch_size=batch_size,
+                        collate_fn=collate)
+    if task == "detection":
+        metrics = _detection_metrics(model, loader, dataset.class_names, world)
+        model.train(was_training)
+        return metrics
     rows: list[dict[str, float]] = []
     for batch in loader:
         images = batch["image"].to(world.device)
@@ -64,6 +75,20 @@ def validate(model: nn.Module, dataset: SampleDataset, task: str,
         metrics["lesion_iou"] = _nanmean([r["iou"] for r in rows if r["lesion"]])
         metrics["joint"] = (metrics["lesion_iou"] + metrics["macro_f1"]) / 2
     return metrics
+
+
+def _detection_metrics(model: nn.Module, loader: DataLoader, class_names: list[str],
+                       world: World) -> dict[str, float]:
+    scored: list[ScoredImage] = []
+    for batch in loader:
+        outputs = model(list(batch["image"].to(world.device)))
+        scored += [score_image(from_torchvision(output), from_torchvision(target))
+                   for output, target in zip(outputs, batch["target"])]
+    scored = gather_lists(scored, world)
+    lesion_classes = {i: name for i, name in enumerate(class_names) if i}  # 0: background
+    box, mask = (detection_ap(scored, lesion_classes, iou=kind) for kind in ("box", "mask"))
+    return {"ap50": box["ap50"], "map": box["map"],
+            "mask_ap50": mask["ap50"], "mask_map": mask["map"]}
 
 
 def _classification_rows(logits: torch.Tensor, labels: torch.Tensor,

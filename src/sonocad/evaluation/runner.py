@@ -8,7 +8,8 @@ prediction in red) for the worst, median and best cases.
 A multitask model (lesion map and class) is scored as both: the segmentation outputs go to
 ``--out``/segmentation, the classification outputs (evaluation.classification_runner) to
 ``--out``/classification, and ``--out`` holds one predictions table with both sets of columns
-and a metrics.json whose ``parts`` are the two metrics files.
+and a metrics.json whose ``parts`` are the two metrics files. A detector is scored by
+`sonocad.evaluation.detection_runner` (AP, image-level AUROC, instance outlines).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import numpy as np
 from sonocad.data.adapters import open_dataset
 from sonocad.data.sample import Sample
 from sonocad.data.split import resolve_subset, select
+from sonocad.engine.checkpoint import load_checkpoint
 from sonocad.evaluation.measure import lesion_measurements
 from sonocad.evaluation.segmentation import (
     SEGMENTATION_METRICS,
@@ -49,15 +51,22 @@ def evaluate(checkpoint: str | Path, data: str | Path, split_spec: str, out: str
              layout: str | None = None, overlays: int = 6, batch_size: int = 8,
              n_boot: int = 2000) -> EvaluationResult:
     out = Path(out)
-    predictor = Predictor(checkpoint)
+    loaded = load_checkpoint(checkpoint)
     split, subset = resolve_subset(split_spec)
     samples = select(open_dataset(data, layout), split.subsets[subset])
-    labels = predictor.meta["data"].get("labels")
+    labels = loaded.meta["data"].get("labels")
     if labels:
         samples = [s for s in samples if s.label in labels]
-    # Imported here: the classification runner builds on this module (predict_samples).
+    # Imported here: the task runners build on this module (EvaluationResult, predict_samples).
     from sonocad.evaluation.classification_runner import evaluate_classification
 
+    if loaded.task == "detection":
+        from sonocad.evaluation.detection_runner import evaluate_detection
+        from sonocad.inference.detection import DetectionPredictor
+
+        return evaluate_detection(DetectionPredictor(loaded), samples, out, split_spec,
+                                  batch_size=batch_size, checkpoint=checkpoint)
+    predictor = Predictor(loaded)
     options = {"batch_size": batch_size, "n_boot": n_boot}
     if predictor.task == "classification":
         return evaluate_classification(predictor, samples, out, split_spec, **options,

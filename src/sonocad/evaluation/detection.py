@@ -1,0 +1,172 @@
+"""Detection metrics: COCO-style AP50 and mAP@[.5:.95], and the image-level malignancy score.
+
+Matching follows COCO (pycocotools' COCOeval, without crowd regions or area ranges): within an
+image, predictions of a class are taken in descending score order and each claims the unmatched
+truth instance of the same class with the highest IoU, if that IoU is at least the threshold;
+the rest are false positives, and unclaimed truths are false negatives.
+
+AP is the area under the precision-recall curve of the pooled predictions of a class, as
+scikit-learn's `average_precision_score` computes it (a step sum without interpolation),
+rescaled so recall counts every truth instance, matched or not. COCO instead samples the curve's
+monotone envelope at 101 recall points, so its values differ slightly (one of two lesions found
+first: 0.5 here, 51/101 = 0.505 in COCO). Classes are averaged with equal weight, over those
+with at least one truth instance (as COCO does); mAP also averages the ten IoU thresholds
+0.50, 0.55, ..., 0.95.
+
+IoU is computed between boxes (``iou="box"``, torchvision.ops.box_iou) or between instance
+masks (``iou="mask"``, COCO's "segm"); metrics name which. `score_image` reduces each image to
+its IoU matrices and scores at once, so scoring a data set never holds all its masks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from sklearn.metrics import average_precision_score
+from torchvision.ops import box_iou
+
+IOU_THRESHOLDS = tuple(np.round(np.linspace(0.5, 0.95, 10), 2).tolist())
+IOU_TYPES = ("box", "mask")
+MASK_THRESHOLD = 0.5  # Mask R-CNN's mask probability cut-off, as torchvision pastes masks
+
+
+@dataclass(frozen=True)
+class ImageInstances:
+    """The instances of one image: truth (no scores) or predictions.
+
+    boxes float (N, 4) x0, y0, x1, y1; labels int (N,) class indices (0 is background);
+    masks bool (N, H, W), needed for mask IoU; scores float (N,) for predictions.
+    """
+
+    boxes: np.ndarray
+    labels: np.ndarray
+    masks: np.ndarray | None = None
+    scores: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+def from_torchvision(output: Mapping[str, torch.Tensor]) -> ImageInstances:
+    """One image's torchvision detection output (eval mode; masks (N, 1, H, W) probabilities)
+    or target (masks (N, H, W) in {0, 1}) as `ImageInstances`, at the model's input size."""
+    masks = output.get("masks")
+    if masks is not None:
+        masks = (masks[:, 0] if masks.ndim == 4 else masks) > MASK_THRESHOLD
+    scores = output.get("scores")
+    return ImageInstances(
+        boxes=output["boxes"].detach().float().cpu().numpy(),
+        labels=output["labels"].cpu().numpy(),
+        masks=None if masks is None else masks.cpu().numpy(),
+        scores=None if scores is None else scores.detach().float().cpu().numpy())
+
+
+@dataclass(frozen=True)
+class ScoredImage:
+    """What AP needs of one image, without its pixels: IoU (P, T) of each kind, prediction
+    scores and labels, truth labels. Small enough to keep for a whole data set."""
+
+    ious: dict[str, np.ndarray]
+    scores: np.ndarray
+    labels: np.ndarray
+    truth_labels: np.ndarray
+
+
+def score_image(predicted: ImageInstances, truth: ImageInstances,
+                iou: Sequence[str] = IOU_TYPES) -> ScoredImage:
+    """Pair one image's predictions with its truth for each IoU kind in `iou`."""
+    if predicted.scores is None:
+        raise ValueError("predictions need scores")
+    return ScoredImage({kind: pairwise_iou(predicted, truth, kind) for kind in iou},
+                       np.asarray(predicted.scores, dtype=float),
+                       np.asarray(predicted.labels), np.asarray(truth.labels))
+
+
+def pairwise_iou(predicted: ImageInstances, truth: ImageInstances, iou: str) -> np.ndarray:
+    """IoU (P, T) between every prediction and every truth instance of one image."""
+    if iou == "box":
+        return box_iou(torch.as_tensor(predicted.boxes, dtype=torch.float64).reshape(-1, 4),
+                       torch.as_tensor(truth.boxes, dtype=torch.float64).reshape(-1, 4)).numpy()
+    if iou != "mask":
+        raise ValueError(f"iou must be one of {IOU_TYPES}, got {iou!r}")
+    if predicted.masks is None or truth.masks is None:
+        raise ValueError("mask IoU needs the masks of predictions and truth")
+    predicted_area = predicted.masks.sum(axis=(1, 2))
+    # Per truth instance, count only its pixels: no (P, H*W) float matrix for big images.
+    intersection = np.zeros((len(predicted), len(truth)))
+    for t, truth_mask in enumerate(truth.masks):
+        intersection[:, t] = predicted.masks[:, truth_mask].sum(1)
+    union = predicted_area[:, None] + truth.masks.sum(axis=(1, 2))[None] - intersection
+    return np.divide(intersection, union, out=np.zeros_like(intersection), where=union > 0)
+
+
+def match(ious: np.ndarray, scores: np.ndarray, predicted_labels: np.ndarray,
+          truth_labels: np.ndarray, threshold: float) -> np.ndarray:
+    """COCO's greedy matching in one image: a true-positive flag (P,) per prediction."""
+    true_positive = np.zeros(len(scores), dtype=bool)
+    claimed = np.zeros(len(truth_labels), dtype=bool)
+    for p in np.argsort(-np.asarray(scores), kind="stable"):
+        candidates = (truth_labels == predicted_labels[p]) & ~claimed & (ious[p] >= threshold)
+        if candidates.any():
+            best = int(np.argmax(np.where(candidates, ious[p], -1.0)))
+            claimed[best] = true_positive[p] = True
+    return true_positive
+
+
+def average_precision(scores: np.ndarray, true_positive: np.ndarray, n_truth: int) -> float:
+    """AP of pooled predictions of one class against `n_truth` truth instances (NaN if none)."""
+    if n_truth == 0:
+        return float("nan")
+    n_matched = int(np.sum(true_positive))
+    if n_matched == 0:
+        return 0.0
+    # sklearn's recall is relative to the matched predictions; rescale it to all truths.
+    return float(average_precision_score(true_positive, scores)) * n_matched / n_truth
+
+
+def detection_ap(images: Sequence[ScoredImage], class_names: Mapping[int, str], *,
+                 iou: str = "box",
+                 thresholds: Sequence[float] = IOU_THRESHOLDS) -> dict[str, Any]:
+    """AP50 and mAP@[.5:.95] (means over classes with truth instances) and each class's AP.
+
+    `class_names` maps the class indices to score (e.g. {1: "benign", 2: "malignant"}).
+    Returns {"iou", "ap50", "map", "per_class": {name: {"ap50", "map", "n_truth"}}}.
+    """
+    thresholds = list(thresholds)
+    scores = np.concatenate([image.scores for image in images] or [np.zeros(0)])
+    labels = np.concatenate([image.labels for image in images] or [np.zeros(0)])
+    truth_labels = np.concatenate([image.truth_labels for image in images] or [np.zeros(0)])
+    table = np.full((len(class_names), len(thresholds)), np.nan)
+    for j, threshold in enumerate(thresholds):
+        true_positive = np.concatenate(
+            [match(image.ious[iou], image.scores, image.labels, image.truth_labels, threshold)
+             for image in images] or [np.zeros(0, dtype=bool)])
+        for i, label in enumerate(class_names):
+            chosen = labels == label
+            table[i, j] = average_precision(scores[chosen], true_positive[chosen],
+                                            int(np.sum(truth_labels == label)))
+    at_50 = thresholds.index(0.5) if 0.5 in thresholds else 0
+    scored = ~np.isnan(table[:, 0])
+    return {"iou": iou,
+            "ap50": float(np.mean(table[scored, at_50])) if scored.any() else float("nan"),
+            "map": float(np.mean(table[scored])) if scored.any() else float("nan"),
+            "per_class": {name: {"ap50": float(table[i, at_50]), "map": float(np.mean(table[i])),
+                                 "n_truth": int(np.sum(truth_labels == label))}
+                          for i, (label, name) in enumerate(class_names.items())}}
+
+
+def top_score(instances: ImageInstances, label: int) -> float:
+    """The highest score of the image's `label` instances, 0 without one: with the malignant
+    class this is the image-level malignancy score of QIMS 2023."""
+    chosen = instances.labels == label
+    return float(np.max(_scores(instances)[chosen])) if chosen.any() else 0.0
+
+
+def _scores(instances: ImageInstances) -> np.ndarray:
+    if instances.scores is None:
+        raise ValueError("predictions need scores")
+    return np.asarray(instances.scores, dtype=float)

@@ -1,0 +1,132 @@
+"""`sonocad evaluate` for detectors (Mask R-CNN, QIMS 2023): the predictions table and AP/AUROC.
+
+Outputs in ``out``:
+- predictions.csv / predictions.json, one row per image: ids, true label, ``pred_label`` (the
+  class of the top instance scoring at least `INSTANCE_THRESHOLD`, "normal" without one),
+  ``malignancy_score`` (the highest malignant-instance score, 0 without one: QIMS 2023's
+  image-level score), ``benign_score`` likewise, ``n_instances`` (instances scoring at least
+  `INSTANCE_THRESHOLD`) and ``n_truth_instances``;
+- instances.json (compact): {image_id: [{label, score, box [x0, y0, x1, y1], polygons}]} in the
+  image's own pixels, every instance the model returned (AP needs the low scores too); the
+  outlines (polygons [[[x, y], ...]], OpenCV's outer contours) only for instances scoring at
+  least `INSTANCE_THRESHOLD`, since those of the many low-scoring ones are mostly noise;
+- metrics.json: box and mask AP50 / mAP@[.5:.95] with per-class values, and the image-level
+  AUROC of the malignancy score for malignant against benign images with DeLong's 95 % CI.
+
+Truth instances are the connected lesions of each image's mask (`sonocad.data.instances`), in
+the image's own pixels, labelled with the image's class.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from sonocad.data.instances import class_instances
+from sonocad.data.sample import Sample
+from sonocad.errors import SonocadError
+from sonocad.evaluation.detection import (ImageInstances, ScoredImage, detection_ap,
+                                          score_image, top_score)
+from sonocad.evaluation.runner import EvaluationResult
+from sonocad.evaluation.statistics import delong_auroc
+from sonocad.evaluation.table import write_predictions
+from sonocad.inference.detection import DetectionPredictor
+from sonocad.io.atomic import write_json, write_text
+from sonocad.progress import progress
+
+INSTANCE_THRESHOLD = 0.5  # score from which an instance counts as found in the table
+
+
+def evaluate_detection(predictor: DetectionPredictor, samples: list[Sample], out: str | Path,
+                       split_spec: str, *, batch_size: int = 2,
+                       checkpoint: str | Path | None = None) -> EvaluationResult:
+    """Detect lesions in `samples`; write the predictions table, instances and metrics."""
+    out = Path(out)
+    if not samples:
+        raise SonocadError(f"{split_spec}: no images to evaluate")
+    class_names = predictor.class_names
+    rows: list[dict[str, Any]] = []
+    scored: list[ScoredImage] = []
+    instances: dict[str, list[dict[str, Any]]] = {}
+    for start in progress(range(0, len(samples), batch_size), "evaluating",
+                          total=-(-len(samples) // batch_size)):
+        chunk = samples[start:start + batch_size]
+        images = [sample.load_image().pixels for sample in chunk]
+        for sample, pixels, predicted in zip(chunk, images, predictor.predict(images)):
+            truth = _truth(sample, pixels.shape[:2], class_names)
+            scored.append(score_image(predicted, truth))
+            rows.append(_row(sample, predicted, truth, class_names))
+            instances[sample.image_id] = _instance_records(predicted, class_names)
+    summary = _summary(rows, scored, class_names)
+    summary.update(model=predictor.meta["model"]["name"], split=split_spec,
+                   **({"checkpoint": str(checkpoint)} if checkpoint is not None else {}))
+    write_predictions(out / "predictions", rows)
+    write_text(out / "instances.json", json.dumps(instances, separators=(",", ":")) + "\n")
+    write_json(out / "metrics.json", summary)
+    return EvaluationResult(out, rows, summary)
+
+
+def _truth(sample: Sample, shape: tuple[int, int], class_names: list[str]) -> ImageInstances:
+    mask = sample.load_mask(shape)
+    found, labels = class_instances(mask if mask is not None else np.zeros(shape, dtype=bool),
+                                    sample.label, class_names, sample.image_id)
+    return ImageInstances(found.boxes, labels, found.masks)
+
+
+def _row(sample: Sample, predicted: ImageInstances, truth: ImageInstances,
+         class_names: list[str]) -> dict[str, Any]:
+    scores = np.asarray(predicted.scores, dtype=float)
+    found = scores >= INSTANCE_THRESHOLD
+    top = int(np.argmax(scores)) if found.any() else None
+    return {"image_id": sample.image_id, "patient_id": sample.patient_id, "label": sample.label,
+            "pred_label": "normal" if top is None else class_names[predicted.labels[top]],
+            **{f"{name}_score": top_score(predicted, class_names.index(name))
+               for name in ("malignant", "benign") if name in class_names},
+            "n_instances": int(found.sum()), "n_truth_instances": len(truth)}
+
+
+def _instance_records(predicted: ImageInstances,
+                      class_names: list[str]) -> list[dict[str, Any]]:
+    masks = predicted.masks if predicted.masks is not None else [None] * len(predicted)
+    return [{"label": class_names[int(label)], "score": round(float(score), 4),
+             "box": [round(float(v), 1) for v in box],
+             "polygons": (mask_polygons(mask)
+                          if mask is not None and score >= INSTANCE_THRESHOLD else [])}
+            for label, score, box, mask in zip(predicted.labels, predicted.scores,
+                                               predicted.boxes, masks)]
+
+
+def mask_polygons(mask: np.ndarray) -> list[list[list[int]]]:
+    """Outer outlines of a binary mask as polygons of [x, y] pixel vertices (OpenCV)."""
+    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL,
+                                   cv2.CHAIN_APPROX_SIMPLE)
+    return [contour[:, 0, :].tolist() for contour in contours]
+
+
+def _summary(rows: list[dict[str, Any]], scored: list[ScoredImage],
+             class_names: list[str]) -> dict[str, Any]:
+    lesion_classes = {i: name for i, name in enumerate(class_names) if i}  # 0: background
+    box, mask = (detection_ap(scored, lesion_classes, iou=kind) for kind in ("box", "mask"))
+    lesion_rows = [r for r in rows if r["label"] in ("benign", "malignant")]
+    auroc = delong_auroc([int(r["label"] == "malignant") for r in lesion_rows],
+                         [r.get("malignant_score", 0.0) for r in lesion_rows])
+    return {
+        "task": "detection",
+        "n_images": len(rows),
+        "reduction": "COCO-style AP pooled over all instances (box and mask IoU; AP50 at IoU "
+                     "0.5, mAP over IoU 0.50:0.95; classes averaged); image-level AUROC of the "
+                     "malignancy score (top malignant-instance score), malignant vs benign "
+                     "images, DeLong 95 % CI",
+        "groups": {"all": {
+            "n_images": len(rows),
+            "ap50": {"mean": box["ap50"]}, "map": {"mean": box["map"]},
+            "mask_ap50": {"mean": mask["ap50"]}, "mask_map": {"mean": mask["map"]},
+            "auroc": {"mean": auroc.auroc, "ci_low": auroc.ci_low, "ci_high": auroc.ci_high,
+                      "n_positive": auroc.n_positive, "n_negative": auroc.n_negative}}},
+        "detection": {"box": box, "mask": mask},
+        "instance_threshold": INSTANCE_THRESHOLD,
+    }
