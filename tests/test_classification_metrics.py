@@ -52,9 +52,17 @@ def test_point_estimates_match_scikit_learn(case) -> None:
         assert got[f"f1_{name}"] == pytest.approx(f1[k])
         assert got[f"auroc_{name}"] == pytest.approx(skm.roc_auc_score(y == k, probs[:, k]))
         assert result["support"][name] == support[k]
-        assert result["roc"][name]["auroc"] == got[f"auroc_{name}"]
+        assert result["roc"][name]["auroc"] == pytest.approx(got[f"auroc_{name}"])
     assert result["confusion_matrix"]["labels"] == CLASSES
     assert result["confusion_matrix"]["matrix"] == skm.confusion_matrix(y, pred).tolist()
+
+
+def test_tied_scores_count_half_as_in_scikit_learn() -> None:
+    y, probs = random_case(90, seed=3)
+    probs = probs.round(1)  # many ties
+    got = means(classification_metrics(y, probs, CLASSES, n_boot=10))
+    for k, name in enumerate(CLASSES):
+        assert got[f"auroc_{name}"] == pytest.approx(skm.roc_auc_score(y == k, probs[:, k]))
 
 
 def test_benign_vs_malignant_auroc_uses_only_those_images(case) -> None:

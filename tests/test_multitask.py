@@ -39,6 +39,12 @@ def test_outputs_keep_the_input_size_and_give_class_logits(shape):
     assert outputs["class_logits"].shape == (2, 3)
 
 
+def test_training_adds_deep_supervision_maps_at_the_input_size():
+    model = create_model("efficientnet_lite0_unet", num_classes=3).train()
+    outputs = model(torch.randn(2, 3, 64, 96))
+    assert [tuple(side.shape) for side in outputs["aux"]] == [(2, 1, 64, 96)] * 2
+
+
 def test_imagenet_weights_load_into_the_encoder_and_are_checksummed(monkeypatch):
     reference = imagenet_state_dict()
     model = create_model("efficientnet_lite0_unet", pretrained="imagenet")
@@ -89,9 +95,13 @@ def test_a_multitask_checkpoint_predicts_a_lesion_map_and_class_probabilities(tr
         assert sum(prediction.class_probabilities.values()) == pytest.approx(1, abs=1e-5)
 
 
-def test_evaluate_scores_both_heads(trained, tmp_path):
+def test_evaluate_scores_both_heads_in_one_pass(trained, tmp_path, monkeypatch):
     data, split, run = trained
     out = tmp_path / "eval"
+    predicted = []  # images the model saw
+    predict = Predictor.predict
+    monkeypatch.setattr(Predictor, "predict",
+                        lambda self, images: predicted.extend(images) or predict(self, images))
     assert main(["evaluate", str(run / "best.pt"), "--data", str(data), "--split",
                  f"{split}:test", "--out", str(out), "--overlays", "1"]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
@@ -101,6 +111,7 @@ def test_evaluate_scores_both_heads(trained, tmp_path):
     with open(out / "predictions.csv") as handle:
         rows = list(csv.DictReader(handle))
     assert rows and {"iou", "prob_malignant", "pred_label"} <= set(rows[0])
+    assert len(predicted) == len(rows) + 1  # once per image, plus the one overlay
     assert (out / "classification" / "roc.png").is_file()
     assert list((out / "segmentation" / "overlays").glob("*.png"))
     assert np.isfinite(float(rows[0]["prob_benign"]))

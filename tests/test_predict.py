@@ -74,7 +74,8 @@ def test_phantom_folder_writes_every_output_and_leaves_the_inputs_alone(
     result = predict([data], tmp_path / "out", checkpoint=lesion_everywhere, batch_size=2)
 
     assert result.ok and _tree_digest(data) == before
-    assert sorted(r["image_id"] for r in result.rows) == sorted(before)  # images and masks
+    images = sorted(name for name in before if "_mask" not in name)  # masks are skipped
+    assert sorted(r["image_id"] for r in result.rows) == images
     out = tmp_path / "out"
     row = next(r for r in result.rows if r["image_id"] == "benign/benign (1).png")
     assert row["output_name"] == "benign/benign (1)" and row["frame"] is None
@@ -188,6 +189,17 @@ def test_output_inside_the_input_folder_is_not_read_back(
     predict([folder], folder / "pred", checkpoint=lesion_everywhere)
     again = predict([folder], folder / "pred", checkpoint=lesion_everywhere)
     assert [r["image_id"] for r in again.rows] == ["a.png"]
+
+
+def test_annotations_beside_their_images_are_not_predicted(
+        tmp_path: Path, lesion_everywhere: Path) -> None:
+    """A BUSI class folder holds "x.png", "x_mask.png" and "x_mask_1.png"; a lone
+    "y_mask.png" (no "y.*" beside it) is an image like any other."""
+    folder = tmp_path / "benign"
+    for name in ("x.png", "x_mask.png", "x_mask_1.png", "y_mask.png"):
+        _png(folder / name)
+    result = predict([folder], tmp_path / "pred", checkpoint=lesion_everywhere)
+    assert [r["image_id"] for r in result.rows] == ["x.png", "y_mask.png"]
 
 
 def test_classifier_writes_probabilities_a_captioned_overlay_and_grad_cam(

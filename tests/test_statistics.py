@@ -145,6 +145,13 @@ def test_delong_undefined_without_both_classes() -> None:
     assert math.isnan(delong_test([0, 0, 0], [0.1, 0.2, 0.3], [0.3, 0.2, 0.1]).p_value)
 
 
+@pytest.mark.filterwarnings("error")  # numpy's "degrees of freedom <= 0" must not leak
+def test_a_single_positive_gives_an_auroc_without_a_variance() -> None:
+    result = delong_auroc([1, 0, 0, 0], [0.9, 0.2, 0.5, 0.1])
+    assert result.auroc == 1.0 and math.isnan(result.se) and math.isnan(result.ci_low)
+    assert math.isnan(delong_test([1, 0, 0], [0.9, 0.2, 0.5], [0.3, 0.2, 0.1]).p_value)
+
+
 def test_delong_test_identical_scores_has_no_p() -> None:
     assert math.isnan(delong_test(TRUTH, SCORE_A, SCORE_A).p_value)
 

@@ -168,6 +168,12 @@ ADAPTERS: dict[str, Callable[[Path], list[Sample]]] = {
 }
 
 
+def annotated_stem(path: Path) -> str | None:
+    """``x`` for a mask file named ``x_mask.png`` / ``x_mask_N.png`` (BUSI style), else None."""
+    match = _MASK_STEM.match(path.stem)
+    return match["stem"] if match else None
+
+
 def _is_image(path: Path) -> bool:
     return path.is_file() and is_image_file(path)
 

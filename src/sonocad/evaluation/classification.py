@@ -36,13 +36,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike
 from sklearn.calibration import calibration_curve
-from sklearn.metrics import (
-    accuracy_score,
-    confusion_matrix,
-    precision_recall_fscore_support,
-    roc_auc_score,
-    roc_curve,
-)
+from scipy.stats import rankdata
+from sklearn.metrics import confusion_matrix, roc_auc_score, roc_curve
 
 from sonocad.evaluation.bootstrap import bootstrap_indices
 from sonocad.evaluation.segmentation import MetricSummary
@@ -150,13 +145,21 @@ def roc_curves(y_true: np.ndarray, probs: np.ndarray,
 
 
 def _scalar_metrics(y: np.ndarray, probs: np.ndarray, names: list[str]) -> dict[str, float]:
-    """Every scalar metric, in a fixed order (the bootstrap stacks them by position)."""
+    """Every scalar metric, in a fixed order (the bootstrap stacks them by position).
+
+    Plain numpy on the confusion matrix and midranks, not scikit-learn's metric functions:
+    the bootstrap calls this thousands of times, and their input checks cost ~100x the
+    arithmetic. tests/test_classification_metrics.py holds them equal to scikit-learn's."""
+    k = len(names)
     predicted = probs.argmax(1)
-    precision, recall, f1, _ = precision_recall_fscore_support(
-        y, predicted, labels=range(len(names)), zero_division=np.nan)
-    auroc = [_auroc(y == k, probs[:, k]) for k in range(len(names))]
+    matrix = np.bincount(y * k + predicted, minlength=k * k).reshape(k, k)
+    tp, n_predicted, n_true = np.diag(matrix), matrix.sum(0), matrix.sum(1)
+    with np.errstate(divide="ignore", invalid="ignore"):  # an empty denominator gives NaN
+        precision, recall = tp / n_predicted, tp / n_true
+        f1 = 2 * tp / (n_predicted + n_true)
+    auroc = [_auroc(y == c, probs[:, c]) for c in range(k)]
     scalars = {
-        "accuracy": float(accuracy_score(y, predicted)),
+        "accuracy": float(tp.sum() / len(y)),
         # NaN F1 (class neither true nor predicted) is left out, as sklearn's macro average does.
         "macro_f1": float(np.nanmean(f1)),
         "macro_auroc": float(np.mean(auroc)),
@@ -166,9 +169,9 @@ def _scalar_metrics(y: np.ndarray, probs: np.ndarray, names: list[str]) -> dict[
         scalars[BENIGN_VS_MALIGNANT + "_auroc"] = _auroc(
             *benign_vs_malignant_scores(y[kept], probs[kept], names))
     scalars["ece"] = expected_calibration_error(probs.max(1), predicted == y)
-    for k, name in enumerate(names):
-        scalars |= {f"precision_{name}": float(precision[k]), f"recall_{name}": float(recall[k]),
-                    f"f1_{name}": float(f1[k]), f"auroc_{name}": auroc[k]}
+    for c, name in enumerate(names):
+        scalars |= {f"precision_{name}": float(precision[c]), f"recall_{name}": float(recall[c]),
+                    f"f1_{name}": float(f1[c]), f"auroc_{name}": auroc[c]}
     return scalars
 
 
@@ -192,9 +195,13 @@ def _bootstrap_intervals(y: np.ndarray, probs: np.ndarray, names: list[str], n_m
 
 
 def _auroc(truth: np.ndarray, score: np.ndarray) -> float:
-    if truth.all() or not truth.any():
+    """Mann-Whitney U / (positives x negatives), ties counted 1/2: scikit-learn's AUROC."""
+    n_pos = int(truth.sum())
+    n_neg = truth.size - n_pos
+    if not n_pos or not n_neg:
         return float("nan")
-    return float(roc_auc_score(truth, score))
+    rank_sum = rankdata(score)[truth].sum()
+    return float((rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
 def _roc_points(truth: np.ndarray, score: np.ndarray) -> dict[str, Any] | None:

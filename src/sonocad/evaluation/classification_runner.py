@@ -13,6 +13,7 @@ both tasks alike; here ``mean`` is the estimate on the whole subset.
 from __future__ import annotations
 
 import io
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ from sklearn.metrics import ConfusionMatrixDisplay
 from sonocad.data.sample import Sample
 from sonocad.errors import SonocadError
 from sonocad.evaluation.classification import BENIGN_VS_MALIGNANT, classification_metrics
-from sonocad.evaluation.runner import EvaluationResult, predict_samples
+from sonocad.evaluation.runner import EvaluationResult, Predicted, predict_samples
 from sonocad.evaluation.table import write_predictions
 from sonocad.inference.predictor import Predictor
 from sonocad.io.atomic import write_bytes, write_json
@@ -32,13 +33,17 @@ from sonocad.io.atomic import write_bytes, write_json
 
 def evaluate_classification(predictor: Predictor, samples: list[Sample], out: str | Path,
                             split_spec: str, *, n_boot: int = 2000, batch_size: int = 8,
-                            checkpoint: str | Path | None = None) -> EvaluationResult:
-    """Score a classifier on labelled samples and write the tables, metrics and figures."""
+                            checkpoint: str | Path | None = None,
+                            predicted: Iterable[Predicted] | None = None) -> EvaluationResult:
+    """Score a classifier on labelled samples and write the tables, metrics and figures.
+    `predicted`: the samples' predictions when the caller already has them."""
     out = Path(out)
     class_names = predictor.class_names
     _check_labels(samples, class_names, split_spec)
     rows, probs = [], []
-    for sample, _image, prediction in predict_samples(predictor, samples, batch_size):
+    if predicted is None:
+        predicted = predict_samples(predictor, samples, batch_size)
+    for sample, _image, prediction in predicted:
         probabilities = prediction.class_probabilities
         rows.append({"image_id": sample.image_id, "patient_id": sample.patient_id,
                      "label": sample.label, "pred_label": prediction.predicted_class,

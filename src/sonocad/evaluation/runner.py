@@ -8,13 +8,14 @@ prediction in red) for the worst, median and best cases.
 A multitask model (lesion map and class) is scored as both: the segmentation outputs go to
 ``--out``/segmentation, the classification outputs (evaluation.classification_runner) to
 ``--out``/classification, and ``--out`` holds one predictions table with both sets of columns
-and a metrics.json whose ``parts`` are the two metrics files. A detector is scored by
+and a metrics.json whose ``parts`` are the two metrics files. The model runs once per image:
+the segmentation pass keeps the (small) class probabilities for the classification part. A detector is scored by
 `sonocad.evaluation.detection_runner` (AP, image-level AUROC, instance outlines).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,10 @@ from sonocad.io.images import Image
 from sonocad.io.atomic import save_png, write_json
 from sonocad.progress import progress
 from sonocad.visual import PREDICTION_COLOUR, TRUTH_COLOUR, draw_outlines
+
+# (sample, its image or None where it is no longer needed, the model's prediction)
+Predicted = tuple[Sample, Image | None, Prediction]
+
 
 @dataclass(frozen=True)
 class EvaluationResult:
@@ -74,10 +79,19 @@ def evaluate(checkpoint: str | Path, data: str | Path, split_spec: str, out: str
     if predictor.task == "segmentation":
         return evaluate_segmentation(predictor, samples, out, split_spec, **options,
                                      overlays=overlays, checkpoint=checkpoint)
+    class_only: list[Predicted] = []  # lesion maps are large; keep only class probabilities
+
+    def recording() -> Iterator[Predicted]:
+        for sample, image, prediction in predict_samples(predictor, samples, batch_size):
+            class_only.append((sample, None, Prediction(None, prediction.class_probabilities)))
+            yield sample, image, prediction
+
     segmentation = evaluate_segmentation(predictor, samples, out / "segmentation", split_spec,
-                                         **options, overlays=overlays, checkpoint=checkpoint)
+                                         **options, overlays=overlays, checkpoint=checkpoint,
+                                         predicted=recording())
     classification = evaluate_classification(predictor, samples, out / "classification",
-                                             split_spec, **options, checkpoint=checkpoint)
+                                             split_spec, **options, checkpoint=checkpoint,
+                                             predicted=class_only)
     rows = [{**seg, **{k: v for k, v in cls.items() if k not in seg}}
             for seg, cls in zip(segmentation.rows, classification.rows, strict=True)]
     summary = {"task": "multitask", "model": predictor.meta["model"]["name"],
@@ -91,11 +105,14 @@ def evaluate(checkpoint: str | Path, data: str | Path, split_spec: str, out: str
 
 def evaluate_segmentation(predictor: Predictor, samples: list[Sample], out: Path,
                           split_spec: str, *, overlays: int = 6, batch_size: int = 8,
-                          n_boot: int = 2000,
-                          checkpoint: str | Path | None = None) -> EvaluationResult:
-    """Score lesion maps against the samples' masks; write the table, metrics and overlays."""
+                          n_boot: int = 2000, checkpoint: str | Path | None = None,
+                          predicted: Iterable[Predicted] | None = None) -> EvaluationResult:
+    """Score lesion maps against the samples' masks; write the table, metrics and overlays.
+    `predicted`: the samples' predictions when the caller already streams them."""
     rows, pooled, cases = [], PixelCounts(0, 0, 0, 0), []
-    for sample, image, prediction in predict_samples(predictor, samples, batch_size):
+    if predicted is None:
+        predicted = predict_samples(predictor, samples, batch_size)
+    for sample, image, prediction in predicted:
         spacing, predicted = image.spacing_mm, prediction.mask
         truth = sample.load_mask(image.pixels.shape[:2])
         truth = truth if truth is not None else np.zeros(predicted.shape, bool)
@@ -116,7 +133,7 @@ def evaluate_segmentation(predictor: Predictor, samples: list[Sample], out: Path
 
 
 def predict_samples(predictor: Predictor, samples: list[Sample],
-                    batch_size: int) -> Iterator[tuple[Sample, Image, Prediction]]:
+                    batch_size: int) -> Iterator[Predicted]:
     """Stream (sample, image, prediction) in batches; memory stays flat."""
     for start in progress(range(0, len(samples), batch_size), "evaluating",
                           total=-(-len(samples) // batch_size)):

@@ -123,8 +123,8 @@ def delong_auroc(truth: ArrayLike, score: ArrayLike, ci: float = 0.95) -> Auroc:
     auroc, variance = float(aurocs[0]), float(covariance[0, 0])
     se = float(np.sqrt(variance))
     half = stats.norm.ppf(0.5 + ci / 2) * se
-    return Auroc(auroc, variance, se, max(0.0, auroc - half), min(1.0, auroc + half),
-                 n_pos, n_neg)
+    low, high = np.clip([auroc - half, auroc + half], 0.0, 1.0)  # NaN stays NaN
+    return Auroc(auroc, variance, se, float(low), float(high), n_pos, n_neg)
 
 
 def delong_test(truth: ArrayLike, score_a: ArrayLike, score_b: ArrayLike) -> HypothesisTest:
@@ -137,7 +137,7 @@ def delong_test(truth: ArrayLike, score_a: ArrayLike, score_b: ArrayLike) -> Hyp
         return HypothesisTest("DeLong", NAN, NAN)
     aurocs, cov = delong_covariance(y, np.vstack([score_a, score_b]).astype(float))
     variance = cov[0, 0] + cov[1, 1] - 2 * cov[0, 1]
-    if variance <= 0:
+    if not variance > 0:  # identical rankings, or NaN with a single case in a class
         return HypothesisTest("DeLong", NAN, NAN)
     z = float((aurocs[0] - aurocs[1]) / np.sqrt(variance))
     return HypothesisTest("DeLong", z, float(2 * stats.norm.sf(abs(z))))
@@ -161,8 +161,15 @@ def delong_covariance(truth: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray
     v10 = (rank_all[:, :m] - rank_pos) / n
     v01 = 1 - (rank_all[:, m:] - rank_neg) / m
     aurocs = v10.mean(axis=1)
-    covariance = np.atleast_2d(np.cov(v10)) / m + np.atleast_2d(np.cov(v01)) / n
+    covariance = _sample_covariance(v10) / m + _sample_covariance(v01) / n
     return aurocs, covariance
+
+
+def _sample_covariance(components: np.ndarray) -> np.ndarray:
+    """Covariance (k, k) of k rows over cases; NaN, not a numpy warning, for a single case."""
+    if components.shape[1] < 2:
+        return np.full((len(components),) * 2, NAN)
+    return np.atleast_2d(np.cov(components))
 
 
 # --- operating point and paired tests -----------------------------------------------------

@@ -1,7 +1,8 @@
 """`sonocad predict`: masks, overlays, heatmaps and a predictions table for images on disk.
 
-Inputs are image files, folders (searched recursively; hidden files and folders skipped) and
-glob patterns; every frame of a DICOM cine loop is predicted. Outputs, all inside `out`:
+Inputs are image files, folders (searched recursively; hidden files and folders skipped, and
+so are ``<stem>_mask*.png`` annotations beside their image ``<stem>.*``, as in BUSI) and glob
+patterns; every frame of a DICOM cine loop is predicted. Outputs, all inside `out`:
 
   masks/<name>.png       predicted lesion at the image's own size, 0/255 (segmentation)
   overlays/<name>.png    the image with the predicted lesion outlined (segmentation), or with
@@ -33,6 +34,7 @@ from PIL import Image as PILImage
 from PIL import ImageDraw, ImageFont
 from tqdm import tqdm
 
+from sonocad.data.adapters import annotated_stem
 from sonocad.engine.checkpoint import Checkpoint
 from sonocad.errors import InputError, SonocadError
 from sonocad.evaluation.measure import lesion_measurements
@@ -150,10 +152,11 @@ def _collect_inputs(inputs: Iterable[str | Path], *,
 
 def _walk(root: Path) -> list[tuple[Path, str]]:
     # Hidden entries are skipped: macOS "._x.png" files have image suffixes but hold no image.
-    files = (p for p in root.rglob("*")
-             if not any(part.startswith(".") for part in p.relative_to(root).parts))
-    return sorted(((p, p.relative_to(root).as_posix()) for p in files if is_image_file(p)),
-                  key=lambda found: found[1])
+    images = [p for p in root.rglob("*") if is_image_file(p)
+              and not any(part.startswith(".") for part in p.relative_to(root).parts)]
+    stems = {(p.parent, p.stem) for p in images}
+    return sorted(((p, p.relative_to(root).as_posix()) for p in images
+                   if (p.parent, annotated_stem(p)) not in stems), key=lambda found: found[1])
 
 
 def _glob(pattern: str) -> list[tuple[Path, str]]:

