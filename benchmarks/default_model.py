@@ -53,7 +53,7 @@ Target = tuple[str, float] | None
 
 
 def verdict(value: float, target: Target) -> str:
-    """"met" or "**missed**" by the point estimate (the CI is in the row); "—" without a target."""
+    """'met' or '**missed**' by the point estimate (the CI is in the row); '—' without one."""
     if target is None:
         return "—"
     comparison, bound = target

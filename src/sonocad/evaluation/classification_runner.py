@@ -34,16 +34,16 @@ from sonocad.io.atomic import write_bytes, write_json
 def evaluate_classification(predictor: Predictor, samples: list[Sample], out: str | Path,
                             split_spec: str, *, n_boot: int = 2000, batch_size: int = 8,
                             checkpoint: str | Path | None = None,
-                            predicted: Iterable[Predicted] | None = None) -> EvaluationResult:
+                            predictions: Iterable[Predicted] | None = None) -> EvaluationResult:
     """Score a classifier on labelled samples and write the tables, metrics and figures.
-    `predicted`: the samples' predictions when the caller already has them."""
+    `predictions`: the samples' predictions when the caller already has them."""
     out = Path(out)
     class_names = predictor.class_names
     _check_labels(samples, class_names, split_spec)
     rows, probs = [], []
-    if predicted is None:
-        predicted = predict_samples(predictor, samples, batch_size)
-    for sample, _image, prediction in predicted:
+    if predictions is None:
+        predictions = predict_samples(predictor, samples, batch_size)
+    for sample, _image, prediction in predictions:
         probabilities = prediction.class_probabilities
         rows.append({"image_id": sample.image_id, "patient_id": sample.patient_id,
                      "label": sample.label, "pred_label": prediction.predicted_class,

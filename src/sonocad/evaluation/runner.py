@@ -9,8 +9,9 @@ A multitask model (lesion map and class) is scored as both: the segmentation out
 ``--out``/segmentation, the classification outputs (evaluation.classification_runner) to
 ``--out``/classification, and ``--out`` holds one predictions table with both sets of columns
 and a metrics.json whose ``parts`` are the two metrics files. The model runs once per image:
-the segmentation pass keeps the (small) class probabilities for the classification part. A detector is scored by
-`sonocad.evaluation.detection_runner` (AP, image-level AUROC, instance outlines).
+the segmentation pass keeps the (small) class probabilities for the classification part.
+A detector is scored by `sonocad.evaluation.detection_runner` (AP, image-level AUROC,
+instance outlines).
 """
 
 from __future__ import annotations
@@ -88,10 +89,10 @@ def evaluate(checkpoint: str | Path, data: str | Path, split_spec: str, out: str
 
     segmentation = evaluate_segmentation(predictor, samples, out / "segmentation", split_spec,
                                          **options, overlays=overlays, checkpoint=checkpoint,
-                                         predicted=recording())
+                                         predictions=recording())
     classification = evaluate_classification(predictor, samples, out / "classification",
                                              split_spec, **options, checkpoint=checkpoint,
-                                             predicted=class_only)
+                                             predictions=class_only)
     rows = [{**seg, **{k: v for k, v in cls.items() if k not in seg}}
             for seg, cls in zip(segmentation.rows, classification.rows, strict=True)]
     summary = {"task": "multitask", "model": predictor.meta["model"]["name"],
@@ -106,13 +107,13 @@ def evaluate(checkpoint: str | Path, data: str | Path, split_spec: str, out: str
 def evaluate_segmentation(predictor: Predictor, samples: list[Sample], out: Path,
                           split_spec: str, *, overlays: int = 6, batch_size: int = 8,
                           n_boot: int = 2000, checkpoint: str | Path | None = None,
-                          predicted: Iterable[Predicted] | None = None) -> EvaluationResult:
+                          predictions: Iterable[Predicted] | None = None) -> EvaluationResult:
     """Score lesion maps against the samples' masks; write the table, metrics and overlays.
-    `predicted`: the samples' predictions when the caller already streams them."""
+    `predictions`: the samples' predictions when the caller already streams them."""
     rows, pooled, cases = [], PixelCounts(0, 0, 0, 0), []
-    if predicted is None:
-        predicted = predict_samples(predictor, samples, batch_size)
-    for sample, image, prediction in predicted:
+    if predictions is None:
+        predictions = predict_samples(predictor, samples, batch_size)
+    for sample, image, prediction in predictions:
         spacing, predicted = image.spacing_mm, prediction.mask
         truth = sample.load_mask(image.pixels.shape[:2])
         truth = truth if truth is not None else np.zeros(predicted.shape, bool)
