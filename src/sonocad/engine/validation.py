@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader
 
 from sonocad.data.torch_dataset import SampleDataset, collate
 from sonocad.engine.distributed import World, gather_lists
-from sonocad.evaluation.detection import (ScoredImage, detection_ap, from_torchvision,
+from sonocad.evaluation.detection import (ScoredImage, box_and_mask_ap, from_torchvision,
                                           score_image)
 from sonocad.evaluation.segmentation import confusion, overlap_metrics
 
@@ -85,8 +85,7 @@ def _detection_metrics(model: nn.Module, loader: DataLoader, class_names: list[s
         scored += [score_image(from_torchvision(output), from_torchvision(target))
                    for output, target in zip(outputs, batch["target"])]
     scored = gather_lists(scored, world)
-    lesion_classes = {i: name for i, name in enumerate(class_names) if i}  # 0: background
-    box, mask = (detection_ap(scored, lesion_classes, iou=kind) for kind in ("box", "mask"))
+    box, mask = box_and_mask_ap(scored, class_names)
     return {"ap50": box["ap50"], "map": box["map"],
             "mask_ap50": mask["ap50"], "mask_map": mask["map"]}
 

@@ -159,6 +159,15 @@ def detection_ap(images: Sequence[ScoredImage], class_names: Mapping[int, str], 
                           for i, (label, name) in enumerate(class_names.items())}}
 
 
+def box_and_mask_ap(images: Sequence[ScoredImage],
+                    class_names: Sequence[str]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """`detection_ap` on box IoU and on mask IoU, over a detector's classes but index 0 (the
+    background)."""
+    lesion_classes = {i: name for i, name in enumerate(class_names) if i}
+    return (detection_ap(images, lesion_classes, iou="box"),
+            detection_ap(images, lesion_classes, iou="mask"))
+
+
 def top_score(instances: ImageInstances, label: int) -> float:
     """The highest score of the image's `label` instances, 0 without one: with the malignant
     class this is the image-level malignancy score of QIMS 2023."""

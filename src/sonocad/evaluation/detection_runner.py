@@ -29,7 +29,7 @@ import numpy as np
 from sonocad.data.instances import class_instances
 from sonocad.data.sample import Sample
 from sonocad.errors import SonocadError
-from sonocad.evaluation.detection import (ImageInstances, ScoredImage, detection_ap,
+from sonocad.evaluation.detection import (ImageInstances, ScoredImage, box_and_mask_ap,
                                           score_image, top_score)
 from sonocad.evaluation.runner import EvaluationResult
 from sonocad.evaluation.statistics import delong_auroc
@@ -109,8 +109,7 @@ def mask_polygons(mask: np.ndarray) -> list[list[list[int]]]:
 
 def _summary(rows: list[dict[str, Any]], scored: list[ScoredImage],
              class_names: list[str]) -> dict[str, Any]:
-    lesion_classes = {i: name for i, name in enumerate(class_names) if i}  # 0: background
-    box, mask = (detection_ap(scored, lesion_classes, iou=kind) for kind in ("box", "mask"))
+    box, mask = box_and_mask_ap(scored, class_names)
     lesion_rows = [r for r in rows if r["label"] in ("benign", "malignant")]
     auroc = delong_auroc([int(r["label"] == "malignant") for r in lesion_rows],
                          [r.get("malignant_score", 0.0) for r in lesion_rows])
