@@ -8,6 +8,7 @@ import pytest
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 BUSI_ROOT = PROJECT_ROOT.parent / "shared" / "datasets" / "busi" / "Dataset_BUSI_with_GT"
+BUSBRA_ROOT = PROJECT_ROOT.parent / "shared" / "datasets" / "busbra" / "BUSBRA"
 
 
 @pytest.fixture(scope="session")
@@ -16,3 +17,12 @@ def busi_root() -> Path:
     if not (BUSI_ROOT / "benign").is_dir():
         pytest.skip(f"BUSI data set not found at {BUSI_ROOT} (see ../shared/datasets/README.md)")
     return BUSI_ROOT
+
+
+@pytest.fixture(scope="session")
+def busbra_root() -> Path:
+    """The BUS-BRA folder beside the project (../shared/datasets/busbra/BUSBRA)."""
+    if not (BUSBRA_ROOT / "bus_data.csv").is_file():
+        pytest.skip(f"BUS-BRA data set not found at {BUSBRA_ROOT} "
+                    "(see ../shared/datasets/README.md)")
+    return BUSBRA_ROOT

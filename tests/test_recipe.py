@@ -40,6 +40,16 @@ def test_overrides_bare_and_dotted_keys_parse_yaml_values(tmp_path):
     assert recipe["model"]["args"] == {"base_width": 8}
 
 
+def test_a_dotted_override_may_start_inside_a_section_but_never_makes_one(tmp_path):
+    path = write(tmp_path, MINIMAL + "transform: {augment: {hflip: {p: 0.5}, speckle: {}}}\n")
+    recipe = load_recipe(path, ["augment.hflip=null", "augment.vflip={p: 0.2}"])
+    assert recipe["transform"]["augment"] == {"hflip": None, "speckle": {},
+                                              "vflip": {"p": 0.2}}
+    assert "augment" not in recipe  # was silently added as a section, and ignored
+    with pytest.raises(SonocadError, match="not in the recipe"):
+        load_recipe(path, ["augmnt.hflip=null"])
+
+
 def test_ambiguous_and_unknown_override_keys_are_errors(tmp_path):
     path = write(tmp_path, MINIMAL)
     with pytest.raises(SonocadError, match="ambiguous"):

@@ -133,5 +133,8 @@ def test_ddp_with_two_processes_matches_one_process(phantoms, tmp_path):
     assert actual == pytest.approx(expected, rel=1e-4)
     one_weights = load_checkpoint(tmp_path / "one" / "last.pt").state_dict
     two_weights = load_checkpoint(tmp_path / "two" / "last.pt").state_dict
+    # All-reduce sums the two halves' gradients in another order than one process does; AdamW
+    # divides by the gradients' running RMS, which lifts those last-bit differences of tiny
+    # gradients to ~2e-5 after 8 steps on some CPUs. A wrong shard moves weights by ~1e-2.
     for name, tensor in one_weights.items():
-        torch.testing.assert_close(two_weights[name], tensor, rtol=1e-4, atol=1e-5, msg=name)
+        torch.testing.assert_close(two_weights[name], tensor, rtol=1e-4, atol=1e-4, msg=name)

@@ -236,3 +236,32 @@ def test_restore_size_undoes_the_letterbox() -> None:
     restored = restore_size(mask_out, mask.shape, {"input_size": 128})
     assert restored.shape == (1, 90, 200)
     assert iou(restored[0] > 0.5, torch.from_numpy(mask)) > 0.95
+
+
+def test_depth_gain_scales_rows_smoothly_and_leaves_the_mask() -> None:
+    flat = np.full((64, 64), 128, dtype=np.uint8)
+    mask = np.zeros((64, 64), dtype=bool)
+    mask[10:30, 10:30] = True
+    config = {"input_size": 64, "normalize": "unit", "augment": {"depth_gain": {"p": 1.0}}}
+    torch.manual_seed(4)
+    image, out_mask = build_transform(config, train=True)(flat, mask)
+    rows = image[0].mean(1)
+    assert torch.allclose(image[0], rows[:, None].expand(64, 64))  # one gain per depth
+    assert rows.max() / rows.min() > 1.05  # the gain changes with depth...
+    assert (rows.diff().abs() < 0.05).all()  # ...smoothly
+    assert torch.equal(out_mask[0] > 0.5, torch.from_numpy(mask))
+
+
+def test_resolution_loss_removes_fine_detail_only() -> None:
+    config = {"input_size": 128, "normalize": "unit",
+              "augment": {"resolution": {"scale": [0.25, 0.25], "p": 1.0}}}
+    pixels = speckled((128, 128))
+    sharp = to_model_input(pixels, {"input_size": 128, "normalize": "unit"})[0, 0]
+    coarse = build_transform(config, train=True)(pixels)[0][0]
+    assert _detail(coarse) < 0.5 * _detail(sharp)
+    assert abs(float(coarse.mean() - sharp.mean())) < 0.02
+
+
+def _detail(image: torch.Tensor) -> float:
+    """Mean absolute difference of vertical neighbours: high for speckle, low once blurred."""
+    return float((image[1:, :] - image[:-1, :]).abs().mean())

@@ -88,6 +88,9 @@ def _add_data_commands(commands) -> None:
                        help="grouping unit (patient id where the data has one, else image); "
                             "duplicate groups are always kept together")
     split.add_argument("--seed", type=int, default=0)
+    split.add_argument("--hold-out-scanner", metavar="NAME",
+                       help="leave this scanner out: its images (and their patients') go to a "
+                            "held_out subset, for a test on a scanner never trained on")
 
     phantom = _command(data_commands, "phantom", _data_phantom,
                        "write a synthetic ultrasound phantom dataset (BUSI layout) for demos")
@@ -113,7 +116,7 @@ def _data_check(args: argparse.Namespace) -> int:
 def _data_split(args: argparse.Namespace) -> int:
     from sonocad.data.adapters import open_dataset
     from sonocad.data.duplicates import find_duplicate_groups
-    from sonocad.data.split import make_folds, make_split, write_split
+    from sonocad.data.split import hold_out_scanner, make_folds, make_split, write_split
 
     samples = open_dataset(args.dataset, args.layout)
     groups = [group.image_ids for group in find_duplicate_groups(samples)]
@@ -122,6 +125,8 @@ def _data_split(args: argparse.Namespace) -> int:
                            test_fraction=args.test_fraction)
     else:
         split = make_split(samples, groups, fractions=_fractions(args.fractions), seed=args.seed)
+    if args.hold_out_scanner:
+        split = hold_out_scanner(split, samples, groups, args.hold_out_scanner)
     write_split(args.out, split)
     for name, ids in split.subsets.items():
         print(f"{name}: {len(ids)} images")
@@ -194,8 +199,11 @@ def _add_train_command(commands) -> None:
     train.add_argument("recipe", type=Path, help="recipe YAML (see recipes/)")
     train.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                        help="recipe overrides, e.g. max_steps=2 optimizer.lr=3e-4")
-    train.add_argument("--data", type=Path, required=True, help="dataset folder or CSV manifest")
-    train.add_argument("--split", type=Path, required=True, help="split JSON (sonocad data split)")
+    train.add_argument("--data", type=Path, action="append", metavar="DIR",
+                       help="dataset folder or CSV manifest; once per data source, each with "
+                            "its --split in the same order (default: the recipe's data.sources)")
+    train.add_argument("--split", type=Path, action="append", metavar="FILE",
+                       help="split JSON (sonocad data split), one per --data")
     train.add_argument("--out", type=Path, required=True, help="run folder to write")
     train.add_argument("--resume", action="store_true", help="continue from RUN/last.pt")
 
@@ -215,9 +223,14 @@ def _add_evaluate_command(commands) -> None:
     evaluate = _command(commands, "evaluate", _evaluate,
                         "score a checkpoint on a frozen subset; write the predictions table")
     evaluate.add_argument("checkpoint", type=Path)
-    evaluate.add_argument("--data", type=Path, required=True, help="dataset folder or manifest")
-    evaluate.add_argument("--split", required=True, metavar="FILE:SUBSET",
+    evaluate.add_argument("--data", type=Path, required=True, action="append", metavar="DIR",
+                          help="dataset folder or manifest; once per data source, each with "
+                               "its --split in the same order")
+    evaluate.add_argument("--split", required=True, action="append", metavar="FILE:SUBSET",
                           help="split JSON and subset, e.g. benchmarks/splits/busi.json:test")
+    evaluate.add_argument("--by", action="append", choices=["source", "scanner"], default=[],
+                          help="also report each source / scanner apart, with CIs, beside the "
+                               "pooled figures (per source always with several --data)")
     evaluate.add_argument("--out", type=Path, required=True, help="folder to write")
     evaluate.add_argument("--layout", help="dataset layout (default: detect)")
     evaluate.add_argument("--overlays", type=int, default=6,
@@ -226,12 +239,15 @@ def _add_evaluate_command(commands) -> None:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
+    from sonocad.evaluation.breakdown import format_breakdown
     from sonocad.evaluation.runner import evaluate
     from sonocad.evaluation.summary import format_summary
 
     result = evaluate(args.checkpoint, args.data, args.split, args.out, layout=args.layout,
-                      overlays=args.overlays, batch_size=args.batch_size)
+                      overlays=args.overlays, batch_size=args.batch_size, by=args.by)
     print(format_summary(result.metrics))
+    for table in result.metrics.get("breakdowns", {}).values():
+        print(format_breakdown(table))
     print(f"wrote {result.out_dir}")
     return 0
 

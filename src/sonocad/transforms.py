@@ -79,6 +79,51 @@ class _SpeckleNoise(v2.Transform):
         return tv_tensors.wrap(noisy.clamp_(0, 1), like=inpt)
 
 
+class _DepthGain(v2.Transform):
+    """A smooth random gain over depth (image rows), like another time-gain-compensation curve:
+    linear between `knots` gains drawn from [1 - strength, 1 + strength], top to bottom."""
+
+    _transformed_types = (tv_tensors.Image,)
+
+    def __init__(self, strength: float, knots: int) -> None:
+        super().__init__()
+        if not 0 <= float(strength) < 1 or int(knots) < 2:
+            raise ValueError(f"need 0 <= strength < 1 and knots >= 2, got {strength}, {knots}")
+        self.strength, self.knots = float(strength), int(knots)
+
+    def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
+        return {"gains": 1 + self.strength * (2 * torch.rand(self.knots) - 1)}
+
+    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        height = inpt.shape[-2]
+        curve = torch.nn.functional.interpolate(params["gains"].view(1, 1, -1), size=height,
+                                                mode="linear", align_corners=True)
+        return tv_tensors.wrap((inpt * curve.view(height, 1)).clamp_(0, 1), like=inpt)
+
+
+class _ResolutionLoss(v2.Transform):
+    """Down-sample by a factor from `scale`, then back up: a coarser probe or older scanner."""
+
+    _transformed_types = (tv_tensors.Image,)
+
+    def __init__(self, scale: Sequence[float]) -> None:
+        super().__init__()
+        low, high = (float(v) for v in scale)
+        if not 0 < low <= high <= 1:
+            raise ValueError(f"scale must be 0 < low <= high <= 1, got {list(scale)}")
+        self.low, self.high = low, high
+
+    def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
+        return {"factor": float(torch.empty(()).uniform_(self.low, self.high))}
+
+    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        size = list(inpt.shape[-2:])
+        small = [max(1, round(n * params["factor"])) for n in size]
+        coarse = F.resize(inpt, small, interpolation=_BILINEAR, antialias=True)
+        return tv_tensors.wrap(F.resize(coarse, size, interpolation=_BILINEAR,
+                                        antialias=False).clamp_(0, 1), like=inpt)
+
+
 @dataclass(frozen=True)
 class _Augmentation:
     defaults: dict[str, Any]  # every parameter but `p`
@@ -104,6 +149,8 @@ AUGMENTATIONS: dict[str, _Augmentation] = {
     # Saturation and hue change nothing on grey images; they are here for grayscale: false.
     "color_jitter": _Augmentation(
         {"brightness": 0.2, "contrast": 0.2, "saturation": 0.0, "hue": 0.0}, v2.ColorJitter),
+    "depth_gain": _Augmentation({"strength": 0.3, "knots": 4}, _DepthGain),
+    "resolution": _Augmentation({"scale": [0.4, 1.0]}, _ResolutionLoss),
     "gaussian_blur": _Augmentation({"kernel_size": 5, "sigma": [0.1, 2.0]}, v2.GaussianBlur),
     "speckle": _Augmentation({"std": 0.1}, _SpeckleNoise),
 }

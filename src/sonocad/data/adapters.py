@@ -8,7 +8,14 @@ Layouts (detected in this order by `open_dataset`, or named with `layout=`):
 - ``voc``: Pascal VOC ``JPEGImages/`` + ``SegmentationClass/``; the label is the class name of
   the mask's lesion pixels when ``class_names.txt`` (labelme2voc) names them.
 - ``labelme``: Labelme JSON files beside their images; the label is the shapes' label.
+- ``busbra``: ``Images/`` + ``Masks/`` + ``bus_data.csv`` (the public BUS-BRA set): ``Case`` is
+  the patient, ``Pathology`` the label, ``Device`` the scanner; BI-RADS, histology and side are
+  clinical fields.
 - ``busi``: ``<class>/<class> (N).png`` with ``<class> (N)_mask*.png`` (the public BUSI set).
+
+`Sample.source` names the data set where the layout knows it (``busi``, ``busbra``, or a
+manifest's ``source`` column); `Sample.scanner` the ultrasound system (BUS-BRA's ``Device``
+without its probe frequency, a manifest's ``scanner`` column, BUSI's published system).
 """
 
 from __future__ import annotations
@@ -46,6 +53,8 @@ def detect_layout(path: Path) -> str:
         if path.suffix.lower() == ".csv":
             return "manifest"
         raise InputError(path, "a dataset is a folder or a CSV manifest")
+    if (path / "bus_data.csv").is_file() and (path / "Images").is_dir():
+        return "busbra"
     if (path / "images").is_dir():
         return "folder"
     if (path / "JPEGImages").is_dir() and (path / "SegmentationClass").is_dir():
@@ -58,7 +67,12 @@ def detect_layout(path: Path) -> str:
                            "BUSI class folders, or a CSV manifest); name it with --layout")
 
 
+# Al-Dhabyani et al. 2020: "LOGIQ E9 ultrasound system and LOGIQ E9 Agile" (not per image).
+BUSI_FOLDER, BUSI_SCANNER = "Dataset_BUSI_with_GT", "GE LOGIQ E9"
+
+
 def read_busi(root: Path) -> list[Sample]:
+    published = root.name == BUSI_FOLDER  # the BUSI layout also holds phantoms and user data
     samples = []
     for class_dir in sorted(p for p in root.iterdir() if p.is_dir()):
         files = sorted(p for p in class_dir.iterdir() if _is_image(p))
@@ -74,8 +88,44 @@ def read_busi(root: Path) -> list[Sample]:
                 image_path=image,
                 mask_paths=tuple(sorted(masks_by_stem.get(image.stem, []), key=_mask_order)),
                 label=class_dir.name.lower(),
+                source="busi" if published else None,
+                scanner=BUSI_SCANNER if published else None,
             ))
     return samples
+
+
+_BUSBRA_CLINICAL = {"BIRADS": "birads", "Histology": "histology", "Side": "side"}
+
+
+def read_busbra(root: Path) -> list[Sample]:
+    table = root / "bus_data.csv"
+    with table.open(newline="", encoding="utf-8-sig") as handle:
+        reader = csv.DictReader(handle)
+        missing = {"ID", "Case", "Pathology", "Device"} - set(reader.fieldnames or ())
+        if missing:
+            raise InputError(table, f"BUS-BRA table lacks column(s) {', '.join(sorted(missing))}")
+        rows = list(reader)
+    samples = []
+    for row in rows:
+        image_id = row["ID"].strip()
+        mask = root / "Masks" / f"{image_id.replace('bus_', 'mask_', 1)}.png"
+        samples.append(Sample(
+            image_id=f"Images/{image_id}.png",
+            image_path=root / "Images" / f"{image_id}.png",
+            mask_paths=(mask,) if mask.is_file() else (),
+            label=row["Pathology"].strip().lower() or None,
+            patient_id=row["Case"].strip() or None,
+            clinical={name: row.get(column, "").strip()
+                      for column, name in _BUSBRA_CLINICAL.items()},
+            source="busbra",
+            scanner=scanner_name(row["Device"]),
+        ))
+    return samples
+
+
+def scanner_name(device: str) -> str | None:
+    """'GE Logiq 7 @10-14MHz' -> 'GE Logiq 7': the system, without the probe's frequency."""
+    return device.split("@")[0].strip() or None
 
 
 def read_folder(root: Path) -> list[Sample]:
@@ -132,7 +182,8 @@ def read_labelme(root: Path) -> list[Sample]:
     return samples
 
 
-_MANIFEST_FIELDS = {"image", "mask", "label", "patient_id", "pixel_spacing_mm"}
+_MANIFEST_FIELDS = {"image", "mask", "label", "patient_id", "pixel_spacing_mm", "source",
+                    "scanner"}
 
 
 def read_manifest(csv_path: Path) -> list[Sample]:
@@ -155,6 +206,8 @@ def read_manifest(csv_path: Path) -> list[Sample]:
             patient_id=(row.get("patient_id") or "").strip() or None,
             pixel_spacing_mm=_parse_spacing(row.get("pixel_spacing_mm"), csv_path, line),
             clinical={k: v for k, v in row.items() if k not in _MANIFEST_FIELDS and k},
+            source=(row.get("source") or "").strip() or None,
+            scanner=scanner_name(row.get("scanner") or ""),
         ))
     return samples
 
@@ -164,6 +217,7 @@ ADAPTERS: dict[str, Callable[[Path], list[Sample]]] = {
     "folder": read_folder,
     "voc": read_voc,
     "labelme": read_labelme,
+    "busbra": read_busbra,
     "busi": read_busi,
 }
 

@@ -34,6 +34,9 @@ class CheckReport:
     root: str
     n_images: int
     class_counts: dict[str, int]
+    scanner_counts: dict[str, int]
+    n_patients: int | None  # None when the data set names no patients
+    images_per_patient: dict[int, int]  # images per patient -> number of such patients
     extra_masks_merged: int
     width_range: tuple[int, int] | None
     height_range: tuple[int, int] | None
@@ -75,16 +78,24 @@ def check_dataset(root: str | Path, samples: list[Sample],
                                     f"same scan under labels {', '.join(group.labels)}: "
                                     f"{', '.join(group.image_ids)}"))
     heights, widths = ([s[0] for s in sizes], [s[1] for s in sizes]) if sizes else ([], [])
+    per_patient = Counter(s.patient_id for s in samples if s.patient_id)
     return CheckReport(
         root=str(root),
         n_images=len(samples),
-        class_counts=dict(sorted(Counter(s.label or "unlabelled" for s in samples).items())),
+        class_counts=_counts(s.label or "unlabelled" for s in samples),
+        scanner_counts=_counts(s.scanner or "unknown" for s in samples),
+        n_patients=len(per_patient) or None,
+        images_per_patient=dict(sorted(Counter(per_patient.values()).items())),
         extra_masks_merged=sum(max(len(s.mask_paths) - 1, 0) for s in samples),
         width_range=(min(widths), max(widths)) if widths else None,
         height_range=(min(heights), max(heights)) if heights else None,
         problems=problems,
         duplicate_groups=[group.to_dict() for group in groups],
     )
+
+
+def _counts(values: Iterable[str]) -> dict[str, int]:
+    return dict(sorted(Counter(values).items()))
 
 
 def _check_sample(sample: Sample) -> tuple[np.ndarray | None, list[Problem]]:
@@ -127,6 +138,12 @@ def format_report(report: CheckReport) -> str:
     """The human summary printed by `sonocad data check`."""
     lines = [f"{report.root}: {report.n_images} images"]
     lines.append("  classes: " + ", ".join(f"{k} {v}" for k, v in report.class_counts.items()))
+    lines.append("  scanners: " + ", ".join(f"{k} {v}" for k, v in report.scanner_counts.items()))
+    if report.n_patients:
+        spread = ", ".join(f"{n} with {k}" for k, n in report.images_per_patient.items())
+        lines.append(f"  patients: {report.n_patients} (images per patient: {spread})")
+    else:
+        lines.append("  patients: not named (each image is its own unit in splits)")
     if report.width_range and report.height_range:
         lines.append(f"  width {report.width_range[0]}-{report.width_range[1]} px, "
                      f"height {report.height_range[0]}-{report.height_range[1]} px")

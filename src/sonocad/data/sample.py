@@ -42,6 +42,8 @@ class Sample:
     patient_id: str | None = None
     pixel_spacing_mm: tuple[float, float] | None = None  # (row, column) in mm per pixel
     clinical: dict[str, str] = field(default_factory=dict)
+    source: str | None = None  # the data set it came from ("busi", "busbra", a recipe's name)
+    scanner: str | None = None  # the ultrasound system, where the data set says
 
     @property
     def group_id(self) -> str:

@@ -3,7 +3,8 @@
 The unit that never crosses subsets is the connected component of patients and duplicate
 groups: images of one patient stay together, members of one duplicate group stay together,
 and both links chain (a duplicate of another patient's image pulls the two patients together).
-Within that constraint scikit-learn's StratifiedGroupKFold balances the labels.
+Within that constraint scikit-learn's StratifiedGroupKFold balances the labels (label and
+scanner pairs where a data set has several scanners, e.g. BUS-BRA).
 
 A split file (JSON, format ``sonocad-split/1``) names images by `Sample.image_id`:
 
@@ -19,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
@@ -92,7 +94,8 @@ def make_split(samples: Sequence[Sample], groups: Iterable[Sequence[str]], *,
     labels, units = _labels(ordered), _units(ordered, groups)
     assignment, n_folds, counts = _partition(labels, units, fractions, seed)
     subsets = {name: _ids(ordered, assignment == i) for i, name in enumerate(SPLIT_NAMES)}
-    method = (f"StratifiedGroupKFold({n_folds}) by label over patient/duplicate-group units; "
+    method = (f"StratifiedGroupKFold({n_folds}) by {_strata_name(ordered)} over "
+              "patient/duplicate-group units; "
               f"folds {'/'.join(map(str, counts))} to train/val/test")
     return SplitFile(dataset or _dataset_name(ordered), seed, method, subsets,
                      fractions=tuple(fractions))
@@ -109,7 +112,8 @@ def make_folds(samples: Sequence[Sample], groups: Iterable[Sequence[str]], *, k:
         raise SonocadError(f"test fraction must be in [0, 1), got {test_fraction}")
     ordered = sorted(samples, key=lambda s: s.image_id)
     labels, units = _labels(ordered), _units(ordered, groups)
-    method = f"StratifiedGroupKFold({k}) by label over patient/duplicate-group units"
+    method = (f"StratifiedGroupKFold({k}) by {_strata_name(ordered)} over "
+              "patient/duplicate-group units")
     in_folds = np.ones(len(ordered), dtype=bool)
     if test_fraction > 0:
         assignment, n_folds, _ = _partition(labels, units, (1 - test_fraction, test_fraction),
@@ -125,6 +129,27 @@ def make_folds(samples: Sequence[Sample], groups: Iterable[Sequence[str]], *, k:
                      test_fraction=test_fraction)
 
 
+def hold_out_scanner(split: SplitFile, samples: Sequence[Sample],
+                     groups: Iterable[Sequence[str]], scanner: str) -> SplitFile:
+    """Leave one scanner out: its images, and any image linked to one by patient or duplicate
+    group, leave their subsets for a new ``held_out`` subset; the rest stay where they were."""
+    ordered = sorted((s for s in samples if s.image_id in set(split.image_ids)),
+                     key=lambda s: s.image_id)
+    scanners = sorted({s.scanner for s in ordered if s.scanner})
+    if scanner not in scanners:
+        raise SonocadError(f"no image of scanner {scanner!r} in the split (scanners: "
+                           f"{', '.join(scanners) or 'none named'})")
+    units = _units(ordered, groups)
+    held_units = {u for s, u in zip(ordered, units) if s.scanner == scanner}
+    held = {s.image_id for s, u in zip(ordered, units) if u in held_units}
+    subsets = {name: tuple(i for i in ids if i not in held) for name, ids in split.subsets.items()}
+    subsets["held_out"] = tuple(sorted(held))
+    return SplitFile(split.dataset, split.seed, f"{split.method}; then every image of scanner "
+                     f"{scanner!r} (and its patients' and duplicates') moved to held_out",
+                     subsets, fractions=split.fractions, k=split.k,
+                     test_fraction=split.test_fraction)
+
+
 def _check_fractions(fractions: Sequence[float]) -> tuple[float, ...]:
     values = tuple(float(f) for f in fractions)
     if len(values) != 3 or min(values) < 0 or abs(sum(values) - 1) > 1e-6 or values[0] == 0:
@@ -134,7 +159,18 @@ def _check_fractions(fractions: Sequence[float]) -> tuple[float, ...]:
 
 
 def _labels(samples: Sequence[Sample]) -> np.ndarray:
-    return np.array([s.label or "" for s in samples])  # unlabelled images form one class
+    """The strata: the label, and the scanner too where the data set has several."""
+    with_scanner = _several_scanners(samples)
+    return np.array([(s.label or "") + (f"|{s.scanner}" if with_scanner else "")
+                     for s in samples])  # unlabelled images form one class
+
+
+def _several_scanners(samples: Sequence[Sample]) -> bool:
+    return len({s.scanner for s in samples}) > 1
+
+
+def _strata_name(samples: Sequence[Sample]) -> str:
+    return "label and scanner" if _several_scanners(samples) else "label"
 
 
 def _units(samples: Sequence[Sample], groups: Iterable[Sequence[str]]) -> np.ndarray:
@@ -163,8 +199,12 @@ def _fold_index(labels: np.ndarray, units: np.ndarray, n_folds: int, seed: int) 
                            "(patients / duplicate groups)")
     folds = np.empty(len(labels), dtype=int)
     splitter = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
-    for i, (_, test) in enumerate(splitter.split(np.zeros(len(labels)), labels, units)):
-        folds[test] = i
+    with warnings.catch_warnings():
+        # A stratum smaller than n_folds (BUS-BRA's U-Systems malignant: 11) is spread as
+        # evenly as it can be; scikit-learn's warning about it says nothing a user can act on.
+        warnings.filterwarnings("ignore", "The least populated class", UserWarning)
+        for i, (_, test) in enumerate(splitter.split(np.zeros(len(labels)), labels, units)):
+            folds[test] = i
     return folds
 
 

@@ -11,6 +11,7 @@ augmentation; empty for an image without a lesion). `collate` batches them for e
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -90,33 +91,56 @@ def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 class EpochBatches(Sampler[list[ItemKey]]):
-    """Global batches from a permutation fixed by (seed, epoch); each DDP rank takes its slice.
+    """Global batches from an epoch order fixed by (seed, epoch); each DDP rank takes its slice.
 
     Rank r of W takes items [r*B/W, (r+1)*B/W) of every global batch of B, so W processes see
     exactly the batches one process would. `start` skips batches already trained on (resume).
+    `draws` (one per item, default 1) is how often an item is drawn per epoch on average: the
+    whole part every epoch, the fractional part as a seeded draw without replacement, so an
+    epoch always holds `epoch_size(draws)` items (data-source and class weights).
     """
 
     def __init__(self, n: int, batch_size: int, *, seed: int, epoch: int, rank: int = 0,
-                 world: int = 1, start: int = 0) -> None:
+                 world: int = 1, start: int = 0, draws: Sequence[float] | None = None) -> None:
         if batch_size % world:
             raise SonocadError(f"batch size {batch_size} does not divide over {world} processes")
+        if draws is not None and len(draws) != n:
+            raise SonocadError(f"{len(draws)} draw weights for {n} items")
         self.n, self.batch_size, self.seed, self.epoch = n, batch_size, seed, epoch
         self.rank, self.world, self.start = rank, world, start
+        self.draws = None if draws is None or all(d == 1 for d in draws) else list(draws)
+        self.size = n if self.draws is None else self.epoch_size(self.draws)
 
     def __len__(self) -> int:
-        return max(self.batches_per_epoch(self.n, self.batch_size) - self.start, 0)
+        return max(self.batches_per_epoch(self.size, self.batch_size) - self.start, 0)
+
+    @staticmethod
+    def epoch_size(draws: Sequence[float]) -> int:
+        return math.floor(sum(draws) + 0.5)
 
     @staticmethod
     def batches_per_epoch(n: int, batch_size: int) -> int:
         # Drop the last partial batch (batch norm and equal DDP shards), unless that is all.
         return max(n // batch_size, 1) if n else 0
 
+    def _order(self, generator: torch.Generator) -> torch.Tensor:
+        if self.draws is None:
+            return torch.randperm(self.n, generator=generator)
+        weights = torch.tensor(self.draws, dtype=torch.float64)
+        counts = weights.floor().long()
+        missing = self.size - int(counts.sum())
+        if missing > 0:
+            counts[torch.multinomial(weights - weights.floor(), missing, replacement=False,
+                                     generator=generator)] += 1
+        items = torch.repeat_interleave(torch.arange(self.n), counts)
+        return items[torch.randperm(len(items), generator=generator)]
+
     def __iter__(self) -> Iterator[list[ItemKey]]:
         generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-        order = torch.randperm(self.n, generator=generator)
-        item_seeds = torch.randint(0, 2**31 - 1, (self.n,), generator=generator)
-        per_rank = min(self.batch_size, self.n) // self.world
-        for b in range(self.start, self.batches_per_epoch(self.n, self.batch_size)):
+        order = self._order(generator)
+        item_seeds = torch.randint(0, 2**31 - 1, (len(order),), generator=generator)
+        per_rank = min(self.batch_size, len(order)) // self.world
+        for b in range(self.start, self.batches_per_epoch(len(order), self.batch_size)):
             first = b * self.batch_size + self.rank * per_rank
             positions = range(first, first + per_rank)
             yield [(int(order[p]), int(item_seeds[p])) for p in positions]

@@ -1,8 +1,10 @@
 """Recipes: YAML files that log exactly how a model is trained, plus `key=value` overrides.
 
-An override names a dotted path (``train.max_steps=2``) or a bare key that occurs exactly once
-in the recipe (``max_steps=2``). Values are parsed as YAML, so ``lr=3e-4`` is a float and
-``augment.hflip=null`` removes an augmentation.
+An override names a dotted path from the top (``train.max_steps=2``), a dotted path that
+starts inside exactly one section (``augment.hflip`` for ``transform.augment.hflip``), or a bare
+key that occurs exactly once in the recipe (``max_steps=2``); none makes a new section. Values
+are parsed as YAML, so ``lr=3e-4`` is a float and ``augment.hflip=null`` removes an
+augmentation.
 """
 
 from __future__ import annotations
@@ -40,7 +42,8 @@ def parse_yaml(text: str) -> Any:
 DEFAULTS: dict[str, Any] = {
     "model": {"name": None, "args": {}, "pretrained": None},
     "data": {"layout": None, "classes": ["normal", "benign", "malignant"], "labels": None,
-             "train_subsets": ["train"], "val_subset": "val", "limit": None, "cache": True},
+             "train_subsets": ["train"], "val_subset": "val", "limit": None, "cache": True,
+             "sources": None, "class_weights": None},
     "transform": {},
     "loss": {"name": None, "args": {}},
     "optimizer": {"name": "adamw", "lr": 1e-3, "weight_decay": 0.0, "momentum": 0.9,
@@ -94,7 +97,7 @@ def apply_override(recipe: dict[str, Any], override: str) -> None:
         value = parse_yaml(text)
     except yaml.YAMLError:
         raise SonocadError(f"override {override!r}: value is not valid YAML") from None
-    path = key.split(".") if "." in key else _find_unique(recipe, key)
+    path = _resolve_dotted(recipe, key) if "." in key else _find_unique(recipe, key)
     node = recipe
     for part in path[:-1]:
         if not isinstance(node.get(part), dict):
@@ -103,6 +106,30 @@ def apply_override(recipe: dict[str, Any], override: str) -> None:
             node[part] = {}
         node = node[part]
     node[path[-1]] = value
+
+
+def _resolve_dotted(recipe: dict[str, Any], key: str) -> list[str]:
+    """A dotted path from the top (``train.max_steps``), or the one section path it ends
+    (``augment.hflip`` for ``transform.augment.hflip``); it never makes a new section."""
+    parts = key.split(".")
+    if parts[0] in recipe:
+        return parts
+    parents = [path for path in _leaf_paths(recipe)
+               if path[-(len(parts) - 1):] == parts[:-1] and isinstance(_at(recipe, path), dict)]
+    if len(parents) == 1:
+        return [*parents[0], parts[-1]]
+    if not parents:
+        raise SonocadError(f"override key {key!r} is not in the recipe; give its full path, "
+                           "such as transform.augment.hflip")
+    options = ", ".join(".".join(path) for path in parents)
+    raise SonocadError(f"override key {key!r} is ambiguous ({options}); give the full path")
+
+
+def _at(recipe: dict[str, Any], path: list[str]) -> Any:
+    node: Any = recipe
+    for part in path:
+        node = node[part]
+    return node
 
 
 def _find_unique(recipe: dict[str, Any], key: str) -> list[str]:

@@ -26,14 +26,24 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from sonocad.data.adapters import open_dataset
 from sonocad.data.sample import Sample
-from sonocad.data.split import read_split, select
+from sonocad.data.sources import DataArg, Source, resolve_sources
+from sonocad.data.split import SplitFile, read_split, select
 from sonocad.data.torch_dataset import EpochBatches, SampleDataset, collate
 from sonocad.engine.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from sonocad.engine.distributed import World, barrier, close_world, init_world, mean_over_world
+from sonocad.engine.distributed import (
+    World,
+    barrier,
+    close_world,
+    init_world,
+    mean_over_world,
+)
 from sonocad.engine.losses import build_loss
-from sonocad.engine.optim import build_optimizer, build_scheduler, steps_per_optimizer_step
+from sonocad.engine.optim import (
+    build_optimizer,
+    build_scheduler,
+    steps_per_optimizer_step,
+)
 from sonocad.engine.validation import DEFAULT_SELECT_METRIC, validate
 from sonocad.errors import SonocadError
 from sonocad.io.atomic import atomic_open, write_json, write_text
@@ -63,18 +73,22 @@ class _Progress:
     elapsed_s: float = 0.0
 
 
-def train(recipe: dict[str, Any], data: str | Path, split: str | Path, out: str | Path, *,
+def train(recipe: dict[str, Any], data: DataArg, split: DataArg, out: str | Path, *,
           resume: bool = False) -> TrainResult:
-    """Train the recipe's model; select on the validation subset; return the best checkpoint."""
+    """Train the recipe's model; select on the validation subset; return the best checkpoint.
+
+    `data` and `split`: one data set and its split, or one of each per source (see
+    `sonocad.data.sources`); None takes the recipe's ``data.sources``."""
+    sources = resolve_sources(recipe["data"]["sources"], data, split)
     world = init_world()
     try:
-        return _Trainer(recipe, Path(data), Path(split), Path(out), world).run(resume)
+        return _Trainer(recipe, sources, Path(out), world).run(resume)
     finally:
         close_world(world)
 
 
 class _Trainer:
-    def __init__(self, recipe: dict[str, Any], data: Path, split: Path, out: Path,
+    def __init__(self, recipe: dict[str, Any], sources: list[Source], out: Path,
                  world: World) -> None:
         self.recipe, self.out, self.world = recipe, out, world
         self.task: str = recipe["task"]
@@ -82,8 +96,11 @@ class _Trainer:
         self.class_names = self._class_names()
         torch.manual_seed(int(self.cfg_train["seed"]))
 
-        train_samples, val_samples, data_info = _select_samples(recipe["data"], data, split)
-        self.data_info = data_info
+        train_samples, val_samples, self.draws, self.data_info = _select_samples(
+            recipe["data"], sources)
+        if world.is_main:
+            print(f"training on {len(train_samples)} images, validating on {len(val_samples)}; "
+                  f"expected draws per epoch: {self.data_info['epoch_composition']}", flush=True)
         self.transform_config = TransformConfig.from_dict(recipe["transform"])
         cache = bool(recipe["data"]["cache"])
         self.train_set = SampleDataset(train_samples, self.task, self.class_names,
@@ -107,7 +124,8 @@ class _Trainer:
         self.optimizer = build_optimizer(self.model.parameters(), recipe["optimizer"])
 
         self.batch_size = int(self.cfg_train["batch_size"])
-        self.batches_per_epoch = EpochBatches.batches_per_epoch(len(self.train_set),
+        self.epoch_size = EpochBatches.epoch_size(self.draws)
+        self.batches_per_epoch = EpochBatches.batches_per_epoch(self.epoch_size,
                                                                 self.batch_size)
         if self.batches_per_epoch == 0:
             raise SonocadError("the training subset is empty")
@@ -191,7 +209,8 @@ class _Trainer:
     def _loader(self, state: _Progress) -> DataLoader:
         sampler = EpochBatches(len(self.train_set), self.batch_size,
                                seed=int(self.cfg_train["seed"]), epoch=state.epoch,
-                               rank=self.world.rank, world=self.world.size, start=state.batch)
+                               rank=self.world.rank, world=self.world.size, start=state.batch,
+                               draws=self.draws)
         workers = int(self.cfg_train["num_workers"])
         return DataLoader(self.train_set, batch_sampler=sampler, num_workers=workers,
                           persistent_workers=False, collate_fn=collate)
@@ -342,33 +361,65 @@ def _tensorboard_writer(out: Path):
     return SummaryWriter(str(out / "tensorboard"))
 
 
-def _select_samples(cfg: dict[str, Any], data: Path,
-                    split_path: Path) -> tuple[list[Sample], list[Sample], dict[str, Any]]:
-    samples = open_dataset(data, cfg["layout"])
-    split = read_split(split_path)
+def _select_samples(cfg: dict[str, Any], sources: list[Source]
+                    ) -> tuple[list[Sample], list[Sample], list[float], dict[str, Any]]:
+    """Training and validation samples of every source, each training sample's draws per
+    epoch (source weight x class weight), and what the checkpoint records about the data."""
     labels = set(cfg["labels"]) if cfg["labels"] else None
-
-    def subset(names: list[str]) -> list[Sample]:
-        chosen: list[Sample] = []
-        for name in names:
-            if name not in split.subsets:
-                raise SonocadError(f"{split_path}: has no subset {name!r} "
-                                   f"(it has {', '.join(split.subsets)})")
-            chosen += select(samples, split.subsets[name])
-        if labels is not None:
-            chosen = [s for s in chosen if s.label in labels]
-        return _spread(chosen, cfg["limit"])
-
-    train_samples = subset(list(cfg["train_subsets"]))
-    val_samples = subset([cfg["val_subset"]])
+    class_weights = {str(k): float(v) for k, v in (cfg["class_weights"] or {}).items()}
+    train_samples: list[Sample] = []
+    val_samples: list[Sample] = []
+    draws: list[float] = []
+    described = []
     fingerprint = hashlib.sha256()
-    for sample in train_samples + [None] + val_samples:  # None marks the train/val boundary
-        fingerprint.update(b"|" if sample is None else _file_key(sample))
-    info = {"path": str(data), "split": str(split_path), "split_fingerprint": split.fingerprint,
+    for source in sources:
+        samples, split = source.open(cfg["layout"]), read_split(source.split)
+        source_train, source_val = (_subset(samples, split, source.split, names, labels,
+                                            cfg["limit"])
+                                    for names in (cfg["train_subsets"], [cfg["val_subset"]]))
+        train_samples += source_train
+        val_samples += source_val
+        draws += [source.weight * class_weights.get(s.label or "", 1.0) for s in source_train]
+        fingerprint.update(source.name.encode())
+        for sample in source_train + [None] + source_val:  # None marks the train/val boundary
+            fingerprint.update(b"|" if sample is None else _file_key(sample))
+        described.append({"name": source.name, "path": str(source.path),
+                          "split": str(source.split), "split_fingerprint": split.fingerprint,
+                          "weight": source.weight, "n_train": len(source_train),
+                          "n_val": len(source_val)})
+    single = described[0] if len(described) == 1 else None
+    info = {"path": single["path"] if single else "+".join(d["name"] for d in described),
+            "split": single["split"] if single else "+".join(d["split"] for d in described),
+            "split_fingerprint": single["split_fingerprint"] if single else None,
             "fingerprint": fingerprint.hexdigest(), "n_train": len(train_samples),
             "n_val": len(val_samples), "train_subsets": list(cfg["train_subsets"]),
-            "val_subset": cfg["val_subset"], "labels": sorted(labels) if labels else None}
-    return train_samples, val_samples, info
+            "val_subset": cfg["val_subset"], "labels": sorted(labels) if labels else None,
+            "sources": described, "class_weights": class_weights or None,
+            "epoch_composition": _composition(train_samples, draws)}
+    return train_samples, val_samples, draws, info
+
+
+def _subset(samples: list[Sample], split: SplitFile, split_path: Path, names: list[str],
+            labels: set[str] | None, limit: int | None) -> list[Sample]:
+    chosen: list[Sample] = []
+    for name in names:
+        if name not in split.subsets:
+            raise SonocadError(f"{split_path}: has no subset {name!r} "
+                               f"(it has {', '.join(split.subsets)})")
+        chosen += select(samples, split.subsets[name])
+    if labels is not None:
+        chosen = [s for s in chosen if s.label in labels]
+    return _spread(chosen, limit)
+
+
+def _composition(samples: list[Sample], draws: list[float]) -> dict[str, dict[str, float]]:
+    """Expected draws per epoch by source and class: the class balance the sampler gives."""
+    out: dict[str, dict[str, float]] = {}
+    for sample, weight in zip(samples, draws):
+        by_class = out.setdefault(sample.source or "data", {})
+        by_class[sample.label or "unlabelled"] = by_class.get(sample.label or "unlabelled",
+                                                              0.0) + weight
+    return {source: {k: round(v, 1) for k, v in sorted(c.items())} for source, c in out.items()}
 
 
 def _file_key(sample: Sample) -> bytes:

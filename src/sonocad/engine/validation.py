@@ -25,8 +25,12 @@ from torch.utils.data import DataLoader
 
 from sonocad.data.torch_dataset import SampleDataset, collate
 from sonocad.engine.distributed import World, gather_lists
-from sonocad.evaluation.detection import (ScoredImage, box_and_mask_ap, from_torchvision,
-                                          score_image)
+from sonocad.evaluation.detection import (
+    ScoredImage,
+    box_and_mask_ap,
+    from_torchvision,
+    score_image,
+)
 from sonocad.evaluation.segmentation import confusion, overlap_metrics
 
 DEFAULT_SELECT_METRIC = {"segmentation": "dice", "classification": "accuracy",
@@ -50,6 +54,7 @@ def validate(model: nn.Module, dataset: SampleDataset, task: str,
     for batch in loader:
         images = batch["image"].to(world.device)
         outputs = model(images)
+        sources = [dataset.samples[i].source for i in batch["index"].tolist()]
         if task == "segmentation":
             target = batch["mask"].to(world.device)
             rows += _segmentation_rows(outputs["out"], target, loss_fn(outputs, target))
@@ -61,8 +66,20 @@ def validate(model: nn.Module, dataset: SampleDataset, task: str,
             rows += [{**a, **b} for a, b in zip(segmentation, classification)]
         else:
             rows += _classification_rows(outputs, batch["label"].to(world.device), loss_fn)
+        for row, source in zip(rows[-len(sources):], sources):
+            row["source"] = source
     model.train(was_training)
     rows = gather_lists(rows, world)
+    metrics = _metrics(rows, task)
+    sources = sorted({r["source"] for r in rows if r["source"]})
+    if len(sources) > 1:  # each source's figures beside the pooled ones selection uses
+        for source in sources:
+            part = _metrics([r for r in rows if r["source"] == source], task)
+            metrics |= {f"{source}_{k}": v for k, v in part.items() if k != "loss"}
+    return metrics
+
+
+def _metrics(rows: list[dict[str, Any]], task: str) -> dict[str, float]:
     metrics: dict[str, float] = {"loss": _nanmean([r["loss"] for r in rows])}
     if task in ("segmentation", "multitask"):
         metrics |= {k: _nanmean([r[k] for r in rows]) for k in ("dice", "iou")}

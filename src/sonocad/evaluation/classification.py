@@ -70,8 +70,13 @@ def classification_metrics(
     low, high = _bootstrap_intervals(y, p, names, len(point), groups, ci=ci, n_boot=n_boot,
                                      seed=seed)
     n_used = dict.fromkeys(point, len(y))
+    for k, name in enumerate(names):  # a recall is computed on that class's images
+        n_used[f"recall_{name}"] = int((y == k).sum())
     if BENIGN_VS_MALIGNANT + "_auroc" in point:
-        n_used[BENIGN_VS_MALIGNANT + "_auroc"] = int(_benign_or_malignant(y, names).sum())
+        n_lesion = int(_benign_or_malignant(y, names).sum())
+        n_used[BENIGN_VS_MALIGNANT + "_auroc"] = n_lesion
+        if "lesion_called_normal" in point:
+            n_used["lesion_called_normal"] = n_lesion
     predicted = p.argmax(1)
     return {
         "n_images": len(y),
@@ -168,6 +173,10 @@ def _scalar_metrics(y: np.ndarray, probs: np.ndarray, names: list[str]) -> dict[
         kept = _benign_or_malignant(y, names)
         scalars[BENIGN_VS_MALIGNANT + "_auroc"] = _auroc(
             *benign_vs_malignant_scores(y[kept], probs[kept], names))
+        if "normal" in names:  # the miss a radiologist notices first
+            called_normal = predicted[kept] == names.index("normal")
+            scalars["lesion_called_normal"] = (float(called_normal.mean()) if kept.any()
+                                               else float("nan"))
     scalars["ece"] = expected_calibration_error(probs.max(1), predicted == y)
     for c, name in enumerate(names):
         scalars |= {f"precision_{name}": float(precision[c]), f"recall_{name}": float(recall[c]),

@@ -26,7 +26,8 @@ from sonocad.data.sample import Sample
 from sonocad.errors import SonocadError
 from sonocad.evaluation.classification import BENIGN_VS_MALIGNANT, classification_metrics
 from sonocad.evaluation.runner import EvaluationResult, Predicted, predict_samples
-from sonocad.evaluation.table import write_predictions
+from sonocad.evaluation.table import sample_columns, write_predictions
+from sonocad.inference.decision import decision_columns
 from sonocad.inference.predictor import Predictor
 from sonocad.io.atomic import write_bytes, write_json
 
@@ -45,10 +46,10 @@ def evaluate_classification(predictor: Predictor, samples: list[Sample], out: st
         predictions = predict_samples(predictor, samples, batch_size)
     for sample, _image, prediction in predictions:
         probabilities = prediction.class_probabilities
-        rows.append({"image_id": sample.image_id, "patient_id": sample.patient_id,
-                     "label": sample.label, "pred_label": prediction.predicted_class,
+        rows.append({**sample_columns(sample), "pred_label": prediction.predicted_class,
                      **{f"prob_{name}": probabilities[name] for name in class_names},
-                     "correct": int(prediction.predicted_class == sample.label)})
+                     "correct": int(prediction.predicted_class == sample.label),
+                     **decision_columns(prediction.decision)})
         probs.append([probabilities[name] for name in class_names])
     # Images of one patient are not independent: resample patients where ids exist.
     by_patient = all(row["patient_id"] for row in rows)

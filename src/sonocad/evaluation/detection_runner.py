@@ -33,7 +33,7 @@ from sonocad.evaluation.detection import (ImageInstances, ScoredImage, box_and_m
                                           score_image, top_score)
 from sonocad.evaluation.runner import EvaluationResult
 from sonocad.evaluation.statistics import delong_auroc
-from sonocad.evaluation.table import write_predictions
+from sonocad.evaluation.table import sample_columns, write_predictions
 from sonocad.inference.detection import DetectionPredictor
 from sonocad.io.atomic import write_json, write_text
 from sonocad.progress import progress
@@ -82,8 +82,7 @@ def _row(sample: Sample, predicted: ImageInstances, truth: ImageInstances,
     scores = np.asarray(predicted.scores, dtype=float)
     found = scores >= INSTANCE_THRESHOLD
     top = int(np.argmax(scores)) if found.any() else None
-    return {"image_id": sample.image_id, "patient_id": sample.patient_id, "label": sample.label,
-            "pred_label": "normal" if top is None else class_names[predicted.labels[top]],
+    return {**sample_columns(sample), "pred_label": "normal" if top is None else class_names[predicted.labels[top]],
             **{f"{name}_score": top_score(predicted, class_names.index(name))
                for name in ("malignant", "benign") if name in class_names},
             "n_instances": int(found.sum()), "n_truth_instances": len(truth)}

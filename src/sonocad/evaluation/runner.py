@@ -16,17 +16,19 @@ instance outlines).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from sonocad.data.adapters import open_dataset
 from sonocad.data.sample import Sample
+from sonocad.data.sources import DataArg, resolve_sources
 from sonocad.data.split import resolve_subset, select
 from sonocad.engine.checkpoint import load_checkpoint
+from sonocad.errors import SonocadError
+from sonocad.evaluation.breakdown import breakdown
 from sonocad.evaluation.measure import lesion_measurements
 from sonocad.evaluation.segmentation import (
     SEGMENTATION_METRICS,
@@ -35,10 +37,10 @@ from sonocad.evaluation.segmentation import (
     image_metrics,
     summarise,
 )
-from sonocad.evaluation.table import write_predictions
+from sonocad.evaluation.table import sample_columns, write_predictions
 from sonocad.inference.predictor import Prediction, Predictor
-from sonocad.io.images import Image
 from sonocad.io.atomic import save_png, write_json
+from sonocad.io.images import Image
 from sonocad.progress import progress
 from sonocad.visual import PREDICTION_COLOUR, TRUTH_COLOUR, draw_outlines
 
@@ -53,13 +55,18 @@ class EvaluationResult:
     metrics: dict[str, Any]
 
 
-def evaluate(checkpoint: str | Path, data: str | Path, split_spec: str, out: str | Path, *,
-             layout: str | None = None, overlays: int = 6, batch_size: int = 8,
-             n_boot: int = 2000) -> EvaluationResult:
+def evaluate(checkpoint: str | Path, data: DataArg, split_spec: str | Sequence[str],
+             out: str | Path, *, layout: str | None = None, overlays: int = 6,
+             batch_size: int = 8, n_boot: int = 2000,
+             by: Sequence[str] = ()) -> EvaluationResult:
+    """Score a checkpoint on one frozen subset, or on one per data source (`data` and
+    `split_spec` in the same order); `by` ("source", "scanner") adds per-group figures beside
+    the pooled ones, per source always when there are several."""
     out = Path(out)
     loaded = load_checkpoint(checkpoint)
-    split, subset = resolve_subset(split_spec)
-    samples = select(open_dataset(data, layout), split.subsets[subset])
+    specs = [split_spec] if isinstance(split_spec, str) else list(split_spec)
+    samples = _subset_samples(data, specs, layout)
+    spec_text = " + ".join(specs)
     labels = loaded.meta["data"].get("labels")
     if labels:
         samples = [s for s in samples if s.label in labels]
@@ -70,21 +77,54 @@ def evaluate(checkpoint: str | Path, data: str | Path, split_spec: str, out: str
         from sonocad.evaluation.detection_runner import evaluate_detection
         from sonocad.inference.detection import DetectionPredictor
 
-        return evaluate_detection(DetectionPredictor(loaded), samples, out, split_spec,
+        return evaluate_detection(DetectionPredictor(loaded), samples, out, spec_text,
                                   batch_size=batch_size, checkpoint=checkpoint)
     predictor = Predictor(loaded)
     options = {"batch_size": batch_size, "n_boot": n_boot}
     if predictor.task == "classification":
-        return evaluate_classification(predictor, samples, out, split_spec, **options,
-                                       checkpoint=checkpoint)
-    if predictor.task == "segmentation":
-        return evaluate_segmentation(predictor, samples, out, split_spec, **options,
+        result = evaluate_classification(predictor, samples, out, spec_text, **options,
+                                         checkpoint=checkpoint)
+    elif predictor.task == "segmentation":
+        result = evaluate_segmentation(predictor, samples, out, spec_text, **options,
+                                       overlays=overlays, checkpoint=checkpoint)
+    else:
+        result = _evaluate_multitask(predictor, samples, out, spec_text, options,
                                      overlays=overlays, checkpoint=checkpoint)
+    keys = list(dict.fromkeys([*(["source"] if len(specs) > 1 else []), *by]))
+    if keys:
+        class_names = None if predictor.task == "segmentation" else predictor.class_names
+        result.metrics["breakdowns"] = {key: breakdown(result.rows, key, class_names,
+                                                       n_boot=n_boot) for key in keys}
+        write_json(out / "metrics.json", result.metrics)
+    return result
+
+
+def _subset_samples(data: DataArg, specs: list[str], layout: str | None) -> list[Sample]:
+    """The named subsets' samples, each tagged with its data source."""
+    paths = [data] if isinstance(data, str | Path) else list(data or [])
+    if len(paths) != len(specs):
+        raise SonocadError(f"give one --split FILE:SUBSET per --data (got {len(paths)} data "
+                           f"sets and {len(specs)} splits)")
+    samples: list[Sample] = []
+    for source, spec in zip(resolve_sources(None, paths, [s.rpartition(":")[0] for s in specs]),
+                            specs):
+        split, subset = resolve_subset(spec)
+        samples += select(source.open(layout), split.subsets[subset])
+    return samples
+
+
+def _evaluate_multitask(predictor: Predictor, samples: list[Sample], out: Path,
+                        split_spec: str, options: dict[str, Any], *, overlays: int,
+                        checkpoint: str | Path) -> EvaluationResult:
+    from sonocad.evaluation.classification_runner import evaluate_classification
+
     class_only: list[Predicted] = []  # lesion maps are large; keep only class probabilities
 
     def recording() -> Iterator[Predicted]:
-        for sample, image, prediction in predict_samples(predictor, samples, batch_size):
-            class_only.append((sample, None, Prediction(None, prediction.class_probabilities)))
+        for sample, image, prediction in predict_samples(predictor, samples,
+                                                         options["batch_size"]):
+            class_only.append((sample, None, Prediction(None, prediction.class_probabilities,
+                                                         prediction.decision)))
             yield sample, image, prediction
 
     segmentation = evaluate_segmentation(predictor, samples, out / "segmentation", split_spec,
@@ -119,8 +159,8 @@ def evaluate_segmentation(predictor: Predictor, samples: list[Sample], out: Path
         truth = truth if truth is not None else np.zeros(predicted.shape, bool)
         metrics = image_metrics(truth, predicted, spacing)
         sizes = {f"pred_{k}": v for k, v in lesion_measurements(predicted, spacing).items()}
-        rows.append({"image_id": sample.image_id, "patient_id": sample.patient_id,
-                     "label": sample.label, "truth_lesion": int(truth.any()), **metrics, **sizes})
+        rows.append({**sample_columns(sample), "truth_lesion": int(truth.any()), **metrics,
+                     **sizes})
         pooled = pooled + confusion(truth, predicted)
         cases.append((sample, metrics["dice"]))
     summary = _segmentation_summary(rows, pooled, n_boot)

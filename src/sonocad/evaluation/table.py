@@ -8,11 +8,18 @@ import math
 from pathlib import Path
 from typing import Any
 
+from sonocad.data.sample import Sample
 from sonocad.errors import InputError
 from sonocad.io.atomic import write_json, write_text
 
 # Columns every table starts with; metric and probability columns follow.
-ID_COLUMNS = ("image_id", "patient_id", "label")
+ID_COLUMNS = ("image_id", "patient_id", "source", "scanner", "label")
+
+
+def sample_columns(sample: Sample) -> dict[str, Any]:
+    """What the table says about an image before any model has seen it."""
+    return {"image_id": sample.image_id, "patient_id": sample.patient_id,
+            "source": sample.source, "scanner": sample.scanner, "label": sample.label}
 
 
 def write_predictions(stem: str | Path, rows: list[dict[str, Any]]) -> None:

@@ -40,6 +40,7 @@ from sonocad.errors import InputError, SonocadError
 from sonocad.evaluation.measure import lesion_measurements
 from sonocad.evaluation.table import write_predictions
 from sonocad.explain.runner import Explainer
+from sonocad.inference.decision import decision_columns
 from sonocad.inference.predictor import Prediction, Predictor
 from sonocad.io.atomic import save_png
 from sonocad.io.images import Image, is_image_file, iter_frames
@@ -213,9 +214,20 @@ def _write_images(out: Path, item: _Item, prediction: Prediction,
             heat = explainer(pixels, prediction).heat
             save_png(out / "heatmaps" / f"{item.name}.png", heatmap(pixels, heat))
     if prediction.class_probabilities:
-        label = prediction.predicted_class
-        overlay = _caption(overlay, f"{label} {prediction.class_probabilities[label]:.2f}")
+        overlay = _caption(overlay, caption(prediction))
     save_png(out / "overlays" / f"{item.name}.png", overlay)
+
+
+def caption(prediction: Prediction) -> str:
+    """'malignant 0.91', or with a rule 'benign 0.38 (lesion outlined) · low confidence'."""
+    label = prediction.final_class
+    text = f"{label} {prediction.class_probabilities[label]:.2f}"
+    decision = prediction.decision
+    if decision is not None and decision.reason:
+        text += f" ({decision.reason})"
+    if decision is not None and decision.low_confidence:
+        text += " · low confidence"
+    return text
 
 
 def _caption(canvas: np.ndarray, text: str) -> np.ndarray:
@@ -239,6 +251,7 @@ def _row(item: _Item, prediction: Prediction) -> dict[str, Any]:
     if prediction.class_probabilities:
         row.update({f"prob_{name}": p for name, p in prediction.class_probabilities.items()})
         row["predicted_class"] = prediction.predicted_class
+        row.update(decision_columns(prediction.decision))
     mask = prediction.mask
     if mask is not None:
         sizes = lesion_measurements(mask, image.spacing_mm)

@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from sonocad.engine.checkpoint import Checkpoint, load_checkpoint
 from sonocad.errors import InputError, SonocadError
+from sonocad.inference.decision import Decision, DecisionRule, decide
 from sonocad.transforms import TransformConfig, restore_size, to_model_input
 
 THRESHOLD = 0.5
@@ -38,6 +39,7 @@ DEFAULT_MODEL = ("weights", "default.pt")  # inside the sonocad package
 class Prediction:
     lesion_probability: np.ndarray | None  # float32 (H, W) at the image's size (LESION_TASKS)
     class_probabilities: dict[str, float] | None  # CLASS_TASKS
+    decision: Decision | None = None  # multitask models whose meta holds a decision rule
 
     @property
     def mask(self) -> np.ndarray | None:
@@ -47,9 +49,16 @@ class Prediction:
 
     @property
     def predicted_class(self) -> str | None:
+        """The class head's argmax (the raw call)."""
         if not self.class_probabilities:
             return None
         return max(self.class_probabilities, key=self.class_probabilities.__getitem__)
+
+    @property
+    def final_class(self) -> str | None:
+        """The call reconciled with the lesion outline where the model has a rule, else the
+        argmax."""
+        return self.decision.final_class if self.decision else self.predicted_class
 
 
 class Runner(Protocol):
@@ -119,6 +128,9 @@ class Predictor:
         self.task: str = self.meta["task"]
         self.class_names: list[str] = list(self.meta["class_names"])
         self.transform_config = TransformConfig.from_dict(self.meta["transform"])
+        rule = self.meta.get("decision")
+        self.rule = (DecisionRule.from_dict(rule) if rule and self.task == "multitask"
+                     else None)
 
     @classmethod
     def default(cls, *, backend: str = "torch") -> Predictor:
@@ -139,10 +151,15 @@ class Predictor:
         lesion = outputs[0] if self.task in LESION_TASKS else None
         classes = (torch.softmax(outputs[-1], dim=1).numpy() if self.task in CLASS_TASKS
                    else None)
-        return [Prediction(
-                    None if lesion is None else self._probability_map(lesion[i], image.shape[:2]),
-                    None if classes is None else dict(zip(self.class_names, map(float, classes[i]))))
-                for i, image in enumerate(images)]
+        predictions = [Prediction(
+            None if lesion is None else self._probability_map(lesion[i], image.shape[:2]),
+            None if classes is None else dict(zip(self.class_names, map(float, classes[i]))))
+            for i, image in enumerate(images)]
+        if self.rule is not None:
+            for prediction in predictions:
+                prediction.decision = decide(self.rule, prediction.class_probabilities,
+                                             prediction.lesion_probability)
+        return predictions
 
     def _probability_map(self, logits: Tensor, shape: tuple[int, int]) -> np.ndarray:
         # Resize logits, not probabilities: the 0.5 contour stays where the model put it.

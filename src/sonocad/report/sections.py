@@ -14,6 +14,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from sonocad.evaluation.breakdown import COLUMNS as BREAKDOWN_COLUMNS
+from sonocad.evaluation.breakdown import POOLED
 from sonocad.explain.runner import LESION_PROBABILITY
 from sonocad.report.card import describe_transform, model_card, selection
 from sonocad.report.examples import Example
@@ -110,6 +112,7 @@ def run_section(index: int, run: Run, examples: list[Example] | str) -> Html:
         _data(run),
         _training(run),
         *(_results(run, part) for part in run.parts),
+        *(_breakdown(table) for table in run.evaluation.get("breakdowns", {}).values()),
         _examples(examples),
         _card(run),
     ]
@@ -195,6 +198,22 @@ def _groups(part: Part, caption: str) -> Html:
     rows = [[metric_label(m), *(estimate(**_interval(stats[m])) if m in stats else "–"
                                 for stats in groups.values())] for m in metrics]
     return table(header, rows, numeric=range(1, len(header)), caption=caption)
+
+
+def _breakdown(result: dict[str, Any]) -> Html:
+    """Each source / scanner apart and pooled (rows), the headline figures (columns)."""
+    groups = result["groups"]
+    shown = [(key, head) for key, head in BREAKDOWN_COLUMNS
+             if any(key in figures for figures in groups.values())]
+    rows = [[name, number(figures["n_images"]),
+             *(estimate(**_interval(figures[key])) if key in figures else "–"
+               for key, _ in shown)] for name, figures in groups.items()]
+    return join([tag("h3", f"Results by {result['by']}"),
+                 table([result["by"].capitalize(), "Images", *(head for _, head in shown)],
+                       rows, numeric=range(1, len(shown) + 2),
+                       caption=f"Per {result['by']} and pooled, with 95 % CIs over "
+                               f"{groups[POOLED]['ci_unit']}; lesion figures over lesion "
+                               "images")])
 
 
 def _segmentation(part: Part) -> Html:

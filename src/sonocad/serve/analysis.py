@@ -36,6 +36,10 @@ def analyse(predictor: Predictor, image: Image, explainer: Explainer | None = No
         "task": predictor.task,
         "class_probabilities": prediction.class_probabilities,
         "predicted_class": prediction.predicted_class,
+        "final_class": prediction.final_class,
+        "decision_reason": prediction.decision.reason if prediction.decision else None,
+        "uncertainty": prediction.decision.uncertainty if prediction.decision else None,
+        "low_confidence": prediction.decision.low_confidence if prediction.decision else None,
         "lesion_detected": None, "lesion_area_px": None, "lesion_area_mm2": None,
         "lesion_diameter_px": None, "lesion_diameter_mm": None,
     }

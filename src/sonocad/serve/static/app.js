@@ -116,7 +116,7 @@ function setView(view) {
 function showResult(result) {
   $("image-info").textContent = `${result.format} · ${result.width} × ${result.height} px`;
   showFinding(result);
-  showProbabilities(result.class_probabilities, result.predicted_class);
+  showProbabilities(result.class_probabilities, result.final_class || result.predicted_class);
   showMeasurements(result);
 }
 
@@ -135,6 +135,22 @@ function showFinding(result) {
       `(${percent.format(result.class_probabilities[result.predicted_class])})`;
   }
   finding.append(dot, text);
+  // The call reconciled with the outline, and the model's own "do not trust this one" flag.
+  if (result.final_class) {
+    const call = document.createElement("div");
+    call.id = "final-call";
+    call.textContent = `Call: ${result.final_class}` +
+      (result.decision_reason ? ` (${result.decision_reason})` : "");
+    finding.append(call);
+  }
+  if (result.low_confidence) {
+    const flag = document.createElement("div");
+    flag.id = "low-confidence";
+    flag.className = "flag";
+    flag.textContent = `Low confidence (uncertainty ${result.uncertainty.toFixed(2)}): ` +
+      "read this image yourself";
+    finding.append(flag);
+  }
 }
 
 function showProbabilities(probabilities, predicted) {

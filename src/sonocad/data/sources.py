@@ -1,0 +1,91 @@
+"""Data sources: the data sets a model trains or is scored on, each with its own frozen split.
+
+A recipe names them under ``data.sources`` (paths relative to the directory sonocad runs in):
+
+    data:
+      sources:
+        - {name: busi, path: ../shared/datasets/busi/Dataset_BUSI_with_GT,
+           split: benchmarks/splits/busi.json}
+        - {name: busbra, path: ../shared/datasets/busbra/BUSBRA,
+           split: benchmarks/splits/busbra.json, weight: 0.7}
+
+``weight`` is how many times, on average, each of the source's training images is drawn per
+epoch (1: once; 0.5: half of them, a different half each epoch). The command line says the
+same with ``--data DIR --split FILE`` given once per source (``--data`` overrides the recipe).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from sonocad.data.adapters import open_dataset
+from sonocad.data.sample import Sample
+from sonocad.errors import SonocadError
+
+DataArg = Sequence[str | Path] | str | Path | None  # one data set or split, several, or none
+
+
+@dataclass(frozen=True)
+class Source:
+    name: str
+    path: Path
+    split: Path
+    weight: float = 1.0
+
+    def open(self, layout: str | None = None) -> list[Sample]:
+        """The source's samples, each tagged with this source's name."""
+        return [replace(s, source=self.name) for s in open_dataset(self.path, layout)]
+
+
+def resolve_sources(recipe_sources: Sequence[Mapping[str, Any]] | None, data: DataArg = None,
+                    split: DataArg = None) -> list[Source]:
+    """The sources to use: `data` / `split` (one split per data set) when given, else the
+    recipe's ``data.sources``."""
+    data, split = _as_list(data), _as_list(split)
+    if data:
+        if len(split) != len(data):
+            raise SonocadError(f"give one --split per --data (got {len(data)} data sets and "
+                               f"{len(split)} splits)")
+        sources = [Source(_default_name(Path(d)), Path(d), Path(s)) for d, s in zip(data, split)]
+    elif recipe_sources:
+        sources = [_from_recipe(entry, i) for i, entry in enumerate(recipe_sources)]
+    else:
+        raise SonocadError("no training data: give --data DIR --split FILE, or name "
+                           "data.sources in the recipe")
+    names = [s.name for s in sources]
+    if len(set(names)) != len(names):
+        raise SonocadError(f"data source names must differ (got {', '.join(names)}); "
+                           "name them in the recipe's data.sources")
+    return sources
+
+
+def _from_recipe(entry: Mapping[str, Any], index: int) -> Source:
+    if not isinstance(entry, Mapping) or not {"path", "split"} <= set(entry):
+        raise SonocadError(f"data.sources[{index}] needs a path and a split")
+    unknown = set(entry) - {"name", "path", "split", "weight"}
+    if unknown:
+        raise SonocadError(f"data.sources[{index}]: unknown key(s) {', '.join(sorted(unknown))}")
+    weight = float(entry.get("weight", 1.0))
+    if not weight > 0:
+        raise SonocadError(f"data.sources[{index}]: weight must be positive, got {weight}")
+    path = Path(entry["path"])
+    return Source(str(entry.get("name") or _default_name(path)), path, Path(entry["split"]),
+                  weight)
+
+
+def _default_name(path: Path) -> str:
+    """The data set's own name where its layout says (busi, busbra), else its folder's."""
+    try:
+        first = open_dataset(path)[0]
+    except SonocadError:
+        first = None
+    return (first.source if first and first.source else path.stem).lower()
+
+
+def _as_list(value: DataArg) -> list[str | Path]:
+    if value is None:
+        return []
+    return [value] if isinstance(value, str | Path) else list(value)

@@ -1,0 +1,117 @@
+"""Choose a multitask model's decision rule and confidence flag on validation images.
+
+`score_images` runs the model once over labelled samples and keeps, per image, what the rule
+and the flag need (class probabilities, predicted lesion share, every candidate uncertainty
+score, lesion IoU). `fit_rule` then picks, on those validation records only:
+
+- ``min_lesion_fraction``: the smallest predicted-lesion share of the image that overrules a
+  "normal" call, from `FRACTIONS`, maximising macro-F1 of the final calls while at least
+  `min_normal_recall` of the normal images stay normal (never overruling is always allowed);
+- the uncertainty score (of `decision.SCORES`) with the highest AUROC for a failure (lesion
+  IoU < 0.5 on a lesion image, or a wrong final call), and the threshold with the highest
+  Youden J among those flagging at most `MAX_FLAGGED` of the images (a flag on half of all
+  images, where the unconstrained J lands, is one nobody reads).
+
+`failure_auroc` scores a flag on any records, e.g. a scanner the model never saw.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from sklearn.metrics import f1_score, roc_curve
+
+from sonocad.data.sample import Sample
+from sonocad.evaluation.classification import _auroc
+from sonocad.evaluation.runner import predict_samples
+from sonocad.evaluation.segmentation import confusion, overlap_metrics
+from sonocad.inference.decision import SCORES, DecisionRule, final_call
+from sonocad.inference.predictor import Predictor
+
+FRACTIONS = (0.0, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, math.inf)
+FAILURE_IOU = 0.5
+MAX_FLAGGED = 0.2
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    label: str
+    probabilities: dict[str, float]
+    lesion_fraction: float  # predicted lesion pixels / image pixels
+    scores: dict[str, float]  # every candidate uncertainty score
+    iou: float | None  # lesion images only
+
+
+def score_images(predictor: Predictor, samples: Sequence[Sample], *,
+                 batch_size: int = 8) -> list[ImageRecord]:
+    records = []
+    for sample, image, prediction in predict_samples(predictor, list(samples), batch_size):
+        lesion = prediction.lesion_probability
+        truth = sample.load_mask(image.pixels.shape[:2])
+        has_lesion = truth is not None and bool(truth.any())
+        probabilities = prediction.class_probabilities
+        records.append(ImageRecord(
+            label=sample.label, probabilities=probabilities,
+            lesion_fraction=float(prediction.mask.mean()),
+            scores={name: score(probabilities, lesion) for name, score in SCORES.items()},
+            iou=overlap_metrics(confusion(truth, prediction.mask))["iou"] if has_lesion
+            else None))
+    return records
+
+
+def final_classes(records: Sequence[ImageRecord], rule: DecisionRule) -> list[str]:
+    return [final_call(rule, r.probabilities, r.lesion_fraction)[0] for r in records]
+
+
+def failures(records: Sequence[ImageRecord], calls: Sequence[str]) -> np.ndarray:
+    return np.array([(r.iou is not None and r.iou < FAILURE_IOU) or call != r.label
+                     for r, call in zip(records, calls, strict=True)])
+
+
+def failure_auroc(records: Sequence[ImageRecord], calls: Sequence[str], score: str) -> float:
+    return _auroc(failures(records, calls), np.array([r.scores[score] for r in records]))
+
+
+def flag_threshold(failed: np.ndarray, scores: np.ndarray,
+                   max_flagged: float = MAX_FLAGGED) -> float:
+    """The ROC threshold (flag when score >= it) of highest Youden J flagging at most
+    `max_flagged` of the images; never flag (inf) without both outcomes."""
+    if not 0 < failed.sum() < len(failed):
+        return math.inf
+    fpr, tpr, thresholds = roc_curve(failed, scores)
+    flagged = np.array([(scores >= t).mean() for t in thresholds])
+    j = np.where(flagged <= max_flagged, tpr - fpr, -np.inf)
+    best = int(np.argmax(j))
+    return float(thresholds[best]) if np.isfinite(j[best]) else math.inf
+
+
+def fit_rule(records: Sequence[ImageRecord], *, min_normal_recall: float = 0.9,
+             chosen_on: str = "validation") -> tuple[DecisionRule, dict[str, Any]]:
+    """The rule and flag chosen on `records`, and every candidate's figures (for the card)."""
+    labels = [r.label for r in records]
+    normal = [i for i, label in enumerate(labels) if label == "normal"]
+    table, best = [], None
+    for fraction in FRACTIONS:
+        calls = final_classes(records, DecisionRule(fraction, "class_margin", math.inf))
+        macro_f1 = float(f1_score(labels, calls, average="macro", zero_division=0))
+        recall = (float(np.mean([calls[i] == "normal" for i in normal])) if normal
+                  else math.nan)
+        allowed = math.isinf(fraction) or not normal or recall >= min_normal_recall
+        table.append({"min_lesion_fraction": None if math.isinf(fraction) else fraction,
+                      "macro_f1": macro_f1, "normal_recall": recall, "allowed": allowed})
+        if allowed and (best is None or macro_f1 > best[1]):
+            best = (fraction, macro_f1)
+    fraction = best[0]
+    calls = final_classes(records, DecisionRule(fraction, "class_margin", math.inf))
+    aurocs = {name: failure_auroc(records, calls, name) for name in SCORES}
+    score = max(aurocs, key=lambda name: -1 if math.isnan(aurocs[name]) else aurocs[name])
+    failed = failures(records, calls)
+    threshold = flag_threshold(failed, np.array([r.scores[score] for r in records]))
+    rule = DecisionRule(fraction, score, threshold, chosen_on)
+    flagged = float(np.mean([r.scores[score] >= threshold for r in records]))
+    return rule, {"fractions": table, "failure_auroc": aurocs, "n_images": len(records),
+                  "n_failures": int(failed.sum()), "flagged_share": flagged}

@@ -1,0 +1,125 @@
+"""One answer per image: the rule that reconciles class and outline, the confidence flag, how
+both are fitted on validation records, and where they reach the outputs."""
+
+from __future__ import annotations
+
+import csv
+import math
+
+import numpy as np
+import pytest
+from PIL import Image as PILImage
+
+from sonocad.cli import main
+from sonocad.data.phantom import make_phantom
+from sonocad.evaluation.breakdown import breakdown
+from sonocad.evaluation.decision_fit import MAX_FLAGGED, ImageRecord, final_classes, fit_rule
+from sonocad.inference.decision import (
+    LESION_OUTLINED,
+    NO_LESION_OUTLINED,
+    DecisionRule,
+    class_margin,
+    decide,
+    outline_entropy,
+)
+from sonocad.inference.predictor import Predictor
+
+RULE = DecisionRule(min_lesion_fraction=0.01, score="class_margin", flag_threshold=0.5)
+NORMAL = {"normal": 0.6, "benign": 0.3, "malignant": 0.1}
+
+
+def _map(fraction: float, size: int = 100) -> np.ndarray:
+    lesion = np.zeros((size, size), dtype=np.float32)
+    lesion.flat[:round(fraction * size * size)] = 0.95
+    return lesion
+
+
+def test_an_outlined_lesion_overrules_normal_and_a_speck_does_not():
+    decision = decide(RULE, NORMAL, _map(0.05))
+    assert (decision.final_class, decision.reason) == ("benign", LESION_OUTLINED)
+    assert decide(RULE, NORMAL, _map(0.001)).final_class == "normal"
+    assert decide(RULE, NORMAL, _map(0.0)).reason == ""
+
+
+def test_a_lesion_call_without_an_outline_keeps_its_call_and_says_so():
+    decision = decide(RULE, {"normal": 0.1, "benign": 0.2, "malignant": 0.7}, _map(0.0))
+    assert (decision.final_class, decision.reason) == ("malignant", NO_LESION_OUTLINED)
+
+
+def test_the_flag_follows_the_uncertainty_score():
+    sure = decide(RULE, {"normal": 0.02, "benign": 0.95, "malignant": 0.03}, _map(0.1))
+    torn = decide(RULE, {"normal": 0.05, "benign": 0.5, "malignant": 0.45}, _map(0.1))
+    assert sure.uncertainty == pytest.approx(0.08) and not sure.low_confidence
+    assert torn.uncertainty == pytest.approx(0.95) and torn.low_confidence
+
+
+def test_outline_entropy_is_low_for_crisp_maps_and_high_for_fuzzy_ones():
+    crisp, fuzzy = _map(0.1), np.full((100, 100), 0.5, dtype=np.float32)
+    assert outline_entropy(NORMAL, crisp) < 0.5 < outline_entropy(NORMAL, fuzzy)
+    assert class_margin(NORMAL, crisp) == pytest.approx(0.7)
+
+
+def test_the_rule_round_trips_through_json_with_never_as_none():
+    never = DecisionRule(math.inf, "combined", math.inf, "validation")
+    assert never.to_dict()["min_lesion_fraction"] is None
+    assert DecisionRule.from_dict(never.to_dict()) == never
+    with pytest.raises(ValueError, match="unknown uncertainty score"):
+        DecisionRule(0.01, "tea leaves", 0.5)
+
+
+def _records(seed: int = 0) -> list[ImageRecord]:
+    """Normal images with specks, lesions called normal with real outlines, and failures that
+    the class margin sees (torn probabilities) and the outline entropy does not."""
+    rng = np.random.default_rng(seed)
+    records = []
+    for i in range(40):
+        normal = i < 10
+        called_normal = normal or i < 15
+        torn = i % 4 == 0
+        top = 0.5 if torn else 0.9
+        probabilities = ({"normal": top, "benign": 1 - top - 0.02, "malignant": 0.02}
+                         if called_normal else
+                         {"normal": 0.05, "benign": top, "malignant": 0.95 - top})
+        records.append(ImageRecord(
+            label="normal" if normal else "benign", probabilities=probabilities,
+            lesion_fraction=float(rng.uniform(0, 0.003)) if normal else 0.05,
+            scores={"class_margin": 1 - top + float(rng.uniform(0, 0.01)),
+                    "outline_entropy": float(rng.uniform()), "combined": float(rng.uniform())},
+            iou=None if normal else (0.3 if torn else 0.8)))
+    return records
+
+
+def test_fit_keeps_normals_normal_and_picks_the_score_that_sees_failures():
+    records = _records()
+    rule, report = fit_rule(records, chosen_on="synthetic")
+    calls = final_classes(records, rule)
+    assert all(call == "normal" for call, r in zip(calls, records) if r.label == "normal")
+    assert all(call == "benign" for call, r in zip(calls, records) if r.label == "benign")
+    assert rule.min_lesion_fraction == 0.005  # the least that leaves the specks alone
+    assert rule.score == "class_margin" and report["failure_auroc"]["class_margin"] > 0.9
+    assert report["flagged_share"] <= MAX_FLAGGED and rule.chosen_on == "synthetic"
+
+
+def test_final_calls_reach_the_breakdown_with_exact_cis():
+    rows = [{"image_id": str(i), "patient_id": None, "label": "benign", "truth_lesion": 1,
+             "iou": 0.8, "dice": 0.9, "final_class": "normal" if i < 2 else "benign",
+             "low_confidence": int(i < 5)} for i in range(20)]
+    figures = breakdown(rows, "source", None, n_boot=50)["groups"]["pooled"]
+    assert figures["final_lesion_called_normal"]["mean"] == pytest.approx(0.1)
+    assert figures["final_lesion_called_normal"]["ci_low"] < 0.1 < \
+        figures["final_lesion_called_normal"]["ci_high"]
+    assert figures["low_confidence"]["mean"] == pytest.approx(0.25)
+    assert figures["final_accuracy"]["mean"] == pytest.approx(0.9)
+
+
+def test_the_bundled_model_carries_a_rule_that_predict_applies(tmp_path):
+    predictor = Predictor.default()
+    assert predictor.rule is not None and "validation" in predictor.rule.chosen_on
+    image = tmp_path / "scan.png"
+    PILImage.fromarray(make_phantom("benign", size=(120, 160), seed=5).image).save(image)
+    assert main(["predict", str(image), "--out", str(tmp_path / "out")]) == 0
+    with open(tmp_path / "out" / "predictions.csv") as handle:
+        (row,) = list(csv.DictReader(handle))
+    assert row["final_class"] in ("normal", "benign", "malignant")
+    assert row["predicted_class"] in ("normal", "benign", "malignant")
+    assert 0 <= float(row["uncertainty"]) and row["low_confidence"] in ("0", "1")
