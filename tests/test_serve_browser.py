@@ -175,3 +175,17 @@ def test_page_names_a_refused_file_in_one_clear_message(
     assert error == ("notes.png could not be analysed: "
                      "not a PNG, JPEG, BMP, TIFF or DICOM image")
 
+
+
+def test_page_shows_the_default_models_final_call_and_its_flag(
+        browser: webdriver.Chrome, tmp_path: Path, phantom: Phantom) -> None:
+    image = tmp_path / "phantom.png"
+    PILImage.fromarray(phantom.image).save(image)
+    predictor = Predictor.default()
+    (prediction,) = predictor.predict([phantom.image])
+    with _serving(predictor) as url:
+        _upload_through_the_page(browser, url, image)
+        call = browser.find_element(By.ID, "final-call").text
+        assert call.startswith(f"Call: {prediction.final_class}")
+        flags = browser.find_elements(By.ID, "low-confidence")
+        assert bool(flags) == prediction.decision.low_confidence

@@ -256,7 +256,7 @@ def test_resolution_loss_removes_fine_detail_only() -> None:
     config = {"input_size": 128, "normalize": "unit",
               "augment": {"resolution": {"scale": [0.25, 0.25], "p": 1.0}}}
     pixels = speckled((128, 128))
-    sharp = to_model_input(pixels, {"input_size": 128, "normalize": "unit"})[0, 0]
+    sharp = to_model_input(pixels, {"input_size": 128, "normalize": "unit"})[0]
     coarse = build_transform(config, train=True)(pixels)[0][0]
     assert _detail(coarse) < 0.5 * _detail(sharp)
     assert abs(float(coarse.mean() - sharp.mean())) < 0.02
