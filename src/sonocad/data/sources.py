@@ -57,8 +57,8 @@ def resolve_sources(recipe_sources: Sequence[Mapping[str, Any]] | None, data: Da
                            "data.sources in the recipe")
     names = [s.name for s in sources]
     if len(set(names)) != len(names):
-        raise SonocadError(f"data source names must differ (got {', '.join(names)}); "
-                           "name them in the recipe's data.sources")
+        raise SonocadError(f"data source names must differ (got {', '.join(names)}): give "
+                           "different data sets, or name them in the recipe's data.sources")
     return sources
 
 

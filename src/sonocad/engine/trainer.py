@@ -31,19 +31,9 @@ from sonocad.data.sources import DataArg, Source, resolve_sources
 from sonocad.data.split import SplitFile, read_split, select
 from sonocad.data.torch_dataset import EpochBatches, SampleDataset, collate
 from sonocad.engine.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from sonocad.engine.distributed import (
-    World,
-    barrier,
-    close_world,
-    init_world,
-    mean_over_world,
-)
+from sonocad.engine.distributed import World, barrier, close_world, init_world, mean_over_world
 from sonocad.engine.losses import build_loss
-from sonocad.engine.optim import (
-    build_optimizer,
-    build_scheduler,
-    steps_per_optimizer_step,
-)
+from sonocad.engine.optim import build_optimizer, build_scheduler, steps_per_optimizer_step
 from sonocad.engine.validation import DEFAULT_SELECT_METRIC, validate
 from sonocad.errors import SonocadError
 from sonocad.io.atomic import atomic_open, write_json, write_text

@@ -25,12 +25,8 @@ from torch.utils.data import DataLoader
 
 from sonocad.data.torch_dataset import SampleDataset, collate
 from sonocad.engine.distributed import World, gather_lists
-from sonocad.evaluation.detection import (
-    ScoredImage,
-    box_and_mask_ap,
-    from_torchvision,
-    score_image,
-)
+from sonocad.evaluation.detection import (ScoredImage, box_and_mask_ap, from_torchvision,
+                                          score_image)
 from sonocad.evaluation.segmentation import confusion, overlap_metrics
 
 DEFAULT_SELECT_METRIC = {"segmentation": "dice", "classification": "accuracy",

@@ -6,7 +6,8 @@ numbers whoever computes them. For each group and for all rows pooled: lesion Io
 share of lesion images called normal, each with a 95 % bootstrap CI that resamples patients
 where a row names one and single images where not; for a model with a decision rule also the
 final (reconciled) calls' accuracy and lesions called normal, and the share of images flagged
-low-confidence, with exact binomial CIs. Per-image means pool as image-weighted means of the groups'.
+low-confidence, with exact binomial CIs. Per-image means pool as image-weighted means of the
+groups' means.
 """
 
 from __future__ import annotations
