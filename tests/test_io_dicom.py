@@ -23,7 +23,8 @@ from pydicom.uid import (
 )
 
 from sonocad.errors import InputError
-from sonocad.io.images import is_image_file, iter_frames, read_image
+from sonocad.io.images import is_image_file, iter_frames, read_image, widen_to_16_bits
+from sonocad.transforms import to_unit_float
 
 PATIENT = {"PatientName": "Doe^Jane", "PatientID": "PID-4711", "PatientBirthDate": "19700101"}
 
@@ -89,13 +90,23 @@ def test_monochrome1_is_inverted_within_its_bit_depth(tmp_path: Path) -> None:
     np.testing.assert_array_equal(eight.pixels, 255 - GREY8)
     twelve = read_image(write_dicom(tmp_path / "b.dcm", GREY12, "MONOCHROME1", bits_stored=12))
     assert twelve.pixels.dtype == np.uint16
-    np.testing.assert_array_equal(twelve.pixels, 4095 - GREY12)
+    np.testing.assert_array_equal(twelve.pixels, widen_to_16_bits(4095 - GREY12, 12))
 
 
-def test_12bit_monochrome2_keeps_its_values_as_uint16(tmp_path: Path) -> None:
+def test_12bit_monochrome2_is_widened_from_bits_stored_to_uint16(tmp_path: Path) -> None:
     image = read_image(write_dicom(tmp_path / "a.dcm", GREY12, bits_stored=12))
     assert image.pixels.dtype == np.uint16
-    np.testing.assert_array_equal(image.pixels, GREY12)
+    expected = np.rint(GREY12 * (65535 / 4095)).astype(np.uint16)
+    np.testing.assert_array_equal(image.pixels, expected)
+
+
+def test_12bit_dicom_reaches_the_model_as_bright_as_its_8bit_twin(tmp_path: Path) -> None:
+    """BitsStored = 12 read as if 16 made a frame 16 x too dark (a malignant lesion, 0.996
+    read right, became 'normal'): the model input must not depend on the container."""
+    twelve = read_image(write_dicom(tmp_path / "a.dcm", GREY8.astype(np.uint16) * 16 + 8,
+                                    bits_stored=12)).pixels
+    eight = read_image(write_dicom(tmp_path / "b.dcm", GREY8)).pixels
+    np.testing.assert_allclose(to_unit_float(twelve), to_unit_float(eight), atol=1 / 255)
 
 
 def test_rescale_to_negative_units_is_stretched_onto_uint16(tmp_path: Path) -> None:

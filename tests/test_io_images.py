@@ -108,6 +108,18 @@ def test_16bit_grey_is_uint16_exactly(tmp_path: Path, suffix: str, mode: str) ->
     np.testing.assert_array_equal(pixels, GREY16)
 
 
+@pytest.mark.parametrize("bits", [8, 10, 12, 14])
+def test_16bit_png_holding_fewer_bits_is_widened_to_the_full_range(tmp_path: Path,
+                                                                   bits: int) -> None:
+    """A 12-bit scan exported as a 16-bit PNG must not reach the model 16 x too dark."""
+    top = 2**bits - 1
+    values = (GREY16.astype(np.uint32) * top // 65535).astype(np.uint16)
+    values[0, 0] = top  # the brightest pixel uses the last bit, as a real scan's does
+    pixels = read_image(save(tmp_path / "a.png", PILImage.fromarray(values))).pixels
+    assert pixels.dtype == np.uint16 and pixels.max() == 65535
+    np.testing.assert_allclose(pixels / 65535, values / top, atol=0.5 / 65535 + 1e-12)
+
+
 def test_int32_within_16_bits_is_kept_and_beyond_is_stretched(tmp_path: Path) -> None:
     kept = read_image(save(tmp_path / "a.tif", PILImage.fromarray(GREY16.astype(np.int32))))
     assert kept.pixels.dtype == np.uint16

@@ -7,10 +7,12 @@ How stored values become output pixels:
 * RGB, YBR_FULL, YBR_FULL_422 -> RGB (pydicom converts YBR); PALETTE COLOR -> RGB via its LUT.
 * MONOCHROME1/2: the modality LUT (rescale) and then the VOI LUT or window are applied where
   the file carries them -- that is the picture the sonographer saw -- and are no-ops otherwise.
-  Results within the stored range 0..2**BitsStored-1 are kept exactly (the usual ultrasound
+  Results within the stored range 0..2**BitsStored-1 keep their scale (the usual ultrasound
   case, so cine frames keep one scale); anything else (signed, rescaled to other units) is
   stretched per frame from its min..max onto the output range. MONOCHROME1 is then inverted so
-  that bright is high. Output is uint8 for BitsStored <= 8, else uint16.
+  that bright is high. Output is uint8 for BitsStored <= 8, else uint16 widened from
+  BitsStored to the full 16-bit range (4095 -> 65535 for 12 bits): divided by 65535 as every
+  uint16 input is, a 12-bit frame would otherwise reach the model 16 times too dark.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from pydicom.pixels import (
 )
 
 from sonocad.errors import InputError
-from sonocad.io.images import Image, stretch_to_dtype
+from sonocad.io.images import Image, stretch_to_dtype, widen_to_16_bits
 
 _GEOMETRY_KEYWORDS = ("PixelSpacing", "ImagerPixelSpacing", "SequenceOfUltrasoundRegions")
 _HEADER_TAGS = [tag for tag in DicomDictionary if tag >> 16 == 0x0028] + [
@@ -123,7 +125,7 @@ def _display_pixels(frame: np.ndarray, header: Dataset) -> np.ndarray:
     pixels = values.astype(dtype)
     if interpretation == "MONOCHROME1":
         pixels = top - pixels
-    return pixels
+    return widen_to_16_bits(pixels, int(top).bit_length()) if dtype == np.uint16 else pixels
 
 
 def pixel_spacing_mm(header: Dataset) -> tuple[float, float] | None:

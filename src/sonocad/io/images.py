@@ -3,7 +3,10 @@
 PNG, JPEG, BMP and TIFF go through Pillow; DICOM (by suffix, or by its preamble for files
 without one) through `sonocad.io.dicom`. How Pillow modes map to pixels:
   1 -> uint8 0/255;  L, LA -> L;  P, PA -> L when every colour used is grey, else RGB;
-  RGB, RGBA, CMYK, YCbCr -> RGB (alpha dropped);  I;16, I;16B -> uint16;
+  RGB, RGBA, CMYK, YCbCr -> RGB (alpha dropped);  I;16, I;16B -> uint16, widened to the full
+  16-bit range from the fewest of 8/10/12/14/16 bits that hold the image's largest value (a
+  12-bit scan in a 16-bit PNG would otherwise reach the model 16 times too dark; Pillow does not
+  read the sBIT chunk that could say so);
   I (int32) and F (float) -> uint16: whole numbers within 0..65535 are kept as they are,
   anything else is stretched linearly from the image's min..max onto 0..65535.
 Other modes (LAB TIFF, say) are refused. EXIF orientation is applied, so pixels are upright
@@ -104,6 +107,24 @@ def is_image_file(path: str | Path) -> bool:
     return path.suffix == "" and path.name.upper() != "DICOMDIR" and _has_dicom_preamble(path)
 
 
+SIGNIFICANT_BITS = (8, 10, 12, 14, 16)
+
+
+def significant_bits(pixels: np.ndarray) -> int:
+    """The fewest of `SIGNIFICANT_BITS` that hold the largest value."""
+    peak = int(pixels.max()) if pixels.size else 0
+    return next(bits for bits in SIGNIFICANT_BITS if peak < 2**bits)
+
+
+def widen_to_16_bits(pixels: np.ndarray, bits: int) -> np.ndarray:
+    """`bits`-bit values held in uint16, scaled onto 0..65535 (4095 -> 65535 for 12 bits), so
+    every 16-bit container reaches the model at the brightness it was recorded with."""
+    if bits >= 16:
+        return pixels
+    top = 2**bits - 1
+    return ((pixels.astype(np.uint32) * 65535 + top // 2) // top).astype(np.uint16)
+
+
 def stretch_to_dtype(values: np.ndarray, dtype: type[np.unsignedinteger]) -> np.ndarray:
     """`values` mapped linearly from their min..max onto the full range of `dtype`.
 
@@ -179,7 +200,8 @@ def _pixels_of(path: Path, image: PILImage.Image) -> np.ndarray:
     if mode in _TO_RGB:
         return np.array(image.convert("RGB"))
     if mode.startswith("I;16"):
-        return np.asarray(image).astype(np.uint16)  # native byte order, whatever the file's
+        pixels = np.asarray(image).astype(np.uint16)  # native byte order, whatever the file's
+        return widen_to_16_bits(pixels, significant_bits(pixels))
     if mode in ("I", "F"):
         values = np.asarray(image)
         if not np.isfinite(values).all():
