@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from sonocad.cli import main
-from sonocad.data.sources import resolve_sources
+from sonocad.data.sources import class_weights, resolve_sources
 from sonocad.data.split import SplitFile, read_split, write_split
 from sonocad.data.torch_dataset import EpochBatches
 from sonocad.errors import SonocadError
@@ -57,6 +57,16 @@ def test_sources_come_from_the_command_line_before_the_recipe(tmp_path):
         resolve_sources([{"path": "a/busi", "split": "1"}, {"path": "b/busi", "split": "2"}])
     with pytest.raises(SonocadError, match="no training data"):
         resolve_sources(None)
+    with pytest.raises(SonocadError, match=r"data.sources\[0\].weight must be a positive number"):
+        resolve_sources([{"path": "a", "split": "b", "weight": "heavy"}])
+
+
+def test_class_weights_are_checked_with_one_clear_line():
+    assert class_weights({"normal": 1.5}) == {"normal": 1.5} and class_weights(None) == {}
+    with pytest.raises(SonocadError, match="data.class_weights.normal must be a positive"):
+        class_weights({"normal": "lots"})
+    with pytest.raises(SonocadError, match="must map class names"):
+        class_weights([1.5])
 
 
 def _first_test_images(split_file: Path, out: Path, n: int) -> Path:

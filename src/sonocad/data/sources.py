@@ -68,12 +68,30 @@ def _from_recipe(entry: Mapping[str, Any], index: int) -> Source:
     unknown = set(entry) - {"name", "path", "split", "weight"}
     if unknown:
         raise SonocadError(f"data.sources[{index}]: unknown key(s) {', '.join(sorted(unknown))}")
-    weight = float(entry.get("weight", 1.0))
-    if not weight > 0:
-        raise SonocadError(f"data.sources[{index}]: weight must be positive, got {weight}")
+    weight = _positive(entry.get("weight", 1.0), f"data.sources[{index}].weight")
     path = Path(entry["path"])
     return Source(str(entry.get("name") or _default_name(path)), path, Path(entry["split"]),
                   weight)
+
+
+def class_weights(value: Any) -> dict[str, float]:
+    """The recipe's ``data.class_weights`` (class -> draws per epoch of its images), checked."""
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise SonocadError("data.class_weights must map class names to numbers, e.g. "
+                           "{normal: 1.5}")
+    return {str(k): _positive(v, f"data.class_weights.{k}") for k, v in value.items()}
+
+
+def _positive(value: Any, where: str) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = float("nan")
+    if not number > 0 or number == float("inf"):
+        raise SonocadError(f"{where} must be a positive number, got {value!r}")
+    return number
 
 
 def _default_name(path: Path) -> str:

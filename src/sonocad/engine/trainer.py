@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from sonocad.data.sample import Sample
-from sonocad.data.sources import DataArg, Source, resolve_sources
+from sonocad.data.sources import DataArg, Source, class_weights, resolve_sources
 from sonocad.data.split import SplitFile, read_split, select
 from sonocad.data.torch_dataset import EpochBatches, SampleDataset, collate
 from sonocad.engine.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
@@ -356,7 +356,7 @@ def _select_samples(cfg: dict[str, Any], sources: list[Source]
     """Training and validation samples of every source, each training sample's draws per
     epoch (source weight x class weight), and what the checkpoint records about the data."""
     labels = set(cfg["labels"]) if cfg["labels"] else None
-    class_weights = {str(k): float(v) for k, v in (cfg["class_weights"] or {}).items()}
+    weights_by_class = class_weights(cfg["class_weights"])
     train_samples: list[Sample] = []
     val_samples: list[Sample] = []
     draws: list[float] = []
@@ -369,7 +369,8 @@ def _select_samples(cfg: dict[str, Any], sources: list[Source]
                                     for names in (cfg["train_subsets"], [cfg["val_subset"]]))
         train_samples += source_train
         val_samples += source_val
-        draws += [source.weight * class_weights.get(s.label or "", 1.0) for s in source_train]
+        draws += [source.weight * weights_by_class.get(s.label or "", 1.0)
+                  for s in source_train]
         fingerprint.update(source.name.encode())
         for sample in source_train + [None] + source_val:  # None marks the train/val boundary
             fingerprint.update(b"|" if sample is None else _file_key(sample))
@@ -384,7 +385,7 @@ def _select_samples(cfg: dict[str, Any], sources: list[Source]
             "fingerprint": fingerprint.hexdigest(), "n_train": len(train_samples),
             "n_val": len(val_samples), "train_subsets": list(cfg["train_subsets"]),
             "val_subset": cfg["val_subset"], "labels": sorted(labels) if labels else None,
-            "sources": described, "class_weights": class_weights or None,
+            "sources": described, "class_weights": weights_by_class or None,
             "epoch_composition": _composition(train_samples, draws)}
     return train_samples, val_samples, draws, info
 
