@@ -27,7 +27,6 @@ from sonocad.data.sample import Sample
 from sonocad.data.sources import DataArg, resolve_sources
 from sonocad.data.split import resolve_subset, select
 from sonocad.engine.checkpoint import load_checkpoint
-from sonocad.errors import SonocadError
 from sonocad.evaluation.breakdown import breakdown
 from sonocad.evaluation.measure import lesion_measurements
 from sonocad.evaluation.segmentation import (
@@ -101,13 +100,10 @@ def evaluate(checkpoint: str | Path, data: DataArg, split_spec: str | Sequence[s
 
 def _subset_samples(data: DataArg, specs: list[str], layout: str | None) -> list[Sample]:
     """The named subsets' samples, each tagged with its data source."""
-    paths = [data] if isinstance(data, str | Path) else list(data or [])
-    if len(paths) != len(specs):
-        raise SonocadError(f"give one --split FILE:SUBSET per --data (got {len(paths)} data "
-                           f"sets and {len(specs)} splits)")
+    # resolve_sources checks that there is one split per data set.
+    sources = resolve_sources(None, data, [spec.rpartition(":")[0] for spec in specs])
     samples: list[Sample] = []
-    for source, spec in zip(resolve_sources(None, paths, [s.rpartition(":")[0] for s in specs]),
-                            specs):
+    for source, spec in zip(sources, specs, strict=True):
         split, subset = resolve_subset(spec)
         samples += select(source.open(layout), split.subsets[subset])
     return samples
