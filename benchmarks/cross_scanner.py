@@ -70,7 +70,7 @@ def train_row(folder: Path, sources: list[str], steps: int, reuse: bool,
     recipe = load_recipe(RECIPE, [f"train.max_steps={steps}", "train.epochs=1000",
                                   "train.max_minutes=null", *overrides])
     recipe["data"]["sources"] = [SOURCES[name] for name in sources]
-    train(recipe, None, None, folder)
+    train(recipe, None, None, folder, overwrite=True)
     return json.loads((folder / "summary.json").read_text())
 
 
@@ -78,7 +78,7 @@ def score(folder: Path, test: str, n_boot: int) -> dict[str, Any]:
     data, spec, _ = TESTS[test]
     out = folder / ("eval_" + test.split(",")[0].lower().replace(" ", "_").replace("-", ""))
     metrics = evaluate(folder / "best.pt", data, spec, out, overlays=0,
-                       n_boot=n_boot).metrics["parts"]
+                       n_boot=n_boot, overwrite=True).metrics["parts"]
     return {label: metrics[part]["groups"][group].get(key)
             for part, group, key, label in FIGURES} | {
         "n_images": metrics["classification"]["n_images"]}

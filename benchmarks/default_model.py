@@ -279,14 +279,15 @@ def main() -> None:
     out = args.out.resolve()
     os.chdir(ROOT)  # the recipe's data paths are relative to the project root
     if not args.skip_train:
-        train(load_recipe(RECIPE), None, None, out)
+        train(load_recipe(RECIPE), None, None, out, overwrite=True)
     package = shipped(out)
     rule, fit = choose_rule(package)
     package = Checkpoint({**package.meta, "decision": rule.to_dict(),
                           "decision_fit": json.loads(json.dumps(fit))}, package.state_dict)
     save_checkpoint(out / "shipped.pt", package)
     result = evaluate(out / "shipped.pt", [data for data, _ in TESTS.values()],
-                      [f"{split}:test" for _, split in TESTS.values()], out / "eval")
+                      [f"{split}:test" for _, split in TESTS.values()], out / "eval",
+                      overwrite=True)
     summary = json.loads((out / "summary.json").read_text())
     onnx_ms, eager_ms = latency_ms()
     machine = machine_line()

@@ -56,7 +56,8 @@ def main() -> None:
                                       f"transform.input_size={size}",
                                       f"model.args.min_size={size}",
                                       f"model.args.max_size={size}"])
-        checkpoint = train(recipe, args.data, SPLIT, args.out / "run").best_checkpoint
+        checkpoint = train(recipe, args.data, SPLIT, args.out / "run",
+                           overwrite=True).best_checkpoint
     lesions = [s for s in open_dataset(args.data) if s.label in ("benign", "malignant")]
     lesion_ids = {s.image_id for s in lesions}
     frozen = read_split(SPLIT)
@@ -67,7 +68,7 @@ def main() -> None:
     tables = {}
     for subset in ("train", "test"):
         result = evaluate(checkpoint, args.data, f"{split}:{subset}", args.out / f"eval_{subset}",
-                          batch_size=2)
+                          batch_size=2, overwrite=True)
         print(format_summary(result.metrics))
         tables[subset] = result.out_dir / "predictions.csv"
 

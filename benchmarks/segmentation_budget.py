@@ -41,8 +41,9 @@ def main() -> None:
     args = parser.parse_args()
     if not args.skip_train:
         recipe = load_recipe(RECIPE, [*BUDGET_OVERRIDES, f"train.max_minutes={args.minutes}"])
-        train(recipe, BUSI, SPLIT, args.out)
-    result = evaluate(args.out / "best.pt", BUSI, f"{SPLIT}:test", args.out / "eval")
+        train(recipe, BUSI, SPLIT, args.out, overwrite=True)
+    result = evaluate(args.out / "best.pt", BUSI, f"{SPLIT}:test", args.out / "eval",
+                      overwrite=True)
     summary = json.loads((args.out / "summary.json").read_text())
     groups = result.metrics["groups"]
     print(f"U2-Net-lite, CPU budget — {machine_line()}")

@@ -182,24 +182,33 @@ def test_glob_inputs_are_expanded_relative_to_their_root(
     assert (tmp_path / "out" / "masks" / "right" / "b.png").is_file()
 
 
-def test_output_inside_the_input_folder_is_not_read_back(
+def test_an_earlier_output_folder_is_never_read_back_as_input(
         tmp_path: Path, lesion_everywhere: Path) -> None:
+    """Contract changed (issue 16): an output folder inside an input folder is refused, and a
+    folder walk or glob leaves out any sonocad output folder it meets."""
     folder = tmp_path / "in"
     _png(folder / "a.png")
-    predict([folder], folder / "pred", checkpoint=lesion_everywhere)
-    again = predict([folder], folder / "pred", checkpoint=lesion_everywhere)
-    assert [r["image_id"] for r in again.rows] == ["a.png"]
+    with pytest.raises(SonocadError, match="lies inside the input folder"):
+        predict([folder], folder / "pred", checkpoint=lesion_everywhere)
+    predict([folder], tmp_path / "pred", checkpoint=lesion_everywhere)
+    walked = predict([tmp_path], tmp_path.parent / f"{tmp_path.name}-2",
+                     checkpoint=lesion_everywhere)
+    globbed = predict([str(tmp_path / "**" / "*.png")], tmp_path.parent / f"{tmp_path.name}-3",
+                      checkpoint=lesion_everywhere)
+    assert [r["image_id"] for r in walked.rows] == ["in/a.png"]
+    assert [r["image_id"] for r in globbed.rows] == ["in/a.png"]
 
 
-def test_annotations_beside_their_images_are_not_predicted(
-        tmp_path: Path, lesion_everywhere: Path) -> None:
-    """A BUSI class folder holds "x.png", "x_mask.png" and "x_mask_1.png"; a lone
-    "y_mask.png" (no "y.*" beside it) is an image like any other."""
-    folder = tmp_path / "benign"
-    for name in ("x.png", "x_mask.png", "x_mask_1.png", "y_mask.png"):
-        _png(folder / name)
-    result = predict([folder], tmp_path / "pred", checkpoint=lesion_everywhere)
-    assert [r["image_id"] for r in result.rows] == ["x.png", "y_mask.png"]
+def test_annotations_are_not_predicted(tmp_path: Path, lesion_everywhere: Path) -> None:
+    """BUSI's "x_mask.png" / "x_mask_1.png", a lone "y_mask.png" (contract changed in issue 16:
+    it was predicted), VOC's SegmentationClass/ and a masks/ folder beside images/."""
+    for name in ("benign/x.png", "benign/x_mask.png", "benign/x_mask_1.png",
+                 "benign/y_mask.png", "voc/JPEGImages/v.png", "voc/SegmentationClass/v.png",
+                 "voc/SegmentationObject/v.png", "folder/images/f.png", "folder/masks/f.png"):
+        _png(tmp_path / "data" / name)
+    result = predict([tmp_path / "data"], tmp_path / "pred", checkpoint=lesion_everywhere)
+    assert [r["image_id"] for r in result.rows] == [
+        "benign/x.png", "folder/images/f.png", "voc/JPEGImages/v.png"]
 
 
 def test_classifier_writes_probabilities_a_captioned_overlay_and_grad_cam(

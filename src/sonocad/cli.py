@@ -13,6 +13,11 @@ from sonocad.errors import SonocadError
 
 Handler = Callable[[argparse.Namespace], int]
 
+# Exit codes: all good; some inputs failed (the batch carried on); usage or fatal error.
+EXIT_OK, EXIT_SOME_FAILED, EXIT_FATAL = 0, 1, 2
+OUTPUT_RULE = ("a new or empty folder, or an earlier output of this command with --overwrite "
+               "(which replaces it wholesale); never a folder holding an input")
+
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
@@ -30,10 +35,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.handler(args)
     except SonocadError as exc:
         print(f"sonocad: error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_FATAL
     except KeyboardInterrupt:
         print("sonocad: interrupted", file=sys.stderr)
         return 130
+    except MemoryError:
+        print("sonocad: error: out of memory", file=sys.stderr)
+        return EXIT_FATAL
+    except Exception as exc:  # a bug of ours: one line, the traceback on request
+        if os.environ.get("SONOCAD_DEBUG"):
+            raise
+        message = " ".join(str(exc).split())
+        print(f"sonocad: internal error: {type(exc).__name__}: {message} (a bug in sonocad: "
+              "please report it; SONOCAD_DEBUG=1 shows the traceback)", file=sys.stderr)
+        return EXIT_FATAL
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -58,6 +73,14 @@ def _command(commands, name: str, handler: Handler, help: str) -> argparse.Argum
     sub = commands.add_parser(name, help=help, description=help)
     sub.set_defaults(handler=handler)
     return sub
+
+
+def _add_output_folder(sub: argparse.ArgumentParser, meaning: str) -> None:
+    sub.add_argument("--out", type=Path, required=True, metavar="DIR",
+                     help=f"{meaning}: {OUTPUT_RULE}")
+    sub.add_argument("--overwrite", action="store_true",
+                     help="replace an earlier output of this command in --out (only files "
+                          "sonocad wrote are removed)")
 
 
 # --- data ---------------------------------------------------------------------------------
@@ -110,13 +133,19 @@ def _data_check(args: argparse.Namespace) -> int:
     print(format_report(report))
     if args.json:
         write_json(args.json, report.to_dict())
-    return 1 if report.errors else 0
+    return EXIT_SOME_FAILED if report.errors else EXIT_OK
 
 
 def _data_split(args: argparse.Namespace) -> int:
     from sonocad.data.adapters import open_dataset
     from sonocad.data.duplicates import find_duplicate_groups
-    from sonocad.data.split import hold_out_scanner, make_folds, make_split, write_split
+    from sonocad.data.split import (
+        hold_out_scanner,
+        make_folds,
+        make_split,
+        missing_classes,
+        write_split,
+    )
 
     samples = open_dataset(args.dataset, args.layout)
     groups = [group.image_ids for group in find_duplicate_groups(samples)]
@@ -130,6 +159,8 @@ def _data_split(args: argparse.Namespace) -> int:
     write_split(args.out, split)
     for name, ids in split.subsets.items():
         print(f"{name}: {len(ids)} images")
+    for line in missing_classes(split, samples):
+        print(f"sonocad: warning: {line}", file=sys.stderr)
     print(f"wrote {args.out}")
     return 0
 
@@ -166,7 +197,10 @@ def _add_register_command(commands) -> None:
                           help="one biopsy per row, columns named as the options below "
                                "(post_fire for --post-fire); the options fill blank cells")
     register.add_argument("--out", type=Path, required=True, metavar="DIR",
-                          help="dataset folder to write (VOC layout and manifest.csv)")
+                          help="dataset folder to write (VOC layout and manifest.csv): a new "
+                               "or empty folder, or an earlier register dataset, which grows")
+    register.add_argument("--overwrite", action="store_true",
+                          help="start an earlier register dataset in --out afresh")
     for name, (metavar, meaning) in FIELD_HELP.items():
         if name != "image":
             register.add_argument(f"--{name.replace('_', '-')}", metavar=metavar, help=meaning)
@@ -181,14 +215,14 @@ def _register(args: argparse.Namespace) -> int:
     if (args.image is None) == (args.batch is None):
         raise SonocadError("register: give the pre-fire IMAGE or --batch CSV (one of them)")
     if args.image is not None:
-        print(describe(register_one(fields, args.out)))
+        print(describe(register_one(fields, args.out, overwrite=args.overwrite)))
         print(f"wrote {args.out}")
-        return 0
-    result = register_batch(args.batch, args.out, fields)
+        return EXIT_OK
+    result = register_batch(args.batch, args.out, fields, overwrite=args.overwrite)
     print(f"registered {len(result.registered)} biopsies into {result.out_dir}")
     for failure in result.failures:
         print(f"sonocad: failed: {failure}", file=sys.stderr)
-    return 1 if result.failures else 0
+    return EXIT_SOME_FAILED if result.failures else EXIT_OK
 
 
 # --- train / evaluate ---------------------------------------------------------------------
@@ -204,7 +238,7 @@ def _add_train_command(commands) -> None:
                             "its --split in the same order (default: the recipe's data.sources)")
     train.add_argument("--split", type=Path, action="append", metavar="FILE",
                        help="split JSON (sonocad data split), one per --data")
-    train.add_argument("--out", type=Path, required=True, help="run folder to write")
+    _add_output_folder(train, "run folder to write")
     train.add_argument("--resume", action="store_true", help="continue from RUN/last.pt")
 
 
@@ -213,7 +247,8 @@ def _train(args: argparse.Namespace) -> int:
     from sonocad.engine.trainer import train
 
     recipe = load_recipe(args.recipe, args.overrides)
-    result = train(recipe, args.data, args.split, args.out, resume=args.resume)
+    result = train(recipe, args.data, args.split, args.out, resume=args.resume,
+                   overwrite=args.overwrite)
     print(f"best {result.select_metric} {result.best_value:.4f} after {result.steps} steps: "
           f"{result.best_checkpoint}")
     return 0
@@ -231,7 +266,7 @@ def _add_evaluate_command(commands) -> None:
     evaluate.add_argument("--by", action="append", choices=["source", "scanner"], default=[],
                           help="also report each source / scanner apart, with CIs, beside the "
                                "pooled figures (per source always with several --data)")
-    evaluate.add_argument("--out", type=Path, required=True, help="folder to write")
+    _add_output_folder(evaluate, "folder to write")
     evaluate.add_argument("--layout", help="dataset layout (default: detect)")
     evaluate.add_argument("--overlays", type=int, default=6,
                           help="overlays of worst to best cases to draw (default 6)")
@@ -244,7 +279,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     from sonocad.evaluation.summary import format_summary
 
     result = evaluate(args.checkpoint, args.data, args.split, args.out, layout=args.layout,
-                      overlays=args.overlays, batch_size=args.batch_size, by=args.by)
+                      overlays=args.overlays, batch_size=args.batch_size, by=args.by,
+                      overwrite=args.overwrite)
     print(format_summary(result.metrics))
     for table in result.metrics.get("breakdowns", {}).values():
         print(format_breakdown(table))
@@ -340,7 +376,10 @@ def _add_inference_commands(commands) -> None:
     predict.add_argument("inputs", nargs="+", metavar="[CKPT] INPUT",
                          help="an optional checkpoint (.pt or .onnx; default: the bundled "
                               "model), then image files, folders or globs")
-    predict.add_argument("--out", type=Path, required=True, help="folder to write")
+    _add_output_folder(predict, "folder to write")
+    predict.add_argument("--resume", action="store_true",
+                         help="continue an earlier predict into --out (after a crash, say): "
+                              "only inputs missing from its predictions.csv are predicted")
     predict.add_argument("--backend", choices=["torch", "onnx"],
                          help="inference engine (default: onnx for a .onnx model, else torch)")
     predict.add_argument("--batch-size", type=int, default=8)
@@ -350,7 +389,7 @@ def _add_inference_commands(commands) -> None:
                        "probability for segmentation models")
     explain.add_argument("checkpoint", type=Path)
     explain.add_argument("inputs", nargs="+", type=Path, metavar="IMAGE")
-    explain.add_argument("--out", type=Path, required=True, help="folder to write")
+    _add_output_folder(explain, "folder to write")
     explain.add_argument("--method", choices=["gradcam", "gradcam++"], default="gradcam")
 
     export = _command(commands, "export", _export, "export a checkpoint for ONNX Runtime")
@@ -364,13 +403,19 @@ def _predict(args: argparse.Namespace) -> int:
 
     checkpoint, inputs = _split_checkpoint(args.inputs)
     backend = args.backend or ("onnx" if checkpoint and checkpoint.suffix == ".onnx" else "torch")
+    if args.overwrite and args.resume:
+        raise SonocadError("--overwrite and --resume contradict each other: give one")
     result = predict(inputs, args.out, checkpoint=checkpoint, backend=backend,
-                     batch_size=args.batch_size)
+                     batch_size=args.batch_size, overwrite=args.overwrite, resume=args.resume)
     print(f"predicted {len(result.rows)} images into {result.out_dir}")
-    if not result.ok:
-        print(f"sonocad: {len(result.failures)} input(s) failed (listed above)", file=sys.stderr)
-        return 1
-    return 0
+    return _batch_status(result.failures)
+
+
+def _batch_status(failures: Sequence[object]) -> int:
+    if failures:
+        print(f"sonocad: {len(failures)} input(s) failed (listed above)", file=sys.stderr)
+        return EXIT_SOME_FAILED
+    return EXIT_OK
 
 
 def _split_checkpoint(items: list[str]) -> tuple[Path | None, list[str]]:
@@ -386,12 +431,10 @@ def _split_checkpoint(items: list[str]) -> tuple[Path | None, list[str]]:
 def _explain(args: argparse.Namespace) -> int:
     from sonocad.explain import explain
 
-    result = explain(args.checkpoint, args.inputs, args.out, method=args.method)
+    result = explain(args.checkpoint, args.inputs, args.out, method=args.method,
+                     overwrite=args.overwrite)
     print(f"wrote {len(result.rows)} heatmaps to {result.out_dir}")
-    if not result.ok:
-        print(f"sonocad: {len(result.failures)} input(s) failed (listed above)", file=sys.stderr)
-        return 1
-    return 0
+    return _batch_status(result.failures)
 
 
 def _export(args: argparse.Namespace) -> int:

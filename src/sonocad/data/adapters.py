@@ -21,6 +21,7 @@ without its probe frequency, a manifest's ``scanner`` column, BUSI's published s
 from __future__ import annotations
 
 import csv
+import math
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -257,7 +258,7 @@ def _parse_spacing(text: str | None, csv_path: Path, line: int) -> tuple[float, 
         values = [float(v) for v in re.split(r"[;x, ]+", text.strip()) if v]
     except ValueError:
         values = []
-    if len(values) not in (1, 2) or min(values) <= 0:
+    if len(values) not in (1, 2) or not all(math.isfinite(v) and v > 0 for v in values):
         raise InputError(csv_path, f"line {line}: pixel_spacing_mm {text!r} is not one or two "
                                    "positive numbers")
     return (values[0], values[-1])

@@ -94,6 +94,12 @@ def make_split(samples: Sequence[Sample], groups: Iterable[Sequence[str]], *,
     labels, units = _labels(ordered), _units(ordered, groups)
     assignment, n_folds, counts = _partition(labels, units, fractions, seed)
     subsets = {name: _ids(ordered, assignment == i) for i, name in enumerate(SPLIT_NAMES)}
+    empty = [name for name, share in zip(SPLIT_NAMES, fractions) if share > 0
+             and not subsets[name]]
+    if empty:
+        raise SonocadError(f"{len(set(units))} independent units (patients / duplicate groups) "
+                           f"are too few for fractions {'/'.join(map(str, fractions))}: the "
+                           f"{empty[0]} subset would be empty; add data or change --fractions")
     method = (f"StratifiedGroupKFold({n_folds}) by {_strata_name(ordered)} over "
               "patient/duplicate-group units; "
               f"folds {'/'.join(map(str, counts))} to train/val/test")
@@ -127,6 +133,19 @@ def make_folds(samples: Sequence[Sample], groups: Iterable[Sequence[str]], *, k:
         subsets["test"] = _ids(ordered, ~in_folds)
     return SplitFile(dataset or _dataset_name(ordered), seed, method, subsets, k=k,
                      test_fraction=test_fraction)
+
+
+def missing_classes(split: SplitFile, samples: Sequence[Sample]) -> list[str]:
+    """One line per subset that lacks a class the data has: stratification could not spread
+    so few images (an evaluation on that subset cannot score the class)."""
+    label_of = {sample.image_id: sample.label for sample in samples}
+    classes = sorted({label for label in label_of.values() if label})
+    lines = []
+    for name, ids in split.subsets.items():
+        absent = sorted(set(classes) - {label_of.get(image_id) for image_id in ids})
+        if ids and absent:
+            lines.append(f"subset {name} has no {', '.join(absent)} image")
+    return lines
 
 
 def hold_out_scanner(split: SplitFile, samples: Sequence[Sample],

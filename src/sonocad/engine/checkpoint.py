@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pickle
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from sonocad import __version__
-from sonocad.errors import InputError
+from sonocad.errors import InputError, SonocadError
 from sonocad.io.atomic import atomic_open
 
 FORMAT = "sonocad-checkpoint/1"
@@ -29,6 +29,7 @@ class Checkpoint:
     meta: dict[str, Any]
     state_dict: dict[str, torch.Tensor]
     training_state: dict[str, Any] | None = None
+    path: Path | None = field(default=None, compare=False)  # the file it was loaded from
 
     @property
     def task(self) -> str:
@@ -43,9 +44,27 @@ class Checkpoint:
         from sonocad.models import create_model
 
         spec = self.meta["model"]
-        model = create_model(spec["name"], **spec.get("args", {}))
-        model.load_state_dict(self.state_dict)
+        source = self.path or Path("checkpoint")
+        try:
+            model = create_model(spec["name"], **spec.get("args", {}))
+        except SonocadError as exc:
+            raise InputError(source, f"cannot build its model ({exc})") from None
+        missing, unexpected = _key_mismatch(model.state_dict(), self.state_dict)
+        if missing or unexpected:
+            raise InputError(source, f"its weights do not fit model {spec['name']!r} "
+                                     f"({len(missing)} missing, {len(unexpected)} unexpected; "
+                                     f"first: {(missing or unexpected)[0]})")
+        try:
+            model.load_state_dict(self.state_dict)
+        except RuntimeError as exc:  # shapes that differ: another size of the same model
+            first = " ".join(str(exc).split())[:200]
+            raise InputError(source, f"its weights do not fit model {spec['name']!r} "
+                                     f"({first})") from None
         return model.eval()
+
+
+def _key_mismatch(expected: dict[str, Any], given: dict[str, Any]) -> tuple[list[str], list[str]]:
+    return sorted(set(expected) - set(given)), sorted(set(given) - set(expected))
 
 
 def save_checkpoint(path: str | Path, checkpoint: Checkpoint) -> None:
@@ -66,6 +85,31 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, zipfile.BadZipFile, RuntimeError, EOFError, OSError) as exc:
         raise InputError(path, f"not a readable checkpoint ({type(exc).__name__})") from None
-    if not isinstance(payload, dict) or payload.get("meta", {}).get("format") != FORMAT:
+    meta = payload.get("meta") if isinstance(payload, dict) else None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise InputError(path, f"not a sonocad checkpoint (expected format {FORMAT})")
-    return Checkpoint(payload["meta"], payload["state_dict"], payload.get("training_state"))
+    problem = _structure_problem(payload)
+    if problem:
+        raise InputError(path, f"damaged sonocad checkpoint: {problem}")
+    return Checkpoint(meta, payload["state_dict"], payload.get("training_state"), path)
+
+
+# What every reader of a checkpoint relies on: key -> (type, what it must be).
+_META_FIELDS = {"task": (str, "a task name"), "model": (dict, "the model's name and args"),
+                "class_names": (list, "a list of class names"),
+                "transform": (dict, "the preprocessing")}
+
+
+def _structure_problem(payload: dict[str, Any]) -> str | None:
+    meta = payload["meta"]
+    for key, (kind, meaning) in _META_FIELDS.items():
+        if not isinstance(meta.get(key), kind):
+            return f"meta[{key!r}] should be {meaning}"
+    if not isinstance(meta["model"].get("name"), str) or not isinstance(
+            meta["model"].get("args", {}), dict):
+        return "meta['model'] should hold a name and args"
+    weights = payload.get("state_dict")
+    if not isinstance(weights, dict) or not all(
+            isinstance(value, torch.Tensor) for value in weights.values()):
+        return "state_dict should map names to tensors"
+    return None

@@ -37,6 +37,7 @@ from sonocad.engine.optim import build_optimizer, build_scheduler, steps_per_opt
 from sonocad.engine.validation import DEFAULT_SELECT_METRIC, validate
 from sonocad.errors import SonocadError
 from sonocad.io.atomic import atomic_open, write_json, write_text
+from sonocad.io.outputs import claim_output_dir
 from sonocad.models import create_model
 from sonocad.transforms import TransformConfig, build_transform
 
@@ -64,15 +65,18 @@ class _Progress:
 
 
 def train(recipe: dict[str, Any], data: DataArg, split: DataArg, out: str | Path, *,
-          resume: bool = False) -> TrainResult:
+          resume: bool = False, overwrite: bool = False) -> TrainResult:
     """Train the recipe's model; select on the validation subset; return the best checkpoint.
 
     `data` and `split`: one data set and its split, or one of each per source (see
-    `sonocad.data.sources`); None takes the recipe's ``data.sources``."""
+    `sonocad.data.sources`); None takes the recipe's ``data.sources``. `out` must be new or
+    empty, or an earlier run folder with `resume` (continue it) or `overwrite` (replace it)."""
+    if resume and overwrite:
+        raise SonocadError("--resume and --overwrite contradict each other: give one")
     sources = resolve_sources(recipe["data"]["sources"], data, split)
     world = init_world()
     try:
-        return _Trainer(recipe, sources, Path(out), world).run(resume)
+        return _Trainer(recipe, sources, Path(out), world).run(resume, overwrite)
     finally:
         close_world(world)
 
@@ -80,7 +84,7 @@ def train(recipe: dict[str, Any], data: DataArg, split: DataArg, out: str | Path
 class _Trainer:
     def __init__(self, recipe: dict[str, Any], sources: list[Source], out: Path,
                  world: World) -> None:
-        self.recipe, self.out, self.world = recipe, out, world
+        self.recipe, self.sources, self.out, self.world = recipe, sources, out, world
         self.task: str = recipe["task"]
         self.cfg_train = recipe["train"]
         self.class_names = self._class_names()
@@ -157,10 +161,13 @@ class _Trainer:
 
     # --- the loop --------------------------------------------------------------------------
 
-    def run(self, resume: bool) -> TrainResult:
+    def run(self, resume: bool, overwrite: bool) -> TrainResult:
+        if self.world.is_main:
+            inputs = [path for source in self.sources for path in (source.path, source.split)]
+            claim_output_dir(self.out, "train", inputs=inputs, overwrite=overwrite,
+                             resume=resume)
         state = self._resume() if resume else _Progress()
         if self.world.is_main:
-            self.out.mkdir(parents=True, exist_ok=True)
             write_text(self.out / "recipe.yaml", yaml.safe_dump(self.recipe, sort_keys=False))
         started = time.monotonic() - state.elapsed_s
         max_seconds = (float(self.cfg_train["max_minutes"]) * 60

@@ -40,6 +40,7 @@ from sonocad.evaluation.table import sample_columns, write_predictions
 from sonocad.inference.predictor import Prediction, Predictor
 from sonocad.io.atomic import save_png, write_json
 from sonocad.io.images import Image
+from sonocad.io.outputs import claim_output_dir
 from sonocad.progress import progress
 from sonocad.visual import PREDICTION_COLOUR, TRUTH_COLOUR, draw_outlines
 
@@ -57,14 +58,17 @@ class EvaluationResult:
 def evaluate(checkpoint: str | Path, data: DataArg, split_spec: str | Sequence[str],
              out: str | Path, *, layout: str | None = None, overlays: int = 6,
              batch_size: int = 8, n_boot: int = 2000,
-             by: Sequence[str] = ()) -> EvaluationResult:
+             by: Sequence[str] = (), overwrite: bool = False) -> EvaluationResult:
     """Score a checkpoint on one frozen subset, or on one per data source (`data` and
     `split_spec` in the same order); `by` ("source", "scanner") adds per-group figures beside
-    the pooled ones, per source always when there are several."""
+    the pooled ones, per source always when there are several. `overwrite` replaces an
+    earlier evaluate output in `out`."""
     out = Path(out)
     loaded = load_checkpoint(checkpoint)
     specs = [split_spec] if isinstance(split_spec, str) else list(split_spec)
     samples = _subset_samples(data, specs, layout)
+    data_paths = [data] if isinstance(data, (str, Path)) else list(data or [])
+    claim_output_dir(out, "evaluate", inputs=[checkpoint, *data_paths], overwrite=overwrite)
     spec_text = " + ".join(specs)
     labels = loaded.meta["data"].get("labels")
     if labels:

@@ -26,6 +26,7 @@ from sonocad.explain.gradcam import METHODS, Method, grad_cam
 from sonocad.inference.predictor import Prediction, Predictor
 from sonocad.io.atomic import save_png
 from sonocad.io.images import read_image
+from sonocad.io.outputs import claim_output_dir
 from sonocad.progress import progress
 from sonocad.transforms import restore_size, to_model_input
 from sonocad.visual import heatmap
@@ -90,12 +91,12 @@ class Explainer:
 
 
 def explain(checkpoint_path: str | Path, inputs: Sequence[str | Path], out: str | Path, *,
-            method: Method = "gradcam") -> ExplainResult:
-    """Write ``out/<stem>_heatmap.png`` for every image file in `inputs`."""
+            method: Method = "gradcam", overwrite: bool = False) -> ExplainResult:
+    """Write ``out/<stem>_heatmap.png`` for every image file in `inputs`; `overwrite` replaces
+    an earlier explain output in `out`."""
     out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise InputError(out, "the output path exists and is not a folder")
     explainer = Explainer(checkpoint_path, method=method)
+    claim_output_dir(out, "explain", inputs=[checkpoint_path, *inputs], overwrite=overwrite)
     rows: list[dict[str, Any]] = []
     failures: list[InputError] = []
     taken: set[str] = set()

@@ -1,8 +1,10 @@
 """`sonocad predict`: masks, overlays, heatmaps and a predictions table for images on disk.
 
-Inputs are image files, folders (searched recursively; hidden files and folders skipped, and
-so are ``<stem>_mask*.png`` annotations beside their image ``<stem>.*``, as in BUSI) and glob
-patterns; every frame of a DICOM cine loop is predicted. Outputs, all inside `out`:
+Inputs are image files, folders (searched recursively) and glob patterns; every frame of a
+DICOM cine loop or multi-page TIFF is predicted. A folder walk leaves out what is not a scan:
+hidden files and folders, annotations (``<stem>_mask*.png`` files as in BUSI, VOC's
+``SegmentationClass/`` and ``SegmentationObject/``, a ``masks/`` folder beside ``images/``) and
+sonocad's own output folders; it names anything else it cannot read. Outputs, all in `out`:
 
   masks/<name>.png       predicted lesion at the image's own size, 0/255 (segmentation)
   overlays/<name>.png    the image with the predicted lesion outlined (segmentation), or with
@@ -10,6 +12,11 @@ patterns; every frame of a DICOM cine loop is predicted. Outputs, all inside `ou
   heatmaps/<name>.png    lesion probability over the image (segmentation), or Grad-CAM of
                          the predicted class (classification, torch checkpoints)
   predictions.csv/.json  one row per image or frame
+
+`out` is claimed through `sonocad.io.outputs` (a new or empty folder, or an earlier predict
+output with ``overwrite`` / ``resume``; never a folder that holds an input). The table is
+streamed: each input's rows reach predictions.csv, flushed, as soon as all its frames are done,
+so a killed run leaves a valid partial table, and ``resume`` predicts only the inputs not in it.
 
 An image's id is its path relative to the folder or glob root it was found under, or its file
 name when given as a file. <name> is the id without its suffix (so sub-folders are mirrored),
@@ -23,6 +30,7 @@ from __future__ import annotations
 
 import glob
 import itertools
+import os
 import sys
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -38,17 +46,19 @@ from sonocad.data.adapters import annotated_stem
 from sonocad.engine.checkpoint import Checkpoint
 from sonocad.errors import InputError, SonocadError
 from sonocad.evaluation.measure import lesion_measurements
-from sonocad.evaluation.table import write_predictions
+from sonocad.evaluation.table import PredictionsStream
 from sonocad.explain.runner import Explainer
 from sonocad.inference.decision import decision_columns
 from sonocad.inference.predictor import Prediction, Predictor
 from sonocad.io.atomic import save_png
-from sonocad.io.images import Image, is_image_file, iter_frames
+from sonocad.io.images import IMAGE_SUFFIXES, Image, is_image_file, iter_frames
+from sonocad.io.outputs import MARKER, claim_output_dir
 from sonocad.progress import progress
 from sonocad.visual import PREDICTION_COLOUR, draw_outlines, heatmap, to_rgb8
 
 OUTPUT_FOLDERS = ("masks", "overlays", "heatmaps")
 _GLOB_CHARACTERS = frozenset("*?[")
+_ANNOTATION_FOLDERS = frozenset({"segmentationclass", "segmentationobject"})
 
 
 @dataclass(frozen=True)
@@ -94,11 +104,13 @@ class _Names:
 
 def predict(inputs: Sequence[str | Path], out: str | Path, *,
             checkpoint: str | Path | Checkpoint | None = None, backend: str = "torch",
-            batch_size: int = 8) -> PredictResult:
+            batch_size: int = 8, overwrite: bool = False, resume: bool = False
+            ) -> PredictResult:
     """Predict every image in `inputs`; write masks, overlays, heatmaps and the table to `out`.
 
     `checkpoint` None means the bundled default model; with ``backend="onnx"`` it may also be
-    a ``.onnx`` file from `sonocad export`.
+    a ``.onnx`` file from `sonocad export`. `overwrite` replaces an earlier predict output in
+    `out`; `resume` continues it, predicting only the inputs its table does not have yet.
     """
     out = Path(out)
     if batch_size < 1:
@@ -107,70 +119,118 @@ def predict(inputs: Sequence[str | Path], out: str | Path, *,
         raise InputError(out, "the output path exists and is not a folder")
     predictor = (Predictor.default(backend=backend) if checkpoint is None
                  else Predictor(checkpoint, backend=backend))
+    sources, failures = collect_inputs(inputs)
+    folders = [Path(given) for given in inputs if Path(given).is_dir()]
+    claim_output_dir(out, "predict", inputs=[*folders, *(source.path for source in sources)],
+                     overwrite=overwrite, resume=resume)
     # A classifier's heatmap is Grad-CAM, which needs the torch model (not an ONNX file).
     explainer = (Explainer(predictor) if predictor.task == "classification"
                  and predictor.checkpoint is not None else None)
-    sources, failures = _collect_inputs(inputs, exclude=[out / f for f in OUTPUT_FOLDERS])
     for failure in failures:
         _report(failure)
-    rows = []
-    for batch in _batches(_items(sources, failures), batch_size):
+    table = PredictionsStream(out / "predictions", resume=resume)
+    done = {row["file"] for row in table.earlier}
+    names = _Names({str(row["output_name"]).casefold() for row in table.earlier})
+    pending: list[dict[str, Any]] = []  # rows of the input being predicted
+    items = _items([s for s in sources if str(s.path) not in done], failures, names)
+    for batch in _batches(items, batch_size):
         predictions = predictor.predict([item.image.pixels for item in batch])
         for item, prediction in zip(batch, predictions):
+            if pending and pending[-1]["file"] != str(item.source.path):
+                table.add(pending)  # every frame of the previous input is done
+                pending = []
             _write_images(out, item, prediction, explainer)
-            rows.append(_row(item, prediction))
-    write_predictions(out / "predictions", rows)
-    return PredictResult(out, rows, failures)
+            pending.append(_row(item, prediction))
+    table.add(pending)
+    table.close()
+    return PredictResult(out, table.rows, failures)
 
 
-def _collect_inputs(inputs: Iterable[str | Path], *,
-                    exclude: Sequence[Path] = ()) -> tuple[list[_Source], list[InputError]]:
-    """The files to predict, each once, and an error for each input that matched nothing.
-
-    Files under `exclude` (our own output folders, when ``--out`` is inside an input folder)
-    are left out, so a second run does not predict the first run's masks.
-    """
-    excluded = [path.resolve() for path in exclude]
+def collect_inputs(inputs: Iterable[str | Path]) -> tuple[list[_Source], list[InputError]]:
+    """The files to predict, each once, and an error for each input that matched nothing or
+    cannot be a scan (a FIFO, a broken link, a link loop)."""
     sources, failures, seen = [], [], set()
     for given in inputs:
         path = Path(given)
-        if path.is_dir():
-            found = _walk(path)
-        elif path.exists() or not _GLOB_CHARACTERS & set(str(given)):
-            found = [(path, path.name)]  # read anyway: a bad file is reported by name
-        else:
-            found = _glob(str(given))
-        found = [(file, image_id) for file, image_id in found
-                 if not any(folder in file.resolve().parents for folder in excluded)]
-        if not found:
-            failures.append(InputError(given, "no image files found"))
-        for file, image_id in found:
-            if file.resolve() not in seen:
-                seen.add(file.resolve())
-                sources.append(_Source(file, image_id))
+        try:
+            if path.is_dir():
+                found, skipped = _walk(path)
+                failures += skipped
+            elif path.exists() or path.is_symlink() or not _GLOB_CHARACTERS & set(str(given)):
+                found = [(path, path.name)]  # read anyway: a bad file is reported by name
+            else:
+                found = _glob(str(given))
+            if not found and not path.is_file():
+                failures.append(InputError(given, "no image files found"))
+            for file, image_id in found:
+                key = file.resolve()
+                if key not in seen:
+                    seen.add(key)
+                    sources.append(_Source(file, image_id))
+        except (OSError, RuntimeError) as exc:  # RuntimeError: pathlib's "Symlink loop"
+            failures.append(InputError(given, f"cannot follow the path ({_reason(exc)})"))
     return sources, failures
 
 
-def _walk(root: Path) -> list[tuple[Path, str]]:
-    # Hidden entries are skipped: macOS "._x.png" files have image suffixes but hold no image.
-    images = [p for p in root.rglob("*") if is_image_file(p)
-              and not any(part.startswith(".") for part in p.relative_to(root).parts)]
-    stems = {(p.parent, p.stem) for p in images}
-    return sorted(((p, p.relative_to(root).as_posix()) for p in images
-                   if (p.parent, annotated_stem(p)) not in stems), key=lambda found: found[1])
+def _reason(exc: BaseException) -> str:
+    return getattr(exc, "strerror", None) or str(exc)
+
+
+def _root(given: str | Path) -> Path:
+    """The folder a glob pattern searches under, or the path itself."""
+    parts = Path(given).parts
+    literal = list(itertools.takewhile(lambda part: not _GLOB_CHARACTERS & set(part), parts))
+    return Path(*literal) if len(literal) < len(parts) else Path(given)
+
+
+def _walk(root: Path) -> tuple[list[tuple[Path, str]], list[InputError]]:
+    """Scans under `root`, sorted by id, and an error for each image-named entry that is not a
+    readable file. Hidden entries are left out: macOS "._x.png" files hold no image."""
+    found: list[tuple[Path, str]] = []
+    skipped: list[InputError] = []
+
+    def unreadable(error: OSError) -> None:
+        skipped.append(InputError(error.filename, f"cannot read folder ({_reason(error)})"))
+
+    for folder, subfolders, files in os.walk(root, onerror=unreadable):
+        here = Path(folder)
+        names = {name.casefold() for name in subfolders}
+        subfolders[:] = sorted(name for name in subfolders if not name.startswith(".")
+                               and not _is_annotation_folder(name, names)
+                               and not (here / name / MARKER).exists())
+        for name in sorted(files):
+            path = here / name
+            if name.startswith(".") or annotated_stem(path) is not None:
+                continue
+            if path.suffix.lower() in IMAGE_SUFFIXES and not path.is_file():
+                skipped.append(InputError(path, "not a regular file (a FIFO, device or broken "
+                                                "link): skipped"))
+            elif is_image_file(path):
+                found.append((path, path.relative_to(root).as_posix()))
+    return sorted(found, key=lambda item: item[1]), skipped
+
+
+def _is_annotation_folder(name: str, siblings: set[str]) -> bool:
+    folded = name.casefold()
+    return folded in _ANNOTATION_FOLDERS or (folded == "masks" and "images" in siblings)
 
 
 def _glob(pattern: str) -> list[tuple[Path, str]]:
-    parts = Path(pattern).parts
-    literal = list(itertools.takewhile(lambda part: not _GLOB_CHARACTERS & set(part), parts))
-    root = Path(*literal) if literal else Path()
+    root = _root(pattern)
     matches = sorted(Path(m) for m in glob.glob(pattern, recursive=True))
-    return [(p, p.relative_to(root).as_posix()) for p in matches if is_image_file(p)]
+    return [(p, p.relative_to(root).as_posix()) for p in matches
+            if is_image_file(p) and not _in_output_folder(p, root)]
 
 
-def _items(sources: list[_Source], failures: list[InputError]) -> Iterator[_Item]:
+def _in_output_folder(path: Path, root: Path) -> bool:
+    """True for a file sonocad wrote: under a folder with an output marker, below `root`."""
+    return any((folder / MARKER).exists() for folder in path.parents
+               if folder != root and root in folder.parents)
+
+
+def _items(sources: list[_Source], failures: list[InputError], names: _Names
+           ) -> Iterator[_Item]:
     """Every image and frame, named; a file that fails is reported, recorded and skipped."""
-    names = _Names()
     for source in progress(sources, "predicting"):
         stem = str(PurePosixPath(source.image_id).with_suffix(""))
         try:

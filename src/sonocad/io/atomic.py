@@ -13,6 +13,8 @@ from typing import IO, Any
 import numpy as np
 from PIL import Image as PILImage
 
+from sonocad.io.outputs import record_write
+
 
 def _current_umask() -> int:
     mask = os.umask(0)
@@ -35,6 +37,7 @@ def atomic_open(path: str | Path, mode: str = "w", **kwargs: Any) -> Iterator[IO
             yield handle
             handle.flush()
             os.fsync(handle.fileno())
+        record_write(path)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

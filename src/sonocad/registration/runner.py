@@ -44,6 +44,7 @@ from sonocad.io.annotations import (
 )
 from sonocad.io.atomic import save_png, write_json, write_text
 from sonocad.io.images import read_image
+from sonocad.io.outputs import claim_output_dir, output_of
 from sonocad.progress import progress
 from sonocad.registration.fields import FIELDS, PATH_FIELDS, Biopsy, merge_fields, parse_biopsy
 from sonocad.registration.geometry import (
@@ -141,19 +142,24 @@ def register(biopsy: Biopsy) -> Registration:
                         apply(box.to_crop, tract.corners()), record)
 
 
-def register_one(fields: Mapping[str, str], out: str | Path) -> Registration:
+def register_one(fields: Mapping[str, str], out: str | Path, *,
+                 overwrite: bool = False) -> Registration:
     """Register the biopsy the command line describes into the dataset folder `out`."""
-    registration = register(parse_biopsy(fields))
+    biopsy = parse_biopsy(fields)
+    claim_dataset(out, [fields["image"]], overwrite)
+    registration = register(biopsy)
     write_registration(out, registration)
     write_index(out)
     return registration
 
 
 def register_batch(csv_path: str | Path, out: str | Path,
-                   defaults: Mapping[str, str] | None = None) -> BatchResult:
+                   defaults: Mapping[str, str] | None = None, *,
+                   overwrite: bool = False) -> BatchResult:
     """Register every row of `csv_path` (columns: FIELDS; blanks take `defaults`) into `out`.
     A bad row is recorded in the result's failures and the rest carry on."""
     csv_path, out = Path(csv_path), Path(out)
+    claim_dataset(out, [csv_path], overwrite)
     registered, failures, used = [], [], {}
     for line, row in progress(_read_rows(csv_path), "registering"):
         try:
@@ -186,9 +192,20 @@ def describe(registration: Registration) -> str:
 # --- writing -----------------------------------------------------------------------------------
 
 
+def claim_dataset(out: str | Path, inputs: list[str | Path], overwrite: bool) -> None:
+    """A register dataset grows run by run: an earlier register output is added to (or started
+    afresh with `overwrite`); any other folder follows the output rule of every command."""
+    adding = output_of(out) == "register" and not overwrite
+    claim_output_dir(out, "register", inputs=inputs, overwrite=overwrite, resume=adding)
+
+
 def write_registration(out: str | Path, registration: Registration) -> None:
-    """Write one biopsy's crop, masks, overlay and record into the dataset folder `out`."""
+    """Write one biopsy's crop, masks, overlay and record into the dataset folder `out`;
+    an id already registered there is refused (its files stay as they are)."""
     out, name = Path(out), registration.biopsy.id
+    if (out / "transforms" / f"{name}.json").exists():
+        raise SonocadError(f"biopsy id {name!r} is already registered in {out}; give another "
+                           "id, or --overwrite to start the dataset afresh")
     save_png(out / "JPEGImages" / f"{name}.png", registration.crop)
     save_voc_mask(out / "SegmentationClass" / f"{name}.png", registration.mask.astype(np.uint8),
                   VOC_CLASSES)
