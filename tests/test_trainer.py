@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -52,8 +52,8 @@ def _train_args(phantoms, out: Path, *extra: str) -> list[str]:
             *extra]
 
 
-def _cli(args: list[str], **kwargs) -> subprocess.Popen:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+def _cli(args: list[str], env: dict[str, str] | None = None, **kwargs) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
     return subprocess.Popen([sys.executable, "-m", "sonocad.cli", *args], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
 
@@ -85,33 +85,107 @@ def test_train_writes_a_self_describing_checkpoint_and_evaluate_reads_it(phantom
     assert len(list((tmp_path / "eval" / "overlays").glob("*.png"))) == 2
 
 
-def test_training_resumed_after_sigkill_ends_with_the_same_weights(phantoms, tmp_path):
-    steps = ["epochs=12", "checkpoint_every=1"]
-    straight = _cli(_train_args(phantoms, tmp_path / "straight", *steps))
-    assert straight.wait(timeout=300) == 0, straight.stderr.read()
+# The default model's kind: dropout draws from the global RNG, which resuming must replay.
+# 10 training images in batches of 2: 5 steps an epoch, last.pt after each; the validation
+# loss falls every epoch, so best.pt is written at every validation.
+TINY_MULTITASK = """\
+task: multitask
+model: {name: efficientnet_lite0_unet, args: {dropout: 0.5}}
+data: {classes: [normal, benign, malignant]}
+transform:
+  input_size: 32
+  normalize: zscore
+  keep_aspect: false
+  augment: {hflip: {p: 0.5}, rotation: {degrees: 10, p: 0.5}, brightness: {p: 0.5}}
+loss: {name: bce_dice, classification: {weight: 0.5}}
+optimizer: {name: adamw, lr: 0.003}
+scheduler: {name: cosine}
+train: {batch_size: 2, epochs: 3, checkpoint_every: 1, select_metric: loss, select_mode: min,
+        eval_batch_size: 8}
+"""
 
-    killed_run = tmp_path / "killed"
-    victim = _cli(_train_args(phantoms, killed_run, *steps))
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and victim.poll() is None:
-        last = killed_run / "last.pt"
-        if last.exists() and load_checkpoint(last).meta["step"] >= 5:
-            break
-        time.sleep(0.02)
-    assert victim.poll() is None, "training finished before it could be killed"
-    victim.send_signal(signal.SIGKILL)
-    victim.wait()
-    killed_at = load_checkpoint(killed_run / "last.pt").meta["step"]
-    assert killed_at < 24  # 12 epochs x 2 batches: it really was interrupted
+# Imported at start-up of a Python run with this folder on PYTHONPATH: the Nth call of a
+# _Trainer method, once it has returned, SIGKILLs the process (a kill at an exact point).
+KILL_HOOK = """\
+import os
+import signal
 
-    resumed = _cli(_train_args(phantoms, killed_run, *steps, "--resume"))
+from sonocad.engine.trainer import _Trainer
+
+_method, _calls = os.environ["SONOCAD_TEST_KILL_AFTER"].split(":")
+_original, _seen = getattr(_Trainer, _method), []
+
+
+def _then_die(self, *args, **kwargs):
+    result = _original(self, *args, **kwargs)
+    _seen.append(1)
+    if len(_seen) == int(_calls):
+        os.kill(os.getpid(), signal.SIGKILL)
+    return result
+
+
+setattr(_Trainer, _method, _then_die)
+"""
+
+# One run killed four times, each resumed run after its own Nth call.
+KILLS = [("_save_last", 2),  # after step 2: mid-epoch 1
+         ("_save_last", 3),  # steps 3-5: right after epoch 1's validated checkpoint
+         ("_save_last", 2),  # step 7: mid-epoch 2
+         ("_validate", 1)]   # step 10 validated (metrics.csv, best.pt), last.pt still at step 9
+KILLED_AT = [(2, 2), (5, 0), (7, 2), (9, 4)]  # (step, batch within the epoch) in last.pt
+
+
+def test_training_killed_anywhere_resumes_to_the_same_bits(phantoms, tmp_path):
+    data, split, _ = phantoms
+    recipe = tmp_path / "multitask.yaml"
+    recipe.write_text(TINY_MULTITASK)
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(KILL_HOOK)
+    args = (data, split, recipe)
+    cpu = {"CUDA_VISIBLE_DEVICES": ""}  # bit for bit is a CPU promise: GPU kernels may not be
+    straight = _cli(_train_args(args, tmp_path / "straight"), env=cpu)  # alongside the others
+
+    killed = tmp_path / "killed"
+    positions = []
+    for n, (method, calls) in enumerate(KILLS):
+        env = {**cpu, "SONOCAD_TEST_KILL_AFTER": f"{method}:{calls}",
+               "PYTHONPATH": os.pathsep.join(filter(None, [str(hook),
+                                                           os.environ.get("PYTHONPATH")]))}
+        victim = _cli(_train_args(args, killed, *(["--resume"] if n else [])), env=env)
+        _, stderr = victim.communicate(timeout=300)
+        assert victim.returncode == -signal.SIGKILL, stderr
+        progress = load_checkpoint(killed / "last.pt").training_state["progress"]
+        positions.append((progress["step"], progress["batch"]))
+    assert positions == KILLED_AT
+
+    resumed = _cli(_train_args(args, killed, "--resume"), env=cpu)
     assert resumed.wait(timeout=300) == 0, resumed.stderr.read()
-    expected = load_checkpoint(tmp_path / "straight" / "last.pt")
-    actual = load_checkpoint(killed_run / "last.pt")
-    assert actual.meta["step"] == expected.meta["step"] == 24
-    for name, tensor in expected.state_dict.items():
-        torch.testing.assert_close(actual.state_dict[name], tensor, rtol=1e-5, atol=1e-6,
-                                   msg=name)
+    assert straight.wait(timeout=300) == 0, straight.stderr.read()
+    for name in ("last.pt", "best.pt"):
+        expected = load_checkpoint(tmp_path / "straight" / name)
+        actual = load_checkpoint(killed / name)
+        assert actual.meta["step"] == expected.meta["step"], name
+        assert actual.meta["metrics"] == expected.meta["metrics"], name
+        assert actual.state_dict.keys() == expected.state_dict.keys()
+        unequal = [key for key, tensor in expected.state_dict.items()
+                   if not torch.equal(actual.state_dict[key], tensor)]
+        assert not unequal, f"{name}: {len(unequal)} tensors differ, e.g. {unequal[:3]}"
+    assert _metrics_rows(killed) == _metrics_rows(tmp_path / "straight")
+    assert _summary(killed) == _summary(tmp_path / "straight")
+
+
+def _metrics_rows(run: Path) -> list[dict[str, str]]:
+    """metrics.csv as written, less the wall-clock column."""
+    with open(run / "metrics.csv") as handle:
+        return [{k: v for k, v in row.items() if k != "seconds"}
+                for row in csv.DictReader(handle)]
+
+
+def _summary(run: Path) -> dict:
+    """summary.json less the wall-clock minutes."""
+    summary = json.loads((run / "summary.json").read_text())
+    return {k: v for k, v in summary.items() if k != "minutes"}
 
 
 def _train_losses(run: Path) -> list[float]:

@@ -90,6 +90,11 @@ def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
     return batch
 
 
+def epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    """A generator fixed by (run seed, epoch) alone, whatever the global RNG has done."""
+    return torch.Generator().manual_seed(seed * 100_003 + epoch)
+
+
 class EpochBatches(Sampler[list[ItemKey]]):
     """Global batches from an epoch order fixed by (seed, epoch); each DDP rank takes its slice.
 
@@ -136,7 +141,7 @@ class EpochBatches(Sampler[list[ItemKey]]):
         return items[torch.randperm(len(items), generator=generator)]
 
     def __iter__(self) -> Iterator[list[ItemKey]]:
-        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        generator = epoch_generator(self.seed, self.epoch)
         order = self._order(generator)
         item_seeds = torch.randint(0, 2**31 - 1, (len(order),), generator=generator)
         per_rank = min(self.batch_size, len(order)) // self.world

@@ -4,6 +4,8 @@ Run layout (``--out RUN``):
   recipe.yaml    the recipe exactly as used (defaults filled, overrides applied)
   metrics.csv    one row per validation: epoch, step, train loss, validation metrics, lr
   last.pt        everything ``--resume`` needs, written every ``checkpoint_every`` steps
+                 (a run killed anywhere and resumed ends, on a CPU, bit for bit as one that
+                 ran straight through: same weights, same metrics.csv but for ``seconds``)
   best.pt        the weights that scored best on the validation subset (never the test)
   summary.json   the selection metric, its value, steps, time
 """
@@ -15,7 +17,7 @@ import hashlib
 import io
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +31,7 @@ from tqdm import tqdm
 from sonocad.data.sample import Sample
 from sonocad.data.sources import DataArg, Source, class_weights, resolve_sources
 from sonocad.data.split import SplitFile, read_split, select
-from sonocad.data.torch_dataset import EpochBatches, SampleDataset, collate
+from sonocad.data.torch_dataset import EpochBatches, SampleDataset, collate, epoch_generator
 from sonocad.engine.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from sonocad.engine.distributed import World, barrier, close_world, init_world, mean_over_world
 from sonocad.engine.losses import build_loss
@@ -62,6 +64,8 @@ class _Progress:
     best_metrics: dict[str, float] | None = None
     bad_validations: int = 0
     elapsed_s: float = 0.0
+    # This epoch's step losses so far: its logged train loss covers steps before a resume too.
+    epoch_losses: list[float] = field(default_factory=list)
 
 
 def train(recipe: dict[str, Any], data: DataArg, split: DataArg, out: str | Path, *,
@@ -177,13 +181,12 @@ class _Trainer:
                    disable=not (self.world.is_main and _is_tty()), dynamic_ncols=True)
         stop = state.step >= self.total_steps
         while not stop and state.epoch < self.epochs:
-            losses: list[float] = []
             for batch in self._loader(state):
-                losses.append(self._step(batch))
+                state.epoch_losses.append(self._step(batch))
                 state.batch += 1
                 state.step += 1
                 bar.update(1)
-                bar.set_postfix(loss=f"{losses[-1]:.4f}", epoch=state.epoch + 1)
+                bar.set_postfix(loss=f"{state.epoch_losses[-1]:.4f}", epoch=state.epoch + 1)
                 out_of_time = time.monotonic() - started > max_seconds
                 stop = state.step >= self.total_steps or out_of_time
                 if stop:
@@ -191,9 +194,9 @@ class _Trainer:
                 if state.step % checkpoint_every == 0 and state.batch < self.batches_per_epoch:
                     state.elapsed_s = time.monotonic() - started
                     self._save_last(state)
-            epoch_done = state.batch >= self.batches_per_epoch
-            if epoch_done:
-                state.epoch, state.batch = state.epoch + 1, 0
+            losses = state.epoch_losses
+            if state.batch >= self.batches_per_epoch:  # else stopped early: the epoch goes on
+                state.epoch, state.batch, state.epoch_losses = state.epoch + 1, 0, []
             improved_or_none = self._validate(state, losses, started)
             if not improved_or_none and self._early_stop(state):
                 stop = True
@@ -204,13 +207,20 @@ class _Trainer:
         return self._finish(state)
 
     def _loader(self, state: _Progress) -> DataLoader:
-        sampler = EpochBatches(len(self.train_set), self.batch_size,
-                               seed=int(self.cfg_train["seed"]), epoch=state.epoch,
-                               rank=self.world.rank, world=self.world.size, start=state.batch,
-                               draws=self.draws)
+        seed = int(self.cfg_train["seed"])
+        sampler = EpochBatches(len(self.train_set), self.batch_size, seed=seed,
+                               epoch=state.epoch, rank=self.world.rank, world=self.world.size,
+                               start=state.batch, draws=self.draws)
+        if state.batch == 0:
+            # Loaders drew their iterator's base seed from the global RNG; still draw it at an
+            # epoch's start, so that dropout masks (and weights) stay those of earlier runs.
+            torch.empty((), dtype=torch.int64).random_()
         workers = int(self.cfg_train["num_workers"])
+        # Its own generator: a loader made mid-epoch on resume must not draw from the global
+        # RNG, whose state last.pt restored (dropout and proposal sampling read it).
         return DataLoader(self.train_set, batch_sampler=sampler, num_workers=workers,
-                          persistent_workers=False, collate_fn=collate)
+                          persistent_workers=False, collate_fn=collate,
+                          generator=epoch_generator(seed, state.epoch))
 
     def _step(self, batch: dict[str, Any]) -> float:
         self.trained_model.train()
@@ -291,11 +301,14 @@ class _Trainer:
         training_state = None
         if training:
             training_state = {
-                "progress": vars(state).copy(),
+                "progress": asdict(state),
                 "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict() if self.scheduler else None,
                 "scaler": self.scaler.state_dict(),
                 "torch_rng": torch.get_rng_state(),
+                # On a GPU, dropout draws from the device's generator, not the CPU one.
+                "cuda_rng": (torch.cuda.get_rng_state(self.world.device)
+                             if self.world.device.type == "cuda" else None),
                 "history": self.history,
             }
         return Checkpoint(meta, self.model.state_dict(), training_state)
@@ -319,6 +332,8 @@ class _Trainer:
             self.scheduler.load_state_dict(training["scheduler"])
         self.scaler.load_state_dict(training["scaler"])
         torch.set_rng_state(training["torch_rng"])
+        if training.get("cuda_rng") is not None and self.world.device.type == "cuda":
+            torch.cuda.set_rng_state(training["cuda_rng"], self.world.device)
         self.history = list(training["history"])
         return _Progress(**training["progress"])
 
