@@ -4,25 +4,28 @@ from __future__ import annotations
 
 import io
 import logging
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image as PILImage
-from pydicom import Dataset, FileMetaDataset
+from pydicom import Dataset, FileMetaDataset, dcmread
 from pydicom.encaps import encapsulate
 from pydicom.pixels import convert_color_space, get_decoder
 from pydicom.uid import (
+    MPEG4HP41,
     ExplicitVRLittleEndian,
     JPEGBaseline8Bit,
     JPEGLSLossless,
-    MPEG4HP41,
+    RLELossless,
     UltrasoundImageStorage,
     UltrasoundMultiFrameImageStorage,
     generate_uid,
 )
 
 from sonocad.errors import InputError
+from sonocad.io import images
 from sonocad.io.images import is_image_file, iter_frames, read_image, widen_to_16_bits
 from sonocad.transforms import to_unit_float
 
@@ -73,8 +76,8 @@ def ultrasound_region(delta_x_cm: float, delta_y_cm: float, units: int = 3) -> D
     return region
 
 
-GREY8 = np.arange(12 * 16, dtype=np.uint8).reshape(12, 16)
-GREY12 = (np.arange(12 * 16, dtype=np.uint16).reshape(12, 16) * 21)  # 0..4011, within 12 bits
+GREY8 = np.arange(16 * 16, dtype=np.uint8).reshape(16, 16)
+GREY12 = (np.arange(16 * 16, dtype=np.uint16).reshape(16, 16) * 16)  # 0..4080, within 12 bits
 
 
 def test_monochrome2_8bit_is_kept_exactly(tmp_path: Path) -> None:
@@ -130,14 +133,14 @@ def test_window_is_applied_and_saturates_outside(tmp_path: Path) -> None:
 
 
 def test_rgb_is_kept_exactly(tmp_path: Path) -> None:
-    rgb = np.random.default_rng(0).integers(0, 256, (10, 14, 3), dtype=np.uint8)
+    rgb = np.random.default_rng(0).integers(0, 256, (16, 20, 3), dtype=np.uint8)
     image = read_image(write_dicom(tmp_path / "a.dcm", rgb, "RGB"))
     assert image.pixels.dtype == np.uint8
     np.testing.assert_array_equal(image.pixels, rgb)
 
 
 def test_ybr_full_is_converted_to_rgb(tmp_path: Path) -> None:
-    rgb = np.random.default_rng(1).integers(0, 256, (10, 14, 3), dtype=np.uint8)
+    rgb = np.random.default_rng(1).integers(0, 256, (16, 20, 3), dtype=np.uint8)
     ybr = convert_color_space(rgb, "RGB", "YBR_FULL")
     pixels = read_image(write_dicom(tmp_path / "a.dcm", ybr, "YBR_FULL")).pixels
     assert pixels.shape == rgb.shape and pixels.dtype == np.uint8
@@ -158,7 +161,7 @@ def test_jpeg_baseline_ybr_full_422_decodes_to_rgb(tmp_path: Path) -> None:
 
 def test_palette_colour_goes_through_its_lookup_table(tmp_path: Path) -> None:
     lut = np.arange(256, dtype=np.uint16)
-    indices = np.array([[0, 1, 2], [10, 100, 255]], np.uint8)
+    indices = np.tile(np.array([[0, 1, 2], [10, 100, 255]], np.uint8), (8, 6))
     path = write_dicom(
         tmp_path / "a.dcm", indices, "PALETTE COLOR",
         RedPaletteColorLookupTableDescriptor=[256, 0, 8],
@@ -169,7 +172,7 @@ def test_palette_colour_goes_through_its_lookup_table(tmp_path: Path) -> None:
         BluePaletteColorLookupTableData=np.full(256, 7, np.uint16).tobytes(),
     )
     pixels = read_image(path).pixels
-    assert pixels.shape == (2, 3, 3) and pixels.dtype == np.uint8
+    assert pixels.shape == (16, 18, 3) and pixels.dtype == np.uint8
     np.testing.assert_array_equal(pixels[..., 0], indices)
     np.testing.assert_array_equal(pixels[..., 1], 255 - indices)
     assert (pixels[..., 2] == 7).all()
@@ -189,7 +192,7 @@ def test_multiframe_first_frame_and_every_frame(tmp_path: Path) -> None:
 
 
 def test_multiframe_rgb(tmp_path: Path) -> None:
-    frames = np.random.default_rng(2).integers(0, 256, (3, 6, 5, 3), dtype=np.uint8)
+    frames = np.random.default_rng(2).integers(0, 256, (3, 16, 18, 3), dtype=np.uint8)
     read = [image.pixels for image in iter_frames(write_dicom(tmp_path / "a.dcm", frames, "RGB"))]
     np.testing.assert_array_equal(np.stack(read), frames)
 
@@ -288,3 +291,119 @@ def test_video_transfer_syntax_is_refused(tmp_path: Path) -> None:
     path = write_encapsulated(tmp_path / "a.dcm", MPEG4HP41, b"\0" * 64, (8, 8))
     with pytest.raises(InputError, match="not supported"):
         iter_frames(path)  # refused on call, before any frame is asked for
+
+
+# --- the pixel budget, from the header before any pixel data is read --------------------------
+
+def write_header_only(path: Path, syntax: str, rows: int, columns: int, frames: int = 1) -> Path:
+    """A DICOM file whose header says `rows` x `columns` (x `frames`) but which holds only a
+    few bytes of pixel data: reading it would take the decoder's full allocation, then fail."""
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = syntax
+    ds.SOPClassUID, ds.SOPInstanceUID = UltrasoundImageStorage, generate_uid()
+    ds.Rows, ds.Columns, ds.NumberOfFrames = rows, columns, frames
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+    if syntax == ExplicitVRLittleEndian:
+        ds.PixelData = bytes(16)
+    else:
+        ds.PixelData = encapsulate([bytes(64)])
+    ds["PixelData"].VR = "OB"
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+@pytest.mark.parametrize("syntax", [RLELossless, ExplicitVRLittleEndian])
+def test_an_11000_x_11000_dicom_is_refused_before_decoding(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, syntax: str) -> None:
+    path = write_header_only(tmp_path / "huge.dcm", syntax, 11_000, 11_000)
+
+    def never(*args: object, **kwargs: object) -> None:
+        raise AssertionError("decoded pixel data over the budget")
+
+    monkeypatch.setattr("sonocad.io.dicom.iter_pixels", never)
+    tracemalloc.start()
+    try:
+        for read in (read_image, iter_frames):
+            with pytest.raises(InputError) as caught:
+                read(path)
+            assert str(caught.value) == (f"{path}: image too large (11000 x 11000 pixels; the "
+                                         "limit is 16,777,216 pixels per image or frame)")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 2_000_000  # one decoded frame would be 121 MB
+
+
+def test_the_budget_is_per_frame_not_per_file(tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    frames = np.stack([GREY8, GREY8 // 2, 255 - GREY8])
+    path = write_dicom(tmp_path / "cine.dcm", frames)
+    monkeypatch.setattr(images, "MAX_IMAGE_PIXELS", 16 * 16)  # one frame: 3 frames are over
+    assert len(list(iter_frames(path))) == 3
+    monkeypatch.setattr(images, "MAX_IMAGE_PIXELS", 16 * 16 - 1)
+    with pytest.raises(InputError, match=r"image too large \(16 x 16 pixels"):
+        iter_frames(path)
+
+
+@pytest.mark.parametrize("compressed", [False, True])
+def test_frames_are_decoded_one_at_a_time(tmp_path: Path, compressed: bool) -> None:
+    frames = np.random.default_rng(3).integers(0, 256, (40, 256, 256), dtype=np.uint8)
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.set_pixel_data(frames, "MONOCHROME2", 8)
+    if compressed:
+        ds.compress(RLELossless, encoding_plugin="pydicom")
+    ds.SOPClassUID, ds.SOPInstanceUID = UltrasoundMultiFrameImageStorage, generate_uid()
+    path = tmp_path / "cine.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    np.testing.assert_array_equal(read_image(path).pixels, frames[0])  # imports done here
+    tracemalloc.start()
+    try:
+        read_image(path)
+        first_peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.reset_peak()
+        count = 0
+        for frame in iter_frames(path):
+            assert np.array_equal(frame.pixels, frames[count])
+            count += 1
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert count == 40
+    # a few frames' worth at a time (as much for 10 frames as for 160), never all 40
+    assert first_peak < 10 * frames[0].nbytes and peak < 20 * frames[0].nbytes
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (3, 5000), (5000, 3), (200, 15)])
+def test_dicom_too_small_for_a_scan_is_refused(tmp_path: Path, shape: tuple[int, int]) -> None:
+    path = write_dicom(tmp_path / "tiny.dcm", np.zeros(shape, np.uint8))
+    with pytest.raises(InputError) as caught:
+        read_image(path)
+    assert str(caught.value) == (f"{path}: image too small for an ultrasound frame "
+                                 f"({shape[1]} x {shape[0]} pixels; each side must be at least "
+                                 "16)")
+
+
+def test_dicom_without_an_image_size_is_refused(tmp_path: Path) -> None:
+    path = write_header_only(tmp_path / "a.dcm", ExplicitVRLittleEndian, 16, 16)
+    ds = dcmread(path)
+    del ds.Rows
+    ds.save_as(path)
+    with pytest.raises(InputError, match=r"no image size \(Rows, Columns\)"):
+        read_image(path)
+
+
+def test_dicom_errors_are_one_line(tmp_path: Path) -> None:
+    good = write_dicom(tmp_path / "good.dcm", GREY8)
+    truncated = tmp_path / "truncated.dcm"
+    truncated.write_bytes(good.read_bytes()[:-20])
+    garbage = write_encapsulated(tmp_path / "garbage.dcm", JPEGBaseline8Bit,
+                                 b"\xff\xd8" + bytes(64),
+                                 (16, 16))
+    for path in (truncated, garbage, write_dicom(tmp_path / "empty.dcm", None)):
+        with pytest.raises(InputError) as caught:
+            list(iter_frames(path))
+        assert "\n" not in str(caught.value) and str(caught.value).startswith(f"{path}: ")

@@ -2,26 +2,58 @@
 
 from __future__ import annotations
 
+import struct
+import tracemalloc
 import warnings
+import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image as PILImage
+from PIL import ImageFile
 
 from sonocad.errors import InputError
 from sonocad.io import images
-from sonocad.io.images import IMAGE_SUFFIXES, Image, is_image_file, iter_frames, read_image
+from sonocad.io.images import (
+    IMAGE_SUFFIXES,
+    MAX_IMAGE_PIXELS,
+    MIN_IMAGE_SIDE,
+    Image,
+    is_image_file,
+    iter_frames,
+    read_image,
+)
 
 RNG = np.random.default_rng(0)
-GREY = RNG.integers(0, 256, (12, 17), dtype=np.uint8)
-RGB = RNG.integers(0, 256, (12, 17, 3), dtype=np.uint8)
-GREY16 = RNG.integers(0, 65536, (12, 17), dtype=np.uint16)
+GREY = RNG.integers(0, 256, (18, 24), dtype=np.uint8)
+RGB = RNG.integers(0, 256, (18, 24, 3), dtype=np.uint8)
+GREY16 = RNG.integers(0, 65536, (18, 24), dtype=np.uint16)
 RGB_NOISE = RNG.integers(0, 256, (64, 64, 3), dtype=np.uint8)  # compresses badly: long files
 
 
 def save(path: Path, image: PILImage.Image, **options: object) -> Path:
     image.save(path, **options)
+    return path
+
+
+def blocks(values: np.ndarray) -> np.ndarray:
+    """Each value as a 16 x 16 block: a tiny pattern at the smallest size a reader accepts."""
+    return np.repeat(np.repeat(values, MIN_IMAGE_SIDE, axis=0), MIN_IMAGE_SIDE, axis=1)
+
+
+def zeros_png(path: Path, width: int, height: int) -> Path:
+    """A valid all-black 8-bit grey PNG, compressed a row at a time: 10000 x 10000 takes
+    about 100 KB on disk and 100 MB once decoded, but never that much memory to write."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(
+            ">I", zlib.crc32(kind + data))
+
+    compressor, row = zlib.compressobj(9), bytes(width + 1)  # filter byte 0, then the pixels
+    data = b"".join(compressor.compress(row) for _ in range(height)) + compressor.flush()
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", data)
+                     + chunk(b"IEND", b""))
     return path
 
 
@@ -124,17 +156,17 @@ def test_int32_within_16_bits_is_kept_and_beyond_is_stretched(tmp_path: Path) ->
     kept = read_image(save(tmp_path / "a.tif", PILImage.fromarray(GREY16.astype(np.int32))))
     assert kept.pixels.dtype == np.uint16
     np.testing.assert_array_equal(kept.pixels, GREY16)
-    wide = np.array([[-70000, 0], [70000, 140000]], np.int32)
+    wide = blocks(np.array([[-70000, 0], [70000, 140000]], np.int32))
     stretched = read_image(save(tmp_path / "b.tif", PILImage.fromarray(wide))).pixels
-    np.testing.assert_array_equal(stretched, [[0, 21845], [43690, 65535]])
+    np.testing.assert_array_equal(stretched, blocks(np.array([[0, 21845], [43690, 65535]])))
 
 
 def test_float_is_stretched_unless_whole_numbers(tmp_path: Path) -> None:
-    fractions = np.array([[0.0, 0.25], [0.5, 1.0]], np.float32)
+    fractions = blocks(np.array([[0.0, 0.25], [0.5, 1.0]], np.float32))
     pixels = read_image(save(tmp_path / "a.tif", PILImage.fromarray(fractions))).pixels
     assert pixels.dtype == np.uint16
-    np.testing.assert_array_equal(pixels, [[0, 16384], [32768, 65535]])
-    whole = np.array([[3.0, 7.0], [1000.0, 2.0]], np.float32)
+    np.testing.assert_array_equal(pixels, blocks(np.array([[0, 16384], [32768, 65535]])))
+    whole = blocks(np.array([[3.0, 7.0], [1000.0, 2.0]], np.float32))
     kept = read_image(save(tmp_path / "b.tif", PILImage.fromarray(whole))).pixels
     np.testing.assert_array_equal(kept, whole.astype(np.uint16))
     constant = read_image(save(tmp_path / "c.tif", PILImage.fromarray(fractions * 0 + 0.5))).pixels
@@ -142,13 +174,13 @@ def test_float_is_stretched_unless_whole_numbers(tmp_path: Path) -> None:
 
 
 def test_float_with_nan_is_an_input_error(tmp_path: Path) -> None:
-    values = np.array([[0.0, np.nan]], np.float32)
+    values = blocks(np.array([[0.0, np.nan]], np.float32))
     with pytest.raises(InputError, match="NaN"):
         read_image(save(tmp_path / "a.tif", PILImage.fromarray(values)))
 
 
 def test_unsupported_mode_is_an_input_error(tmp_path: Path) -> None:
-    path = save(tmp_path / "a.tif", PILImage.new("LAB", (4, 3)))
+    path = save(tmp_path / "a.tif", PILImage.new("LAB", (16, 16)))
     with pytest.raises(InputError, match="unsupported image mode 'LAB'"):
         read_image(path)
 
@@ -166,7 +198,7 @@ def test_exif_orientation_is_applied(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("mode", ["L", "RGB", "I;16", "P"])
 def test_pixels_are_writable(tmp_path: Path, mode: str) -> None:
-    path = save(tmp_path / "a.png", PILImage.new(mode, (4, 3)))
+    path = save(tmp_path / "a.png", PILImage.new(mode, (16, 16)))
     assert read_image(path).pixels.flags.writeable  # callers may edit in place
 
 
@@ -178,11 +210,11 @@ def test_iter_frames_of_an_ordinary_image_yields_it_once(tmp_path: Path) -> None
 
 def test_image_record() -> None:
     image = Image(GREY)
-    assert (image.shape, image.height, image.width, image.spacing_mm) == ((12, 17), 12, 17, None)
+    assert (image.shape, image.height, image.width, image.spacing_mm) == ((18, 24), 18, 24, None)
     calibrated = image.with_spacing((0.1, 0.2))
     assert calibrated.spacing_mm == (0.1, 0.2) and image.spacing_mm is None
     assert calibrated.pixels is image.pixels
-    assert Image(RGB).shape == (12, 17)
+    assert Image(RGB).shape == (18, 24)
     with pytest.raises(ValueError, match="uint8 or uint16"):
         Image(GREY.astype(np.float32))
     with pytest.raises(ValueError, match=r"\(H, W\) or \(H, W, 3\)"):
@@ -250,20 +282,135 @@ def test_unsupported_format(tmp_path: Path) -> None:
     assert_input_error(gif, "not a PNG, JPEG, BMP, TIFF or DICOM image")
 
 
-def test_decompression_bomb_limit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    path = save(tmp_path / "big.png", PILImage.fromarray(GREY))  # 204 pixels
-    monkeypatch.setattr(images, "MAX_IMAGE_PIXELS", 100)
-    assert_input_error(path, r"image too large \(17 x 12 pixels; the limit is 100 pixels\)")
-
-
 def test_pillow_bomb_error_and_warning(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    path = save(tmp_path / "big.png", PILImage.fromarray(GREY))  # 204 pixels
-    monkeypatch.setattr(PILImage, "MAX_IMAGE_PIXELS", 150)  # warns above 150, fails above 300
+    path = save(tmp_path / "big.png", PILImage.fromarray(GREY))  # 432 pixels
+    monkeypatch.setattr(PILImage, "MAX_IMAGE_PIXELS", 300)  # warns above 300, fails above 600
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         read_image(path)  # Pillow's warning is silenced: our own limit decides
     monkeypatch.setattr(PILImage, "MAX_IMAGE_PIXELS", 50)
-    assert_input_error(path, "image too large")
+    assert_input_error(path, r"image too large \(over 100 pixels; the limit is 16,777,216 "
+                             r"pixels per image or frame\)")
+
+
+# --- the pixel budget, checked from the header before decoding ------------------------------
+
+def test_the_limits_are_the_documented_ones() -> None:
+    assert MAX_IMAGE_PIXELS == 4096 * 4096 and MIN_IMAGE_SIDE == 16
+
+
+def test_a_97_kb_10000_x_10000_png_is_refused_before_decoding(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    bomb = zeros_png(tmp_path / "bomb.png", 10_000, 10_000)
+    assert bomb.stat().st_size < 200_000
+
+    def never(self: object) -> None:
+        raise AssertionError("decoded an image over the pixel budget")
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", never)
+    tracemalloc.start()
+    try:
+        for read in (read_image, iter_frames):
+            with pytest.raises(InputError) as caught:
+                read(bomb)
+            assert str(caught.value) == (f"{bomb}: image too large (10000 x 10000 pixels; the "
+                                         "limit is 16,777,216 pixels per image or frame)")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 2_000_000  # decoding would take 100 MB
+
+
+def test_the_budget_is_inclusive(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = save(tmp_path / "a.png", PILImage.fromarray(GREY))  # 24 x 18 = 432 pixels
+    monkeypatch.setattr(images, "MAX_IMAGE_PIXELS", 432)
+    assert read_image(path).shape == (18, 24)
+    monkeypatch.setattr(images, "MAX_IMAGE_PIXELS", 431)
+    assert_input_error(path, r"image too large \(24 x 18 pixels; the limit is 431 pixels per "
+                             r"image or frame\)")
+
+
+@pytest.mark.parametrize("suffix", [".png", ".jpg", ".bmp", ".tif"])
+def test_every_pillow_format_is_checked_before_decoding(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, suffix: str) -> None:
+    path = save(tmp_path / f"a{suffix}", PILImage.fromarray(RGB))
+    monkeypatch.setattr(images, "MAX_IMAGE_PIXELS", 100)
+    monkeypatch.setattr(ImageFile.ImageFile, "load", lambda self: pytest.fail("decoded"))
+    assert_input_error(path, r"image too large \(24 x 18 pixels")
+
+
+@pytest.mark.parametrize("size", [(1, 1), (5000, 3), (3, 5000), (15, 200)])
+def test_images_too_small_for_a_scan_are_refused(tmp_path: Path, size: tuple[int, int]) -> None:
+    path = save(tmp_path / "tiny.png", PILImage.new("L", size))
+    assert_input_error(path, rf"image too small for an ultrasound frame \({size[0]} x {size[1]} "
+                             r"pixels; each side must be at least 16\)")
+    with pytest.raises(InputError, match="too small"):
+        iter_frames(path)
+
+
+def test_the_smallest_accepted_image(tmp_path: Path) -> None:
+    path = save(tmp_path / "a.png", PILImage.new("L", (16, 5000)))
+    assert read_image(path).shape == (5000, 16)
+
+
+# --- multi-page TIFF: every page a frame, decoded one at a time ------------------------------
+
+def pages(path: Path, frames: list[PILImage.Image]) -> Path:
+    frames[0].save(path, save_all=True, append_images=frames[1:])
+    return path
+
+
+def test_every_tiff_page_is_a_frame_and_read_image_takes_the_first(tmp_path: Path) -> None:
+    path = pages(tmp_path / "stack.tif", [PILImage.fromarray(GREY), PILImage.fromarray(RGB),
+                                          PILImage.fromarray(255 - GREY[:16, :20])])
+    frames = [frame.pixels for frame in iter_frames(path)]
+    assert len(frames) == 3
+    np.testing.assert_array_equal(frames[0], GREY)
+    np.testing.assert_array_equal(frames[1], RGB)
+    np.testing.assert_array_equal(frames[2], 255 - GREY[:16, :20])
+    np.testing.assert_array_equal(read_image(path).pixels, GREY)
+
+
+def test_a_tiff_page_over_the_budget_refuses_the_file_on_call(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = pages(tmp_path / "stack.tif", [PILImage.fromarray(GREY[:16, :16]),
+                                          PILImage.fromarray(GREY)])
+    monkeypatch.setattr(images, "MAX_IMAGE_PIXELS", 16 * 16)
+    np.testing.assert_array_equal(read_image(path).pixels, GREY[:16, :16])  # its page fits
+    with pytest.raises(InputError, match=r"image too large \(24 x 18 pixels"):
+        iter_frames(path)  # before a single page is decoded
+
+
+def test_tiff_pages_are_decoded_lazily(tmp_path: Path) -> None:
+    noise = RNG.integers(0, 256, (30, 256, 256), dtype=np.uint8)
+    path = pages(tmp_path / "cine.tif", [PILImage.fromarray(page) for page in noise])
+    tracemalloc.start()
+    try:
+        frames = iter_frames(path)
+        assert tracemalloc.get_traced_memory()[1] < noise[0].nbytes  # nothing decoded yet
+        count = sum(1 for _ in frames)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert count == 30
+    assert peak < 5 * noise[0].nbytes  # a few pages at a time, not all 30
+
+
+# --- one-line messages ----------------------------------------------------------------------
+
+def test_messages_with_newlines_become_one_line() -> None:
+    error = InputError("scan.png", "cannot decode:\n  line two\r\n\tline three\x1b[31m")
+    assert str(error) == r"scan.png: cannot decode: line two line three\x1b[31m"
+    assert error.problem == r"cannot decode: line two line three\x1b[31m"
+
+
+def test_a_newline_in_the_file_name_is_escaped(tmp_path: Path) -> None:
+    path = tmp_path / "evil\nname.png"
+    with pytest.raises(InputError) as caught:
+        read_image(path)
+    message = str(caught.value)
+    assert "\n" not in message and caught.value.path == path
+    assert message == f"{str(path)!r}: file not found"
 
 
 # --- real data ------------------------------------------------------------------------------

@@ -249,3 +249,16 @@ def test_bad_arguments_are_clear_errors(tmp_path: Path, lesion_everywhere: Path)
         predict([], tmp_path / "out", checkpoint=lesion_everywhere, batch_size=0)
     with pytest.raises(SonocadError, match="no such checkpoint"):
         predict([], tmp_path / "out", checkpoint=tmp_path / "missing.pt")
+
+
+def test_a_batch_never_holds_more_pixels_than_one_image_at_the_limit(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from sonocad.inference import predict as predict_module
+    from sonocad.io.images import Image
+
+    monkeypatch.setattr(predict_module, "MAX_IMAGE_PIXELS", 5000)
+    image = Image(np.zeros((40, 56), np.uint8))  # 2240 pixels: two fit, a third does not
+    items = [predict_module._Item(predict_module._Source(Path(f"{i}.png"), f"{i}.png"), None,
+                                  str(i), image) for i in range(5)]
+    assert [len(b) for b in predict_module._batches(items, 8)] == [2, 2, 1]
+    assert [len(b) for b in predict_module._batches(items, 1)] == [1] * 5

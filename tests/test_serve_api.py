@@ -13,13 +13,16 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 from PIL import Image as PILImage
+from PIL import ImageFile
 from pydicom import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, UltrasoundImageStorage
+from pydicom.encaps import encapsulate
+from pydicom.uid import ExplicitVRLittleEndian, RLELossless, UltrasoundImageStorage, generate_uid
 
 from sonocad.data.phantom import make_phantom
 from sonocad.engine.checkpoint import Checkpoint, save_checkpoint
 from sonocad.errors import SonocadError
 from sonocad.inference.predictor import Predictor
+from sonocad.io import images
 from sonocad.models import create_model
 from sonocad.serve import create_app, run
 from sonocad.serve.results import ResultStore
@@ -162,6 +165,61 @@ def test_oversize_upload_is_413_whether_announced_or_streamed(predictor: Predict
         assert response.status_code == 413
         assert response.json() == {"detail": "upload too large: the limit is 10,000 bytes"}
     assert fits.status_code == 200
+
+
+def _huge_rle_dicom_bytes(size: int = 11_000) -> bytes:
+    """An RLE DICOM whose header says `size` x `size` over a few bytes of pixel data: decoding
+    would allocate the whole frame before failing."""
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = RLELossless
+    ds.SOPClassUID, ds.SOPInstanceUID = UltrasoundImageStorage, generate_uid()
+    ds.Rows = ds.Columns = size
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+    ds.PixelData = encapsulate([bytes(64)])
+    ds["PixelData"].VR = "OB"
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def _never(*args: object, **kwargs: object) -> None:
+    raise AssertionError("decoded an upload over the pixel budget")
+
+
+def test_dicom_over_the_pixel_budget_is_refused_before_decoding(
+        client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("sonocad.io.dicom.iter_pixels", _never)
+    response = _upload(client, _huge_rle_dicom_bytes(), name="scan.dcm",
+                       content_type="application/dicom")
+
+    assert response.status_code == 422
+    assert response.json() == {"detail": "cannot read this image: image too large (11000 x "
+                                         "11000 pixels; the limit is 16,777,216 pixels per "
+                                         "image or frame)"}
+
+
+def test_uploads_share_the_readers_one_pixel_budget(
+        client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(images, "MAX_IMAGE_PIXELS", 1000)  # the phantom is 56 x 40 = 2240
+    monkeypatch.setattr(ImageFile.ImageFile, "load", _never)
+    response = _upload(client, _png_bytes())
+
+    assert response.status_code == 422
+    assert response.json() == {"detail": "cannot read this image: image too large (56 x 40 "
+                                         "pixels; the limit is 1,000 pixels per image or frame)"}
+
+
+def test_an_upload_too_small_for_a_scan_is_refused(client: TestClient) -> None:
+    buffer = io.BytesIO()
+    PILImage.new("L", (5000, 3)).save(buffer, "PNG")
+    response = _upload(client, buffer.getvalue())
+
+    assert response.status_code == 422
+    assert response.json() == {"detail": "cannot read this image: image too small for an "
+                                         "ultrasound frame (5000 x 3 pixels; each side must be "
+                                         "at least 16)"}
 
 
 def test_missing_file_field_is_a_one_line_422(client: TestClient) -> None:

@@ -51,7 +51,7 @@ from sonocad.explain.runner import Explainer
 from sonocad.inference.decision import decision_columns
 from sonocad.inference.predictor import Prediction, Predictor
 from sonocad.io.atomic import save_png
-from sonocad.io.images import IMAGE_SUFFIXES, Image, is_image_file, iter_frames
+from sonocad.io.images import IMAGE_SUFFIXES, MAX_IMAGE_PIXELS, Image, is_image_file, iter_frames
 from sonocad.io.outputs import MARKER, claim_output_dir
 from sonocad.progress import progress
 from sonocad.visual import PREDICTION_COLOUR, draw_outlines, heatmap, to_rgb8
@@ -255,8 +255,18 @@ def _numbered_frames(path: Path) -> Iterator[tuple[int | None, Image]]:
 
 
 def _batches(items: Iterable[_Item], size: int) -> Iterator[list[_Item]]:
-    iterator = iter(items)
-    while batch := list(itertools.islice(iterator, size)):
+    """Up to `size` items, and no more pixels than one image at the limit may have: a batch
+    of eight 4096 x 4096 images would take 2.4 GB where one takes 1.6 GB."""
+    batch: list[_Item] = []
+    pixels = 0
+    for item in items:
+        if batch and (len(batch) == size or pixels + item.image.height * item.image.width
+                      > MAX_IMAGE_PIXELS):
+            yield batch
+            batch, pixels = [], 0
+        batch.append(item)
+        pixels += item.image.height * item.image.width
+    if batch:
         yield batch
 
 

@@ -164,7 +164,8 @@ class Predictor:
     def _probability_map(self, logits: Tensor, shape: tuple[int, int]) -> np.ndarray:
         # Resize logits, not probabilities: the 0.5 contour stays where the model put it.
         resized = restore_size(logits, shape, self.transform_config)
-        return torch.sigmoid(resized)[0].numpy().astype(np.float32)
+        # float32 already (Runner's contract): the array shares the tensor's memory, no copy
+        return torch.sigmoid(resized)[0].numpy()
 
 
 def _open(source: Checkpoint | str | Path, backend: str,

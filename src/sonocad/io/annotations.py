@@ -24,6 +24,7 @@ from PIL import Image, ImageDraw
 from sonocad.data.sample import MaskFormat
 from sonocad.errors import InputError
 from sonocad.io.atomic import atomic_open, save_png, write_json
+from sonocad.io.images import check_size
 
 # A Labelme point becomes the disc Labelme's shape_to_mask draws: PIL's ellipse in the box
 # centre +- 5 px, i.e. every pixel within 5.5 px of the point (97 pixels). Big enough to see a
@@ -406,6 +407,7 @@ def _load_image(path: str | Path) -> Image.Image:
         if Path(path).stat().st_size == 0:
             raise InputError(path, "file is empty")
         with Image.open(path) as image:
+            check_size(Path(path), *image.size, smallest=1)  # before decoding: a mask bomb
             image.load()
             return image
     except Image.UnidentifiedImageError:

@@ -13,6 +13,10 @@ How stored values become output pixels:
   that bright is high. Output is uint8 for BitsStored <= 8, else uint16 widened from
   BitsStored to the full 16-bit range (4095 -> 65535 for 12 bits): divided by 65535 as every
   uint16 input is, a 12-bit frame would otherwise reach the model 16 times too dark.
+
+Rows x Columns are checked against the pixel budget (`sonocad.io.images.check_size`) from the
+header, before any pixel data is read. The budget is per frame: frames are decoded one at a
+time, so a cine loop's memory does not grow with its length.
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ from pydicom.pixels import (
 )
 
 from sonocad.errors import InputError
-from sonocad.io.images import Image, stretch_to_dtype, widen_to_16_bits
+from sonocad.io.images import Image, check_size, stretch_to_dtype, widen_to_16_bits
 
 _GEOMETRY_KEYWORDS = ("PixelSpacing", "ImagerPixelSpacing", "SequenceOfUltrasoundRegions")
 _HEADER_TAGS = [tag for tag in DicomDictionary if tag >> 16 == 0x0028] + [
@@ -102,7 +106,15 @@ def _read_header(path: Path) -> Dataset:
         needs = "; ".join(decoder.missing_dependencies)
         raise InputError(path, f"{syntax.name} pixel data needs a decoder plugin that is not "
                                f"installed (any of: {needs})")
+    _check_frame_size(path, header)
     return header
+
+
+def _check_frame_size(path: Path, header: Dataset) -> None:
+    rows, columns = header.get("Rows"), header.get("Columns")
+    if rows is None or columns is None:
+        raise InputError(path, "DICOM file has no image size (Rows, Columns)")
+    check_size(path, int(columns), int(rows))
 
 
 def _display_pixels(frame: np.ndarray, header: Dataset) -> np.ndarray:
@@ -118,8 +130,8 @@ def _display_pixels(frame: np.ndarray, header: Dataset) -> np.ndarray:
     dtype = np.uint8 if bits <= 8 else np.uint16
     top = 2**bits - 1
     values = apply_voi_lut(apply_modality_lut(frame, header), header)
-    if values.dtype.kind == "f":
-        values = np.rint(values)
+    if values.dtype.kind == "f":  # a new array from a LUT, never the frame: rounded in place
+        values = np.rint(values, out=values)
     if values.min() < 0 or values.max() > top:
         values, top = stretch_to_dtype(values, dtype), np.iinfo(dtype).max
     pixels = values.astype(dtype)

@@ -11,6 +11,10 @@ without one) through `sonocad.io.dicom`. How Pillow modes map to pixels:
   anything else is stretched linearly from the image's min..max onto 0..65535.
 Other modes (LAB TIFF, say) are refused. EXIF orientation is applied, so pixels are upright
 as a viewer shows them. 16-bit RGB PNGs arrive as 8-bit RGB (Pillow reads them so).
+
+Every page of a multi-page TIFF is a frame, as every frame of a DICOM cine loop is (an animated
+PNG or a multi-picture JPEG gives its first picture only). Sizes are checked against
+`MAX_IMAGE_PIXELS` and `MIN_IMAGE_SIDE` from the file's header, before any pixel is decoded.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from __future__ import annotations
 import stat
 import warnings
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -27,8 +32,16 @@ from PIL import ImageOps
 
 from sonocad.errors import InputError
 
-# Larger images are refused before decoding: a tiny compressed file can expand to gigabytes.
-MAX_IMAGE_PIXELS = 100_000_000
+# Larger images (or frames) are refused from their header, before decoding: a 97 KB PNG can
+# expand to 10000 x 10000. The figure is set by memory: `sonocad predict` with every output
+# peaks at 1.6 GiB on an RGB image of this size, lesion everywhere (0.8 GiB of it is torch and
+# the model; docs/benchmarks.md, benchmarks/peak_memory.py), so one input stays under 2 GB.
+# Scanners make nothing near it: a 4K screen capture (3840 x 2160) is half. A pixel is one
+# position, grey or colour alike.
+MAX_IMAGE_PIXELS = 4096 * 4096
+# Smaller sides are refused: no ultrasound frame is that small (BUSI's smallest side is 190 px),
+# and a 1 x 1 image or a 5000 x 3 strip would be classified as if it were a scan.
+MIN_IMAGE_SIDE = 16
 
 _PIL_FORMATS = ("PNG", "JPEG", "BMP", "TIFF")
 _DICOM_SUFFIXES = frozenset({".dcm"})
@@ -76,7 +89,7 @@ class Image:
 
 
 def read_image(path: str | Path) -> Image:
-    """The image in `path`; for a multi-frame DICOM, its first frame."""
+    """The image in `path`; for a multi-frame DICOM or a multi-page TIFF, its first frame."""
     path = _checked_file(path)
     if _is_dicom(path):
         # imported on use: pydicom is slow to import, and dicom.py builds on Image
@@ -87,13 +100,30 @@ def read_image(path: str | Path) -> Image:
 
 
 def iter_frames(path: str | Path) -> Iterator[Image]:
-    """Every frame of a DICOM cine loop; any other image yields once. Bad files fail on call."""
+    """Every frame of a DICOM cine loop or page of a TIFF; any other image yields once.
+
+    The header (every page's, for a TIFF) is checked on call, so a file that is not an image
+    or is too large fails at once; pixels are decoded one frame at a time as they are asked for,
+    so memory does not grow with the number of frames.
+    """
     path = _checked_file(path)
     if _is_dicom(path):
         from sonocad.io.dicom import iter_dicom_frames
 
         return iter_dicom_frames(path)
-    return iter([_read_with_pillow(path)])
+    _check_pages(path)
+    return _pillow_pages(path)
+
+
+def check_size(path: Path, width: int, height: int, *, smallest: int = MIN_IMAGE_SIDE) -> None:
+    """InputError for an image or frame over `MAX_IMAGE_PIXELS` or with a side under
+    `smallest`. Readers call it with the header's sizes, before decoding."""
+    if width * height > MAX_IMAGE_PIXELS:
+        raise InputError(path, f"image too large ({width} x {height} pixels; the limit is "
+                               f"{MAX_IMAGE_PIXELS:,} pixels per image or frame)")
+    if min(width, height) < smallest:
+        raise InputError(path, f"image too small for an ultrasound frame ({width} x {height} "
+                               f"pixels; each side must be at least {smallest})")
 
 
 def is_image_file(path: str | Path) -> bool:
@@ -122,7 +152,11 @@ def widen_to_16_bits(pixels: np.ndarray, bits: int) -> np.ndarray:
     if bits >= 16:
         return pixels
     top = 2**bits - 1
-    return ((pixels.astype(np.uint32) * 65535 + top // 2) // top).astype(np.uint16)
+    wide = pixels.astype(np.uint32)  # worked in place: one 32-bit copy, not four
+    wide *= 65535
+    wide += top // 2
+    wide //= top
+    return wide.astype(np.uint16)
 
 
 def stretch_to_dtype(values: np.ndarray, dtype: type[np.unsignedinteger]) -> np.ndarray:
@@ -133,8 +167,10 @@ def stretch_to_dtype(values: np.ndarray, dtype: type[np.unsignedinteger]) -> np.
     low, high = float(values.min()), float(values.max())
     if high == low:
         return np.zeros(values.shape, dtype)
-    scale = np.iinfo(dtype).max / (high - low)
-    return np.rint((values.astype(np.float64) - low) * scale).astype(dtype)
+    scaled = values.astype(np.float64)  # worked in place: one float copy, not three
+    scaled -= low
+    scaled *= np.iinfo(dtype).max / (high - low)
+    return np.rint(scaled, out=scaled).astype(dtype)
 
 
 def _checked_file(path: str | Path) -> Path:
@@ -166,19 +202,56 @@ def _has_dicom_preamble(path: Path) -> bool:
 
 
 def _read_with_pillow(path: Path) -> Image:
+    with _pillow_errors(path), PILImage.open(path, formats=_PIL_FORMATS) as image:
+        return _decoded_page(path, image)
+
+
+def _check_pages(path: Path) -> None:
+    """Every page's size, from the headers alone: seeking a TIFF page reads its tags only."""
+    with _pillow_errors(path), PILImage.open(path, formats=_PIL_FORMATS) as image:
+        for index in range(_page_count(image)):
+            image.seek(index)
+            check_size(path, *image.size)
+
+
+def _pillow_pages(path: Path) -> Iterator[Image]:
+    # The error context is entered around each step, never across a yield: it holds a
+    # warnings filter, which must not leak into the caller's code between frames.
+    with _pillow_errors(path):
+        image = PILImage.open(path, formats=_PIL_FORMATS)
+    with image:
+        for index in range(_page_count(image)):
+            with _pillow_errors(path):
+                image.seek(index)
+                page = _decoded_page(path, image)
+            yield page
+
+
+def _page_count(image: PILImage.Image) -> int:
+    # A TIFF's pages are images of their own; APNG frames and MPO pictures are not scans.
+    return getattr(image, "n_frames", 1) if image.format == "TIFF" else 1
+
+
+def _decoded_page(path: Path, image: PILImage.Image) -> Image:
+    """The current page of an open file: its size checked, then decoded and made upright."""
+    check_size(path, *image.size)
+    ImageOps.exif_transpose(image, in_place=True)  # decodes; a truncated file fails here
+    return Image(_pixels_of(path, image))
+
+
+@contextmanager
+def _pillow_errors(path: Path) -> Iterator[None]:
+    """Pillow's exceptions as InputErrors naming `path`; its bomb warning silenced."""
     try:
         with warnings.catch_warnings():
-            # Pillow warns from its own, lower threshold; MAX_IMAGE_PIXELS below is the limit here
+            # Pillow warns from its own threshold; MAX_IMAGE_PIXELS is the limit here
             warnings.simplefilter("ignore", PILImage.DecompressionBombWarning)
-            with PILImage.open(path, formats=_PIL_FORMATS) as image:
-                width, height = image.size
-                if width * height > MAX_IMAGE_PIXELS:
-                    raise InputError(path, f"image too large ({width} x {height} pixels; "
-                                           f"the limit is {MAX_IMAGE_PIXELS} pixels)")
-                image.load()  # Pillow decodes lazily; a truncated file fails only here
-                return Image(_pixels_of(path, ImageOps.exif_transpose(image)))
+            yield
     except PILImage.DecompressionBombError as exc:
-        raise InputError(path, f"image too large ({exc})") from exc
+        # Pillow refuses, before our own check can run, anything over twice its limit
+        raise InputError(path, f"image too large (over {2 * PILImage.MAX_IMAGE_PIXELS:,} "
+                               f"pixels; the limit is {MAX_IMAGE_PIXELS:,} pixels per image "
+                               "or frame)") from exc
     except PILImage.UnidentifiedImageError as exc:
         raise InputError(path, "not a PNG, JPEG, BMP, TIFF or DICOM image") from exc
     except _PIL_ERRORS as exc:

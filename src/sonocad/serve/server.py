@@ -12,6 +12,8 @@ from sonocad.errors import SonocadError
 from sonocad.inference.predictor import Predictor
 from sonocad.serve.app import create_app
 
+MAX_CONNECTIONS = 32  # a local viewer: one person, a few tabs
+
 
 def run(model: str | Path | None, host: str = "127.0.0.1", port: int = 8000,
         token: str | None = None, backend: str = "torch") -> None:
@@ -30,8 +32,10 @@ def run(model: str | Path | None, host: str = "127.0.0.1", port: int = 8000,
     shown_host = f"[{host}]" if ":" in host else host
     print(f"sonocad: serving {predictor.meta['model']['name']} ({predictor.task}) at "
           f"http://{shown_host}:{bound_port}/ (Ctrl+C stops)", flush=True)
+    # uvicorn has no timeout for reading request headers: a cap on open connections bounds
+    # what slow clients can hold (bodies have their own timeout, serve.uploads.UploadLimit).
     config = uvicorn.Config(app, log_level="info", server_header=False,
-                            timeout_graceful_shutdown=5)
+                            timeout_graceful_shutdown=5, limit_concurrency=MAX_CONNECTIONS)
     uvicorn.Server(config).run(sockets=[listener])
 
 

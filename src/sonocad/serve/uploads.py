@@ -3,11 +3,13 @@
 The type is sniffed from the bytes (magic numbers, the DICOM preamble): the file name and the
 Content-Type a client sends are never looked at, nor ever logged. Decoding is `read_image`'s,
 on a private temporary copy that is deleted at once; its error messages name the problem, never
-the temporary path.
+the temporary path. Its pixel budget (`sonocad.io.images.MAX_IMAGE_PIXELS`) is the one limit on
+an upload's size in pixels, checked from the header before decoding, as `sonocad predict` does.
 """
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import tempfile
 from pathlib import Path
@@ -20,10 +22,6 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from sonocad.errors import InputError
 from sonocad.io.images import Image, read_image
 
-# Bigger images are refused after decoding: the overlay and heatmap of a 100-megapixel image
-# (read_image's own limit) would take gigabytes, and scanners make nothing near this size.
-MAX_PIXELS = 4096 * 4096
-
 _DICOM_PREAMBLE = 128  # DICOM part 10: 128 free bytes, then b"DICM"
 _SIGNATURES = ((b"\x89PNG\r\n\x1a\n", "PNG"), (b"\xff\xd8\xff", "JPEG"), (b"BM", "BMP"),
                (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"))
@@ -33,10 +31,13 @@ FORMATS = ("PNG", "JPEG", "BMP", "TIFF", "DICOM")
 class UploadLimit:
     """413 for a request to `path` whose body is over `max_bytes`: at once when its
     Content-Length says so, else as soon as the bytes streamed in pass the limit, so an
-    oversize upload is never held in full (in memory or in a temporary file)."""
+    oversize upload is never held in full (in memory or in a temporary file). 408 when the
+    body stalls for `read_timeout_s`: a slow client cannot hold a connection open for ever."""
 
-    def __init__(self, app: ASGIApp, path: str, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, path: str, max_bytes: int,
+                 read_timeout_s: float = 30.0) -> None:
         self.app, self.path, self.max_bytes = app, path, max_bytes
+        self.read_timeout_s = read_timeout_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] != self.path:
@@ -52,7 +53,12 @@ class UploadLimit:
             nonlocal received
             if announced > self.max_bytes:
                 raise HTTPException(status.HTTP_413_CONTENT_TOO_LARGE)
-            message = await receive()
+            try:
+                message = await asyncio.wait_for(receive(), self.read_timeout_s)
+            except TimeoutError:
+                raise HTTPException(status.HTTP_408_REQUEST_TIMEOUT,
+                                    f"the upload stalled (no data for {self.read_timeout_s:g} "
+                                    "s)") from None
             received += len(message.get("body", b""))
             if received > self.max_bytes:
                 raise HTTPException(status.HTTP_413_CONTENT_TOO_LARGE)
@@ -71,7 +77,7 @@ def sniff_format(head: bytes) -> str | None:
 
 def read_upload(stream: BinaryIO) -> tuple[str, Image]:
     """(format, image; the first frame of a cine loop). 415 for a file that is not one of
-    `FORMATS`, 422 for one that cannot be decoded or is too large to show."""
+    `FORMATS`, 422 for one that cannot be decoded or is over the pixel budget."""
     head = stream.read(_DICOM_PREAMBLE + 4)
     if not head:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, "the file is empty")
@@ -87,11 +93,7 @@ def read_upload(stream: BinaryIO) -> tuple[str, Image]:
         try:
             image = read_image(path)
         except InputError as exc:
-            problem = exc.problem.replace(str(path), "upload").splitlines()[0]
+            problem = exc.problem.replace(str(path), "upload")  # one line already
             raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT,
                                 f"cannot read this image: {problem}") from None
-    if image.width * image.height > MAX_PIXELS:
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT,
-                            f"image too large to show ({image.width} x {image.height} pixels; "
-                            f"the limit is {MAX_PIXELS:,} pixels)")
     return file_format, image
