@@ -18,9 +18,9 @@ BUSI := ../shared/datasets/busi/Dataset_BUSI_with_GT
 # shared data set is beside the project. Masks, overlays, heatmaps and predictions.csv per folder.
 demo: $(INSTALLED)
 	$(BIN)/sonocad data phantom demo-out/phantoms --per-class 2
-	$(BIN)/sonocad predict demo-out/phantoms --out demo-out/phantom-predictions
+	$(BIN)/sonocad predict demo-out/phantoms --out demo-out/phantom-predictions --overwrite
 	@if [ -d "$(BUSI)" ]; then \
-	    $(BIN)/sonocad predict '$(BUSI)/*/* (1[0-4]).png' --out demo-out/busi-predictions; fi
+	    $(BIN)/sonocad predict '$(BUSI)/*/* (1[0-4]).png' --out demo-out/busi-predictions --overwrite; fi
 
 # The web viewer's browser test drives Debian's headless Chromium; install it where we can.
 test: $(INSTALLED)
