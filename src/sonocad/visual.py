@@ -7,6 +7,7 @@ image: at the pixel budget a full-size float64 colour array alone is 0.5 GB.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from functools import lru_cache
 
 import numpy as np
 from matplotlib import colormaps
@@ -51,6 +52,33 @@ def heatmap(pixels: np.ndarray, probability: np.ndarray, alpha: float = 0.45) ->
     for rows in _row_blocks(*canvas.shape[:2]):
         canvas[rows] = _blend(canvas[rows], probability[rows], alpha)
     return canvas
+
+
+def colour_map_blend(pixels: np.ndarray, values: np.ndarray, colour_map: str = "inferno",
+                     max_alpha: float = 0.75) -> np.ndarray:
+    """Blend [0, 1] `values` in `colour_map` over the image with alpha `max_alpha * value`, so
+    tissue under low values stays visible. Values are read at 256 levels, through tables."""
+    canvas = _canvas(pixels)
+    # Integers and a table of colour x alpha per level (np.take, faster than indexing): three
+    # times faster than blending in floats.
+    alpha = np.round(np.linspace(0, max_alpha, 256) * 255).astype(np.uint16)
+    tinted = colour_table(colour_map).astype(np.uint16) * alpha[:, None] + 127  # + 127: rounds
+    kept = 255 - alpha
+    for rows in _row_blocks(*canvas.shape[:2]):
+        level = (np.clip(values[rows], 0, 1) * 255 + 0.5).astype(np.uint8)
+        mixed = canvas[rows] * np.take(kept, level)[:, :, None]
+        mixed += np.take(tinted, level, axis=0)
+        canvas[rows] = mixed // 255
+    return canvas
+
+
+@lru_cache(maxsize=4)
+def colour_table(colour_map: str) -> np.ndarray:
+    """The colour map's 256 colours, uint8 (256, 3): looked up, no matplotlib call per image."""
+    levels = np.linspace(0, 1, 256)
+    table = (colormaps[colour_map](levels)[:, :3] * 255).round().astype(np.uint8)
+    table.flags.writeable = False  # shared by every caller through the cache
+    return table
 
 
 def _blend(base: np.ndarray, probability: np.ndarray, alpha: float) -> np.ndarray:

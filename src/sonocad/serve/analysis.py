@@ -1,7 +1,7 @@
 """One image through the model: the numbers the page shows and the pictures it draws.
 
-Measurements and drawings are the ones `sonocad predict` writes (`lesion_measurements`,
-`sonocad.visual`), so the viewer and the batch command agree on every image.
+Measurements and pictures are the ones `sonocad predict` writes (`lesion_measurements`,
+`sonocad.pictures`), so the viewer and the batch command agree on every image.
 """
 
 from __future__ import annotations
@@ -18,7 +18,9 @@ from sonocad.evaluation.measure import lesion_measurements
 from sonocad.explain.runner import Explainer
 from sonocad.inference.predictor import Predictor
 from sonocad.io.images import Image
-from sonocad.visual import PREDICTION_COLOUR, draw_outlines, heatmap, to_rgb8
+from sonocad.pictures import heatmap_picture, overlay_picture
+
+GRAD_CAM_LABEL = "Grad-CAM relevance"  # a classifier's heatmap is not a lesion probability
 
 
 @dataclass(frozen=True)
@@ -43,22 +45,20 @@ def analyse(predictor: Predictor, image: Image, explainer: Explainer | None = No
         "lesion_detected": None, "lesion_area_px": None, "lesion_area_mm2": None,
         "lesion_diameter_px": None, "lesion_diameter_mm": None,
     }
+    images = {"overlay": _png(overlay_picture(image.pixels, prediction, image.spacing_mm))}
     mask = prediction.mask
-    if mask is None:  # a classifier: no outline to draw, so the image as it is
-        images = {"overlay": _png(to_rgb8(image.pixels))}
+    if mask is None:  # a classifier: the overlay has only its caption
         if explainer is not None:
             heat = explainer(image.pixels, prediction).heat
-            images["heatmap"] = _png(heatmap(image.pixels, heat))
+            images["heatmap"] = _png(heatmap_picture(image.pixels, heat, label=GRAD_CAM_LABEL))
         return Analysis(summary, images)
     sizes = lesion_measurements(mask, image.spacing_mm)
     summary.update(lesion_detected=bool(mask.any()), lesion_area_px=int(sizes["area_px"]),
                    lesion_area_mm2=_known(sizes["area_mm2"]),
                    lesion_diameter_px=_known(sizes["diameter_px"]),
                    lesion_diameter_mm=_known(sizes["diameter_mm"]))
-    return Analysis(summary, {
-        "overlay": _png(draw_outlines(image.pixels, [(mask, PREDICTION_COLOUR)])),
-        "heatmap": _png(heatmap(image.pixels, prediction.lesion_probability)),
-    })
+    images["heatmap"] = _png(heatmap_picture(image.pixels, prediction.lesion_probability))
+    return Analysis(summary, images)
 
 
 def _known(value: float) -> float | None:
