@@ -15,8 +15,8 @@ from test_predict import _png, _tree_digest, _unet_checkpoint
 
 from sonocad.cli import main
 from sonocad.errors import InputError
-from sonocad.inference import predict as predict_module
 from sonocad.inference.predict import predict
+from sonocad.inference.writer import OutputWriter
 from sonocad.io.atomic import write_text
 from sonocad.io.outputs import MARKER, claim_output_dir, output_of
 
@@ -118,23 +118,29 @@ def test_an_interrupted_predict_leaves_a_valid_table_and_resume_completes_it(
     straight = predict([images], tmp_path / "straight", checkpoint=checkpoint, batch_size=4)
 
     out = tmp_path / "out"
-    write_images, written = predict_module._write_images, []
+    submit, submitted = OutputWriter.submit, []
 
-    def crash_at_the_fourth(*args, **kwargs):
-        if len(written) == 4:
+    def crash_at_the_fifth(self, *args, **kwargs):
+        if len(submitted) == 4:
             raise KeyboardInterrupt
-        written.append(write_images(*args, **kwargs))
+        submitted.append(submit(self, *args, **kwargs))
 
-    monkeypatch.setattr(predict_module, "_write_images", crash_at_the_fourth)
+    monkeypatch.setattr(OutputWriter, "submit", crash_at_the_fifth)
     with pytest.raises(KeyboardInterrupt):
         predict([images], out, checkpoint=checkpoint, batch_size=4)
     monkeypatch.undo()
-    assert [row["image_id"] for row in _table(out)] == [f"img0{i}.png" for i in range(4)]
+    # Rows reach the table only once their files are written: a prefix, every file there.
+    partial = _table(out) if (out / "predictions.csv").exists() else []
+    assert partial == _table(tmp_path / "straight")[:len(partial)] and len(partial) <= 4
+    for row in partial:
+        assert (out / "masks" / f"{row['output_name']}.png").is_file()
 
     stale = out / "masks" / ".img04.png.x1y2.tmp"  # what a SIGKILL inside atomic_open leaves
+    stale.parent.mkdir(exist_ok=True)
     stale.write_bytes(b"partial")
-    with open(out / "predictions.csv", "a") as handle:  # and a row torn in the middle
-        handle.write("img04.png,,,,,0,")
+    if partial:
+        with open(out / "predictions.csv", "a") as handle:  # and a row torn in the middle
+            handle.write("img04.png,,,,,0,")
     resumed = predict([images], out, checkpoint=checkpoint, batch_size=4, resume=True)
     assert not stale.exists()
     assert [row["image_id"] for row in resumed.rows] == [r["image_id"] for r in straight.rows]

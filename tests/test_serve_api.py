@@ -24,6 +24,7 @@ from sonocad.errors import SonocadError
 from sonocad.inference.predictor import Predictor
 from sonocad.io import images
 from sonocad.models import create_model
+from sonocad.pictures import DIAMETER_COLOUR
 from sonocad.serve import create_app, run
 from sonocad.serve.results import ResultStore
 from sonocad.serve.server import is_loopback
@@ -108,7 +109,9 @@ def test_phantom_png_gives_measurements_overlay_and_heatmap(client: TestClient) 
     overlay = client.get(result["overlay_url"])
     assert overlay.status_code == 200 and overlay.headers["content-type"] == "image/png"
     pixels = np.array(PILImage.open(io.BytesIO(overlay.content)))
-    assert pixels.shape == (40, 56, 3) and tuple(pixels[0, 0]) == PREDICTION_COLOUR
+    assert pixels.shape == (40, 56, 3) and tuple(pixels[0, 28]) == PREDICTION_COLOUR
+    # The whole image is lesion: its longest diameter runs from this corner to the opposite.
+    assert tuple(pixels[0, 0]) == DIAMETER_COLOUR
     heatmap = client.get(result["heatmap_url"])
     assert np.array(PILImage.open(io.BytesIO(heatmap.content))).shape == (40, 56, 3)
 
@@ -353,3 +356,19 @@ def test_result_store_keeps_the_latest_within_count_and_bytes() -> None:
     big = store.add({"overlay": bytes(5000)})  # alone over the byte limit: kept, others go
     assert len(store) == 1 and store.get(big, "overlay") is not None
     assert len(set(ids)) == 5
+
+
+def test_a_spacing_field_gives_a_png_sizes_in_mm_and_a_dicom_keeps_its_own(
+        client: TestClient) -> None:
+    def upload(data: bytes, spacing: str, name: str = "scan.png"):
+        return client.post("/api/predict", files={"file": (name, data, "image/png")},
+                           data={"spacing": spacing})
+
+    png = upload(_png_bytes(), "0.1,0.2").json()
+    assert png["pixel_spacing_mm"] == [0.1, 0.2]
+    assert png["lesion_area_mm2"] == pytest.approx(40 * 56 * 0.02)
+    dicom = upload(_dicom_bytes((0.3, 0.3)), "0.1", "scan.dcm").json()
+    assert dicom["pixel_spacing_mm"] == [0.3, 0.3]
+    refused = upload(_png_bytes(), "-1")
+    assert refused.status_code == 422 and "spacing" in refused.json()["detail"]
+    assert "\n" not in refused.json()["detail"]

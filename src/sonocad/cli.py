@@ -110,7 +110,7 @@ def _add_data_commands(commands) -> None:
     split.add_argument("--by", choices=["patient"], default="patient",
                        help="grouping unit (patient id where the data has one, else image); "
                             "duplicate groups are always kept together")
-    split.add_argument("--seed", type=int, default=0)
+    split.add_argument("--seed", type=int, default=0, help="random seed of the split (0)")
     split.add_argument("--hold-out-scanner", metavar="NAME",
                        help="leave this scanner out: its images (and their patients') go to a "
                             "held_out subset, for a test on a scanner never trained on")
@@ -118,8 +118,8 @@ def _add_data_commands(commands) -> None:
     phantom = _command(data_commands, "phantom", _data_phantom,
                        "write a synthetic ultrasound phantom dataset (BUSI layout) for demos")
     phantom.add_argument("out", type=Path, help="folder to create")
-    phantom.add_argument("--per-class", type=int, default=4)
-    phantom.add_argument("--seed", type=int, default=0)
+    phantom.add_argument("--per-class", type=int, default=4, help="images per class (4)")
+    phantom.add_argument("--seed", type=int, default=0, help="random seed (0)")
 
 
 def _data_check(args: argparse.Namespace) -> int:
@@ -257,7 +257,7 @@ def _train(args: argparse.Namespace) -> int:
 def _add_evaluate_command(commands) -> None:
     evaluate = _command(commands, "evaluate", _evaluate,
                         "score a checkpoint on a frozen subset; write the predictions table")
-    evaluate.add_argument("checkpoint", type=Path)
+    evaluate.add_argument("checkpoint", type=Path, help="a checkpoint from `sonocad train`")
     evaluate.add_argument("--data", type=Path, required=True, action="append", metavar="DIR",
                           help="dataset folder or manifest; once per data source, each with "
                                "its --split in the same order")
@@ -270,7 +270,7 @@ def _add_evaluate_command(commands) -> None:
     evaluate.add_argument("--layout", help="dataset layout (default: detect)")
     evaluate.add_argument("--overlays", type=int, default=6,
                           help="overlays of worst to best cases to draw (default 6)")
-    evaluate.add_argument("--batch-size", type=int, default=8)
+    evaluate.add_argument("--batch-size", type=int, default=8, help="images per model call (8)")
 
 
 def _evaluate(args: argparse.Namespace) -> int:
@@ -355,7 +355,7 @@ def _add_combine_command(commands) -> None:
                          help="clinical table keyed by image_id (or a CSV manifest)")
     combine.add_argument("--out", type=Path, required=True, help="folder to write")
     combine.add_argument("--folds", type=int, default=5, help="cross-validation folds (5)")
-    combine.add_argument("--seed", type=int, default=0)
+    combine.add_argument("--seed", type=int, default=0, help="random seed (0)")
 
 
 def _combine(args: argparse.Namespace) -> int:
@@ -382,19 +382,35 @@ def _add_inference_commands(commands) -> None:
                               "only inputs missing from its predictions.csv are predicted")
     predict.add_argument("--backend", choices=["torch", "onnx"],
                          help="inference engine (default: onnx for a .onnx model, else torch)")
-    predict.add_argument("--batch-size", type=int, default=8)
+    predict.add_argument("--batch-size", type=int, default=8,
+                         help="images per model call (8; fewer for very large images)")
+    predict.add_argument("--outputs", default="mask,overlay,heatmap,table",
+                         help="what to write, comma-separated, from mask, overlay, heatmap, "
+                              "table (default: all)")
+    predict.add_argument("--pictures", choices=["png", "jpeg"], default="png",
+                         help="overlay and heatmap format: png (lossless, default) or jpeg "
+                              "(about 15 x faster to write, lossy); masks are always PNG")
+    predict.add_argument("--dicom-out", action="store_true",
+                         help="for each DICOM input, also a DICOM Segmentation of the lesion and "
+                              "a Structured Report of the findings in DIR/dicom, in the "
+                              "source's study (docs/dicom.md)")
+    predict.add_argument("--spacing", metavar="MM[,MM]",
+                         help="pixel spacing in mm (one value, or ROW,COLUMN) for images whose "
+                              "file and manifest row give none, e.g. PNG or JPEG: lesion sizes "
+                              "in mm")
 
     explain = _command(commands, "explain", _explain,
                        "heatmaps of where a model looked: Grad-CAM for classifiers, the lesion "
                        "probability for segmentation models")
-    explain.add_argument("checkpoint", type=Path)
-    explain.add_argument("inputs", nargs="+", type=Path, metavar="IMAGE")
+    explain.add_argument("checkpoint", type=Path, help="a checkpoint from `sonocad train`")
+    explain.add_argument("inputs", nargs="+", type=Path, metavar="IMAGE", help="image files")
     _add_output_folder(explain, "folder to write")
-    explain.add_argument("--method", choices=["gradcam", "gradcam++"], default="gradcam")
+    explain.add_argument("--method", choices=["gradcam", "gradcam++"], default="gradcam",
+                         help="class activation method for classifiers (gradcam)")
 
     export = _command(commands, "export", _export, "export a checkpoint for ONNX Runtime")
-    export.add_argument("checkpoint", type=Path)
-    export.add_argument("--format", choices=["onnx"], default="onnx")
+    export.add_argument("checkpoint", type=Path, help="a checkpoint from `sonocad train`")
+    export.add_argument("--format", choices=["onnx"], default="onnx", help="onnx (the only one)")
     export.add_argument("--out", type=Path, help="file to write (default: beside the checkpoint)")
 
 
@@ -405,8 +421,12 @@ def _predict(args: argparse.Namespace) -> int:
     backend = args.backend or ("onnx" if checkpoint and checkpoint.suffix == ".onnx" else "torch")
     if args.overwrite and args.resume:
         raise SonocadError("--overwrite and --resume contradict each other: give one")
+    from sonocad.inference.writer import parse_outputs
+
     result = predict(inputs, args.out, checkpoint=checkpoint, backend=backend,
-                     batch_size=args.batch_size, overwrite=args.overwrite, resume=args.resume)
+                     batch_size=args.batch_size, overwrite=args.overwrite, resume=args.resume,
+                     outputs=parse_outputs(args.outputs), picture_format=args.pictures,
+                     spacing_mm=_spacing(args.spacing), dicom_out=args.dicom_out)
     print(f"predicted {len(result.rows)} images into {result.out_dir}")
     return _batch_status(result.failures)
 
@@ -416,6 +436,19 @@ def _batch_status(failures: Sequence[object]) -> int:
         print(f"sonocad: {len(failures)} input(s) failed (listed above)", file=sys.stderr)
         return EXIT_SOME_FAILED
     return EXIT_OK
+
+
+def _spacing(text: str | None) -> tuple[float, float] | None:
+    """--spacing 0.1 or 0.1,0.2 -> (row, column) mm; anything else is a usage error."""
+    from sonocad.io.images import parse_spacing
+
+    if text is None:
+        return None
+    try:
+        return parse_spacing(text)
+    except ValueError:
+        raise SonocadError(f"--spacing {text!r}: give one or two positive numbers of mm per "
+                           "pixel (ROW,COLUMN)") from None
 
 
 def _split_checkpoint(items: list[str]) -> tuple[Path | None, list[str]]:

@@ -41,6 +41,7 @@ from sonocad.errors import SonocadError
 from sonocad.io.atomic import atomic_open, write_json, write_text
 from sonocad.io.outputs import claim_output_dir
 from sonocad.models import create_model
+from sonocad.progress import RateLog
 from sonocad.transforms import TransformConfig, build_transform
 
 
@@ -179,6 +180,10 @@ class _Trainer:
         checkpoint_every = int(self.cfg_train["checkpoint_every"] or self.batches_per_epoch)
         bar = tqdm(total=self.total_steps, initial=state.step, desc="training", unit="step",
                    disable=not (self.world.is_main and _is_tty()), dynamic_ncols=True)
+        # Off a terminal: a line at the first step and every 30 s (rate over this process).
+        log = (RateLog("training step", self.total_steps, unit=" images", first=True)
+               if self.world.is_main and not _is_tty() else None)
+        first_step = state.step
         stop = state.step >= self.total_steps
         while not stop and state.epoch < self.epochs:
             for batch in self._loader(state):
@@ -187,6 +192,10 @@ class _Trainer:
                 state.step += 1
                 bar.update(1)
                 bar.set_postfix(loss=f"{state.epoch_losses[-1]:.4f}", epoch=state.epoch + 1)
+                if log is not None:
+                    images = (state.step - first_step) * self.batch_size  # a global batch
+                    log.update(state.step, images, f"loss {state.epoch_losses[-1]:.4f}, "
+                                                   f"epoch {state.epoch + 1}/{self.epochs}")
                 out_of_time = time.monotonic() - started > max_seconds
                 stop = state.step >= self.total_steps or out_of_time
                 if stop:

@@ -21,6 +21,7 @@ from sonocad.errors import SonocadError
 from sonocad.evaluation.detection import MASK_THRESHOLD, ImageInstances
 from sonocad.transforms import TransformConfig, fit_geometry, restore_size, to_model_input
 
+
 class DetectionPredictor:
     """`predict(images)` -> one `ImageInstances` per image, in the image's own pixels.
 

@@ -35,26 +35,31 @@ import sys
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-from PIL import Image as PILImage
-from PIL import ImageDraw, ImageFont
 from tqdm import tqdm
 
-from sonocad.data.adapters import annotated_stem
+from sonocad.data.adapters import annotated_stem, read_manifest
 from sonocad.engine.checkpoint import Checkpoint
 from sonocad.errors import InputError, SonocadError
 from sonocad.evaluation.measure import lesion_measurements
 from sonocad.evaluation.table import PredictionsStream
-from sonocad.explain.runner import Explainer
 from sonocad.inference.decision import decision_columns
 from sonocad.inference.predictor import Prediction, Predictor
-from sonocad.io.atomic import save_png
-from sonocad.io.images import IMAGE_SUFFIXES, MAX_IMAGE_PIXELS, Image, is_image_file, iter_frames
+from sonocad.inference.writer import OUTPUTS, OutputWriter
+from sonocad.io.images import (
+    IMAGE_SUFFIXES,
+    MAX_IMAGE_PIXELS,
+    Image,
+    is_dicom,
+    is_image_file,
+    iter_frames,
+)
 from sonocad.io.outputs import MARKER, claim_output_dir
 from sonocad.progress import progress
-from sonocad.visual import PREDICTION_COLOUR, draw_outlines, heatmap, to_rgb8
+
+if TYPE_CHECKING:
+    from sonocad.explain.runner import Explainer
 
 OUTPUT_FOLDERS = ("masks", "overlays", "heatmaps")
 _GLOB_CHARACTERS = frozenset("*?[")
@@ -76,6 +81,8 @@ class PredictResult:
 class _Source:
     path: Path  # the file to read
     image_id: str  # relative to its input root, POSIX separators
+    spacing_mm: tuple[float, float] | None = None  # from a CSV manifest's row
+    patient_id: str | None = None  # likewise
 
 
 @dataclass(frozen=True)
@@ -83,7 +90,8 @@ class _Item:
     source: _Source
     frame: int | None  # 1-based frame of a multi-frame file; None for a single image
     name: str  # output file name without suffix, unique in the run
-    image: Image
+    image: Image  # with the spacing the measurements use
+    spacing_source: str | None  # where that spacing came from (SPACING_SOURCES)
 
 
 @dataclass
@@ -104,17 +112,25 @@ class _Names:
 
 def predict(inputs: Sequence[str | Path], out: str | Path, *,
             checkpoint: str | Path | Checkpoint | None = None, backend: str = "torch",
-            batch_size: int = 8, overwrite: bool = False, resume: bool = False
-            ) -> PredictResult:
+            batch_size: int = 8, overwrite: bool = False, resume: bool = False,
+            outputs: Iterable[str] = OUTPUTS, picture_format: str = "png",
+            spacing_mm: tuple[float, float] | None = None,
+            dicom_out: bool = False) -> PredictResult:
     """Predict every image in `inputs`; write masks, overlays, heatmaps and the table to `out`.
 
     `checkpoint` None means the bundled default model; with ``backend="onnx"`` it may also be
     a ``.onnx`` file from `sonocad export`. `overwrite` replaces an earlier predict output in
     `out`; `resume` continues it, predicting only the inputs its table does not have yet.
+    `outputs` chooses among mask, overlay, heatmap and table; `picture_format` is "png"
+    (lossless) or "jpeg" for overlays and heatmaps. `spacing_mm` (row, column mm per pixel)
+    sizes the lesions of images whose file and manifest row give no spacing. `dicom_out`
+    adds a DICOM Segmentation and Structured Report of each DICOM input to ``out/dicom``.
     """
-    out = Path(out)
+    out, outputs = Path(out), frozenset(outputs)
     if batch_size < 1:
         raise SonocadError(f"batch size must be at least 1, got {batch_size}")
+    if resume and "table" not in outputs:
+        raise SonocadError("--resume reads the predictions table: keep 'table' in --outputs")
     if out.exists() and not out.is_dir():
         raise InputError(out, "the output path exists and is not a folder")
     predictor = (Predictor.default(backend=backend) if checkpoint is None
@@ -123,27 +139,81 @@ def predict(inputs: Sequence[str | Path], out: str | Path, *,
     folders = [Path(given) for given in inputs if Path(given).is_dir()]
     claim_output_dir(out, "predict", inputs=[*folders, *(source.path for source in sources)],
                      overwrite=overwrite, resume=resume)
-    # A classifier's heatmap is Grad-CAM, which needs the torch model (not an ONNX file).
-    explainer = (Explainer(predictor) if predictor.task == "classification"
-                 and predictor.checkpoint is not None else None)
+    if dicom_out and predictor.task not in ("segmentation", "multitask"):
+        raise SonocadError("--dicom-out writes a Segmentation: the model must segment lesions")
+    explainer = _grad_cam(predictor) if "heatmap" in outputs else None
     for failure in failures:
         _report(failure)
-    table = PredictionsStream(out / "predictions", resume=resume)
-    done = {row["file"] for row in table.earlier}
-    names = _Names({str(row["output_name"]).casefold() for row in table.earlier})
-    pending: list[dict[str, Any]] = []  # rows of the input being predicted
-    items = _items([s for s in sources if str(s.path) not in done], failures, names)
-    for batch in _batches(items, batch_size):
-        predictions = predictor.predict([item.image.pixels for item in batch])
-        for item, prediction in zip(batch, predictions):
-            if pending and pending[-1]["file"] != str(item.source.path):
-                table.add(pending)  # every frame of the previous input is done
-                pending = []
-            _write_images(out, item, prediction, explainer)
-            pending.append(_row(item, prediction))
-    table.add(pending)
-    table.close()
-    return PredictResult(out, table.rows, failures)
+    table = PredictionsStream(out / "predictions", resume=resume) if "table" in outputs else None
+    earlier = table.earlier if table is not None else []
+    done = {row["file"] for row in earlier}
+    names = _Names({str(row["output_name"]).casefold() for row in earlier})
+    items = _items([s for s in sources if str(s.path) not in done], failures, names,
+                   spacing_mm)
+    rows: list[dict[str, Any]] = list(earlier)
+    with OutputWriter(out, table, outputs=outputs, picture_format=picture_format) as writer:
+        dicom = _DicomResults(out / "dicom", writer, failures) if dicom_out else None
+        for batch in _batches(items, batch_size):
+            predictions = predictor.predict([item.image.pixels for item in batch])
+            for item, prediction in zip(batch, predictions):
+                heat = explainer(item.image.pixels, prediction).heat if explainer else None
+                rows.append(_row(item, prediction))
+                if dicom is not None:
+                    dicom.add(item, prediction.mask, rows[-1])
+                writer.submit(item.name, str(item.source.path), item.image.pixels, prediction,
+                              rows[-1], item.image.spacing_mm, heat)
+        if dicom is not None:
+            dicom.finish()
+    return PredictResult(out, rows, failures)
+
+
+@dataclass
+class _DicomResults:
+    """The masks and rows of the DICOM input being predicted; once its last frame is in, its
+    SEG and SR are written as one more job of that input (its rows wait for them)."""
+
+    folder: Path
+    writer: OutputWriter
+    failures: list[InputError]
+    source: _Source | None = None
+    name: str = ""
+    masks: list[Any] = field(default_factory=list)
+    rows: list[dict[str, Any]] = field(default_factory=list)
+
+    def add(self, item: _Item, mask: Any, row: dict[str, Any]) -> None:
+        if item.source is not self.source:
+            self.finish()
+            if not is_dicom(item.source.path):
+                return
+            self.source, self.name = item.source, item.name.removesuffix("_frame001")
+        self.masks.append(mask)
+        self.rows.append(row)
+
+    def finish(self) -> None:
+        if self.source is not None:
+            source, masks, rows, name = self.source.path, self.masks, self.rows, self.name
+            self.writer.submit_after(str(source), lambda: self._write(source, masks, rows, name))
+        self.source, self.masks, self.rows = None, [], []
+
+    def _write(self, source: Path, masks: list[Any], rows: list[dict[str, Any]],
+               name: str) -> None:
+        from sonocad.inference.dicom_out import write_dicom_results  # highdicom: on use
+
+        try:
+            write_dicom_results(source, masks, rows, self.folder, name)
+        except InputError as exc:  # the predictions stand; only the DICOM objects are missing
+            _report(exc)
+            self.failures.append(exc)
+
+
+def _grad_cam(predictor: Predictor) -> Explainer | None:
+    """A classifier's heatmap is Grad-CAM, which needs the torch model (not an ONNX file);
+    imported only then: it brings torchvision, a second of start-up."""
+    if predictor.task != "classification" or predictor.checkpoint is None:
+        return None
+    from sonocad.explain import runner
+
+    return runner.Explainer(predictor)
 
 
 def collect_inputs(inputs: Iterable[str | Path]) -> tuple[list[_Source], list[InputError]]:
@@ -153,6 +223,9 @@ def collect_inputs(inputs: Iterable[str | Path]) -> tuple[list[_Source], list[In
     for given in inputs:
         path = Path(given)
         try:
+            if path.suffix.lower() == ".csv" and path.is_file():
+                sources += _manifest_sources(path, seen)
+                continue
             if path.is_dir():
                 found, skipped = _walk(path)
                 failures += skipped
@@ -169,7 +242,22 @@ def collect_inputs(inputs: Iterable[str | Path]) -> tuple[list[_Source], list[In
                     sources.append(_Source(file, image_id))
         except (OSError, RuntimeError) as exc:  # RuntimeError: pathlib's "Symlink loop"
             failures.append(InputError(given, f"cannot follow the path ({_reason(exc)})"))
+        except InputError as exc:  # a manifest that cannot be read: the others carry on
+            failures.append(exc)
     return sources, failures
+
+
+def _manifest_sources(csv_path: Path, seen: set[Path]) -> list[_Source]:
+    """A CSV manifest's images (image column, relative to the CSV), with each row's spacing
+    and patient id; the manifest's other columns are not needed to predict."""
+    sources = []
+    for sample in read_manifest(csv_path):
+        key = sample.image_path.resolve()
+        if key not in seen:
+            seen.add(key)
+            sources.append(_Source(sample.image_path, sample.image_id, sample.pixel_spacing_mm,
+                                   sample.patient_id))
+    return sources
 
 
 def _reason(exc: BaseException) -> str:
@@ -228,18 +316,31 @@ def _in_output_folder(path: Path, root: Path) -> bool:
                if folder != root and root in folder.parents)
 
 
-def _items(sources: list[_Source], failures: list[InputError], names: _Names
-           ) -> Iterator[_Item]:
-    """Every image and frame, named; a file that fails is reported, recorded and skipped."""
+def _items(sources: list[_Source], failures: list[InputError], names: _Names,
+           spacing_mm: tuple[float, float] | None = None) -> Iterator[_Item]:
+    """Every image and frame, named; a file that fails is reported, recorded and skipped.
+    `spacing_mm` (``--spacing``) applies where neither the file nor a manifest gives one."""
     for source in progress(sources, "predicting"):
         stem = str(PurePosixPath(source.image_id).with_suffix(""))
         try:
             for frame, image in _numbered_frames(source.path):
                 name = stem if frame is None else f"{stem}_frame{frame:03d}"
-                yield _Item(source, frame, names.claim(name), image)
+                image, origin = _with_spacing(image, source, spacing_mm)
+                yield _Item(source, frame, names.claim(name), image, origin)
         except InputError as exc:
             _report(exc)
             failures.append(exc)
+
+
+def _with_spacing(image: Image, source: _Source, option: tuple[float, float] | None
+                  ) -> tuple[Image, str | None]:
+    """The file's own spacing (DICOM) first, then the manifest's, then the option's."""
+    if image.spacing_mm is not None:
+        return image, "dicom"
+    for spacing, origin in ((source.spacing_mm, "manifest"), (option, "option")):
+        if spacing is not None:
+            return image.with_spacing(spacing), origin
+    return image, None
 
 
 def _numbered_frames(path: Path) -> Iterator[tuple[int | None, Image]]:
@@ -270,54 +371,14 @@ def _batches(items: Iterable[_Item], size: int) -> Iterator[list[_Item]]:
         yield batch
 
 
-def _write_images(out: Path, item: _Item, prediction: Prediction,
-                  explainer: Explainer | None) -> None:
-    pixels, mask = item.image.pixels, prediction.mask
-    if mask is not None:
-        save_png(out / "masks" / f"{item.name}.png", mask)
-        save_png(out / "heatmaps" / f"{item.name}.png",
-                 heatmap(pixels, prediction.lesion_probability))
-        overlay = draw_outlines(pixels, [(mask, PREDICTION_COLOUR)])
-    else:
-        overlay = to_rgb8(pixels)
-        if explainer is not None:  # a classifier: the heatmap is Grad-CAM of its call
-            heat = explainer(pixels, prediction).heat
-            save_png(out / "heatmaps" / f"{item.name}.png", heatmap(pixels, heat))
-    if prediction.class_probabilities:
-        overlay = _caption(overlay, caption(prediction))
-    save_png(out / "overlays" / f"{item.name}.png", overlay)
-
-
-def caption(prediction: Prediction) -> str:
-    """'malignant 0.91', or with a rule 'benign 0.38 (lesion outlined) · low confidence'."""
-    label = prediction.final_class
-    text = f"{label} {prediction.class_probabilities[label]:.2f}"
-    decision = prediction.decision
-    if decision is not None and decision.reason:
-        text += f" ({decision.reason})"
-    if decision is not None and decision.low_confidence:
-        text += " · low confidence"
-    return text
-
-
-def _caption(canvas: np.ndarray, text: str) -> np.ndarray:
-    """`text` in the top-left corner on a black box, sized to the image."""
-    image = PILImage.fromarray(canvas)
-    size = max(10, round(min(image.size) / 16))
-    margin = max(2, size // 4)
-    draw = ImageDraw.Draw(image)
-    font = ImageFont.load_default(size=size)
-    left, top, right, bottom = draw.textbbox((margin, margin), text, font=font)
-    draw.rectangle((0, 0, right + margin, bottom + margin), fill=(0, 0, 0))
-    draw.text((margin, margin), text, fill=(255, 255, 255), font=font)
-    return np.asarray(image)
-
-
 def _row(item: _Item, prediction: Prediction) -> dict[str, Any]:
     image = item.image
-    row: dict[str, Any] = {"image_id": item.source.image_id, "frame": item.frame,
+    row: dict[str, Any] = {"image_id": item.source.image_id,
+                           "patient_id": item.source.patient_id, "frame": item.frame,
                            "file": str(item.source.path), "output_name": item.name,
-                           "width": image.width, "height": image.height}
+                           "width": image.width, "height": image.height,
+                           "spacing_mm": spacing_text(image.spacing_mm),
+                           "spacing_source": item.spacing_source}
     if prediction.class_probabilities:
         row.update({f"prob_{name}": p for name, p in prediction.class_probabilities.items()})
         row["predicted_class"] = prediction.predicted_class
@@ -329,6 +390,14 @@ def _row(item: _Item, prediction: Prediction) -> dict[str, Any]:
                    lesion_area_mm2=sizes["area_mm2"], lesion_diameter_px=sizes["diameter_px"],
                    lesion_diameter_mm=sizes["diameter_mm"])
     return row
+
+
+def spacing_text(spacing: tuple[float, float] | None) -> float | str | None:
+    """0.1 for square pixels, "0.1 x 0.2" (row x column mm) otherwise, None when unknown."""
+    if spacing is None:
+        return None
+    row, column = spacing
+    return row if row == column else f"{row:g} x {column:g}"
 
 
 def _report(error: InputError) -> None:

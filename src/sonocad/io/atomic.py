@@ -59,12 +59,19 @@ def write_json(path: str | Path, obj: Any) -> None:
     write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
 
 
-def save_png(path: str | Path, pixels: np.ndarray) -> None:
-    """Save a uint8/uint16/bool array (H x W or H x W x 3/4) as PNG, atomically."""
+def save_png(path: str | Path, pixels: np.ndarray, compress_level: int = 6) -> None:
+    """Save a uint8/uint16/bool array (H x W or H x W x 3/4) as PNG, atomically; a bool mask
+    as 0/255. `compress_level` is zlib's (0-9; Pillow's default 6)."""
     if pixels.dtype == bool:
         pixels = pixels.astype(np.uint8) * 255
     with atomic_open(path, "wb") as handle:
-        PILImage.fromarray(pixels).save(handle, format="PNG")
+        PILImage.fromarray(pixels).save(handle, format="PNG", compress_level=compress_level)
+
+
+def save_jpeg(path: str | Path, pixels: np.ndarray, quality: int = 90) -> None:
+    """Save a uint8 grey or RGB array as JPEG, atomically (lossy: for pictures, never masks)."""
+    with atomic_open(path, "wb") as handle:
+        PILImage.fromarray(pixels).save(handle, format="JPEG", quality=quality)
 
 
 def _json_default(value: Any) -> Any:

@@ -91,7 +91,7 @@ class Image:
 def read_image(path: str | Path) -> Image:
     """The image in `path`; for a multi-frame DICOM or a multi-page TIFF, its first frame."""
     path = _checked_file(path)
-    if _is_dicom(path):
+    if is_dicom(path):
         # imported on use: pydicom is slow to import, and dicom.py builds on Image
         from sonocad.io.dicom import read_dicom
 
@@ -107,12 +107,20 @@ def iter_frames(path: str | Path) -> Iterator[Image]:
     so memory does not grow with the number of frames.
     """
     path = _checked_file(path)
-    if _is_dicom(path):
+    if is_dicom(path):
         from sonocad.io.dicom import iter_dicom_frames
 
         return iter_dicom_frames(path)
     _check_pages(path)
     return _pillow_pages(path)
+
+
+def parse_spacing(text: str) -> tuple[float, float]:
+    """'0.1' or '0.1,0.2' (row, column mm per pixel) -> (0.1, 0.2); else a `ValueError`."""
+    values = [float(value) for value in text.replace(" ", "").split(",")]
+    if len(values) not in (1, 2) or not all(np.isfinite(v) and v > 0 for v in values):
+        raise ValueError(f"{text!r} is not one or two positive numbers of mm per pixel")
+    return values[0], values[-1]
 
 
 def check_size(path: Path, width: int, height: int, *, smallest: int = MIN_IMAGE_SIDE) -> None:
@@ -188,7 +196,8 @@ def _checked_file(path: str | Path) -> Path:
     return path
 
 
-def _is_dicom(path: Path) -> bool:
+def is_dicom(path: Path) -> bool:
+    """A DICOM file by its suffix, or by the part-10 preamble of a file without one."""
     return path.suffix.lower() in _DICOM_SUFFIXES or _has_dicom_preamble(path)
 
 

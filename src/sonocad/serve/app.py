@@ -3,7 +3,8 @@
   GET  /                                  the viewer page (static files under /static/)
   GET  /api/health                        {"status": "ok", "version": ...}
   GET  /api/model                         name, task, class names, input size (no file paths)
-  POST /api/predict                       multipart field "file": PNG, JPEG, BMP, TIFF or DICOM
+  POST /api/predict                       multipart field "file": PNG, JPEG, BMP, TIFF or DICOM;
+                                          optional "spacing": mm per pixel ("0.1", "0.1,0.2")
   GET  /api/results/{id}/overlay.png      the image with the predicted lesion outlined
   GET  /api/results/{id}/heatmap.png      lesion probability over the image (segmentation)
 
@@ -24,7 +25,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Annotated, Any, BinaryIO, Literal
 
-from fastapi import FastAPI, HTTPException, Request, UploadFile
+from fastapi import FastAPI, Form, HTTPException, Request, UploadFile
 from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
@@ -35,6 +36,7 @@ from sonocad import __version__
 from sonocad.errors import SonocadError
 from sonocad.explain.runner import Explainer
 from sonocad.inference.predictor import LESION_TASKS, THRESHOLD, Predictor
+from sonocad.io.images import parse_spacing
 from sonocad.serve.analysis import Analysis, analyse
 from sonocad.serve.results import ID_PATTERN, ResultStore
 from sonocad.serve.uploads import UploadLimit, read_upload
@@ -91,10 +93,12 @@ def create_app(predictor: Predictor, *, token: str | None = None,
     async def model() -> dict[str, Any]:
         return model_info
 
-    @app.post("/api/predict", form_limits={"max_files": 1, "max_fields": 0})
-    async def predict(file: UploadFile) -> dict[str, Any]:
+    @app.post("/api/predict", form_limits={"max_files": 1, "max_fields": 1})
+    async def predict(file: UploadFile,
+                      spacing: Annotated[str | None, Form()] = None) -> dict[str, Any]:
+        spacing_mm = _spacing_field(spacing)
         file_format, analysis = await asyncio.get_running_loop().run_in_executor(
-            worker, _read_and_analyse, predictor, explainer, file.file)
+            worker, _read_and_analyse, predictor, explainer, file.file, spacing_mm)
         result_id = store.add(analysis.images)
         urls = {f"{name}_url": f"/api/results/{result_id}/{name}.png"
                 if name in analysis.images else None for name in ("overlay", "heatmap")}
@@ -118,9 +122,22 @@ def create_app(predictor: Predictor, *, token: str | None = None,
     return app
 
 
-def _read_and_analyse(predictor: Predictor, explainer: Explainer | None,
-                      stream: BinaryIO) -> tuple[str, Analysis]:
+def _spacing_field(text: str | None) -> tuple[float, float] | None:
+    """The optional form field "spacing" (mm per pixel: "0.1" or "0.1,0.2"), for images whose
+    file carries none (PNG, JPEG); a DICOM file's own spacing wins."""
+    if text is None or not text.strip():
+        return None
+    try:
+        return parse_spacing(text)
+    except ValueError as exc:
+        raise HTTPException(422, f"spacing: {exc}") from None
+
+
+def _read_and_analyse(predictor: Predictor, explainer: Explainer | None, stream: BinaryIO,
+                      spacing_mm: tuple[float, float] | None) -> tuple[str, Analysis]:
     file_format, image = read_upload(stream)
+    if image.spacing_mm is None and spacing_mm is not None:
+        image = image.with_spacing(spacing_mm)
     return file_format, analyse(predictor, image, explainer)
 
 

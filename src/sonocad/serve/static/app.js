@@ -76,6 +76,8 @@ async function analyse(file) {
   try {
     const body = new FormData();
     body.append("file", file);
+    const spacing = $("spacing-input").value.trim();
+    if (spacing) body.append("spacing", spacing);
     const result = await (await api("/api/predict", { method: "POST", body })).json();
     const [overlay, heatmap] = await Promise.all([
       imageUrl(result.overlay_url),
