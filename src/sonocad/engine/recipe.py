@@ -56,6 +56,92 @@ DEFAULTS: dict[str, Any] = {
               "channels_last": False},
 }
 
+# One line per section and key, for docs/reference.md (`python -m sonocad.reference`), which
+# refuses a section, a key of DEFAULTS or a transform key (sonocad.transforms.TransformConfig)
+# without one. Choices that a module lists (tasks, models, losses, normalisations) are added
+# there, from that module.
+KEY_DESCRIPTIONS: dict[str, str] = {
+    "task": "what the model learns (required)",
+    "description": "free text on what the recipe trains; shown in the report's model card",
+    "model": "the network and its starting weights",
+    "model.name": "a registered model (required)",
+    "model.args": "keyword arguments of the model's builder, e.g. `{dropout: 0.2}`; "
+                  "`num_classes` is set from the classes",
+    "model.pretrained": "weight tag to start from (`imagenet` where the model has it); "
+                        "`null` or `none`: random initialisation, nothing downloaded",
+    "data": "which images train and validate, and how often each is drawn",
+    "data.layout": "dataset layout of every source (`null`: detected per source)",
+    "data.classes": "class names the class head predicts, in this order (classification, "
+                    "multitask; detection drops `normal`)",
+    "data.labels": "train and validate only on images with these labels, which then also "
+                   "replace `classes` (`null`: every image)",
+    "data.train_subsets": "split subsets to train on; K-fold: the training folds, e.g. "
+                          "`[fold0, fold1, fold2, fold3]`",
+    "data.val_subset": "split subset to validate and select on (never the test); K-fold: the "
+                       "held-out fold, e.g. `fold4`",
+    "data.limit": "smoke runs: at most N images per source from the training subsets and N "
+                  "from the validation subset, evenly spaced in id order (`null`: all)",
+    "data.cache": "decode every image once, before the first epoch, and keep it in memory",
+    "data.sources": "data sets, each `{name, path, split, weight}`; `--data DIR --split FILE` "
+                    "per source replaces them (see below)",
+    "data.class_weights": "draws per epoch of each class's training images, e.g. "
+                          "`{normal: 1.5}`; multiplies the source's weight (`null`: 1 each)",
+    "transform": "how images become model input, the same in training, evaluation and "
+                 "inference (stored in every checkpoint)",
+    "transform.input_size": "model input in pixels: one int (square) or `[height, width]`",
+    "transform.grayscale": "reduce RGB to grey (B-mode is grey; colour is calipers or Doppler)",
+    "transform.normalize": "input normalisation: `zscore` per image, `imagenet` mean and std, "
+                           "or `unit` (0..1 as read)",
+    "transform.despeckle": "speckle filter at the image's own resolution (`null`: none)",
+    "transform.despeckle_size": "despeckle filter width in original pixels (odd, >= 3)",
+    "transform.clahe": "contrast-limited adaptive histogram equalisation after despeckling",
+    "transform.clahe_clip_limit": "CLAHE clip limit",
+    "transform.clahe_tiles": "CLAHE tiles per side",
+    "transform.keep_aspect": "letterbox to `input_size` (lesion shape is diagnostic) rather "
+                             "than stretch",
+    "transform.augment": "training-only augmentations by name, each `{parameters..., p}`; "
+                         "`true` takes the defaults, `null` or `false` leaves one out",
+    "loss": "the training loss",
+    "loss.name": "loss by name (`null`: `dice` for segmentation and multitask, `cross_entropy` "
+                 "for classification; detection models compute their own); multitask adds "
+                 "`loss.classification: {weight, args}` times the cross-entropy of the class head",
+    "loss.args": "keyword arguments of the loss: `aux_weight` for deep-supervision maps "
+                 "(default 1), `weights: [background, lesion]` for `weighted_dice`, "
+                 "`class_weights` or `label_smoothing` for `cross_entropy`",
+    "optimizer": "the optimiser",
+    "optimizer.name": "`sgd`, `adam` or `adamw`",
+    "optimizer.lr": "learning rate",
+    "optimizer.weight_decay": "weight decay",
+    "optimizer.momentum": "momentum (`sgd` only)",
+    "optimizer.betas": "Adam betas (`adam`, `adamw` only)",
+    "scheduler": "the learning-rate schedule",
+    "scheduler.name": "`none`, `cosine` or `warmup_cosine` (stepped per optimiser step), or "
+                      "`plateau` (per validation, on the validation loss; not for detection)",
+    "scheduler.args": "`min_lr_ratio` (cosine, warmup_cosine; default 0), `warmup_steps` "
+                      "(warmup_cosine; default 1/20 of the steps), `factor` and `patience` "
+                      "(plateau; defaults 0.1 and 10)",
+    "train": "the loop: batches, length, selection, checkpoints",
+    "train.batch_size": "training images per optimiser step (over all processes)",
+    "train.epochs": "passes over the (weighted) training draws",
+    "train.max_steps": "smoke runs: stop after this many optimiser steps (`null`: all epochs)",
+    "train.seed": "seed of weights, sampling and augmentation: same seed, same run",
+    "train.num_workers": "DataLoader worker processes (0: load in the training process)",
+    "train.select_metric": "validation metric that picks `best.pt` (`null`: the task's own)",
+    "train.select_mode": "`max` or `min`: whether a higher `select_metric` is better",
+    "train.early_stopping": "stop after this many validations without improvement (`null`: "
+                            "never)",
+    "train.checkpoint_every": "steps between `last.pt` saves within an epoch (`null`: at "
+                              "each epoch's end only)",
+    "train.eval_batch_size": "validation batch size",
+    "train.amp": "mixed precision on CUDA (ignored on a CPU)",
+    "train.grad_clip": "clip the gradient norm to this (`null`: no clipping)",
+    "train.max_minutes": "stop, validate and finish after this much wall time (`null`: no "
+                         "limit)",
+    "train.tensorboard": "also log to `RUN/tensorboard` (needs the tensorboard package)",
+    "train.channels_last": "channels-last memory format (faster depthwise convolutions on a "
+                           "CPU)",
+}
+
 
 def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> dict[str, Any]:
     """Read a recipe, fill defaults, apply overrides, and check it."""

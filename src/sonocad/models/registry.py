@@ -87,11 +87,13 @@ def create_model(name: str, *, pretrained: str | None = None, **kwargs: object) 
     return entry.builder(**kwargs)
 
 
-def list_models(task: Task | None = None) -> list[str]:
-    """Registered model names (sorted), optionally only those for one task."""
+def list_models(task: Task | None = None, *, built_in: bool = False) -> list[str]:
+    """Registered model names (sorted), optionally only those for one task, or only sonocad's
+    own (`built_in`: not those a plug-in or a test registered)."""
     if task is not None and task not in TASKS:
         raise SonocadError(f"unknown task {task!r}; tasks: {', '.join(TASKS)}")
-    return sorted(name for name, entry in _REGISTRY.items() if task in (None, entry.task))
+    return sorted(name for name, entry in _REGISTRY.items() if task in (None, entry.task)
+                  and (not built_in or entry.builder.__module__.startswith("sonocad.")))
 
 
 def model_task(name: str) -> Task:
