@@ -169,3 +169,14 @@ def test_missing_and_unreadable_inputs_name_the_file(tmp_path: Path, evals, caps
     bad.write_text("id,x\n1,2\n")
     assert main(["compare", str(bad), str(evals[1])]) == 2
     assert capsys.readouterr().err.startswith(f"sonocad: error: {bad}: not a predictions table")
+
+
+def test_patient_ids_01_and_1_stay_two_patients(tmp_path) -> None:
+    from sonocad.evaluation.table import read_predictions, write_predictions
+
+    write_predictions(tmp_path / "predictions", [
+        {"image_id": "a.png", "patient_id": "01", "dice": 0.5},
+        {"image_id": "b.png", "patient_id": "1", "dice": 0.7}])
+    rows = read_predictions(tmp_path / "predictions.csv")
+    assert [row["patient_id"] for row in rows] == ["01", "1"]
+    assert [row["dice"] for row in rows] == [0.5, 0.7]

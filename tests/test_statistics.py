@@ -215,3 +215,27 @@ def test_images_are_averaged_per_participant_and_nan_pairs_dropped() -> None:
 def test_too_few_participants_give_no_p() -> None:
     result = paired_comparison([0.5, 0.6], [0.4, 0.7])
     assert result.test == "n/a" and math.isnan(result.p_value) and result.n == 2
+
+
+def test_youden_point_breaks_ties_at_the_highest_threshold_exactly() -> None:
+    """Against a brute force in fractions over 300 random sets with many tied J values."""
+    from fractions import Fraction
+
+    rng = np.random.default_rng(7)
+    for _ in range(300):
+        n = int(rng.integers(6, 40))
+        truth = rng.integers(0, 2, n)
+        if truth.min() == truth.max():
+            continue
+        score = rng.integers(0, 6, n) / 5  # few levels: ties everywhere
+        positives, negatives = int(truth.sum()), int((1 - truth).sum())
+        best = None
+        for threshold in sorted(set(score), reverse=True):
+            called = score >= threshold
+            j = (Fraction(int((called & (truth == 1)).sum()), positives)
+                 - Fraction(int((called & (truth == 0)).sum()), negatives))
+            if best is None or j > best[0]:
+                best = (j, threshold)
+        point = youden_point(truth, score)
+        if best[0] > 0:
+            assert point.threshold == best[1]

@@ -176,8 +176,14 @@ def _sample_covariance(components: np.ndarray) -> np.ndarray:
 
 def youden_point(truth: ArrayLike, score: ArrayLike) -> OperatingPoint:
     """The ROC threshold maximising sensitivity + specificity - 1 (the highest one on ties)."""
-    fpr, tpr, thresholds = roc_curve(_binary(truth), np.asarray(score, dtype=float))
-    best = int(np.argmax(tpr - fpr))
+    labels = _binary(truth)
+    fpr, tpr, thresholds = roc_curve(labels, np.asarray(score, dtype=float),
+                                     drop_intermediate=False)
+    # Ties compared in whole numbers (J x positives x negatives = TP x N - FP x P): in floats,
+    # rounding decided between equal points, not "the highest threshold".
+    positives, negatives = int(labels.sum()), int((~labels).sum())
+    true_pos, false_pos = np.rint(tpr * positives), np.rint(fpr * negatives)
+    best = int(np.argmax(true_pos * negatives - false_pos * positives))  # first: highest
     return OperatingPoint(float(thresholds[best]), float(tpr[best]), float(1 - fpr[best]),
                           float(tpr[best] - fpr[best]))
 

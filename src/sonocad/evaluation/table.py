@@ -104,18 +104,19 @@ def _whole_rows(path: Path) -> tuple[list[str] | None, list[dict[str, Any]]]:
     if rows and not text.endswith("\n"):
         rows.pop()  # the kill came in the middle of this row
     fields = list(reader.fieldnames) if reader.fieldnames else None
-    return fields, [{k: _parse(v) for k, v in row.items()} for row in rows]
+    return fields, [_parsed(row) for row in rows]
 
 
 def read_predictions(path: str | Path) -> list[dict[str, Any]]:
-    """Rows of a predictions CSV, numbers parsed; empty cells become None."""
+    """Rows of a predictions CSV, numbers parsed (but not in `TEXT_COLUMNS`: ids stay text);
+    empty cells become None."""
     path = Path(path)
     try:
         with path.open(newline="", encoding="utf-8") as handle:
             reader = csv.DictReader(handle)
             if not reader.fieldnames or "image_id" not in reader.fieldnames:
                 raise InputError(path, "not a predictions table (no image_id column)")
-            return [{k: _parse(v) for k, v in row.items()} for row in reader]
+            return [_parsed(row) for row in reader]
     except FileNotFoundError:
         raise InputError(path, "no such predictions table") from None
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
@@ -132,6 +133,15 @@ def _cell(value: Any) -> Any:
 
 def _json_value(value: Any) -> Any:
     return None if isinstance(value, float) and math.isnan(value) else value
+
+
+# Read as text, never as numbers: patient "01" and patient "1" are two people.
+TEXT_COLUMNS = frozenset({*ID_COLUMNS, "file", "output_name"})
+
+
+def _parsed(row: dict[str, str | None]) -> dict[str, Any]:
+    return {key: (value or None) if key in TEXT_COLUMNS else _parse(value)
+            for key, value in row.items()}
 
 
 def _parse(text: str | None) -> Any:
