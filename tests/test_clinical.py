@@ -55,6 +55,18 @@ def test_cells_parse_to_numbers_and_missing_values_to_nan():
     assert np.isnan(missing["brca_mutation"]) and missing["breast_density"] == "missing"
 
 
+def test_common_spellings_of_the_columns_are_accepted():
+    cells = {"Age": "47", "Family history": "yes", "BRCA": "no", "density": "b",
+             "image_id": "x.png"}
+    assert parse_clinical(cells, "t.csv: x") == {"age": 47.0, "family_history": 1.0,
+                                                 "brca_mutation": 0.0, "breast_density": "b"}
+    spelled = {"AGE": "60", "family-history": "0", "brca_mutation": "1",
+               "Breast Density": "D"}
+    assert parse_clinical(spelled, "t.csv: y")["breast_density"] == "d"
+    with pytest.raises(SonocadError, match="'density' and 'breast_density' both give"):
+        parse_clinical({**cells, "breast_density": "c"}, "t.csv: x")
+
+
 @pytest.mark.parametrize("cells, problem", [
     (_cells(age="old"), "age"), (_cells(density="e"), "breast_density"),
     (_cells(brca="maybe"), "brca_mutation"), ({"age": "50"}, "no clinical column")])

@@ -352,7 +352,8 @@ def _add_combine_command(commands) -> None:
     combine.add_argument("--test", type=Path, required=True, metavar="PREDICTIONS.csv",
                          help="detector predictions table to test on")
     combine.add_argument("--clinical", type=Path, required=True, metavar="CLINICAL.csv",
-                         help="clinical table keyed by image_id (or a CSV manifest)")
+                         help="clinical table keyed by image_id (or a CSV manifest) with age, "
+                              "family history, BRCA and density columns (docs/clinical.md)")
     combine.add_argument("--out", type=Path, required=True, help="folder to write")
     combine.add_argument("--folds", type=int, default=5, help="cross-validation folds (5)")
     combine.add_argument("--seed", type=int, default=0, help="random seed (0)")

@@ -6,7 +6,9 @@ image id), parsed by `parse_clinical`:
 - ``family_history`` (of breast cancer) and ``brca_mutation``: yes/no, true/false, 1/0,
   positive/negative;
 - ``breast_density``: the BI-RADS category a-d (the 4th edition's 1-4 are read as a-d).
-An empty cell, "na", "unknown" or "missing" is a missing value.
+An empty cell, "na", "unknown" or "missing" is a missing value. Column names are matched
+after folding case, spaces and hyphens to underscores, and common spellings are accepted
+(`COLUMN_ALIASES`: "Family history", "BRCA", "density", ...); docs/clinical.md is the spec.
 
 Missing values are handled explicitly, with everything fitted on training rows only
 (`ClinicalFeatures`): age takes the training median and binary factors the training mode, each
@@ -45,6 +47,14 @@ _MISSING_TEXT = {"", "na", "n/a", "nan", "none", "unknown", "missing", "?"}
 _YES = {"1", "yes", "y", "true", "positive", "pos"}
 _NO = {"0", "no", "n", "false", "negative", "neg"}
 _DENSITY_ALIASES = {"1": "a", "2": "b", "3": "c", "4": "d"}
+# Spellings of each field's column, after `_folded`: the name itself is always accepted.
+COLUMN_ALIASES: dict[str, tuple[str, ...]] = {
+    "age": ("age_years", "patient_age", "age_at_diagnosis"),
+    "family_history": ("family_hx", "fhx", "family_history_of_breast_cancer",
+                       "family_history_breast_cancer"),
+    "brca_mutation": ("brca", "brca_status", "brca1_2", "brca1/2", "brca_carrier"),
+    "breast_density": ("density", "birads_density", "bi_rads_density", "acr_density"),
+}
 
 ClinicalRecord = dict[str, float | str]  # parsed: age / binaries float (NaN), density str
 
@@ -54,9 +64,11 @@ def parse_clinical(cells: Mapping[str, str | None], where: str) -> ClinicalRecor
 
     `where` names the row in errors (e.g. the table and image id).
     """
+    cells = clinical_columns(cells, where)
     missing = [name for name in CLINICAL_FIELDS if name not in cells]
     if missing:
-        raise SonocadError(f"{where}: no clinical column(s) {', '.join(missing)}")
+        raise SonocadError(f"{where}: no clinical column(s) {', '.join(missing)} (accepted "
+                           "names: docs/clinical.md)")
     text = {name: (cells[name] or "").strip().lower() for name in CLINICAL_FIELDS}
     record: ClinicalRecord = {"age": _age(text["age"], where)}
     for name in ("family_history", "brca_mutation"):
@@ -69,6 +81,26 @@ def parse_clinical(cells: Mapping[str, str | None], where: str) -> ClinicalRecor
                            "BI-RADS category (a-d or 1-4)")
     record["breast_density"] = density
     return record
+
+
+def clinical_columns(cells: Mapping[str, str | None], where: str) -> dict[str, str | None]:
+    """`cells` with each clinical column under its field's name ("Family history" ->
+    family_history); other columns as they were. Two columns for one field is an error."""
+    spelling = {alias: field for field, aliases in COLUMN_ALIASES.items()
+                for alias in (field, *aliases)}
+    out: dict[str, str | None] = {}
+    source: dict[str, str] = {}
+    for name, value in cells.items():
+        field = spelling.get(_folded(name), name)
+        if field in source:
+            raise SonocadError(f"{where}: columns {source[field]!r} and {name!r} both give "
+                               f"{field}; keep one")
+        source[field], out[field] = name, value
+    return out
+
+
+def _folded(name: str) -> str:
+    return "_".join(name.strip().casefold().replace("-", " ").split())
 
 
 def _age(text: str, where: str) -> float:
