@@ -74,6 +74,9 @@ def test_train_writes_a_self_describing_checkpoint_and_evaluate_reads_it(phantom
     assert len(meta["data"]["fingerprint"]) == 64
     assert meta["metrics"]["dice"] >= 0 and meta["sonocad_version"]
     assert meta["recipe"]["optimizer"]["lr"] == 0.003
+    # best.pt: weights and metadata only; the optimiser state stays in last.pt
+    assert checkpoint.training_state is None
+    assert "optimizer" in load_checkpoint(run / "last.pt").training_state
     with open(run / "metrics.csv") as handle:
         assert len(list(csv.DictReader(handle))) == 4  # one validation per epoch
 
