@@ -322,3 +322,30 @@ def test_explain_refuses_bad_arguments(tmp_path: Path, classifier: Path) -> None
                                                CLASSES, 64), {}))
     with pytest.raises(SonocadError, match="does not handle detection"):
         explain(detector, [], tmp_path / "out")
+
+
+def test_explain_gives_the_default_models_class_call_its_own_grad_cam(tmp_path) -> None:
+    """The multitask default model: lesion probability and, now, Grad-CAM of the class head,
+    which looks at the lesion; --method gradcam++ gives another map (it was ignored)."""
+    from importlib.resources import files
+
+    from sonocad.data.phantom import make_phantom
+    from sonocad.explain.runner import Explainer, explain
+
+    default = Path(str(files("sonocad") / "weights" / "default.pt"))
+    phantom = make_phantom("malignant", size=(200, 260), seed=0)
+    cam = Explainer(default).explain_class(phantom.image)
+    lesion = phantom.mask.astype(bool)
+    assert cam.method == "gradcam" and cam.predicted_class == "malignant"
+    assert cam.heat[lesion].mean() > 3 * cam.heat[~lesion].mean()
+
+    image = tmp_path / "in" / "scan.png"
+    image.parent.mkdir()
+    PILImage.fromarray(phantom.image).save(image)
+    maps = {}
+    for method in ("gradcam", "gradcam++"):
+        (row,) = explain(default, [image], tmp_path / method, method=method).rows
+        assert row["method"] == "lesion_probability" and row["class_method"] == method
+        assert row["predicted_class"] == "malignant"
+        maps[method] = np.array(PILImage.open(row["class_heatmap"]))
+    assert (maps["gradcam"] != maps["gradcam++"]).any()

@@ -402,7 +402,8 @@ def _add_inference_commands(commands) -> None:
 
     explain = _command(commands, "explain", _explain,
                        "heatmaps of where a model looked: Grad-CAM for classifiers, the lesion "
-                       "probability for segmentation models")
+                       "probability for segmentation models, both for multitask models (the "
+                       "default model: lesion probability and Grad-CAM of its class call)")
     explain.add_argument("checkpoint", type=Path, help="a checkpoint from `sonocad train`")
     explain.add_argument("inputs", nargs="+", type=Path, metavar="IMAGE", help="image files")
     _add_output_folder(explain, "folder to write")

@@ -2,9 +2,11 @@
 
 A classifier's heatmap is the Grad-CAM (or Grad-CAM++) map of its predicted class, computed on
 the model input (letterboxed as in training) and mapped back onto the image; a segmentation
-model's heatmap is its lesion probability. Outputs: ``out/<stem>_heatmap.png`` (``_2``,
-``_3``, ... added when two inputs share a stem), the heatmap blended over the image at its own
-size. Unreadable inputs are reported on stderr, one line each, skipped and listed in
+model's heatmap is its lesion probability. A multitask model (the default model) gets both:
+its lesion probability, and the Grad-CAM of its class head's call on the encoder's last
+features. Outputs: ``out/<stem>_heatmap.png`` (``_2``, ``_3``, ... added when two inputs share a
+stem), the heatmap blended over the image at its own size, and for a multitask model
+``out/<stem>_class_heatmap.png``. Unreadable inputs are reported on stderr, one line each, skipped and listed in
 `ExplainResult.failures`.
 """
 
@@ -18,6 +20,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 from tqdm import tqdm
 
 from sonocad.engine.checkpoint import Checkpoint
@@ -73,6 +76,7 @@ class Explainer:
         # The predictor runs its model under no_grad behind a back end; Grad-CAM gets its own.
         self.model = (self.predictor.checkpoint.build_model()
                       if self.predictor.task == "classification" else None)
+        self.class_model, self.class_layer = _class_head(self.predictor)
 
     def __call__(self, pixels: np.ndarray, prediction: Prediction | None = None) -> Explanation:
         """Explain one image (uint8/uint16, grey or RGB, any size); `prediction`, when the
@@ -81,13 +85,50 @@ class Explainer:
             (prediction,) = self.predictor.predict([pixels])
         if self.model is None:
             return Explanation(prediction.lesion_probability, LESION_PROBABILITY)
+        return self._grad_cam(self.model, pixels, prediction)
+
+
+    def explain_class(self, pixels: np.ndarray, prediction: Prediction | None = None
+                      ) -> Explanation | None:
+        """Grad-CAM of the predicted class for a classifier or a multitask model's class head;
+        None for a model without one (or a multitask model loaded from ONNX)."""
+        if self.model is not None:
+            return self(pixels, prediction)
+        if self.class_model is None:
+            return None
+        if prediction is None:
+            (prediction,) = self.predictor.predict([pixels])
+        return self._grad_cam(self.class_model, pixels, prediction, self.class_layer)
+
+    def _grad_cam(self, model: nn.Module, pixels: np.ndarray, prediction: Prediction,
+                  layer: str | None = None) -> Explanation:
         label = prediction.predicted_class
         config = self.predictor.transform_config
-        cam = grad_cam(self.model, to_model_input(pixels, config)[None],
+        cam = grad_cam(model, to_model_input(pixels, config)[None], layer=layer,
                        target_class=self.predictor.class_names.index(label), method=self.method)
         heat = restore_size(torch.from_numpy(cam)[None], pixels.shape[:2], config)[0]
         return Explanation(heat.clamp(0, 1).numpy(), self.method, label,
                            prediction.class_probabilities[label])
+
+
+class ClassLogits(nn.Module):
+    """A multitask model seen as a classifier, for Grad-CAM: its class logits alone."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)["class_logits"]
+
+
+def _class_head(predictor: Predictor) -> tuple[nn.Module | None, str | None]:
+    """(the class-logits model, its Grad-CAM layer) of a multitask torch checkpoint."""
+    if predictor.task != "multitask" or predictor.checkpoint is None:
+        return None, None
+    model = predictor.checkpoint.build_model()
+    layer = getattr(model, "class_cam_layer", None)
+    return ClassLogits(model), (f"model.{layer}" if layer else None)
 
 
 def explain(checkpoint_path: str | Path, inputs: Sequence[str | Path], out: str | Path, *,
@@ -107,13 +148,20 @@ def explain(checkpoint_path: str | Path, inputs: Sequence[str | Path], out: str 
             tqdm.write(f"sonocad: skipped {exc}", file=sys.stderr)  # keeps the bar intact
             failures.append(exc)
             continue
-        explanation = explainer(image.pixels)
-        target = out / f"{_unique(Path(path).stem, taken)}_heatmap.png"
+        (prediction,) = explainer.predictor.predict([image.pixels])
+        explanation = explainer(image.pixels, prediction)
+        stem = _unique(Path(path).stem, taken)
+        target = out / f"{stem}_heatmap.png"
         save_png(target, heatmap(image.pixels, explanation.heat))
         row = {"file": str(path), "heatmap": str(target), "method": explanation.method}
-        if explanation.predicted_class is not None:
-            row.update(predicted_class=explanation.predicted_class,
-                       probability=explanation.probability)
+        called = explanation if explanation.predicted_class else None
+        if explainer.model is None and explainer.class_model is not None:
+            called = explainer.explain_class(image.pixels, prediction)
+            row["class_heatmap"] = str(out / f"{stem}_class_heatmap.png")
+            row["class_method"] = called.method
+            save_png(Path(row["class_heatmap"]), heatmap(image.pixels, called.heat))
+        if called is not None:
+            row.update(predicted_class=called.predicted_class, probability=called.probability)
         rows.append(row)
     return ExplainResult(out, rows, failures)
 

@@ -113,6 +113,9 @@ class DecoderBlock(nn.Module):
 
 
 class EfficientNetLiteUNet(nn.Module):
+    # Grad-CAM of the class head reads this layer: the 1280-channel features it pools.
+    class_cam_layer = "_bn1"
+
     def __init__(self, num_classes: int = 3, dropout: float = 0.2) -> None:
         super().__init__()
         self._conv_stem = nn.Conv2d(3, STEM_CHANNELS, 3, 2, 1, bias=False)
