@@ -6,8 +6,8 @@ model's heatmap is its lesion probability. A multitask model (the default model)
 its lesion probability, and the Grad-CAM of its class head's call on the encoder's last
 features. Outputs: ``out/<stem>_heatmap.png`` (``_2``, ``_3``, ... added when two inputs share a
 stem), the heatmap blended over the image at its own size, and for a multitask model
-``out/<stem>_class_heatmap.png``. Unreadable inputs are reported on stderr, one line each, skipped and listed in
-`ExplainResult.failures`.
+``out/<stem>_class_heatmap.png``. Unreadable inputs are reported on stderr, one line each,
+skipped and listed in `ExplainResult.failures`.
 """
 
 from __future__ import annotations
