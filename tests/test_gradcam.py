@@ -349,3 +349,21 @@ def test_explain_gives_the_default_models_class_call_its_own_grad_cam(tmp_path) 
         assert row["predicted_class"] == "malignant"
         maps[method] = np.array(PILImage.open(row["class_heatmap"]))
     assert (maps["gradcam"] != maps["gradcam++"]).any()
+
+
+def test_explain_takes_every_frame_of_a_multi_page_input_as_predict_does(tmp_path) -> None:
+    from importlib.resources import files
+
+    from sonocad.data.phantom import make_phantom
+    from sonocad.explain.runner import explain
+
+    default = Path(str(files("sonocad") / "weights" / "default.pt"))
+    pages = [PILImage.fromarray(make_phantom("benign", size=(64, 80), seed=i).image)
+             for i in range(3)]
+    loop = tmp_path / "loop.tif"
+    pages[0].save(loop, save_all=True, append_images=pages[1:])
+    rows = explain(default, [loop], tmp_path / "out").rows
+    assert [row["frame"] for row in rows] == [1, 2, 3]
+    assert [Path(row["heatmap"]).name for row in rows] == [
+        f"loop_frame00{i}_heatmap.png" for i in (1, 2, 3)]
+    assert all(Path(row["class_heatmap"]).is_file() for row in rows)

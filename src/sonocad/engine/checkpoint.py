@@ -8,8 +8,7 @@ selection and the package version; a training checkpoint (``last.pt``) also hold
 
 from __future__ import annotations
 
-import pickle
-import zipfile
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -81,9 +80,13 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     if not path.is_file():
         raise InputError(path, "no such checkpoint")
     try:
-        # weights_only: a checkpoint from a stranger cannot run code when loaded.
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, zipfile.BadZipFile, RuntimeError, EOFError, OSError) as exc:
+        # weights_only: a checkpoint from a stranger cannot run code when loaded. On garbage
+        # its unpickler raises almost anything (IndexError, KeyError, UnicodeDecodeError, ...)
+        # and warns about odd protocols: any failure means the file is not a checkpoint.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
         raise InputError(path, f"not a readable checkpoint ({type(exc).__name__})") from None
     meta = payload.get("meta") if isinstance(payload, dict) else None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:

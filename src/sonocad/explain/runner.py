@@ -6,8 +6,10 @@ model's heatmap is its lesion probability. A multitask model (the default model)
 its lesion probability, and the Grad-CAM of its class head's call on the encoder's last
 features. Outputs: ``out/<stem>_heatmap.png`` (``_2``, ``_3``, ... added when two inputs share a
 stem), the heatmap blended over the image at its own size, and for a multitask model
-``out/<stem>_class_heatmap.png``. Unreadable inputs are reported on stderr, one line each,
-skipped and listed in `ExplainResult.failures`.
+``out/<stem>_class_heatmap.png``. Every frame of a DICOM cine loop or multi-page TIFF is
+explained, as `sonocad predict` predicts them: ``<stem>_frameNNN_heatmap.png`` (from 001).
+Unreadable inputs are reported on stderr, one line each, skipped and listed in
+`ExplainResult.failures`.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from sonocad.errors import InputError, SonocadError
 from sonocad.explain.gradcam import METHODS, Method, grad_cam
 from sonocad.inference.predictor import Prediction, Predictor
 from sonocad.io.atomic import save_png
-from sonocad.io.images import read_image
+from sonocad.io.images import numbered_frames
 from sonocad.io.outputs import claim_output_dir
 from sonocad.progress import progress
 from sonocad.transforms import restore_size, to_model_input
@@ -143,27 +145,32 @@ def explain(checkpoint_path: str | Path, inputs: Sequence[str | Path], out: str 
     taken: set[str] = set()
     for path in progress(inputs, "explaining"):
         try:
-            image = read_image(path)
+            for frame, image in numbered_frames(path):  # every frame, as predict does
+                stem = Path(path).stem if frame is None else f"{Path(path).stem}_frame{frame:03d}"
+                rows.append(_explain_one(explainer, image.pixels, out, _unique(stem, taken),
+                                         {"file": str(path), "frame": frame}))
         except InputError as exc:
             tqdm.write(f"sonocad: skipped {exc}", file=sys.stderr)  # keeps the bar intact
             failures.append(exc)
-            continue
-        (prediction,) = explainer.predictor.predict([image.pixels])
-        explanation = explainer(image.pixels, prediction)
-        stem = _unique(Path(path).stem, taken)
-        target = out / f"{stem}_heatmap.png"
-        save_png(target, heatmap(image.pixels, explanation.heat))
-        row = {"file": str(path), "heatmap": str(target), "method": explanation.method}
-        called = explanation if explanation.predicted_class else None
-        if explainer.model is None and explainer.class_model is not None:
-            called = explainer.explain_class(image.pixels, prediction)
-            row["class_heatmap"] = str(out / f"{stem}_class_heatmap.png")
-            row["class_method"] = called.method
-            save_png(Path(row["class_heatmap"]), heatmap(image.pixels, called.heat))
-        if called is not None:
-            row.update(predicted_class=called.predicted_class, probability=called.probability)
-        rows.append(row)
     return ExplainResult(out, rows, failures)
+
+
+def _explain_one(explainer: Explainer, pixels: np.ndarray, out: Path, name: str,
+                 row: dict[str, Any]) -> dict[str, Any]:
+    """Write one frame's heatmap(s); its row of the result."""
+    (prediction,) = explainer.predictor.predict([pixels])
+    explanation = explainer(pixels, prediction)
+    row.update(heatmap=str(out / f"{name}_heatmap.png"), method=explanation.method)
+    save_png(Path(row["heatmap"]), heatmap(pixels, explanation.heat))
+    called = explanation if explanation.predicted_class else None
+    if explainer.model is None and explainer.class_model is not None:
+        called = explainer.explain_class(pixels, prediction)
+        row.update(class_heatmap=str(out / f"{name}_class_heatmap.png"),
+                   class_method=called.method)
+        save_png(Path(row["class_heatmap"]), heatmap(pixels, called.heat))
+    if called is not None:
+        row.update(predicted_class=called.predicted_class, probability=called.probability)
+    return row
 
 
 def _unique(stem: str, taken: set[str]) -> str:

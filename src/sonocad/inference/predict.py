@@ -53,7 +53,7 @@ from sonocad.io.images import (
     Image,
     is_dicom,
     is_image_file,
-    iter_frames,
+    numbered_frames,
 )
 from sonocad.io.outputs import MARKER, claim_output_dir
 from sonocad.progress import progress
@@ -323,7 +323,7 @@ def _items(sources: list[_Source], failures: list[InputError], names: _Names,
     for source in progress(sources, "predicting"):
         stem = str(PurePosixPath(source.image_id).with_suffix(""))
         try:
-            for frame, image in _numbered_frames(source.path):
+            for frame, image in numbered_frames(source.path):
                 name = stem if frame is None else f"{stem}_frame{frame:03d}"
                 image, origin = _with_spacing(image, source, spacing_mm)
                 yield _Item(source, frame, names.claim(name), image, origin)
@@ -341,18 +341,6 @@ def _with_spacing(image: Image, source: _Source, option: tuple[float, float] | N
         if spacing is not None:
             return image.with_spacing(spacing), origin
     return image, None
-
-
-def _numbered_frames(path: Path) -> Iterator[tuple[int | None, Image]]:
-    """(None, image) for a single image; (1, frame), (2, frame), ... for a cine loop."""
-    frames = iter_frames(path)
-    first, second = next(frames, None), next(frames, None)
-    if first is None:
-        raise InputError(path, "file has no frames")
-    if second is None:
-        yield None, first
-        return
-    yield from enumerate(itertools.chain([first, second], frames), start=1)
 
 
 def _batches(items: Iterable[_Item], size: int) -> Iterator[list[_Item]]:

@@ -19,6 +19,7 @@ PNG or a multi-picture JPEG gives its first picture only). Sizes are checked aga
 
 from __future__ import annotations
 
+import itertools
 import stat
 import warnings
 from collections.abc import Iterator
@@ -121,6 +122,19 @@ def parse_spacing(text: str) -> tuple[float, float]:
     if len(values) not in (1, 2) or not all(np.isfinite(v) and v > 0 for v in values):
         raise ValueError(f"{text!r} is not one or two positive numbers of mm per pixel")
     return values[0], values[-1]
+
+
+def numbered_frames(path: str | Path) -> Iterator[tuple[int | None, Image]]:
+    """(None, image) for a single image; (1, frame), (2, frame), ... for a cine loop or a
+    multi-page TIFF: the frame numbers every command names its outputs with."""
+    frames = iter_frames(path)
+    first, second = next(frames, None), next(frames, None)
+    if first is None:
+        raise InputError(Path(path), "file has no frames")
+    if second is None:
+        yield None, first
+        return
+    yield from enumerate(itertools.chain([first, second], frames), start=1)
 
 
 def check_size(path: Path, width: int, height: int, *, smallest: int = MIN_IMAGE_SIDE) -> None:
