@@ -71,3 +71,18 @@ def test_typos_in_a_recipe_are_errors(tmp_path):
         load_recipe(tmp_path / "missing.yaml")
     with pytest.raises(InputError, match="YAML"):
         load_recipe(write(tmp_path, "task: [unclosed\n"))
+
+
+QIMS_RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "qims2023_maskrcnn.yaml"
+
+
+def test_a_detectors_own_sizes_follow_input_size_and_a_mismatch_is_an_error():
+    """The QIMS recipe at 512 px ran at 1024 (min_size / max_size kept), 6 s an image."""
+    recipe = load_recipe(QIMS_RECIPE, ["transform.input_size=512"])
+    assert recipe["model"]["args"] == {"min_size": 512, "max_size": 512}
+    assert load_recipe(QIMS_RECIPE)["model"]["args"] == {
+        "min_size": 1024, "max_size": 1024}
+    with pytest.raises(InputError, match="model.args.max_size 1024 disagrees with "
+                                         "transform.input_size 512"):
+        load_recipe(QIMS_RECIPE,
+                    ["transform.input_size=512", "model.args.max_size=1024"])

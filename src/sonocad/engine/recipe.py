@@ -250,3 +250,23 @@ def validate(recipe: dict[str, Any], path: Path) -> None:
         raise InputError(path, "train.batch_size and train.epochs must be at least 1")
     if train["max_steps"] is not None and int(train["max_steps"]) < 1:
         raise InputError(path, "train.max_steps must be at least 1")
+    if recipe["task"] == "detection":
+        _detector_sizes_follow_input_size(recipe, path)
+
+
+def _detector_sizes_follow_input_size(recipe: dict[str, Any], path: Path) -> None:
+    """torchvision's detectors resize again to their min_size / max_size: make them the
+    letterboxed input's sides, so `transform.input_size` (an override too) is what runs; a
+    recipe that says otherwise is an error, not a second, silent resize."""
+    from sonocad.transforms import TransformConfig  # torch: only detection recipes need it
+
+    size = recipe["transform"].get("input_size", TransformConfig().input_size)
+    height, width = (size, size) if isinstance(size, int) else size
+    args = recipe["model"].setdefault("args", {}) or {}
+    recipe["model"]["args"] = args
+    for key, expected in (("min_size", min(height, width)), ("max_size", max(height, width))):
+        if key in args and int(args[key]) != expected:
+            raise InputError(path, f"model.args.{key} {args[key]} disagrees with "
+                                   f"transform.input_size {size}: leave {key} out, it follows "
+                                   "input_size")
+        args[key] = expected
