@@ -172,3 +172,24 @@ def test_a_sigkilled_predict_resumes_to_the_same_table(tmp_path: Path, checkpoin
     assert [row["image_id"] for row in rows] == [f"img{i:02d}.png" for i in range(40)]
     assert rows[:len(partial)] == partial
     assert len(list((out / "masks").iterdir())) == 40
+
+
+@pytest.mark.timeout(120)
+def test_a_long_multi_frame_input_passes_the_writers_back_pressure(
+        tmp_path: Path, checkpoint: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """More frames of one input than the writer lets wait: it must not wait for ever on
+    frames whose rows cannot reach the table before the input's last frame."""
+    from PIL import Image as PILImage
+
+    from sonocad.data.phantom import make_phantom
+    from sonocad.inference import writer
+
+    monkeypatch.setattr(writer, "_MAX_PENDING", 2)
+    pages = [PILImage.fromarray(make_phantom("benign", size=(40, 56), seed=i).image)
+             for i in range(7)]
+    loop = tmp_path / "in" / "loop.tif"
+    loop.parent.mkdir()
+    pages[0].save(loop, save_all=True, append_images=pages[1:])
+    result = predict([loop], tmp_path / "out", checkpoint=checkpoint, batch_size=1)
+    assert [row["frame"] for row in result.rows] == list(range(1, 8))
+    assert [row["frame"] for row in _table(tmp_path / "out")] == [str(i) for i in range(1, 8)]

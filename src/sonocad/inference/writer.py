@@ -27,6 +27,7 @@ from sonocad.errors import SonocadError
 from sonocad.evaluation.table import PredictionsStream
 from sonocad.inference.predictor import Prediction
 from sonocad.io.atomic import save_jpeg, save_png
+from sonocad.io.images import MAX_IMAGE_PIXELS
 from sonocad.pictures import heatmap_picture, overlay_picture
 
 OUTPUTS = ("mask", "overlay", "heatmap", "table")
@@ -34,7 +35,10 @@ PICTURE_FORMATS = ("png", "jpeg")
 PNG_LEVEL = 1  # fastest zlib level: 3.5 x faster than the default for 1.2 x the bytes
 JPEG_QUALITY = 90
 _WORKERS = 2
-_MAX_PENDING = 16  # frames whose pictures are not yet written: bounds memory
+# Frames whose pictures are not yet written, and their pixels: bounds memory. Sixteen BUSI
+# frames hold 6 M pixels; at the size limit one frame waits, not sixteen (2.0 GB, measured).
+_MAX_PENDING = 16
+_MAX_PENDING_PIXELS = MAX_IMAGE_PIXELS
 
 
 def parse_outputs(text: str) -> frozenset[str]:
@@ -50,6 +54,7 @@ def parse_outputs(text: str) -> frozenset[str]:
 class _Pending:
     file: str  # the input file the frame came from
     row: dict[str, Any]
+    pixels: int  # of the frame, held until its pictures are written
     writes: list[Future] = field(default_factory=list)
 
     def done(self) -> bool:
@@ -83,15 +88,24 @@ class OutputWriter:
                row: dict[str, Any], spacing_mm: tuple[float, float] | None,
                heat: np.ndarray | None = None) -> None:
         """Queue the frame's pictures; `heat` is a classifier's Grad-CAM (its heatmap)."""
-        entry = _Pending(file, row)
+        entry = _Pending(file, row, pixels.shape[0] * pixels.shape[1])
         for job in self._jobs(name, pixels, prediction, spacing_mm, heat):
             entry.writes.append(self._pool.submit(job))
         self._pending.append(entry)
+        self._wait_for_writers()
         self._flush(current=file)
-        while len(self._pending) > _MAX_PENDING:
-            for write in self._pending[0].writes:
-                write.result()  # back-pressure: the model waits for the writers
-            self._flush(current=file)
+
+    def _wait_for_writers(self) -> None:
+        """Back-pressure: the model waits while too many frames (or pixels) are unwritten.
+        Written frames of the input in progress stay queued for the table, but hold no
+        pixels any more, so they do not count."""
+        while True:
+            busy = [entry for entry in self._pending if not entry.done()]
+            if (len(busy) <= _MAX_PENDING
+                    and sum(entry.pixels for entry in busy) <= _MAX_PENDING_PIXELS):
+                return
+            for write in busy[0].writes:
+                write.result()
 
     def submit_after(self, file: str, job: Callable[[], None]) -> None:
         """One more job of the input `file`, whose frames were all submitted last (a DICOM
