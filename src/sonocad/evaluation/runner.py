@@ -27,6 +27,7 @@ from sonocad.data.sample import Sample
 from sonocad.data.sources import DataArg, resolve_sources
 from sonocad.data.split import resolve_subset, select
 from sonocad.engine.checkpoint import load_checkpoint
+from sonocad.errors import InputError, SonocadError
 from sonocad.evaluation.breakdown import breakdown
 from sonocad.evaluation.measure import lesion_measurements
 from sonocad.evaluation.segmentation import (
@@ -73,26 +74,16 @@ def evaluate(checkpoint: str | Path, data: DataArg, split_spec: str | Sequence[s
     labels = loaded.meta["data"].get("labels")
     if labels:
         samples = [s for s in samples if s.label in labels]
-    # Imported here: the task runners build on this module (EvaluationResult, predict_samples).
-    from sonocad.evaluation.classification_runner import evaluate_classification
-
     if loaded.task == "detection":
         from sonocad.evaluation.detection_runner import evaluate_detection
         from sonocad.inference.detection import DetectionPredictor
 
         return evaluate_detection(DetectionPredictor(loaded), samples, out, spec_text,
-                                  batch_size=batch_size, checkpoint=checkpoint)
+                                  batch_size=batch_size, n_boot=n_boot, examples=overlays,
+                                  checkpoint=checkpoint)
     predictor = Predictor(loaded)
-    options = {"batch_size": batch_size, "n_boot": n_boot}
-    if predictor.task == "classification":
-        result = evaluate_classification(predictor, samples, out, spec_text, **options,
-                                         checkpoint=checkpoint)
-    elif predictor.task == "segmentation":
-        result = evaluate_segmentation(predictor, samples, out, spec_text, **options,
-                                       overlays=overlays, checkpoint=checkpoint)
-    else:
-        result = _evaluate_multitask(predictor, samples, out, spec_text, options,
-                                     overlays=overlays, checkpoint=checkpoint)
+    result = _score(predictor, samples, out, spec_text, None, overlays=overlays,
+                    batch_size=batch_size, n_boot=n_boot, checkpoint=checkpoint)
     keys = list(dict.fromkeys([*(["source"] if len(specs) > 1 else []), *by]))
     if keys:
         class_names = None if predictor.task == "segmentation" else predictor.class_names
@@ -100,6 +91,60 @@ def evaluate(checkpoint: str | Path, data: DataArg, split_spec: str | Sequence[s
                                                        n_boot=n_boot) for key in keys}
         write_json(out / "metrics.json", result.metrics)
     return result
+
+
+def evaluate_out_of_fold(checkpoints: Sequence[str | Path], data: str | Path,
+                         split_specs: Sequence[str], out: str | Path, *,
+                         layout: str | None = None, batch_size: int = 8, n_boot: int = 2000,
+                         overwrite: bool = False) -> EvaluationResult:
+    """Cross-validation's pooled evaluation: checkpoint i predicts subset `split_specs[i]`
+    (the fold it did not train on), and all those predictions are scored as one table, in
+    `evaluate`'s format (so `compare` and `report` read it). One data set; checkpoints of one
+    model and classes. Detectors are not pooled (their AP needs one model's scores)."""
+    if len(checkpoints) != len(split_specs) or not checkpoints:
+        raise SonocadError("give one checkpoint per fold subset")
+    loaded = [load_checkpoint(path) for path in checkpoints]
+    first = loaded[0]
+    for path, other in zip(checkpoints, loaded):
+        if (other.task, other.class_names, other.meta["model"]["name"]) != (
+                first.task, first.class_names, first.meta["model"]["name"]):
+            raise InputError(path, "is not the same model and classes as the first fold's")
+    if first.task == "detection":
+        raise SonocadError("out-of-fold pooling scores segmentation, classification and "
+                           "multitask models; a detector's folds are reported one by one")
+    out = Path(out)
+    folds = [_subset_samples(data, [spec], layout) for spec in split_specs]
+    labels = first.meta["data"].get("labels")
+    if labels:
+        folds = [[s for s in samples if s.label in labels] for samples in folds]
+    claim_output_dir(out, "evaluate", inputs=[*checkpoints, data], overwrite=overwrite)
+
+    def out_of_fold() -> Iterator[Predicted]:
+        for checkpoint, samples in zip(loaded, folds):  # one model in memory at a time
+            yield from predict_samples(Predictor(checkpoint), samples, batch_size)
+
+    # Overlays are drawn by one predictor, which would not be the one that made each case.
+    return _score(Predictor(first), [s for samples in folds for s in samples], out,
+                  " + ".join(split_specs), out_of_fold(), overlays=0, batch_size=batch_size,
+                  n_boot=n_boot, checkpoint=", ".join(map(str, checkpoints)))
+
+
+def _score(predictor: Predictor, samples: list[Sample], out: Path, spec_text: str,
+           predictions: Iterable[Predicted] | None, *, overlays: int, batch_size: int,
+           n_boot: int, checkpoint: str | Path) -> EvaluationResult:
+    """Score `samples` by task; `predictions` (in `samples` order) when the caller has them,
+    else `predictor` makes them."""
+    # Imported here: the task runners build on this module (EvaluationResult, predict_samples).
+    from sonocad.evaluation.classification_runner import evaluate_classification
+
+    options = {"batch_size": batch_size, "n_boot": n_boot, "checkpoint": checkpoint,
+               "predictions": predictions}
+    if predictor.task == "classification":
+        return evaluate_classification(predictor, samples, out, spec_text, **options)
+    if predictor.task == "segmentation":
+        return evaluate_segmentation(predictor, samples, out, spec_text, **options,
+                                     overlays=overlays)
+    return _evaluate_multitask(predictor, samples, out, spec_text, options, overlays=overlays)
 
 
 def _subset_samples(data: DataArg, specs: list[str], layout: str | None) -> list[Sample]:
@@ -114,25 +159,27 @@ def _subset_samples(data: DataArg, specs: list[str], layout: str | None) -> list
 
 
 def _evaluate_multitask(predictor: Predictor, samples: list[Sample], out: Path,
-                        split_spec: str, options: dict[str, Any], *, overlays: int,
-                        checkpoint: str | Path) -> EvaluationResult:
+                        split_spec: str, options: dict[str, Any], *,
+                        overlays: int) -> EvaluationResult:
     from sonocad.evaluation.classification_runner import evaluate_classification
 
+    options = dict(options)
+    given, checkpoint = options.pop("predictions"), options["checkpoint"]
     class_only: list[Predicted] = []  # lesion maps are large; keep only class probabilities
 
     def recording() -> Iterator[Predicted]:
-        for sample, image, prediction in predict_samples(predictor, samples,
-                                                         options["batch_size"]):
+        made = (given if given is not None
+                else predict_samples(predictor, samples, options["batch_size"]))
+        for sample, image, prediction in made:
             class_only.append((sample, None, Prediction(None, prediction.class_probabilities,
                                                          prediction.decision)))
             yield sample, image, prediction
 
     segmentation = evaluate_segmentation(predictor, samples, out / "segmentation", split_spec,
-                                         **options, overlays=overlays, checkpoint=checkpoint,
+                                         **options, overlays=overlays,
                                          predictions=recording())
     classification = evaluate_classification(predictor, samples, out / "classification",
-                                             split_spec, **options, checkpoint=checkpoint,
-                                             predictions=class_only)
+                                             split_spec, **options, predictions=class_only)
     rows = [{**seg, **{k: v for k, v in cls.items() if k not in seg}}
             for seg, cls in zip(segmentation.rows, classification.rows, strict=True)]
     summary = {"task": "multitask", "model": predictor.meta["model"]["name"],
