@@ -23,6 +23,7 @@ import argparse
 from pathlib import Path
 
 from _common import machine_line
+
 from sonocad.data.adapters import open_dataset
 from sonocad.data.clinical_synth import SYNTHETIC, write_synthetic_clinical
 from sonocad.data.split import SplitFile, read_split, write_split
@@ -51,34 +52,40 @@ def main() -> None:
 
     checkpoint = args.checkpoint
     if checkpoint is None:
-        size = args.size
         recipe = load_recipe(RECIPE, [f"train.max_steps={args.steps}", "data.cache=false",
-                                      f"transform.input_size={size}",
-                                      f"model.args.min_size={size}",
-                                      f"model.args.max_size={size}"])
+                                      f"transform.input_size={args.size}"])
         checkpoint = train(recipe, args.data, SPLIT, args.out / "run",
                            overwrite=True).best_checkpoint
-    lesions = [s for s in open_dataset(args.data) if s.label in ("benign", "malignant")]
+    print(combine_on_synthetic(checkpoint, args.data, SPLIT, args.out, seed=args.seed,
+                               verbose=True))
+
+
+def combine_on_synthetic(checkpoint: Path, data: Path, frozen_split: Path, out: Path, *,
+                         seed: int = 0, batch_size: int = 2, verbose: bool = False) -> str:
+    """Steps 2-4 for a trained detector; returns the QIMS Table 2 layout, titled."""
+    lesions = [s for s in open_dataset(data) if s.label in ("benign", "malignant")]
     lesion_ids = {s.image_id for s in lesions}
-    frozen = read_split(SPLIT)
-    split = args.out / "lesion_split.json"
-    write_split(split, SplitFile(frozen.dataset, frozen.seed, "benign and malignant images of "
-                                 f"{SPLIT.name}", {name: tuple(i for i in ids if i in lesion_ids)
-                                                   for name, ids in frozen.subsets.items()}))
+    frozen = read_split(frozen_split)
+    split = out / "lesion_split.json"
+    out.mkdir(parents=True, exist_ok=True)
+    subsets = {name: tuple(i for i in ids if i in lesion_ids)
+               for name, ids in frozen.subsets.items()}
+    write_split(split, SplitFile(frozen.dataset, frozen.seed,
+                                 f"benign and malignant images of {frozen_split.name}", subsets))
     tables = {}
     for subset in ("train", "test"):
-        result = evaluate(checkpoint, args.data, f"{split}:{subset}", args.out / f"eval_{subset}",
-                          batch_size=2, overwrite=True)
-        print(format_summary(result.metrics))
+        result = evaluate(checkpoint, data, f"{split}:{subset}", out / f"eval_{subset}",
+                          batch_size=batch_size, overwrite=True)
+        if verbose:
+            print(format_summary(result.metrics))
         tables[subset] = result.out_dir / "predictions.csv"
-
-    clinical = write_synthetic_clinical(args.out / f"clinical_{SYNTHETIC}.csv",
+    clinical = write_synthetic_clinical(out / f"clinical_{SYNTHETIC}.csv",
                                         [s.image_id for s in lesions],
-                                        [s.label for s in lesions], seed=args.seed)
-    combined = run_combined(tables["train"], tables["test"], clinical, args.out / "combined",
-                            seed=args.seed)
-    print(f"\nQIMS 2023 pipeline on BUSI, clinical factors {SYNTHETIC} — {machine_line()}")
-    print(combined.table)
+                                        [s.label for s in lesions], seed=seed)
+    combined = run_combined(tables["train"], tables["test"], clinical, out / "combined",
+                            seed=seed)
+    return (f"QIMS 2023 pipeline on BUSI, clinical factors {SYNTHETIC} — {machine_line()}\n"
+            f"{combined.table}")
 
 
 if __name__ == "__main__":

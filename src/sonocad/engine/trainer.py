@@ -229,6 +229,7 @@ class _Trainer:
         # RNG, whose state last.pt restored (dropout and proposal sampling read it).
         return DataLoader(self.train_set, batch_sampler=sampler, num_workers=workers,
                           persistent_workers=False, collate_fn=collate,
+                          pin_memory=self.world.device.type == "cuda",
                           generator=epoch_generator(seed, state.epoch))
 
     def _step(self, batch: dict[str, Any]) -> float:
