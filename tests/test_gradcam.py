@@ -317,11 +317,6 @@ def test_explain_refuses_bad_arguments(tmp_path: Path, classifier: Path) -> None
         explain(classifier, [], tmp_path / "file")
     with pytest.raises(SonocadError, match="no such checkpoint"):
         explain(tmp_path / "none.pt", [], tmp_path / "out")
-    detector = tmp_path / "det.pt"
-    save_checkpoint(detector, Checkpoint(_meta("detection", "maskrcnn_resnet101_fpn", {},
-                                               CLASSES, 64), {}))
-    with pytest.raises(SonocadError, match="does not handle detection"):
-        explain(detector, [], tmp_path / "out")
 
 
 def test_explain_gives_the_default_models_class_call_its_own_grad_cam(tmp_path) -> None:
@@ -338,6 +333,13 @@ def test_explain_gives_the_default_models_class_call_its_own_grad_cam(tmp_path) 
     lesion = phantom.mask.astype(bool)
     assert cam.method == "gradcam" and cam.predicted_class == "malignant"
     assert cam.heat[lesion].mean() > 3 * cam.heat[~lesion].mean()
+    # The map follows the class asked for: "normal" looks elsewhere than "malignant".
+    other = Explainer(default).explain_class(phantom.image, target="normal")
+    assert other.predicted_class == "normal" and other.probability < cam.probability
+    assert np.abs(other.heat - cam.heat).mean() > 0.05
+    assert np.corrcoef(other.heat.ravel(), cam.heat.ravel())[0, 1] < 0.9
+    with pytest.raises(SonocadError, match="unknown class 'cyst'"):
+        Explainer(default).explain_class(phantom.image, target="cyst")
 
     image = tmp_path / "in" / "scan.png"
     image.parent.mkdir()

@@ -156,5 +156,5 @@ def test_unusable_models_are_clear_errors(exported: dict[str, tuple[Path, Path]]
         Predictor(tmp_path / "missing.onnx", backend="onnx")
 
     detection = Checkpoint({**load_checkpoint(checkpoint).meta, "task": "detection"}, {})
-    with pytest.raises(SonocadError, match="does not handle detection"):
+    with pytest.raises(SonocadError, match="torch back end only"):
         onnx_model_bytes(detection)

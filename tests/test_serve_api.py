@@ -116,6 +116,31 @@ def test_phantom_png_gives_measurements_overlay_and_heatmap(client: TestClient) 
     assert np.array(PILImage.open(io.BytesIO(heatmap.content))).shape == (40, 56, 3)
 
 
+def test_every_frame_of_a_multi_page_tiff_gets_its_results_as_predict_does(
+        client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    pages = [PILImage.fromarray(make_phantom("benign", size=(40, 56 + 8 * i), seed=i).image)
+             for i in range(3)]
+    buffer = io.BytesIO()
+    pages[0].save(buffer, "TIFF", save_all=True, append_images=pages[1:])
+    result = _upload(client, buffer.getvalue(), name="loop.tif").json()
+    assert [f["frame"] for f in result["frames"]] == [1, 2, 3]
+    assert [f["width"] for f in result["frames"]] == [56, 64, 72]
+    assert result["width"] == 56 and result["overlay_url"] == result["frames"][0]["overlay_url"]
+    second = client.get(result["frames"][1]["overlay_url"])
+    assert result["frames"][1]["overlay_url"].endswith("/overlay-2.png")
+    assert np.array(PILImage.open(io.BytesIO(second.content))).shape == (40, 64, 3)
+    assert client.get(f"/api/results/{result['id']}/overlay-9.png").status_code == 404
+    assert client.get(f"/api/results/{result['id']}/secret.png").status_code == 422
+    single = _upload(client, _png_bytes()).json()
+    assert [f["frame"] for f in single["frames"]] == [None]
+
+    # A loop longer than the viewer's limit: its first MAX_FRAMES frames.
+    monkeypatch.setattr("sonocad.serve.uploads.MAX_FRAMES", 2)
+    monkeypatch.setattr("sonocad.serve.uploads.read_upload.__defaults__", (2,))
+    limited = _upload(client, buffer.getvalue(), name="loop.tif").json()
+    assert len(limited["frames"]) == 2
+
+
 def test_dicom_gives_mm_and_never_patient_data(
         client: TestClient, caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.DEBUG):

@@ -240,6 +240,10 @@ def _add_train_command(commands) -> None:
                        help="split JSON (sonocad data split), one per --data")
     _add_output_folder(train, "run folder to write")
     train.add_argument("--resume", action="store_true", help="continue from RUN/last.pt")
+    train.add_argument("--folds", choices=["all"],
+                       help="cross-validation: train one model per fold of a K-fold --split "
+                            "(each selected on its own fold), then pool their out-of-fold "
+                            "predictions (RUN/oof) and summarise the folds (RUN/cv_summary.md)")
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -247,10 +251,23 @@ def _train(args: argparse.Namespace) -> int:
     from sonocad.engine.trainer import train
 
     recipe = load_recipe(args.recipe, args.overrides)
+    if args.folds:
+        return _cross_validate(recipe, args)
     result = train(recipe, args.data, args.split, args.out, resume=args.resume,
                    overwrite=args.overwrite)
     print(f"best {result.select_metric} {result.best_value:.4f} after {result.steps} steps: "
           f"{result.best_checkpoint}")
+    return 0
+
+
+def _cross_validate(recipe: dict, args: argparse.Namespace) -> int:
+    from sonocad.engine.cross_validation import cross_validate, summary_table
+
+    if len(args.data or []) != 1 or len(args.split or []) != 1:
+        raise SonocadError("--folds all takes one --data and its K-fold --split")
+    result = cross_validate(recipe, args.data[0], args.split[0], args.out, resume=args.resume,
+                            overwrite=args.overwrite)
+    print(summary_table(result.summary), end="")
     return 0
 
 

@@ -2,7 +2,8 @@
 
 - `overlay_picture`: the lesion outline, the longest diameter as a caliper line with its length
   (mm when the pixel spacing is known, px otherwise) and a caption with the final class, its
-  probability, the decision's reason and the low-confidence flag.
+  probability, the decision's reason and the low-confidence flag; a detector's instances
+  each get their box, labelled with number, class and score, and their own diameter.
 - `heatmap_picture`: the lesion probability in a perceptual colour map (inferno), blended on
   the image with alpha growing with probability, and a colour bar.
 
@@ -27,13 +28,16 @@ from sonocad.visual import (PREDICTION_COLOUR, colour_map_blend, colour_table, d
                             to_rgb8)
 
 if TYPE_CHECKING:  # at run time not needed, and it would import torch
+    from sonocad.inference.detection import Instance
     from sonocad.inference.predictor import Prediction
 
 DIAMETER_COLOUR = (255, 214, 0)  # yellow: apart from the red outline and from grey tissue
+GRAD_CAM_LABEL = "Grad-CAM relevance"  # a classifier's heatmap is not a lesion probability
 HEAT_MAP = "inferno"  # perceptually uniform, and legible in grey print
 _MAX_ALPHA = 0.6  # at probability 1 the tissue's texture still shows through
 _VISIBLE = 0.25  # the probability from which the heat shows: a box should not cover it
 _TEXT = (255, 255, 255)
+_INSTANCE_COLOURS = {"malignant": (255, 96, 96), "benign": (96, 200, 255)}  # box outlines
 _BOX = (0, 0, 0)
 _HALO = (0, 0, 0)  # under the diameter line, so it stands out on bright tissue
 _TICKS = (0.0, 0.5, 1.0)
@@ -62,7 +66,13 @@ class _Style:
 
 
 def caption(prediction: Prediction) -> str:
-    """'malignant 0.91', or with a rule 'benign 0.38 (lesion outlined) · low confidence'."""
+    """'malignant 0.91', or with a rule 'benign 0.38 (lesion outlined) · low confidence'; a
+    detector's 'malignant 0.93 · 2 lesions' (its best instance) or 'no lesion found'."""
+    if prediction.instances is not None:
+        if not prediction.instances:
+            return "no lesion found"
+        best, count = prediction.instances[0], len(prediction.instances)
+        return f"{best.label} {best.score:.2f}" + (f" · {count} lesions" if count > 1 else "")
     label = prediction.final_class
     text = f"{label} {prediction.class_probabilities[label]:.2f}"
     decision = prediction.decision
@@ -83,18 +93,54 @@ def overlay_picture(pixels: np.ndarray, prediction: Prediction,
     image = PILImage.fromarray(canvas)
     style = _Style.for_size(*image.size)
     draw = ImageDraw.Draw(image)
+    instances = prediction.instances
     lines = (_wrap(caption(prediction), _fits(style, image.width))
-             if prediction.class_probabilities else [])
+             if prediction.class_probabilities or instances is not None else [])
     taken: list[Box] = []
     if lines:  # placed first, so the diameter's label keeps off it; drawn last, over all
         taken.append(_corner(image.size, _text_size(style, lines), mask, style.pad,
                              ("top-left", "top-right", "bottom-left", "bottom-right")))
-    diameter = longest_diameter(mask, spacing_mm) if mask is not None else None
-    if diameter is not None:
-        _draw_diameter(draw, style, diameter, image.size, taken)
+    labels = [(_draw_instance_box(draw, style, instance, label, image.size), [label])
+              for instance, label in _instance_labels(instances or [])]
+    taken += [box for box, _ in labels]  # the diameters' lengths keep off the labels too
+    lesions = ([instance.mask for instance in instances] if instances is not None
+               else [mask] if mask is not None else [])
+    for lesion in lesions:
+        diameter = longest_diameter(lesion, spacing_mm)
+        if diameter is not None:
+            _draw_diameter(draw, style, diameter, image.size, taken)
+    for box, text in labels:  # over the lines, legible
+        _draw_text_box(draw, style, text, box)
     if lines:
         _draw_text_box(draw, style, lines, taken[0])
     return np.asarray(image)
+
+
+def _instance_labels(instances: Sequence[Instance]) -> list[tuple[Instance, str]]:
+    return [(instance, f"{number} {instance.label} {instance.score:.2f}")
+            for number, instance in enumerate(instances, start=1)]
+
+
+def _draw_instance_box(draw: ImageDraw.ImageDraw, style: _Style, instance: Instance,
+                       label: str, size: tuple[int, int]) -> Box:
+    """Draw the instance's box; return where its label goes: just above the box, or inside
+    it where there is no room above."""
+    colour = _INSTANCE_COLOURS.get(instance.label, _TEXT)
+    x0, y0, x1, y1 = (round(v) for v in instance.box)
+    draw.rectangle((x0, y0, max(x0, x1 - 1), max(y0, y1 - 1)), outline=colour,
+                   width=style.line)
+    width, height = _text_size(style, [label])
+    left = min(max(x0, 0), max(size[0] - width, 0))
+    top = y0 - height if y0 - height >= 0 else min(y0, max(size[1] - height, 0))
+    return left, top, left + width, top + height
+
+
+def heat_label(prediction: Prediction) -> str:
+    """What a prediction's heatmap shows: a classifier's is Grad-CAM (no lesion map), a
+    detector's the score of the instances under each pixel."""
+    if prediction.lesion_probability is None:
+        return GRAD_CAM_LABEL
+    return "instance score" if prediction.instances is not None else "lesion probability"
 
 
 def heatmap_picture(pixels: np.ndarray, probability: np.ndarray,

@@ -12,24 +12,23 @@ both tasks alike; here ``mean`` is the estimate on the whole subset.
 
 from __future__ import annotations
 
-import io
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from sklearn.metrics import ConfusionMatrixDisplay
 
 from sonocad.data.sample import Sample
 from sonocad.errors import SonocadError
 from sonocad.evaluation.classification import BENIGN_VS_MALIGNANT, classification_metrics
+from sonocad.evaluation.figures import save_figure
 from sonocad.evaluation.runner import EvaluationResult, Predicted, predict_samples
 from sonocad.evaluation.table import sample_columns, write_predictions
 from sonocad.inference.decision import decision_columns
 from sonocad.inference.predictor import Predictor
-from sonocad.io.atomic import write_bytes, write_json
+from sonocad.io.atomic import write_json
 
 
 def evaluate_classification(predictor: Predictor, samples: list[Sample], out: str | Path,
@@ -77,9 +76,9 @@ def evaluate_classification(predictor: Predictor, samples: list[Sample], out: st
     }
     write_predictions(out / "predictions", rows)
     write_json(out / "metrics.json", summary)
-    _save(out / "confusion_matrix.png", confusion_figure(summary["confusion_matrix"]))
-    _save(out / "roc.png", roc_figure(summary["roc"]))
-    _save(out / "reliability.png",
+    save_figure(out / "confusion_matrix.png", confusion_figure(summary["confusion_matrix"]))
+    save_figure(out / "roc.png", roc_figure(summary["roc"]))
+    save_figure(out / "reliability.png",
           reliability_figure(summary["calibration"], summary["groups"]["all"]["ece"]["mean"]))
     return EvaluationResult(out, rows, summary)
 
@@ -127,14 +126,6 @@ def reliability_figure(calibration: dict[str, Any], ece: float) -> Figure:
     counts.stairs(calibration["counts"], calibration["edges"], fill=True, alpha=0.6)
     counts.set(xlabel="top-class confidence", ylabel="images")
     return figure
-
-
-def _save(path: Path, figure: Figure) -> None:
-    # Render in memory with Agg, then write atomically: no pyplot state, no half-written PNG.
-    FigureCanvasAgg(figure)
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=150)
-    write_bytes(path, buffer.getvalue())
 
 
 def _check_labels(samples: list[Sample], class_names: list[str], split_spec: str) -> None:

@@ -20,6 +20,7 @@ its IoU matrices and scores at once, so scoring a data set never holds all its m
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -137,26 +138,93 @@ def detection_ap(images: Sequence[ScoredImage], class_names: Mapping[int, str], 
     Returns {"iou", "ap50", "map", "per_class": {name: {"ap50", "map", "n_truth"}}}.
     """
     thresholds = list(thresholds)
-    scores = np.concatenate([image.scores for image in images] or [np.zeros(0)])
-    labels = np.concatenate([image.labels for image in images] or [np.zeros(0)])
-    truth_labels = np.concatenate([image.truth_labels for image in images] or [np.zeros(0)])
-    table = np.full((len(class_names), len(thresholds)), np.nan)
-    for j, threshold in enumerate(thresholds):
-        true_positive = np.concatenate(
-            [match(image.ious[iou], image.scores, image.labels, image.truth_labels, threshold)
-             for image in images] or [np.zeros(0, dtype=bool)])
-        for i, label in enumerate(class_names):
-            chosen = labels == label
-            table[i, j] = average_precision(scores[chosen], true_positive[chosen],
-                                            int(np.sum(truth_labels == label)))
+    pooled = _Pooled.of(images, iou, thresholds)
+    table = pooled.ap_table(class_names)
     at_50 = thresholds.index(0.5) if 0.5 in thresholds else 0
-    scored = ~np.isnan(table[:, 0])
-    return {"iou": iou,
-            "ap50": float(np.mean(table[scored, at_50])) if scored.any() else float("nan"),
-            "map": float(np.mean(table[scored])) if scored.any() else float("nan"),
+    ap50, mean_ap = _class_means(table, at_50)
+    return {"iou": iou, "ap50": ap50, "map": mean_ap,
             "per_class": {name: {"ap50": float(table[i, at_50]), "map": float(np.mean(table[i])),
-                                 "n_truth": int(np.sum(truth_labels == label))}
+                                 "n_truth": int(np.sum(pooled.truth_labels == label))}
                           for i, (label, name) in enumerate(class_names.items())}}
+
+
+def bootstrap_ap(images: Sequence[ScoredImage], class_names: Mapping[int, str], *,
+                 iou: str = "box", n_boot: int = 1000, seed: int = 0,
+                 thresholds: Sequence[float] = IOU_THRESHOLDS) -> dict[str, tuple[float, float]]:
+    """95 % percentile bootstrap CIs of AP50 and mAP, resampling images with replacement
+    (matching is within an image, so it is done once); resamples without a truth instance
+    are left out. {"ap50": (low, high), "map": (low, high)}."""
+    thresholds = list(thresholds)
+    at_50 = thresholds.index(0.5) if 0.5 in thresholds else 0
+    per_image = [_Pooled.of([image], iou, thresholds) for image in images]
+    rng = np.random.default_rng(seed)
+    draws = []
+    for _ in range(n_boot):
+        chosen = [per_image[i] for i in rng.integers(0, len(images), len(images))]
+        draws.append(_class_means(_Pooled.join(chosen).ap_table(class_names), at_50))
+    values = np.array([d for d in draws if not np.isnan(d[0])]).reshape(-1, 2)
+    if not len(values):
+        return {"ap50": (math.nan, math.nan), "map": (math.nan, math.nan)}
+    low, high = np.percentile(values, [2.5, 97.5], axis=0)
+    return {"ap50": (float(low[0]), float(high[0])), "map": (float(low[1]), float(high[1]))}
+
+
+def precision_recall(images: Sequence[ScoredImage], label: int, *, iou: str = "box",
+                     threshold: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
+    """(recall, precision) of class `label`'s pooled predictions at IoU `threshold`, recall over
+    every truth instance, from the highest score down (the curve AP is the area under)."""
+    pooled = _Pooled.of(images, iou, [threshold])
+    chosen = pooled.labels == label
+    order = np.argsort(-pooled.scores[chosen], kind="stable")
+    hits = pooled.true_positive[0][chosen][order]
+    n_truth = max(int(np.sum(pooled.truth_labels == label)), 1)
+    found = np.cumsum(hits)
+    return found / n_truth, found / np.arange(1, len(hits) + 1)
+
+
+@dataclass(frozen=True)
+class _Pooled:
+    """Predictions of some images, pooled, with their true-positive flags per IoU threshold."""
+
+    scores: np.ndarray
+    labels: np.ndarray
+    truth_labels: np.ndarray
+    true_positive: list[np.ndarray]  # one flag array per threshold
+
+    @classmethod
+    def of(cls, images: Sequence[ScoredImage], iou: str, thresholds: Sequence[float]
+           ) -> _Pooled:
+        return cls.join([cls(image.scores, image.labels, image.truth_labels,
+                             [match(image.ious[iou], image.scores, image.labels,
+                                    image.truth_labels, threshold) for threshold in thresholds])
+                         for image in images], n_thresholds=len(thresholds))
+
+    @classmethod
+    def join(cls, parts: Sequence[_Pooled], n_thresholds: int | None = None) -> _Pooled:
+        count = n_thresholds if n_thresholds is not None else len(parts[0].true_positive)
+        return cls(np.concatenate([p.scores for p in parts] or [np.zeros(0)]),
+                   np.concatenate([p.labels for p in parts] or [np.zeros(0)]),
+                   np.concatenate([p.truth_labels for p in parts] or [np.zeros(0)]),
+                   [np.concatenate([p.true_positive[j] for p in parts]
+                                   or [np.zeros(0, dtype=bool)]) for j in range(count)])
+
+    def ap_table(self, class_names: Mapping[int, str]) -> np.ndarray:
+        """AP (classes x thresholds); NaN for a class without truth instances."""
+        table = np.full((len(class_names), len(self.true_positive)), np.nan)
+        for i, label in enumerate(class_names):
+            chosen = self.labels == label
+            n_truth = int(np.sum(self.truth_labels == label))
+            for j, flags in enumerate(self.true_positive):
+                table[i, j] = average_precision(self.scores[chosen], flags[chosen], n_truth)
+        return table
+
+
+def _class_means(table: np.ndarray, at_50: int) -> tuple[float, float]:
+    """(AP50, mAP) averaged over the classes that have truth instances."""
+    scored = ~np.isnan(table[:, 0])
+    if not scored.any():
+        return math.nan, math.nan
+    return float(np.mean(table[scored, at_50])), float(np.mean(table[scored]))
 
 
 def box_and_mask_ap(images: Sequence[ScoredImage],

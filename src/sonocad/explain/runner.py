@@ -4,9 +4,12 @@ A classifier's heatmap is the Grad-CAM (or Grad-CAM++) map of its predicted clas
 the model input (letterboxed as in training) and mapped back onto the image; a segmentation
 model's heatmap is its lesion probability. A multitask model (the default model) gets both:
 its lesion probability, and the Grad-CAM of its class head's call on the encoder's last
-features. Outputs: ``out/<stem>_heatmap.png`` (``_2``, ``_3``, ... added when two inputs share a
-stem), the heatmap blended over the image at its own size, and for a multitask model
-``out/<stem>_class_heatmap.png``. Every frame of a DICOM cine loop or multi-page TIFF is
+features. A detector's heatmap is the score of the instances covering each pixel, and its
+instances are drawn (boxes, outlines, class and score) in ``out/<stem>_detections.png``; Grad-CAM
+on Mask R-CNN's box head is left out, since its pooled region features have no spatial map
+over the image that the gradients could weigh. Outputs: ``out/<stem>_heatmap.png`` (``_2``,
+``_3``, ... added when two inputs share a stem), the heatmap blended over the image at its own
+size, and for a multitask model ``out/<stem>_class_heatmap.png``. Every frame of a DICOM cine loop or multi-page TIFF is
 explained, as `sonocad predict` predicts them: ``<stem>_frameNNN_heatmap.png`` (from 001).
 Unreadable inputs are reported on stderr, one line each, skipped and listed in
 `ExplainResult.failures`.
@@ -32,11 +35,13 @@ from sonocad.inference.predictor import Prediction, Predictor
 from sonocad.io.atomic import save_png
 from sonocad.io.images import numbered_frames
 from sonocad.io.outputs import claim_output_dir
+from sonocad.pictures import overlay_picture
 from sonocad.progress import progress
 from sonocad.transforms import restore_size, to_model_input
 from sonocad.visual import heatmap
 
 LESION_PROBABILITY = "lesion_probability"  # the "method" of a segmentation model's heatmap
+INSTANCE_SCORE = "instance_score"  # a detector's
 
 
 @dataclass(frozen=True)
@@ -85,26 +90,34 @@ class Explainer:
         caller already has the predictor's output for it, saves running the model again."""
         if prediction is None:
             (prediction,) = self.predictor.predict([pixels])
+        if prediction.instances is not None:
+            best = prediction.instances[0].score if prediction.instances else None
+            return Explanation(prediction.lesion_probability, INSTANCE_SCORE,
+                               prediction.predicted_class, best)
         if self.model is None:
             return Explanation(prediction.lesion_probability, LESION_PROBABILITY)
         return self._grad_cam(self.model, pixels, prediction)
 
 
-    def explain_class(self, pixels: np.ndarray, prediction: Prediction | None = None
-                      ) -> Explanation | None:
-        """Grad-CAM of the predicted class for a classifier or a multitask model's class head;
-        None for a model without one (or a multitask model loaded from ONNX)."""
-        if self.model is not None:
-            return self(pixels, prediction)
-        if self.class_model is None:
+    def explain_class(self, pixels: np.ndarray, prediction: Prediction | None = None,
+                      target: str | None = None) -> Explanation | None:
+        """Grad-CAM of class `target` (default: the predicted class) for a classifier or a
+        multitask model's class head; None for a model without one (or a multitask model
+        loaded from ONNX)."""
+        model, layer = ((self.model, None) if self.model is not None
+                        else (self.class_model, self.class_layer))
+        if model is None:
             return None
         if prediction is None:
             (prediction,) = self.predictor.predict([pixels])
-        return self._grad_cam(self.class_model, pixels, prediction, self.class_layer)
+        return self._grad_cam(model, pixels, prediction, layer, target)
 
     def _grad_cam(self, model: nn.Module, pixels: np.ndarray, prediction: Prediction,
-                  layer: str | None = None) -> Explanation:
-        label = prediction.predicted_class
+                  layer: str | None = None, target: str | None = None) -> Explanation:
+        label = target or prediction.predicted_class
+        if label not in self.predictor.class_names:
+            raise SonocadError(f"unknown class {label!r} (the model's classes: "
+                               f"{', '.join(self.predictor.class_names)})")
         config = self.predictor.transform_config
         cam = grad_cam(model, to_model_input(pixels, config)[None], layer=layer,
                        target_class=self.predictor.class_names.index(label), method=self.method)
@@ -162,6 +175,9 @@ def _explain_one(explainer: Explainer, pixels: np.ndarray, out: Path, name: str,
     explanation = explainer(pixels, prediction)
     row.update(heatmap=str(out / f"{name}_heatmap.png"), method=explanation.method)
     save_png(Path(row["heatmap"]), heatmap(pixels, explanation.heat))
+    if prediction.instances is not None:
+        row["detections"] = str(out / f"{name}_detections.png")
+        save_png(Path(row["detections"]), overlay_picture(pixels, prediction, None))
     called = explanation if explanation.predicted_class else None
     if explainer.model is None and explainer.class_model is not None:
         called = explainer.explain_class(pixels, prediction)

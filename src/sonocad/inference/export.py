@@ -43,7 +43,7 @@ def export_onnx(checkpoint_path: str | Path, out_path: str | Path | None = None,
 
 def onnx_model_bytes(checkpoint: Checkpoint, *, opset: int = DEFAULT_OPSET) -> bytes:
     """The serialised, checked ONNX model of `checkpoint`, its meta in the metadata."""
-    check_task(checkpoint.task)
+    check_task(checkpoint.task, "onnx")
     size = TransformConfig.from_dict(checkpoint.meta["transform"]).size
     module = LogitsOnly(checkpoint.build_model(), checkpoint.task)
     outputs = list(output_names(checkpoint.task))

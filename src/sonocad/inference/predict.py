@@ -6,11 +6,15 @@ hidden files and folders, annotations (``<stem>_mask*.png`` files as in BUSI, VO
 ``SegmentationClass/`` and ``SegmentationObject/``, a ``masks/`` folder beside ``images/``) and
 sonocad's own output folders; it names anything else it cannot read. Outputs, all in `out`:
 
-  masks/<name>.png       predicted lesion at the image's own size, 0/255 (segmentation)
+  masks/<name>.png       predicted lesion at the image's own size, 0/255 (segmentation; a
+                         detector's: the union of its found instances)
   overlays/<name>.png    the image with the predicted lesion outlined (segmentation), or with
-                         the predicted class and its probability written on it (classification)
-  heatmaps/<name>.png    lesion probability over the image (segmentation), or Grad-CAM of
-                         the predicted class (classification, torch checkpoints)
+                         the predicted class and its probability written on it (classification),
+                         or each found instance outlined in its box with class and score
+                         (detection)
+  heatmaps/<name>.png    lesion probability over the image (segmentation), Grad-CAM of the
+                         predicted class (classification, torch checkpoints), or the score of
+                         the instances covering each pixel (detection)
   predictions.csv/.json  one row per image or frame
 
 `out` is claimed through `sonocad.io.outputs` (a new or empty folder, or an earlier predict
@@ -30,6 +34,7 @@ from __future__ import annotations
 
 import glob
 import itertools
+import json
 import os
 import sys
 from collections.abc import Iterable, Iterator, Sequence
@@ -45,7 +50,8 @@ from sonocad.errors import InputError, SonocadError
 from sonocad.evaluation.measure import lesion_measurements
 from sonocad.evaluation.table import PredictionsStream
 from sonocad.inference.decision import decision_columns
-from sonocad.inference.predictor import Prediction, Predictor
+from sonocad.inference.detection import instance_records
+from sonocad.inference.predictor import LESION_TASKS, Prediction, Predictor
 from sonocad.inference.writer import OUTPUTS, OutputWriter
 from sonocad.io.images import (
     IMAGE_SUFFIXES,
@@ -139,8 +145,8 @@ def predict(inputs: Sequence[str | Path], out: str | Path, *,
     folders = [Path(given) for given in inputs if Path(given).is_dir()]
     claim_output_dir(out, "predict", inputs=[*folders, *(source.path for source in sources)],
                      overwrite=overwrite, resume=resume)
-    if dicom_out and predictor.task not in ("segmentation", "multitask"):
-        raise SonocadError("--dicom-out writes a Segmentation: the model must segment lesions")
+    if dicom_out and predictor.task not in LESION_TASKS:
+        raise SonocadError("--dicom-out writes a Segmentation: the model must outline lesions")
     explainer = _grad_cam(predictor) if "heatmap" in outputs else None
     for failure in failures:
         _report(failure)
@@ -371,6 +377,8 @@ def _row(item: _Item, prediction: Prediction) -> dict[str, Any]:
         row.update({f"prob_{name}": p for name, p in prediction.class_probabilities.items()})
         row["predicted_class"] = prediction.predicted_class
         row.update(decision_columns(prediction.decision))
+    if prediction.instances is not None:
+        row.update(instance_columns(prediction, image.spacing_mm))
     mask = prediction.mask
     if mask is not None:
         sizes = lesion_measurements(mask, image.spacing_mm)
@@ -378,6 +386,16 @@ def _row(item: _Item, prediction: Prediction) -> dict[str, Any]:
                    lesion_area_mm2=sizes["area_mm2"], lesion_diameter_px=sizes["diameter_px"],
                    lesion_diameter_mm=sizes["diameter_mm"])
     return row
+
+
+def instance_columns(prediction: Prediction, spacing_mm: tuple[float, float] | None
+                     ) -> dict[str, Any]:
+    """A detector's columns: its call, top score per class (``malignant_score`` is QIMS 2023's
+    image-level score) and its found instances as JSON (`instance_records`)."""
+    records = instance_records(prediction.instances or [], spacing_mm)
+    return {"predicted_class": prediction.predicted_class,
+            **{f"{name}_score": score for name, score in (prediction.top_scores or {}).items()},
+            "n_instances": len(records), "instances": json.dumps(records, separators=(",", ":"))}
 
 
 def spacing_text(spacing: tuple[float, float] | None) -> float | str | None:

@@ -3,6 +3,9 @@
 It rebuilds preprocessing from the model's meta, so inference sees exactly what training saw.
 Probability maps come back at each image's own size.
 
+A detector (Mask R-CNN) gives its instances instead of class probabilities, and a lesion map
+made from them (`sonocad.inference.detection.detection_outputs`); it runs on torch only.
+
 Two back ends share every step but the model call, which sits behind `Runner`:
 - ``torch`` runs the checkpoint's module (`TorchRunner`);
 - ``onnx`` runs one ONNX Runtime session (`sonocad.inference.onnx_backend.OnnxRunner`) on an
@@ -25,21 +28,27 @@ from torch import Tensor, nn
 from sonocad.engine.checkpoint import Checkpoint, load_checkpoint
 from sonocad.errors import InputError, SonocadError
 from sonocad.inference.decision import Decision, DecisionRule, decide
+from sonocad.inference.detection import (NO_LESION, DetectionPredictor, Instance,
+                                         detection_outputs)
 from sonocad.transforms import TransformConfig, restore_size, to_model_input
 
 THRESHOLD = 0.5
 BACKENDS = ("torch", "onnx")
-INFERENCE_TASKS = ("segmentation", "classification", "multitask")
-LESION_TASKS = ("segmentation", "multitask")  # tasks with a lesion map
+INFERENCE_TASKS = ("segmentation", "classification", "multitask", "detection")
+ONNX_TASKS = ("segmentation", "classification", "multitask")
+LESION_TASKS = ("segmentation", "multitask", "detection")  # tasks with a lesion map
 CLASS_TASKS = ("classification", "multitask")  # tasks with class probabilities
 DEFAULT_MODEL = ("weights", "default.pt")  # inside the sonocad package
 
 
 @dataclass
 class Prediction:
-    lesion_probability: np.ndarray | None  # float32 (H, W) at the image's size (LESION_TASKS)
+    # float32 (H, W) at the image's size (LESION_TASKS); a detector's is its instance scores
+    lesion_probability: np.ndarray | None
     class_probabilities: dict[str, float] | None  # CLASS_TASKS
     decision: Decision | None = None  # multitask models whose meta holds a decision rule
+    instances: list[Instance] | None = None  # a detector's found lesions, best first
+    top_scores: dict[str, float] | None = None  # a detector's top score per class (any score)
 
     @property
     def mask(self) -> np.ndarray | None:
@@ -49,7 +58,10 @@ class Prediction:
 
     @property
     def predicted_class(self) -> str | None:
-        """The class head's argmax (the raw call)."""
+        """The class head's argmax (the raw call); a detector's: its best instance's class, or
+        "normal" when it found none."""
+        if self.instances is not None:
+            return self.instances[0].label if self.instances else NO_LESION
         if not self.class_probabilities:
             return None
         return max(self.class_probabilities, key=self.class_probabilities.__getitem__)
@@ -102,10 +114,13 @@ class TorchRunner:
         return tuple(t.float().cpu() for t in self.module(batch.to(self.device)))
 
 
-def check_task(task: str) -> None:
+def check_task(task: str, backend: str = "torch") -> None:
     if task not in INFERENCE_TASKS:
-        raise SonocadError(f"inference does not handle {task} models yet "
-                           f"(only {' and '.join(INFERENCE_TASKS)})")
+        raise SonocadError(f"inference does not handle {task} models "
+                           f"(only {', '.join(INFERENCE_TASKS)})")
+    if backend == "onnx" and task not in ONNX_TASKS:
+        raise SonocadError(f"{task} models run on the torch back end only: ONNX export of "
+                           "torchvision's Mask R-CNN is not verified (see docs/detection.md)")
 
 
 def is_onnx_file(source: Checkpoint | str | Path) -> bool:
@@ -146,6 +161,8 @@ class Predictor:
         """Predict a batch of images (uint8/uint16 arrays, grey or RGB, any sizes)."""
         if not images:
             return []
+        if isinstance(self.runner, DetectionPredictor):
+            return [_detected(found, self.class_names) for found in self.runner.predict(images)]
         batch = torch.stack([to_model_input(p, self.transform_config) for p in images])
         outputs = self.runner(batch)
         lesion = outputs[0] if self.task in LESION_TASKS else None
@@ -168,8 +185,13 @@ class Predictor:
         return torch.sigmoid(resized)[0].numpy()
 
 
-def _open(source: Checkpoint | str | Path, backend: str,
-          device: str) -> tuple[Checkpoint | None, Runner, dict[str, Any]]:
+def _detected(found: Any, class_names: list[str]) -> Prediction:
+    instances, lesion_map, top_scores = detection_outputs(found, class_names)
+    return Prediction(lesion_map, None, instances=instances, top_scores=top_scores)
+
+
+def _open(source: Checkpoint | str | Path, backend: str, device: str
+          ) -> tuple[Checkpoint | None, Runner | DetectionPredictor, dict[str, Any]]:
     """(checkpoint or None for an ONNX file, runner, meta)."""
     if backend == "onnx":
         # Imported on use: the ONNX back end builds on this module (LogitsOnly, check_task).
@@ -178,10 +200,12 @@ def _open(source: Checkpoint | str | Path, backend: str,
         if backend != "onnx":
             raise InputError(source, "an ONNX model runs on the onnx back end, not torch")
         runner = OnnxRunner.from_file(source)
-        check_task(runner.meta["task"])
+        check_task(runner.meta["task"], backend)
         return None, runner, runner.meta
     checkpoint = source if isinstance(source, Checkpoint) else load_checkpoint(source)
-    check_task(checkpoint.task)
+    check_task(checkpoint.task, backend)
+    if checkpoint.task == "detection":
+        return checkpoint, DetectionPredictor(checkpoint, device), checkpoint.meta
     if backend == "torch":
         runner = TorchRunner(checkpoint.build_model(), checkpoint.task, device)
     else:

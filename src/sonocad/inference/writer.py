@@ -28,7 +28,7 @@ from sonocad.evaluation.table import PredictionsStream
 from sonocad.inference.predictor import Prediction
 from sonocad.io.atomic import save_jpeg, save_png
 from sonocad.io.images import MAX_IMAGE_PIXELS
-from sonocad.pictures import heatmap_picture, overlay_picture
+from sonocad.pictures import heat_label, heatmap_picture, overlay_picture
 
 OUTPUTS = ("mask", "overlay", "heatmap", "table")
 PICTURE_FORMATS = ("png", "jpeg")
@@ -135,7 +135,8 @@ class OutputWriter:
         probability = prediction.lesion_probability if mask is not None else heat
         if "heatmap" in self.outputs and probability is not None:
             jobs.append(lambda: self._save(self.out / "heatmaps" / f"{name}{self._suffix}",
-                                           heatmap_picture(pixels, probability)))
+                                           heatmap_picture(pixels, probability,
+                                                           heat_label(prediction))))
         return jobs
 
     def _flush(self, current: str | None) -> None:

@@ -183,6 +183,7 @@ def _results(run: Run, part: Part) -> Html:
     title = "Results" if len(run.parts) == 1 else f"Results: {part.task}"
     body = (_segmentation(part) if part.task == "segmentation" else
             _classification(part) if part.task == "classification" else
+            _detection(part) if part.task == "detection" else
             _groups(part, f"{part.task} metrics with 95 % CI, by image group"))
     return join([tag("h3", title), tag("p", f"How: {part.metrics.get('reduction', '?')}.",
                                        class_="small"), body])
@@ -228,6 +229,25 @@ def _segmentation(part: Part) -> Html:
                             caption="Pixel confusion matrix pooled over all test images "
                                     "(pixel counts)", numeric=[1, 2]))
     blocks.append(_overlays(part.folder / "overlays"))
+    return join(blocks)
+
+
+def _detection(part: Part) -> Html:
+    """AP and AUROC with CIs, the precision-recall curves and the drawn example detections."""
+    blocks = [_groups(part, "Box and mask AP (95 % bootstrap CI over images) and the "
+                            "image-level AUROC of the malignancy score (DeLong 95 % CI)")]
+    curve = part.folder / "precision_recall.png"
+    if curve.is_file():
+        blocks.append(figures([figure(file_uri(curve), "Box precision-recall per class at IoU "
+                                      "0.5, over every truth lesion.", alt="precision-recall")]))
+    drawn = sorted((part.folder / "examples").glob("*.png"))
+    if drawn:
+        blocks += [tag("h4", "Example detections"),
+                   tag("p", "Lesion images from the lowest to the highest malignancy score: "
+                            "truth outlined in green, found instances in their boxes with "
+                            "class and score.", class_="small"),
+                   figures(figure(file_uri(path, max_side=360), path.stem.replace("_", " "),
+                                  alt="example detection") for path in drawn)]
     return join(blocks)
 
 

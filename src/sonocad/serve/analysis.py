@@ -16,11 +16,10 @@ from PIL import Image as PILImage
 
 from sonocad.evaluation.measure import lesion_measurements
 from sonocad.explain.runner import Explainer
+from sonocad.inference.detection import instance_records
 from sonocad.inference.predictor import Predictor
 from sonocad.io.images import Image
-from sonocad.pictures import heatmap_picture, overlay_picture
-
-GRAD_CAM_LABEL = "Grad-CAM relevance"  # a classifier's heatmap is not a lesion probability
+from sonocad.pictures import heat_label, heatmap_picture, overlay_picture
 
 
 @dataclass(frozen=True)
@@ -50,14 +49,20 @@ def analyse(predictor: Predictor, image: Image, explainer: Explainer | None = No
     if mask is None:  # a classifier: the overlay has only its caption
         if explainer is not None:
             heat = explainer(image.pixels, prediction).heat
-            images["heatmap"] = _png(heatmap_picture(image.pixels, heat, label=GRAD_CAM_LABEL))
+            images["heatmap"] = _png(heatmap_picture(image.pixels, heat, heat_label(prediction)))
         return Analysis(summary, images)
     sizes = lesion_measurements(mask, image.spacing_mm)
     summary.update(lesion_detected=bool(mask.any()), lesion_area_px=int(sizes["area_px"]),
                    lesion_area_mm2=_known(sizes["area_mm2"]),
                    lesion_diameter_px=_known(sizes["diameter_px"]),
                    lesion_diameter_mm=_known(sizes["diameter_mm"]))
-    images["heatmap"] = _png(heatmap_picture(image.pixels, prediction.lesion_probability))
+    if prediction.instances is not None:
+        instances = instance_records(prediction.instances, image.spacing_mm)
+        summary.update(n_instances=len(instances), instances=instances,
+                       **{f"{name}_score": score
+                          for name, score in (prediction.top_scores or {}).items()})
+    images["heatmap"] = _png(heatmap_picture(image.pixels, prediction.lesion_probability,
+                                             heat_label(prediction)))
     return Analysis(summary, images)
 
 

@@ -7,6 +7,7 @@
                                           optional "spacing": mm per pixel ("0.1", "0.1,0.2")
   GET  /api/results/{id}/overlay.png      the image with the predicted lesion outlined
   GET  /api/results/{id}/heatmap.png      lesion probability over the image (segmentation)
+  GET  /api/results/{id}/overlay-2.png    ... of frame 2 of a cine loop (up to MAX_FRAMES)
 
 With a token, every /api/ request needs ``Authorization: Bearer <token>`` (else 401, before
 any upload is read). Errors are JSON ``{"detail": "<one line>"}``. Nothing about an upload
@@ -21,9 +22,9 @@ import re
 import secrets
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, closing
 from pathlib import Path
-from typing import Annotated, Any, BinaryIO, Literal
+from typing import Annotated, Any, BinaryIO
 
 from fastapi import FastAPI, Form, HTTPException, Request, UploadFile
 from fastapi import Path as PathParam
@@ -36,13 +37,14 @@ from sonocad import __version__
 from sonocad.errors import SonocadError
 from sonocad.explain.runner import Explainer
 from sonocad.inference.predictor import LESION_TASKS, THRESHOLD, Predictor
-from sonocad.io.images import parse_spacing
+from sonocad.io.images import Image, parse_spacing
 from sonocad.serve.analysis import Analysis, analyse
 from sonocad.serve.results import ID_PATTERN, ResultStore
-from sonocad.serve.uploads import UploadLimit, read_upload
+from sonocad.serve.uploads import MAX_FRAMES, UploadLimit, read_upload
 
 MAX_UPLOAD_BYTES = 20 * 2**20
 STATIC = Path(__file__).parent / "static"
+IMAGE_NAME_PATTERN = r"^(overlay|heatmap)(-[0-9]{1,3})?$"  # see `image_name`
 # Visible ASCII without spaces (it travels in a header), long enough not to be guessed.
 TOKEN_PATTERN = re.compile(r"[!-~]{16,}")
 # The page loads nothing from elsewhere, and no other site may frame or script it.
@@ -96,17 +98,26 @@ def create_app(predictor: Predictor, *, token: str | None = None,
     @app.post("/api/predict", form_limits={"max_files": 1, "max_fields": 1})
     async def predict(file: UploadFile,
                       spacing: Annotated[str | None, Form()] = None) -> dict[str, Any]:
+        """The first frame's results at the top level; every frame's (up to MAX_FRAMES of a
+        cine loop or multi-page TIFF) in "frames", numbered from 1 as predict names them."""
         spacing_mm = _spacing_field(spacing)
-        file_format, analysis = await asyncio.get_running_loop().run_in_executor(
+        file_format, analyses = await asyncio.get_running_loop().run_in_executor(
             worker, _read_and_analyse, predictor, explainer, file.file, spacing_mm)
-        result_id = store.add(analysis.images)
-        urls = {f"{name}_url": f"/api/results/{result_id}/{name}.png"
-                if name in analysis.images else None for name in ("overlay", "heatmap")}
-        return {"id": result_id, "format": file_format, **analysis.summary, **urls}
+        result_id = store.add({image_name(name, number): data
+                               for number, analysis in enumerate(analyses, start=1)
+                               for name, data in analysis.images.items()})
+        several = len(analyses) > 1
+        frames = [{"frame": number if several else None, **analysis.summary,
+                   **{f"{name}_url": f"/api/results/{result_id}/{image_name(name, number)}.png"
+                      if name in analysis.images else None for name in ("overlay", "heatmap")}}
+                  for number, analysis in enumerate(analyses, start=1)]
+        return {"id": result_id, "format": file_format, **frames[0], "frames": frames,
+                "frame_limit": MAX_FRAMES}
 
     @app.get("/api/results/{result_id}/{name}.png")
     async def result_image(result_id: Annotated[str, PathParam(pattern=ID_PATTERN)],
-                           name: Literal["overlay", "heatmap"]) -> Response:
+                           name: Annotated[str, PathParam(pattern=IMAGE_NAME_PATTERN)]
+                           ) -> Response:
         data = store.get(result_id, name)
         if data is None:
             raise HTTPException(404, f"no {name} for this result (the server keeps the "
@@ -134,11 +145,22 @@ def _spacing_field(text: str | None) -> tuple[float, float] | None:
 
 
 def _read_and_analyse(predictor: Predictor, explainer: Explainer | None, stream: BinaryIO,
-                      spacing_mm: tuple[float, float] | None) -> tuple[str, Analysis]:
-    file_format, image = read_upload(stream)
+                      spacing_mm: tuple[float, float] | None) -> tuple[str, list[Analysis]]:
+    file_format, frames = read_upload(stream)
+    with closing(frames):  # the temporary copy goes as soon as the last frame is read
+        return file_format, [analyse(predictor, _spaced(image, spacing_mm), explainer)
+                             for image in frames]
+
+
+def _spaced(image: Image, spacing_mm: tuple[float, float] | None) -> Image:
     if image.spacing_mm is None and spacing_mm is not None:
-        image = image.with_spacing(spacing_mm)
-    return file_format, analyse(predictor, image, explainer)
+        return image.with_spacing(spacing_mm)
+    return image
+
+
+def image_name(name: str, frame: int) -> str:
+    """A result's picture: "overlay" for the first frame, "overlay-2" for the second, ..."""
+    return name if frame == 1 else f"{name}-{frame}"
 
 
 def describe_model(predictor: Predictor) -> dict[str, Any]:

@@ -5,6 +5,7 @@ Content-Type a client sends are never looked at, nor ever logged. Decoding is `r
 on a private temporary copy that is deleted at once; its error messages name the problem, never
 the temporary path. Its pixel budget (`sonocad.io.images.MAX_IMAGE_PIXELS`) is the one limit on
 an upload's size in pixels, checked from the header before decoding, as `sonocad predict` does.
+Every frame of a cine loop or multi-page TIFF is read, up to `MAX_FRAMES`, as predict does.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
@@ -20,12 +22,15 @@ from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from sonocad.errors import InputError
-from sonocad.io.images import Image, read_image
+from sonocad.io.images import Image, iter_frames
 
 _DICOM_PREAMBLE = 128  # DICOM part 10: 128 free bytes, then b"DICM"
 _SIGNATURES = ((b"\x89PNG\r\n\x1a\n", "PNG"), (b"\xff\xd8\xff", "JPEG"), (b"BM", "BMP"),
                (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"))
 FORMATS = ("PNG", "JPEG", "BMP", "TIFF", "DICOM")
+# Frames of one upload the viewer analyses (its slider's length): a cine loop's first 32 take
+# a few seconds, and their pictures stay well inside the result store's byte budget.
+MAX_FRAMES = 32
 
 
 class UploadLimit:
@@ -75,9 +80,12 @@ def sniff_format(head: bytes) -> str | None:
     return next((name for magic, name in _SIGNATURES if head.startswith(magic)), None)
 
 
-def read_upload(stream: BinaryIO) -> tuple[str, Image]:
-    """(format, image; the first frame of a cine loop). 415 for a file that is not one of
-    `FORMATS`, 422 for one that cannot be decoded or is over the pixel budget."""
+def read_upload(stream: BinaryIO, max_frames: int = MAX_FRAMES
+                ) -> tuple[str, Iterator[Image]]:
+    """(format, its frames: one for an image, up to `max_frames` of a cine loop or multi-page
+    TIFF, decoded one at a time as the caller takes them). 415 for a file that is not one of
+    `FORMATS`, 422 for one that cannot be decoded or is over the pixel budget. The frames come
+    from a private temporary copy, deleted when the iterator is done or closed."""
     head = stream.read(_DICOM_PREAMBLE + 4)
     if not head:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, "the file is empty")
@@ -86,14 +94,34 @@ def read_upload(stream: BinaryIO) -> tuple[str, Image]:
         raise HTTPException(status.HTTP_415_UNSUPPORTED_MEDIA_TYPE,
                             f"not a {', '.join(FORMATS[:-1])} or {FORMATS[-1]} image")
     stream.seek(0)
-    with tempfile.TemporaryDirectory(prefix="sonocad-upload-") as folder:
-        path = Path(folder) / "upload"
-        with open(path, "wb") as handle:
-            shutil.copyfileobj(stream, handle)
-        try:
-            image = read_image(path)
-        except InputError as exc:
-            problem = exc.problem.replace(str(path), "upload")  # one line already
-            raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT,
-                                f"cannot read this image: {problem}") from None
-    return file_format, image
+    folder = tempfile.TemporaryDirectory(prefix="sonocad-upload-")
+    path = Path(folder.name) / "upload"
+    with open(path, "wb") as handle:
+        shutil.copyfileobj(stream, handle)
+    try:
+        frames = iter_frames(path)  # the header is checked here, before any pixel is decoded
+    except InputError as exc:
+        folder.cleanup()
+        raise _unreadable(exc, path) from None
+    return file_format, _frames(frames, folder, path, max_frames)
+
+
+def _frames(frames: Iterator[Image], folder: tempfile.TemporaryDirectory, path: Path,
+            max_frames: int) -> Iterator[Image]:
+    try:
+        for _ in range(max_frames):
+            try:
+                frame = next(frames, None)
+            except InputError as exc:
+                raise _unreadable(exc, path) from None
+            if frame is None:
+                return
+            yield frame
+    finally:
+        folder.cleanup()
+
+
+def _unreadable(exc: InputError, path: Path) -> HTTPException:
+    problem = exc.problem.replace(str(path), "upload")  # one line already
+    return HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT,
+                         f"cannot read this image: {problem}")

@@ -8,6 +8,9 @@ const number = new Intl.NumberFormat(undefined, { maximumFractionDigits: 1 });
 const percent = new Intl.NumberFormat(undefined, { style: "percent", maximumFractionDigits: 1 });
 
 let objectUrls = []; // blob: URLs of the shown images, released on the next upload
+let frames = []; // the upload's per-frame results; pictures fetched when a frame is shown
+let frameImages = new Map(); // frame number -> [overlay, heatmap] blob: URLs
+let view = "outline";
 
 // A token may come once in the address (#token=...): the fragment never reaches the server or
 // its logs. It is kept for this tab only, and taken out of the address bar.
@@ -79,19 +82,50 @@ async function analyse(file) {
     const spacing = $("spacing-input").value.trim();
     if (spacing) body.append("spacing", spacing);
     const result = await (await api("/api/predict", { method: "POST", body })).json();
-    const [overlay, heatmap] = await Promise.all([
-      imageUrl(result.overlay_url),
-      result.heatmap_url ? imageUrl(result.heatmap_url) : null,
-    ]);
     objectUrls.forEach((url) => URL.revokeObjectURL(url));
-    objectUrls = [overlay, heatmap].filter(Boolean);
-    showImages(overlay, heatmap);
-    showResult(result);
+    objectUrls = [];
+    frames = result.frames;
+    frameImages = new Map();
+    $("image-info").textContent = `${result.format} · ${result.width} × ${result.height} px`;
+    showFrameControl(result);
+    await showFrame(1);
   } catch (error) {
     showError(error, `${file.name} could not be analysed`);
   } finally {
     $("busy").hidden = true;
   }
+}
+
+// A cine loop or multi-page TIFF: a slider over its frames (the server analysed each).
+function showFrameControl(result) {
+  const input = $("frame-input");
+  input.max = String(frames.length);
+  input.value = "1";
+  $("frame-count").textContent = String(frames.length);
+  $("frames").hidden = frames.length < 2;
+  const limited = frames.length === result.frame_limit;
+  $("frame-note").hidden = !limited;
+  $("frame-note").textContent = limited ? `the viewer shows the first ${result.frame_limit}` : "";
+}
+
+async function frameUrls(number) {
+  if (!frameImages.has(number)) {
+    const frame = frames[number - 1];
+    const urls = await Promise.all([
+      imageUrl(frame.overlay_url),
+      frame.heatmap_url ? imageUrl(frame.heatmap_url) : null,
+    ]);
+    objectUrls.push(...urls.filter(Boolean));
+    frameImages.set(number, urls);
+  }
+  return frameImages.get(number);
+}
+
+async function showFrame(number) {
+  const [overlay, heatmap] = await frameUrls(number);
+  $("frame-number").textContent = String(number);
+  showImages(overlay, heatmap);
+  showResult(frames[number - 1]);
 }
 
 function showImages(overlay, heatmap) {
@@ -102,10 +136,11 @@ function showImages(overlay, heatmap) {
   // Outline and heatmap come with segmentation; a classifier's image is shown as it is.
   $("views").hidden = !heatmap;
   $("legend").hidden = !heatmap;
-  setView("outline");
+  setView(heatmap ? view : "outline"); // moving through frames keeps the chosen view
 }
 
-function setView(view) {
+function setView(chosen) {
+  view = chosen;
   const heatmap = view === "heatmap";
   $("overlay").hidden = heatmap;
   $("heatmap").hidden = !heatmap;
@@ -116,7 +151,6 @@ function setView(view) {
 }
 
 function showResult(result) {
-  $("image-info").textContent = `${result.format} · ${result.width} × ${result.height} px`;
   showFinding(result);
   showProbabilities(result.class_probabilities, result.final_class || result.predicted_class);
   showMeasurements(result);
@@ -193,6 +227,10 @@ function showMeasurements(result) {
     ["Image size", `${result.width} × ${result.height} px`],
     ["Pixel spacing", spacing ? `${spacing.map((s) => s.toPrecision(3)).join(" × ")} mm` : "unknown"],
   ];
+  if (result.instances) { // a detector: each found lesion with its class and score
+    facts.unshift(["Lesions found", result.instances.length ? result.instances.map(
+      (found, i) => `${i + 1}: ${found.label} ${found.score.toFixed(2)}`).join(", ") : "none"]);
+  }
   if (result.lesion_detected !== null) {
     facts.unshift(
       ["Lesion area", withMm(result.lesion_area_px, result.lesion_area_mm2, "px", "mm²")],
@@ -236,6 +274,9 @@ function wireControls() {
   $("show-outline").addEventListener("click", () => setView("outline"));
   $("show-heatmap").addEventListener("click", () => setView("heatmap"));
   $("error-close").addEventListener("click", clearError);
+  $("frame-input").addEventListener("input", () => {
+    showFrame(Number($("frame-input").value)).catch((error) => showError(error));
+  });
   $("token-form").addEventListener("submit", (event) => {
     event.preventDefault();
     sessionStorage.setItem(TOKEN_KEY, $("token-input").value.trim());
