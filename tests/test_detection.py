@@ -85,10 +85,11 @@ def test_a_false_positive_costs_only_when_it_outranks_the_true_positive():
     assert _ap([(high_fp, truth)])["ap50"] == pytest.approx(0.5)
 
 
-def test_a_missed_lesion_halves_ap_and_a_wrong_class_is_a_miss():
+def test_a_missed_lesion_about_halves_ap_and_a_wrong_class_is_a_miss():
     truths = [_instances([[0, 0, 10, 10]], [1]), _instances([[5, 5, 15, 15]], [1])]
     found_one = [_instances([[0, 0, 10, 10]], [1], [0.9]), _instances([], [], [])]
-    assert _ap(zip(found_one, truths))["ap50"] == pytest.approx(0.5)
+    # COCO's 101 recall points: precision 1 at recall 0, 0.01, ..., 0.50 and 0 beyond.
+    assert _ap(zip(found_one, truths))["ap50"] == pytest.approx(51 / 101)
     wrong_class = [_instances([[0, 0, 10, 10]], [2], [0.9]), _instances([], [], [])]
     result = _ap(zip(wrong_class, truths))
     assert result["per_class"]["benign"]["ap50"] == 0.0

@@ -205,3 +205,7 @@ def test_evaluate_writes_ap_cis_the_curve_and_example_detections(detector, tmp_p
     assert {"mean", "ci_low", "ci_high"} <= set(ap50)
     assert (out / "precision_recall.png").is_file()
     assert len(list((out / "examples").glob("*.png"))) == 2
+    report = tmp_path / "report.html"
+    assert main(["report", str(detector.parent), "--eval", str(out), "--out", str(report)]) == 0
+    page = report.read_text()
+    assert "Box precision-recall per class" in page and "Example detections" in page

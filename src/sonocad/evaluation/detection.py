@@ -2,14 +2,14 @@
 
 Matching follows COCO (pycocotools' COCOeval, without crowd regions or area ranges): within an
 image, predictions of a class are taken in descending score order and each claims the unmatched
-truth instance of the same class with the highest IoU, if that IoU is at least the threshold;
-the rest are false positives, and unclaimed truths are false negatives.
+truth instance of the same class with the highest IoU, if that IoU is at least the threshold; of
+truths with equal IoU it claims the last, as COCOeval does; the rest are false positives, and
+unclaimed truths are false negatives.
 
-AP is the area under the precision-recall curve of the pooled predictions of a class, as
-scikit-learn's `average_precision_score` computes it (a step sum without interpolation),
-rescaled so recall counts every truth instance, matched or not. COCO instead samples the curve's
-monotone envelope at 101 recall points, so its values differ slightly (one of two lesions found
-first: 0.5 here, 51/101 = 0.505 in COCO). Classes are averaged with equal weight, over those
+AP is COCO's: the pooled predictions of a class in descending score order (ties in image
+order), precision made monotone from the right, and sampled at the 101 recall points 0, 0.01,
+..., 1 (0 past the highest recall reached), recall counting every truth instance, matched or
+not; tests check it against COCOeval itself. Classes are averaged with equal weight, over those
 with at least one truth instance (as COCO does); mAP also averages the ten IoU thresholds
 0.50, 0.55, ..., 0.95.
 
@@ -27,7 +27,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from sklearn.metrics import average_precision_score
 from torchvision.ops import box_iou
 
 IOU_THRESHOLDS = tuple(np.round(np.linspace(0.5, 0.95, 10), 2).tolist())
@@ -113,20 +112,31 @@ def match(ious: np.ndarray, scores: np.ndarray, predicted_labels: np.ndarray,
     for p in np.argsort(-np.asarray(scores), kind="stable"):
         candidates = (truth_labels == predicted_labels[p]) & ~claimed & (ious[p] >= threshold)
         if candidates.any():
-            best = int(np.argmax(np.where(candidates, ious[p], -1.0)))
+            values = np.where(candidates, ious[p], -1.0)
+            best = len(values) - 1 - int(np.argmax(values[::-1]))  # the last of equal IoUs
             claimed[best] = true_positive[p] = True
     return true_positive
 
 
+RECALL_POINTS = np.linspace(0.0, 1.0, 101)  # COCOeval's recThrs
+
+
 def average_precision(scores: np.ndarray, true_positive: np.ndarray, n_truth: int) -> float:
-    """AP of pooled predictions of one class against `n_truth` truth instances (NaN if none)."""
+    """COCO's 101-point interpolated AP of pooled predictions of one class against `n_truth`
+    truth instances (NaN if none)."""
     if n_truth == 0:
         return float("nan")
-    n_matched = int(np.sum(true_positive))
-    if n_matched == 0:
+    if not np.any(true_positive):
         return 0.0
-    # sklearn's recall is relative to the matched predictions; rescale it to all truths.
-    return float(average_precision_score(true_positive, scores)) * n_matched / n_truth
+    order = np.argsort(-np.asarray(scores, dtype=float), kind="mergesort")
+    hits = np.asarray(true_positive, dtype=bool)[order]
+    found = np.cumsum(hits)
+    recall = found / n_truth
+    precision = found / np.arange(1, len(hits) + 1)
+    envelope = np.maximum.accumulate(precision[::-1])[::-1]  # best precision at this recall or more
+    at = np.searchsorted(recall, RECALL_POINTS, side="left")
+    sampled = np.where(at < len(envelope), envelope[np.minimum(at, len(envelope) - 1)], 0.0)
+    return float(np.mean(sampled))
 
 
 def detection_ap(images: Sequence[ScoredImage], class_names: Mapping[int, str], *,
