@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import numpy as np
@@ -170,10 +169,7 @@ def test_busi_known_duplicates(busi_root):
     from sonocad.data.adapters import open_dataset
 
     samples = open_dataset(busi_root)
-    start = time.perf_counter()
-    groups = find_duplicate_groups(samples)
-    elapsed = time.perf_counter() - start
-    assert elapsed < 60
+    groups = find_duplicate_groups(samples)  # its time: benchmarks/data_speed.py
     group_of = {i: g for g in groups for i in g.image_ids}
 
     def together(a: str, b: str) -> bool:
