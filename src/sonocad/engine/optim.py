@@ -2,15 +2,21 @@
 
 Schedules are stepped once per optimiser step (``cosine``, ``warmup_cosine``) or once per
 validation (``plateau``, which watches the validation loss as the Front Oncol 2025 recipe does).
+All are torch's own: ``warmup_cosine`` is `LinearLR` then `CosineAnnealingLR` in `SequentialLR`.
 """
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
-from torch.optim.lr_scheduler import LambdaLR, LRScheduler, ReduceLROnPlateau
+from torch.optim.lr_scheduler import (
+    CosineAnnealingLR,
+    LinearLR,
+    LRScheduler,
+    ReduceLROnPlateau,
+    SequentialLR,
+)
 
 from sonocad.errors import SonocadError
 
@@ -32,14 +38,16 @@ def build_scheduler(optimizer: torch.optim.Optimizer, config: dict[str, Any],
     name, args = config["name"].lower(), dict(config.get("args") or {})
     if name == "none":
         return None
+    floor = float(args.get("min_lr_ratio", 0.0))
     if name == "cosine":
-        floor = float(args.get("min_lr_ratio", 0.0))
-        return LambdaLR(optimizer, lambda step: _cosine(step, total_steps, floor))
+        return _cosine(optimizer, total_steps, floor)
     if name == "warmup_cosine":
+        # Linear warm-up to the recipe's lr over `warmup` steps ((step + 1) / warmup), then
+        # the cosine over the rest.
         warmup = int(args.get("warmup_steps", max(1, total_steps // 20)))
-        floor = float(args.get("min_lr_ratio", 0.0))
-        return LambdaLR(optimizer, lambda step: (step + 1) / warmup if step < warmup
-                        else _cosine(step - warmup, total_steps - warmup, floor))
+        ramp = LinearLR(optimizer, start_factor=1 / warmup, total_iters=max(warmup - 1, 1))
+        return SequentialLR(optimizer, [ramp, _cosine(optimizer, total_steps - warmup, floor)],
+                            milestones=[warmup])
     if name == "plateau":
         return ReduceLROnPlateau(optimizer, mode="min", factor=float(args.get("factor", 0.1)),
                                  patience=int(args.get("patience", 10)))
@@ -51,6 +59,9 @@ def steps_per_optimizer_step(scheduler) -> bool:
     return scheduler is not None and not isinstance(scheduler, ReduceLROnPlateau)
 
 
-def _cosine(step: int, total: int, floor: float) -> float:
-    progress = min(step / max(total, 1), 1.0)
-    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+def _cosine(optimizer: torch.optim.Optimizer, steps: int, floor: float) -> CosineAnnealingLR:
+    """Half a cosine from the recipe's lr down to `floor` x lr over `steps` optimiser steps
+    (one learning rate: sonocad's optimisers have one parameter group)."""
+    (group,) = optimizer.param_groups
+    base = group.get("initial_lr", group["lr"])  # a warm-up before it has lowered "lr"
+    return CosineAnnealingLR(optimizer, T_max=max(steps, 1), eta_min=floor * base)

@@ -27,6 +27,7 @@ from torch import Tensor, nn
 
 from sonocad.engine.checkpoint import Checkpoint, load_checkpoint
 from sonocad.errors import InputError, SonocadError
+from sonocad.evaluation.detection import ImageInstances
 from sonocad.inference.decision import Decision, DecisionRule, decide
 from sonocad.inference.detection import (NO_LESION, DetectionPredictor, Instance,
                                          detection_outputs)
@@ -185,7 +186,7 @@ class Predictor:
         return torch.sigmoid(resized)[0].numpy()
 
 
-def _detected(found: Any, class_names: list[str]) -> Prediction:
+def _detected(found: ImageInstances, class_names: list[str]) -> Prediction:
     instances, lesion_map, top_scores = detection_outputs(found, class_names)
     return Prediction(lesion_map, None, instances=instances, top_scores=top_scores)
 
