@@ -46,7 +46,8 @@ def test_predict_without_a_checkpoint_writes_every_output(tmp_path):
     probabilities = [float(row[f"prob_{c}"]) for c in ("normal", "benign", "malignant")]
     assert sum(probabilities) == pytest.approx(1, abs=1e-4)
     assert row["predicted_class"] in ("normal", "benign", "malignant")
-    assert int(row["lesion_area_px"]) >= 0 and (out / "predictions.json").is_file()
+    mask = np.array(PILImage.open(out / "masks" / "scan.png")) > 0
+    assert int(float(row["lesion_area_px"])) == mask.sum() and (out / "predictions.json").is_file()
 
 
 def test_a_missing_bundle_is_a_clear_error(monkeypatch):

@@ -185,7 +185,9 @@ def test_maskrcnn_trains_resumes_and_evaluates_with_ap_and_auroc(phantoms, tmp_p
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["task"] == "detection"
     assert set(metrics["detection"]) == {"box", "mask"}
-    assert 0 <= metrics["groups"]["all"]["ap50"]["mean"] <= 1
+    ap50 = metrics["groups"]["all"]["ap50"]
+    assert ap50["mean"] == metrics["detection"]["box"]["ap50"]
+    assert ap50["ci_low"] <= ap50["mean"] <= ap50["ci_high"]
 
 
 # --- the recipe on real images --------------------------------------------------------------
