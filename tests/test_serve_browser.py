@@ -189,3 +189,21 @@ def test_page_shows_the_default_models_final_call_and_its_flag(
         assert call.startswith(f"Call: {prediction.final_class}")
         flags = browser.find_elements(By.ID, "low-confidence")
         assert bool(flags) == prediction.decision.low_confidence
+
+
+def test_page_steps_through_the_frames_of_a_multi_page_tiff(
+        browser: webdriver.Chrome, tmp_path: Path, phantom: Phantom) -> None:
+    """Three pages of different widths: the slider shows each frame's picture and numbers."""
+    loop = tmp_path / "loop.tif"
+    pages = [PILImage.fromarray(phantom.image[:, : SIZE - 32 * i]) for i in range(3)]
+    pages[0].save(loop, save_all=True, append_images=pages[1:])
+    with _serving(_segmenter(tmp_path, phantom.mask)) as url:
+        _upload_through_the_page(browser, url, loop)
+        assert browser.find_element(By.ID, "frames").is_displayed()
+        assert browser.find_element(By.ID, "frame-count").text == "3"
+        browser.execute_script("const s = document.getElementById('frame-input');"
+                               "s.value = '3'; s.dispatchEvent(new Event('input'));")
+        WebDriverWait(browser, 30).until(
+            lambda d: d.find_element(By.ID, "frame-number").text == "3"
+            and d.execute_script(OVERLAY_SHOWN) == SIZE - 64)
+        assert f"{SIZE - 64} × {SIZE} px" in browser.find_element(By.ID, "measurements").text
