@@ -5,6 +5,7 @@ Usage:
   python benchmarks/reproduce_papers.py --out runs/papers --scale full --device cuda
   python benchmarks/reproduce_papers.py --out runs/papers --only u2netlite deepcardinal50
   python benchmarks/reproduce_papers.py --out runs/papers --table     # print what OUT holds
+  python benchmarks/reproduce_papers.py --out runs/long --only deepcardinal50 --set train.epochs=30
 
 Scales (how much of each recipe is trained; selection on the validation subset always, the
 test subset scored once, 95 % CIs by bootstrap over images, DeLong for AUROC):
@@ -116,6 +117,9 @@ def main() -> None:
     parser.add_argument("--only", nargs="+", metavar="ROW", choices=[r.key for r in ROWS],
                         help="train these rows only (default: every row the scale runs)")
     parser.add_argument("--data", type=Path, default=BUSI)
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a recipe override for every row trained, after the scale's own "
+                             "(e.g. --set train.epochs=30); recorded in result.json")
     parser.add_argument("--table", action="store_true", help="print the table of OUT only")
     args = parser.parse_args()
     if not args.table:
@@ -127,7 +131,8 @@ def main() -> None:
         failed = []
         for row in rows:
             try:
-                _reproduce(row, args.scale, device, gpu_paths, args.data, split, args.out)
+                _reproduce(row, args.scale, device, gpu_paths, args.data, split, args.out,
+                           args.set)
             except SonocadError as exc:  # e.g. ImageNet weights not at hand: the rest go on
                 print(f"reproduce_papers: {row.key} failed: {exc}", file=sys.stderr)
                 failed.append(row.key)
@@ -164,8 +169,8 @@ def _smoke_split(out: Path, data: Path) -> Path:
 
 
 def _reproduce(row: Row, scale: str, device: str, gpu_paths: bool, data: Path, split: Path,
-               out: Path) -> None:
-    overrides = {"smoke": SMOKE, "budget": BUDGET.get(row.key, []), "full": []}[scale]
+               out: Path, extra: list[str]) -> None:
+    overrides = [*{"smoke": SMOKE, "budget": BUDGET.get(row.key, []), "full": []}[scale], *extra]
     if gpu_paths:  # asked for CUDA: its settings, which fall back on a CPU
         overrides = [*overrides, *GPU]
     recipe = load_recipe(RECIPES / f"{row.recipe}.yaml", overrides)
