@@ -75,6 +75,16 @@ def instance_records(instances: Sequence[Instance], spacing_mm: tuple[float, flo
     return records
 
 
+def detection_fields(instances: Sequence[Instance], top_scores: dict[str, float],
+                     spacing_mm: tuple[float, float] | None) -> dict[str, object]:
+    """What predict's table and the viewer report of a detector's image: the top score per
+    class (``malignant_score`` is QIMS 2023's image-level score), ``n_instances`` and the
+    found ``instances`` (`instance_records`)."""
+    records = instance_records(instances, spacing_mm)
+    return {**{f"{name}_score": score for name, score in top_scores.items()},
+            "n_instances": len(records), "instances": records}
+
+
 class DetectionPredictor:
     """`predict(images)` -> one `ImageInstances` per image, in the image's own pixels.
 

@@ -50,7 +50,7 @@ from sonocad.errors import InputError, SonocadError
 from sonocad.evaluation.measure import lesion_measurements
 from sonocad.evaluation.table import PredictionsStream
 from sonocad.inference.decision import decision_columns
-from sonocad.inference.detection import instance_records
+from sonocad.inference.detection import detection_fields
 from sonocad.inference.predictor import LESION_TASKS, Prediction, Predictor
 from sonocad.inference.writer import OUTPUTS, OutputWriter
 from sonocad.io.images import (
@@ -390,12 +390,11 @@ def _row(item: _Item, prediction: Prediction) -> dict[str, Any]:
 
 def instance_columns(prediction: Prediction, spacing_mm: tuple[float, float] | None
                      ) -> dict[str, Any]:
-    """A detector's columns: its call, top score per class (``malignant_score`` is QIMS 2023's
-    image-level score) and its found instances as JSON (`instance_records`)."""
-    records = instance_records(prediction.instances or [], spacing_mm)
-    return {"predicted_class": prediction.predicted_class,
-            **{f"{name}_score": score for name, score in (prediction.top_scores or {}).items()},
-            "n_instances": len(records), "instances": json.dumps(records, separators=(",", ":"))}
+    """A detector's columns: its call and `detection_fields`, the instances as JSON text."""
+    fields = detection_fields(prediction.instances or [], prediction.top_scores or {},
+                              spacing_mm)
+    return {"predicted_class": prediction.predicted_class, **fields,
+            "instances": json.dumps(fields["instances"], separators=(",", ":"))}
 
 
 def spacing_text(spacing: tuple[float, float] | None) -> float | str | None:

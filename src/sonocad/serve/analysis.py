@@ -16,7 +16,7 @@ from PIL import Image as PILImage
 
 from sonocad.evaluation.measure import lesion_measurements
 from sonocad.explain.runner import Explainer
-from sonocad.inference.detection import instance_records
+from sonocad.inference.detection import detection_fields
 from sonocad.inference.predictor import Predictor
 from sonocad.io.images import Image
 from sonocad.pictures import heat_label, heatmap_picture, overlay_picture
@@ -57,10 +57,8 @@ def analyse(predictor: Predictor, image: Image, explainer: Explainer | None = No
                    lesion_diameter_px=_known(sizes["diameter_px"]),
                    lesion_diameter_mm=_known(sizes["diameter_mm"]))
     if prediction.instances is not None:
-        instances = instance_records(prediction.instances, image.spacing_mm)
-        summary.update(n_instances=len(instances), instances=instances,
-                       **{f"{name}_score": score
-                          for name, score in (prediction.top_scores or {}).items()})
+        summary.update(detection_fields(prediction.instances, prediction.top_scores or {},
+                                        image.spacing_mm))
     images["heatmap"] = _png(heatmap_picture(image.pixels, prediction.lesion_probability,
                                              heat_label(prediction)))
     return Analysis(summary, images)
