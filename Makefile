@@ -6,10 +6,11 @@ INSTALLED := $(VENV)/.installed
 
 .PHONY: demo test clean
 
-$(INSTALLED): pyproject.toml
+# constraints.txt pins the whole tree to the tested versions; pyproject.toml only gives ranges.
+$(INSTALLED): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e ".[test]"
+	$(BIN)/pip install --quiet -c constraints.txt -e ".[test,serve,onnx,lint]"
 	touch $@
 
 BUSI := ../shared/datasets/busi/Dataset_BUSI_with_GT
@@ -26,6 +27,8 @@ demo: $(INSTALLED)
 test: $(INSTALLED)
 	@if [ ! -x /usr/bin/chromedriver ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	    apt-get update -qq && apt-get install -y -qq chromium chromium-driver >/dev/null; fi
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/lint-imports
 	$(BIN)/pytest -q
 
 clean:

@@ -25,11 +25,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from _common import machine_line
 
+from _common import machine_line
 from sonocad.engine.recipe import load_recipe
 from sonocad.engine.trainer import train
-from sonocad.evaluation.runner import evaluate
+from sonocad.workflows.evaluate import evaluate
 
 ROOT = Path(__file__).resolve().parents[1]
 DATASETS = ROOT.parent / "shared" / "datasets"

@@ -11,7 +11,6 @@ import time
 from pathlib import Path
 
 from _common import best_seconds, machine_line
-
 from sonocad.data.adapters import open_dataset
 from sonocad.data.duplicates import find_duplicate_groups
 from sonocad.data.phantom import make_phantom

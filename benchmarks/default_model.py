@@ -24,22 +24,22 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from _common import best_seconds, machine_line
 
+from _common import best_seconds, machine_line
+from sonocad.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from sonocad.data.sample import Sample
 from sonocad.data.sources import Source
 from sonocad.data.split import read_split, select
-from sonocad.engine.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from sonocad.engine.recipe import load_recipe
 from sonocad.engine.trainer import train
-from sonocad.evaluation.decision_fit import failure_auroc, final_classes, fit_rule, score_images
-from sonocad.evaluation.runner import evaluate
 from sonocad.evaluation.summary import format_ci
 from sonocad.inference.decision import SCORES, DecisionRule
 from sonocad.inference.onnx_backend import OnnxRunner
 from sonocad.inference.predictor import Predictor, TorchRunner
 from sonocad.models import create_model
 from sonocad.transforms import TransformConfig
+from sonocad.workflows.decision_fit import failure_auroc, final_classes, fit_rule, score_images
+from sonocad.workflows.evaluate import evaluate
 
 ROOT = Path(__file__).resolve().parents[1]
 DATASETS = ROOT.parent / "shared" / "datasets"

@@ -14,13 +14,12 @@ import argparse
 import torch
 
 from _common import best_seconds, machine_line
-from sonocad.engine.checkpoint import Checkpoint
+from sonocad.checkpoint import Checkpoint
 from sonocad.errors import SonocadError
 from sonocad.inference.onnx_backend import OnnxRunner
 from sonocad.inference.predictor import TorchRunner
 from sonocad.models import create_model, list_models
 from sonocad.transforms import TransformConfig
-
 
 DEFAULT, REFERENCE = "efficientnet_lite0_unet", "u2net_lite"
 

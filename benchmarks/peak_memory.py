@@ -6,8 +6,8 @@ Every case runs in a child process of its own, and its peak resident set size is
 kernel reports for that child when it ends (os.wait4), so cases never mix. Inputs are made at
 run time in a temporary folder (or `--keep DIR`): an all-black 10000 x 10000 PNG (about 100 KB),
 an 11000 x 11000 RLE DICOM, images at the pixel limit (`MAX_IMAGE_PIXELS`, 4096 x 4096: RGB,
-the costliest kind, a 12-bit DICOM, and a folder of 8 RGB ones, the default batch size, which predict
-splits so that a batch holds no more pixels than one image at the limit), and the
+the costliest kind, a 12-bit DICOM, and a folder of 8 RGB ones, the default batch size, which
+predict splits so that a batch holds no more pixels than one image at the limit), and the
 first 100 BUSI images (skipped when BUSI is absent). `predict` runs with the bundled default
 model and writes every output (mask, overlay, heatmap, table); the worst case runs the default
 model with its lesion head set to call every pixel lesion (a whole-image outline costs most to
@@ -32,15 +32,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from _common import machine_line
 from PIL import Image as PILImage
 from pydicom import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, RLELossless, UltrasoundImageStorage, generate_uid
 
+from _common import machine_line
+from sonocad.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from sonocad.data.phantom import make_phantom
-from sonocad.engine.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from sonocad.inference.predictor import DEFAULT_MODEL
-from sonocad.io.images import MAX_IMAGE_PIXELS
+from sonocad.io.pixels import MAX_IMAGE_PIXELS
 
 BUSI_IMAGES = 100
 LIMIT_SIDE = 4096  # MAX_IMAGE_PIXELS = 4096 x 4096: at the limit is still legal

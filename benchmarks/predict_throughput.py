@@ -27,8 +27,8 @@ import time
 from pathlib import Path
 
 import numpy as np
-from _common import machine_line
 
+from _common import machine_line
 from sonocad.inference.export import export_onnx
 from sonocad.inference.predictor import Predictor
 from sonocad.io.images import read_image

@@ -23,15 +23,14 @@ import argparse
 from pathlib import Path
 
 from _common import machine_line
-
 from sonocad.data.adapters import open_dataset
 from sonocad.data.clinical_synth import SYNTHETIC, write_synthetic_clinical
 from sonocad.data.split import SplitFile, read_split, write_split
 from sonocad.engine.recipe import load_recipe
 from sonocad.engine.trainer import train
 from sonocad.evaluation.combined_runner import run_combined
-from sonocad.evaluation.runner import evaluate
 from sonocad.evaluation.summary import format_summary
+from sonocad.workflows.evaluate import evaluate
 
 ROOT = Path(__file__).resolve().parents[1]
 BUSI = ROOT.parent / "shared" / "datasets" / "busi" / "Dataset_BUSI_with_GT"

@@ -37,16 +37,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
 from _common import machine_line
 from qims2023_combined import combine_on_synthetic
-
 from sonocad.data.split import SplitFile, read_split, write_split
 from sonocad.engine.recipe import load_recipe
 from sonocad.engine.trainer import train
 from sonocad.errors import SonocadError
-from sonocad.evaluation.runner import evaluate
 from sonocad.evaluation.summary import format_ci
 from sonocad.io.atomic import write_json
+from sonocad.workflows.evaluate import evaluate
 
 ROOT = Path(__file__).resolve().parents[1]
 BUSI = ROOT.parent / "shared" / "datasets" / "busi" / "Dataset_BUSI_with_GT"

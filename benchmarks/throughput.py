@@ -14,10 +14,10 @@ from pathlib import Path
 import torch
 
 from _common import best_seconds, machine_line
-from sonocad.engine.losses import build_loss
 from sonocad.engine.optim import build_optimizer
 from sonocad.engine.recipe import load_recipe
 from sonocad.models import create_model
+from sonocad.tasks import get_task
 from sonocad.transforms import TransformConfig
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
@@ -35,7 +35,7 @@ def measure(path: Path, repeats: int) -> tuple[str, int, int, float, float]:
                      else torch.contiguous_format)
     model = create_model(recipe["model"]["name"], **recipe["model"]["args"], **head)
     model.to(memory_format=memory_format)
-    loss_fn = build_loss(recipe["loss"], task)
+    loss_fn = get_task(task).build_loss(recipe["loss"])
     optimizer = build_optimizer(model.parameters(), recipe["optimizer"])
     images = torch.randn(batch, 3, height, width).contiguous(memory_format=memory_format)
     mask = (torch.rand(batch, 1, height, width) > 0.7).float()

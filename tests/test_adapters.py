@@ -9,9 +9,8 @@ import pytest
 from PIL import Image
 
 from sonocad.data.adapters import detect_layout, open_dataset
-from sonocad.data.sample import MaskFormat
 from sonocad.errors import InputError
-from sonocad.io.annotations import Shape, save_voc_mask, write_labelme
+from sonocad.io.annotations import MaskFormat, Shape, save_voc_mask, write_labelme
 
 
 def png(path: Path, array: np.ndarray) -> Path:

@@ -28,14 +28,14 @@ from pydicom.uid import (
     UltrasoundImageStorage,
     generate_uid,
 )
-from test_predict import _png, _tree_digest, _unet_checkpoint
 
+from sonocad.checkpoint import FORMAT, Checkpoint, load_checkpoint, save_checkpoint
 from sonocad.cli import main
-from sonocad.engine.checkpoint import FORMAT, Checkpoint, load_checkpoint, save_checkpoint
 from sonocad.errors import InputError
 from sonocad.inference.predictor import Predictor
 from sonocad.serve import create_app
 from sonocad.serve.uploads import UploadLimit
+from test_predict import _png, _tree_digest, _unet_checkpoint
 
 EXIT_SOME_FAILED, EXIT_FATAL = 1, 2
 

@@ -12,20 +12,20 @@ import torch
 from PIL import Image
 from torch import nn
 
+from sonocad.checkpoint import Checkpoint, save_checkpoint
 from sonocad.data.adapters import open_dataset
 from sonocad.data.phantom import write_phantom_dataset
 from sonocad.data.sample import Sample
 from sonocad.data.split import SplitFile, write_split
-from sonocad.engine.checkpoint import Checkpoint, save_checkpoint
 from sonocad.errors import SonocadError
 from sonocad.evaluation.classification import classification_metrics
-from sonocad.evaluation.classification_runner import evaluate_classification
-from sonocad.evaluation.runner import evaluate
 from sonocad.evaluation.summary import format_summary
-from sonocad.evaluation.table import read_predictions
 from sonocad.inference.predictor import Predictor
 from sonocad.models import list_models, register_model
+from sonocad.predictions import read_predictions
+from sonocad.tasks.classification_evaluation import evaluate_classification
 from sonocad.transforms import TransformConfig
+from sonocad.workflows.evaluate import evaluate
 
 CLASSES = ["normal", "benign", "malignant"]
 TINY = "tiny_test_classifier"
@@ -79,19 +79,19 @@ def test_predictions_table_matches_the_predictor(result, checkpoint_path: Path,
                                                  samples: list[Sample]) -> None:
     rows = read_predictions(result.out_dir / "predictions.csv")
     assert [r["image_id"] for r in rows] == [s.image_id for s in samples]
-    assert list(rows[0]) == ["image_id", "patient_id", "source", "scanner", "label", "pred_label",
-                             *(f"prob_{c}" for c in CLASSES), "correct"]
+    assert list(rows[0]) == ["image_id", "patient_id", "source", "scanner", "label",
+                             *(f"prob_{c}" for c in CLASSES), "predicted_class", "correct"]
     direct = Predictor(checkpoint_path).predict([s.load_image().pixels for s in samples])
     for row, sample, prediction in zip(rows, samples, direct):
         assert (row["label"], row["patient_id"]) == (sample.label, sample.patient_id)
-        assert row["pred_label"] == prediction.predicted_class
+        assert row["predicted_class"] == prediction.predicted_class
         for name in CLASSES:  # the CSV keeps 6 significant digits
             assert row[f"prob_{name}"] == pytest.approx(
                 prediction.class_probabilities[name], rel=1e-5, abs=1e-7)
-        assert row["correct"] == int(row["pred_label"] == row["label"])
+        assert row["correct"] == int(row["predicted_class"] == row["label"])
     as_json = json.loads((result.out_dir / "predictions.json").read_text())
     assert [r["image_id"] for r in as_json] == [r["image_id"] for r in rows]
-    assert len({r["pred_label"] for r in rows}) > 1  # the model is not degenerate
+    assert len({r["predicted_class"] for r in rows}) > 1  # the model is not degenerate
 
 
 def test_metrics_json(result, samples: list[Sample]) -> None:

@@ -12,14 +12,21 @@ from sklearn.metrics import roc_auc_score
 from torch import nn
 
 from sonocad.cli import main
-from sonocad.data.clinical_synth import (SOURCE_COLUMN, SYNTHETIC, synthesize_clinical,
-                                         write_synthetic_clinical)
+from sonocad.data.clinical_synth import (
+    SOURCE_COLUMN,
+    SYNTHETIC,
+    synthesize_clinical,
+    write_synthetic_clinical,
+)
 from sonocad.errors import SonocadError
-from sonocad.evaluation.combined import (LOGISTIC, TREE, fit_combined, format_qims_table,
-                                         qims_table)
-from sonocad.evaluation.table import write_predictions
-from sonocad.models.clinical import (ClinicalFeatures, ClinicalMLP, fit_clinical_model,
-                                     parse_clinical)
+from sonocad.evaluation.combined import LOGISTIC, TREE, fit_combined, format_qims_table, qims_table
+from sonocad.models.clinical import (
+    ClinicalFeatures,
+    ClinicalMLP,
+    fit_clinical_model,
+    parse_clinical,
+)
+from sonocad.predictions import write_predictions
 
 
 def _cells(age="50", family="no", brca="", density="c") -> dict[str, str]:
@@ -176,7 +183,7 @@ def test_combined_models_refuse_too_few_lesions():
 def _detector_table(path: Path, ids: list[str], y: np.ndarray, image: np.ndarray) -> Path:
     write_predictions(path, [
         {"image_id": i, "patient_id": None, "label": ("benign", "malignant")[label],
-         "pred_label": "normal", "malignant_score": float(s)}
+         "predicted_class": "normal", "malignant_score": float(s)}
         for i, label, s in zip(ids, y, image)])
     return path.with_suffix(".csv")
 
@@ -199,7 +206,7 @@ def test_sonocad_combine_prints_table_2_and_labels_synthetic_inputs(tmp_path, ca
         with open(out / name / "predictions.csv") as handle:
             rows = list(csv.DictReader(handle))
         assert len(rows) == 40 and all(r[SOURCE_COLUMN] == SYNTHETIC for r in rows)
-        assert {"label", "pred_label", "correct", "malignant_score", "clinical_score"} <= set(
+        assert {"label", "predicted_class", "correct", "malignant_score", "clinical_score"} <= set(
             rows[0])
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics[SOURCE_COLUMN] == SYNTHETIC and metrics["n_fit"] == 60

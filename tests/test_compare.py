@@ -18,8 +18,8 @@ from sonocad.evaluation.statistics import (
     mcnemar_exact,
     paired_comparison,
 )
-from sonocad.evaluation.table import write_predictions
 from sonocad.io.atomic import write_json
+from sonocad.predictions import write_predictions
 
 CLASSES = ("normal", "benign", "malignant")
 # 8 patients, 2 images each: p1-p2 normal (no lesion), p3-p5 benign, p6-p8 malignant.
@@ -42,7 +42,7 @@ def model_rows(seed: int, quality: float, *, multitask: bool = True,
         if multitask:
             logits = rng.normal(0, 1, 3) + 3 * quality * (np.array(CLASSES) == label)
             probs = np.exp(logits) / np.exp(logits).sum()
-            row |= {"pred_label": CLASSES[int(probs.argmax())],
+            row |= {"predicted_class": CLASSES[int(probs.argmax())],
                     **{f"prob_{c}": float(p) for c, p in zip(CLASSES, probs, strict=True)}}
         rows.append(row)
     return rows
@@ -67,7 +67,7 @@ def table_line(text: str, first: str) -> list[str]:
 
 
 def read_back(folder: Path) -> list[dict[str, Any]]:
-    from sonocad.evaluation.table import read_predictions
+    from sonocad.predictions import read_predictions
 
     return read_predictions(folder / "predictions.csv")
 
@@ -95,8 +95,8 @@ def test_both_tables_printed_with_the_statistics_p_values(evals, capsys, tmp_pat
     # QIMS layout: benign and malignant images only, malignant positive.
     kept = [i for i, row in enumerate(a) if row["label"] in ("benign", "malignant")]
     truth = np.array([a[i]["label"] == "malignant" for i in kept])
-    pred_a = np.array([a[i]["pred_label"] == "malignant" for i in kept])
-    pred_b = np.array([b[i]["pred_label"] == "malignant" for i in kept])
+    pred_a = np.array([a[i]["predicted_class"] == "malignant" for i in kept])
+    pred_b = np.array([b[i]["predicted_class"] == "malignant" for i in kept])
     expected_p = {
         "sensitivity": mcnemar_exact(pred_a[truth], pred_b[truth]).p_value,
         "specificity": mcnemar_exact(~pred_a[~truth], ~pred_b[~truth]).p_value,
@@ -172,7 +172,7 @@ def test_missing_and_unreadable_inputs_name_the_file(tmp_path: Path, evals, caps
 
 
 def test_patient_ids_01_and_1_stay_two_patients(tmp_path) -> None:
-    from sonocad.evaluation.table import read_predictions, write_predictions
+    from sonocad.predictions import read_predictions, write_predictions
 
     write_predictions(tmp_path / "predictions", [
         {"image_id": "a.png", "patient_id": "01", "dice": 0.5},

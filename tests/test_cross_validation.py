@@ -13,7 +13,7 @@ from sonocad.data.adapters import open_dataset
 from sonocad.data.phantom import write_phantom_dataset
 from sonocad.data.split import make_folds, read_split, write_split
 from sonocad.errors import InputError
-from sonocad.evaluation.table import read_predictions
+from sonocad.predictions import read_predictions
 
 TINY_RECIPE = """\
 task: multitask
@@ -52,7 +52,7 @@ def test_three_folds_train_pool_their_out_of_fold_predictions_and_summarise(fold
         meta = json.loads((out / fold / "summary.json").read_text())
         assert meta["steps"] == 2
     # Each fold's model trained on the other two folds and was selected on its own.
-    from sonocad.engine.checkpoint import load_checkpoint
+    from sonocad.checkpoint import load_checkpoint
 
     fold1 = load_checkpoint(out / "fold1" / "best.pt").meta["data"]
     assert fold1["train_subsets"] == ["fold0", "fold2"] and fold1["val_subset"] == "fold1"
@@ -61,7 +61,7 @@ def test_three_folds_train_pool_their_out_of_fold_predictions_and_summarise(fold
     rows = read_predictions(out / "oof" / "predictions.csv")
     assert sorted(r["image_id"] for r in rows) == sorted(i for ids in subsets.values()
                                                           for i in ids)
-    assert {"dice", "pred_label", "prob_malignant"} <= set(rows[0])
+    assert {"dice", "predicted_class", "prob_malignant"} <= set(rows[0])
     metrics = json.loads((out / "oof" / "metrics.json").read_text())
     assert metrics["task"] == "multitask" and metrics["n_images"] == len(rows)
 
@@ -94,6 +94,6 @@ def test_folds_all_needs_a_k_fold_split(folds, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "has no K folds" in err[0] and "--folds 5" in err[0]
     with pytest.raises(InputError):
-        from sonocad.engine.cross_validation import fold_names
+        from sonocad.workflows.cross_validation import fold_names
 
         fold_names(plain)

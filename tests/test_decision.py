@@ -13,7 +13,6 @@ from PIL import Image as PILImage
 from sonocad.cli import main
 from sonocad.data.phantom import make_phantom
 from sonocad.evaluation.breakdown import breakdown
-from sonocad.evaluation.decision_fit import MAX_FLAGGED, ImageRecord, final_classes, fit_rule
 from sonocad.inference.decision import (
     LESION_OUTLINED,
     NO_LESION_OUTLINED,
@@ -23,6 +22,7 @@ from sonocad.inference.decision import (
     outline_entropy,
 )
 from sonocad.inference.predictor import Predictor
+from sonocad.workflows.decision_fit import MAX_FLAGGED, ImageRecord, final_classes, fit_rule
 
 RULE = DecisionRule(min_lesion_fraction=0.01, score="class_margin", flag_threshold=0.5)
 NORMAL = {"normal": 0.6, "benign": 0.3, "malignant": 0.1}

@@ -11,15 +11,15 @@ import numpy as np
 import pytest
 import torch
 
+from sonocad.checkpoint import load_checkpoint
 from sonocad.cli import main
 from sonocad.data.adapters import open_dataset
 from sonocad.data.instances import mask_instances
 from sonocad.data.phantom import write_phantom_dataset
 from sonocad.data.split import SplitFile, make_split, read_split, write_split
 from sonocad.data.torch_dataset import SampleDataset, collate
-from sonocad.engine.checkpoint import load_checkpoint
-from sonocad.evaluation.detection import (ImageInstances, detection_ap, score_image,
-                                          top_score)
+from sonocad.evaluation.detection import ImageInstances, detection_ap, score_image, top_score
+from sonocad.tasks import get_task
 from sonocad.transforms import build_transform
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -129,7 +129,7 @@ def test_the_dataset_yields_instance_targets_and_collate_keeps_them_a_list(phant
     data, _ = phantoms
     samples = [s for s in open_dataset(data) if s.label in ("normal", "malignant")][:3]
     transform = build_transform({"input_size": 48, "normalize": "unit"}, train=False)
-    dataset = SampleDataset(samples, "detection", ["background", "benign", "malignant"],
+    dataset = SampleDataset(samples, get_task("detection"), ["background", "benign", "malignant"],
                             transform, cache=False)
     batch = collate([dataset[i] for i in range(len(dataset))])
     assert batch["image"].shape == (3, 3, 48, 48) and isinstance(batch["target"], list)
@@ -172,7 +172,7 @@ def test_maskrcnn_trains_resumes_and_evaluates_with_ap_and_auroc(phantoms, tmp_p
         table = list(csv.DictReader(handle))
     test_ids = read_split(split).subsets["test"]
     assert [r["image_id"] for r in table] == sorted(test_ids)
-    assert {"pred_label", "malignant_score", "benign_score", "n_instances",
+    assert {"predicted_class", "malignant_score", "benign_score", "n_instances",
             "n_truth_instances"} <= set(table[0])
     instances = json.loads((out / "instances.json").read_text())
     assert set(instances) == set(test_ids)

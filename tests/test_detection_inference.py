@@ -15,13 +15,20 @@ from sonocad.cli import main
 from sonocad.data.adapters import open_dataset
 from sonocad.data.phantom import make_phantom, write_phantom_dataset
 from sonocad.data.split import make_split, write_split
-from sonocad.evaluation.detection import (ImageInstances, ScoredImage, bootstrap_ap,
-                                          detection_ap, precision_recall, score_image)
-from sonocad.evaluation.table import read_predictions
-from sonocad.inference.detection import DetectionPredictor, detection_outputs
+from sonocad.evaluation.detection import (
+    ImageInstances,
+    ScoredImage,
+    bootstrap_ap,
+    detection_ap,
+    precision_recall,
+    score_image,
+)
+from sonocad.inference.detection import DetectionPredictor
 from sonocad.inference.predictor import Predictor
 from sonocad.pictures import _INSTANCE_COLOURS
+from sonocad.predictions import read_predictions
 from sonocad.serve import create_app
+from sonocad.tasks.detection_outputs import detection_outputs
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "recipes" / "qims2023_maskrcnn.yaml"

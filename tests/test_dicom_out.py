@@ -24,7 +24,7 @@ from pydicom.uid import (
 
 from sonocad import __version__
 from sonocad.errors import InputError
-from sonocad.inference.dicom_out import write_dicom_results
+from sonocad.workflows.dicom_out import write_dicom_results
 
 ROWS, COLUMNS = 23, 31  # frames of 713 bits: BINARY frames are not byte-aligned
 PATIENT = {"PatientName": "Doe^Jäne", "PatientID": "PID-4711", "PatientBirthDate": "19700101",

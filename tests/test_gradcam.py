@@ -15,8 +15,8 @@ from PIL import Image as PILImage
 from scipy import ndimage
 from torch import nn
 
+from sonocad.checkpoint import Checkpoint, save_checkpoint
 from sonocad.data.phantom import make_phantom
-from sonocad.engine.checkpoint import Checkpoint, save_checkpoint
 from sonocad.errors import SonocadError
 from sonocad.explain import Explainer, default_target_layer, explain, grad_cam
 from sonocad.explain import runner as runner_module

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sonocad.data.sample import MaskFormat
 from sonocad.errors import InputError
 from sonocad.io.annotations import (
     GeoAnnotation,
+    MaskFormat,
     Shape,
     geojson_mask,
     labelme_mask,

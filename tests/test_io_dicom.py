@@ -25,8 +25,9 @@ from pydicom.uid import (
 )
 
 from sonocad.errors import InputError
-from sonocad.io import images
-from sonocad.io.images import is_image_file, iter_frames, read_image, widen_to_16_bits
+from sonocad.io import pixels
+from sonocad.io.images import is_image_file, iter_frames, read_image
+from sonocad.io.pixels import widen_to_16_bits
 from sonocad.transforms import to_unit_float
 
 PATIENT = {"PatientName": "Doe^Jane", "PatientID": "PID-4711", "PatientBirthDate": "19700101"}
@@ -340,9 +341,9 @@ def test_the_budget_is_per_frame_not_per_file(tmp_path: Path,
                                               monkeypatch: pytest.MonkeyPatch) -> None:
     frames = np.stack([GREY8, GREY8 // 2, 255 - GREY8])
     path = write_dicom(tmp_path / "cine.dcm", frames)
-    monkeypatch.setattr(images, "MAX_IMAGE_PIXELS", 16 * 16)  # one frame: 3 frames are over
+    monkeypatch.setattr(pixels, "MAX_IMAGE_PIXELS", 16 * 16)  # one frame: 3 frames are over
     assert len(list(iter_frames(path))) == 3
-    monkeypatch.setattr(images, "MAX_IMAGE_PIXELS", 16 * 16 - 1)
+    monkeypatch.setattr(pixels, "MAX_IMAGE_PIXELS", 16 * 16 - 1)
     with pytest.raises(InputError, match=r"image too large \(16 x 16 pixels"):
         iter_frames(path)
 

@@ -14,16 +14,9 @@ from PIL import Image as PILImage
 from PIL import ImageFile
 
 from sonocad.errors import InputError
-from sonocad.io import images
-from sonocad.io.images import (
-    IMAGE_SUFFIXES,
-    MAX_IMAGE_PIXELS,
-    MIN_IMAGE_SIDE,
-    Image,
-    is_image_file,
-    iter_frames,
-    read_image,
-)
+from sonocad.io import pixels
+from sonocad.io.images import IMAGE_SUFFIXES, is_image_file, iter_frames, read_image
+from sonocad.io.pixels import MAX_IMAGE_PIXELS, MIN_IMAGE_SIDE, Image
 
 RNG = np.random.default_rng(0)
 GREY = RNG.integers(0, 256, (18, 24), dtype=np.uint8)
@@ -323,9 +316,9 @@ def test_a_97_kb_10000_x_10000_png_is_refused_before_decoding(
 
 def test_the_budget_is_inclusive(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = save(tmp_path / "a.png", PILImage.fromarray(GREY))  # 24 x 18 = 432 pixels
-    monkeypatch.setattr(images, "MAX_IMAGE_PIXELS", 432)
+    monkeypatch.setattr(pixels, "MAX_IMAGE_PIXELS", 432)
     assert read_image(path).shape == (18, 24)
-    monkeypatch.setattr(images, "MAX_IMAGE_PIXELS", 431)
+    monkeypatch.setattr(pixels, "MAX_IMAGE_PIXELS", 431)
     assert_input_error(path, r"image too large \(24 x 18 pixels; the limit is 431 pixels per "
                              r"image or frame\)")
 
@@ -334,7 +327,7 @@ def test_the_budget_is_inclusive(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 def test_every_pillow_format_is_checked_before_decoding(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, suffix: str) -> None:
     path = save(tmp_path / f"a{suffix}", PILImage.fromarray(RGB))
-    monkeypatch.setattr(images, "MAX_IMAGE_PIXELS", 100)
+    monkeypatch.setattr(pixels, "MAX_IMAGE_PIXELS", 100)
     monkeypatch.setattr(ImageFile.ImageFile, "load", lambda self: pytest.fail("decoded"))
     assert_input_error(path, r"image too large \(24 x 18 pixels")
 
@@ -375,7 +368,7 @@ def test_a_tiff_page_over_the_budget_refuses_the_file_on_call(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = pages(tmp_path / "stack.tif", [PILImage.fromarray(GREY[:16, :16]),
                                           PILImage.fromarray(GREY)])
-    monkeypatch.setattr(images, "MAX_IMAGE_PIXELS", 16 * 16)
+    monkeypatch.setattr(pixels, "MAX_IMAGE_PIXELS", 16 * 16)
     np.testing.assert_array_equal(read_image(path).pixels, GREY[:16, :16])  # its page fits
     with pytest.raises(InputError, match=r"image too large \(24 x 18 pixels"):
         iter_frames(path)  # before a single page is decoded

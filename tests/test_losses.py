@@ -1,6 +1,7 @@
 import torch
 
-from sonocad.engine.losses import build_loss, dice_loss, soft_dice_per_image, weighted_dice_loss
+from sonocad.tasks import get_task
+from sonocad.tasks.losses import dice_loss, soft_dice_per_image, weighted_dice_loss
 
 BIG = 30.0  # a logit whose sigmoid is 1 to float precision
 
@@ -40,7 +41,7 @@ def test_weighted_dice_weights_the_lesion_term():
 def test_deep_supervision_adds_weighted_side_outputs():
     target = masks()
     good, bad = (target * 2 - 1) * BIG, torch.full_like(target, -BIG)
-    loss = build_loss({"name": "dice", "args": {"aux_weight": 0.5}}, "segmentation")
+    loss = get_task("segmentation").build_loss({"name": "dice", "args": {"aux_weight": 0.5}})
     alone = loss({"out": good, "aux": []}, target).item()
     with_aux = loss({"out": good, "aux": [bad, bad]}, target).item()
     assert abs(with_aux - alone - 2 * 0.5 * dice_loss(bad, target).item()) < 1e-5
@@ -49,11 +50,12 @@ def test_deep_supervision_adds_weighted_side_outputs():
 def test_classification_loss_uses_class_weights():
     logits = torch.tensor([[2.0, 0.0], [0.0, 2.0]])
     labels = torch.tensor([1, 1])
-    plain = build_loss({"name": "cross_entropy"}, "classification")(logits, labels)
-    weighted = build_loss({"name": None, "args": {"class_weights": [1.0, 2.0]}},
-                          "classification")(logits, labels)
+    plain = get_task("classification").build_loss({"name": "cross_entropy"})(logits, labels)
+    classification = get_task("classification")
+    weighted = classification.build_loss({"name": None,
+                                          "args": {"class_weights": [1.0, 2.0]}})(logits, labels)
     assert torch.isclose(plain, weighted)  # both samples in class 1: weights cancel in the mean
     logits, mixed = torch.tensor([[2.0, 0.0], [0.0, 0.5]]), torch.tensor([0, 1])
     assert not torch.isclose(
-        build_loss({"args": {"class_weights": [1.0, 5.0]}}, "classification")(logits, mixed),
-        build_loss({}, "classification")(logits, mixed))
+        classification.build_loss({"args": {"class_weights": [1.0, 5.0]}})(logits, mixed),
+        classification.build_loss({})(logits, mixed))

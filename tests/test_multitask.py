@@ -110,7 +110,7 @@ def test_evaluate_scores_both_heads_in_one_pass(trained, tmp_path, monkeypatch):
     assert metrics["parts"]["classification"]["task"] == "classification"
     with open(out / "predictions.csv") as handle:
         rows = list(csv.DictReader(handle))
-    assert rows and {"iou", "prob_malignant", "pred_label"} <= set(rows[0])
+    assert rows and {"iou", "prob_malignant", "predicted_class"} <= set(rows[0])
     assert len(predicted) == len(rows) + 1  # once per image, plus the one overlay
     assert (out / "classification" / "roc.png").is_file()
     assert list((out / "segmentation" / "overlays").glob("*.png"))

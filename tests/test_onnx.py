@@ -11,14 +11,14 @@ import pytest
 import torch
 from PIL import Image as PILImage
 
+from sonocad.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from sonocad.data.phantom import make_phantom
-from sonocad.engine.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from sonocad.errors import InputError, SonocadError
 from sonocad.inference.export import META_KEY, export_onnx, onnx_model_bytes
-from sonocad.inference.predict import predict
 from sonocad.inference.predictor import Predictor
 from sonocad.models import create_model
 from sonocad.transforms import TransformConfig
+from sonocad.workflows.predict import predict
 
 MODELS = {  # name -> (task, builder args, class names)
     "u2net_lite": ("segmentation", {}, ["background", "lesion"]),
@@ -95,7 +95,8 @@ def test_exported_file_describes_itself(exported: dict[str, tuple[Path, Path]]) 
 
     predictor = Predictor(onnx_path, backend="onnx")
     assert predictor.checkpoint is None
-    assert (predictor.task, predictor.class_names) == ("segmentation", ["background", "lesion"])
+    assert predictor.task.name == "segmentation"
+    assert predictor.class_names == ["background", "lesion"]
     assert predictor.transform_config == TransformConfig(input_size=64)
     options = predictor.runner.session.get_session_options()
     assert options.intra_op_num_threads == torch.get_num_threads()

@@ -11,14 +11,14 @@ import time
 from pathlib import Path
 
 import pytest
-from test_predict import _png, _tree_digest, _unet_checkpoint
 
 from sonocad.cli import main
 from sonocad.errors import InputError
-from sonocad.inference.predict import predict
-from sonocad.inference.writer import OutputWriter
 from sonocad.io.atomic import write_text
 from sonocad.io.outputs import MARKER, claim_output_dir, output_of
+from sonocad.workflows.predict import predict
+from sonocad.workflows.writer import OutputWriter
+from test_predict import _png, _tree_digest, _unet_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -182,7 +182,7 @@ def test_a_long_multi_frame_input_passes_the_writers_back_pressure(
     from PIL import Image as PILImage
 
     from sonocad.data.phantom import make_phantom
-    from sonocad.inference import writer
+    from sonocad.workflows import writer
 
     monkeypatch.setattr(writer, "_MAX_PENDING", 2)
     pages = [PILImage.fromarray(make_phantom("benign", size=(40, 56), seed=i).image)

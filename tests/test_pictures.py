@@ -12,11 +12,9 @@ from scipy.spatial import ConvexHull, QhullError
 from scipy.spatial.distance import pdist
 
 from sonocad.data.phantom import make_phantom
-from sonocad.evaluation.measure import lesion_measurements, longest_diameter
-from sonocad.inference.decision import Decision
-from sonocad.inference.predictor import Prediction
-from sonocad.pictures import (DIAMETER_COLOUR, HEAT_MAP, caption, heatmap_picture,
-                              overlay_picture)
+from sonocad.measure import lesion_measurements, longest_diameter
+from sonocad.pictures import DIAMETER_COLOUR, HEAT_MAP, caption, heatmap_picture, overlay_picture
+from sonocad.predictions import Decision, Prediction
 from sonocad.visual import PREDICTION_COLOUR, colour_table, to_rgb8
 
 GREY = 128

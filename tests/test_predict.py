@@ -14,15 +14,15 @@ from PIL import Image as PILImage
 from pydicom import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, UltrasoundMultiFrameImageStorage
 
+from sonocad.checkpoint import Checkpoint, save_checkpoint
 from sonocad.data.phantom import make_phantom, write_phantom_dataset
-from sonocad.engine.checkpoint import Checkpoint, save_checkpoint
 from sonocad.errors import SonocadError
-from sonocad.evaluation.table import read_predictions
-from sonocad.inference.predict import predict
 from sonocad.models import create_model
 from sonocad.pictures import DIAMETER_COLOUR
+from sonocad.predictions import read_predictions
 from sonocad.transforms import TransformConfig
 from sonocad.visual import PREDICTION_COLOUR
+from sonocad.workflows.predict import predict
 
 SEG_CLASSES = ["background", "lesion"]
 CLS_CLASSES = ["normal", "benign", "malignant"]
@@ -258,8 +258,8 @@ def test_bad_arguments_are_clear_errors(tmp_path: Path, lesion_everywhere: Path)
 
 def test_a_batch_never_holds_more_pixels_than_one_image_at_the_limit(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    from sonocad.inference import predict as predict_module
-    from sonocad.io.images import Image
+    from sonocad.io.pixels import Image
+    from sonocad.workflows import predict as predict_module
 
     monkeypatch.setattr(predict_module, "MAX_IMAGE_PIXELS", 5000)
     image = Image(np.zeros((40, 56), np.uint8))  # 2240 pixels: two fit, a third does not

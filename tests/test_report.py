@@ -20,20 +20,20 @@ from typing import NamedTuple
 import numpy as np
 import pytest
 from PIL import Image as PILImage
-from test_multitask import TINY_MULTITASK
 
+from sonocad.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from sonocad.cli import main
 from sonocad.data.adapters import open_dataset
 from sonocad.data.phantom import write_phantom_dataset
 from sonocad.data.split import make_split, write_split
-from sonocad.engine.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from sonocad.evaluation.runner import evaluate
 from sonocad.models import create_model
 from sonocad.report import build_report, card
 from sonocad.report.card import model_card
 from sonocad.report.markdown import render_markdown
 from sonocad.report.sources import load_run
 from sonocad.transforms import TransformConfig
+from sonocad.workflows.evaluate import evaluate
+from test_multitask import TINY_MULTITASK
 
 CHROMIUM = Path(os.environ.get("SONOCAD_CHROMIUM", "/usr/bin/chromium"))
 CARD = """\
@@ -192,6 +192,21 @@ def test_a_model_card_renders_as_html_and_never_links_out():
     assert '<td class="num">0.5</td>' in html and "<code>sonocad</code>" in html
     assert "the paper <span" in html and "href" not in html
     assert "<script>" not in html and "&lt;script&gt;" in html
+
+
+def test_a_run_name_or_metric_key_with_markup_comes_out_escaped(runs, tmp_path):
+    run = tmp_path / "<script>run"
+    shutil.copytree(runs.a, run)
+    metrics_path = run / "eval" / "metrics.json"
+    metrics = json.loads(metrics_path.read_text())
+    metrics["parts"]["classification"]["groups"]["all"]["<script>key"] = {
+        "mean": 0.5, "ci_low": 0.4, "ci_high": 0.6}
+    metrics_path.write_text(json.dumps(metrics))
+    out = build_report([run, runs.b], tmp_path / "escaped.html")
+    html = out.read_text(encoding="utf-8")
+    assert "<script>" not in html
+    assert "&lt;script&gt;run" in html and "&lt;script&gt;key" in html
+    assert not {"script"} & {tag for tag, _ in _elements(html)}
 
 
 def test_the_bundled_model_brings_its_own_card(runs, tmp_path, monkeypatch):

@@ -18,11 +18,11 @@ from pydicom import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate
 from pydicom.uid import ExplicitVRLittleEndian, RLELossless, UltrasoundImageStorage, generate_uid
 
+from sonocad.checkpoint import Checkpoint, save_checkpoint
 from sonocad.data.phantom import make_phantom
-from sonocad.engine.checkpoint import Checkpoint, save_checkpoint
 from sonocad.errors import SonocadError
 from sonocad.inference.predictor import Predictor
-from sonocad.io import images
+from sonocad.io import pixels
 from sonocad.models import create_model
 from sonocad.pictures import DIAMETER_COLOUR
 from sonocad.serve import create_app, run
@@ -230,7 +230,7 @@ def test_dicom_over_the_pixel_budget_is_refused_before_decoding(
 
 def test_uploads_share_the_readers_one_pixel_budget(
         client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(images, "MAX_IMAGE_PIXELS", 1000)  # the phantom is 56 x 40 = 2240
+    monkeypatch.setattr(pixels, "MAX_IMAGE_PIXELS", 1000)  # the phantom is 56 x 40 = 2240
     monkeypatch.setattr(ImageFile.ImageFile, "load", _never)
     response = _upload(client, _png_bytes())
 

@@ -22,8 +22,8 @@ import uvicorn
 from PIL import Image as PILImage
 from scipy import ndimage
 
+from sonocad.checkpoint import Checkpoint, save_checkpoint
 from sonocad.data.phantom import Phantom, make_phantom
-from sonocad.engine.checkpoint import Checkpoint, save_checkpoint
 from sonocad.inference.predictor import Predictor
 from sonocad.models import create_model
 from sonocad.serve import create_app

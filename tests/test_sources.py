@@ -14,7 +14,7 @@ from sonocad.data.sources import class_weights, resolve_sources
 from sonocad.data.split import SplitFile, read_split, write_split
 from sonocad.data.torch_dataset import EpochBatches
 from sonocad.errors import SonocadError
-from sonocad.evaluation.table import read_predictions
+from sonocad.predictions import read_predictions
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SPLITS = PROJECT_ROOT / "benchmarks" / "splits"

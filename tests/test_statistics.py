@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import warnings
+from fractions import Fraction
 
 import numpy as np
 import pytest
@@ -167,6 +169,52 @@ def test_youden_point_on_a_hand_example() -> None:
     assert (point.sensitivity, point.specificity, point.youden_j) == pytest.approx((0.75, 1, 0.75))
 
 
+def test_youden_point_takes_the_higher_of_two_equal_points() -> None:
+    truth = [1, 1, 0, 1, 0, 0]
+    score = [0.9, 0.8, 0.7, 0.6, 0.5, 0.4]
+    # >= 0.8: 2/3 + 1 - 1 = 2/3; >= 0.6: 1 + 2/3 - 1 = 2/3, the same J. In floats the lower
+    # point's J is one ulp larger, so a float argmax would take it.
+    assert 1.0 - 1 / 3 > 2 / 3
+    point = youden_point(truth, score)
+    assert point.threshold == 0.8
+    assert (point.sensitivity, point.specificity) == (2 / 3, 1.0)
+
+
+def brute_force_youden(truth: np.ndarray, score: np.ndarray) -> tuple[float, Fraction, int, int]:
+    """Threshold, J, TP and FP of the exact maximum of J; the highest threshold on ties.
+
+    The candidates are +inf (nothing called positive, the ROC curve's first point) and every
+    distinct score.
+    """
+    positives, negatives = int(truth.sum()), int((~truth).sum())
+    best: tuple[float, Fraction, int, int] | None = None
+    for threshold in [math.inf, *sorted(set(score.tolist()), reverse=True)]:
+        called = score >= threshold
+        tp, fp = int((called & truth).sum()), int((called & ~truth).sum())
+        j = Fraction(tp, positives) - Fraction(fp, negatives)
+        if best is None or j > best[1]:
+            best = (threshold, j, tp, fp)
+    assert best is not None
+    return best
+
+
+def test_youden_point_matches_an_exact_brute_force() -> None:
+    """300 random sets: small integer scores (ties everywhere), prevalence 5-95 %."""
+    rng = np.random.default_rng(17)
+    for _ in range(300):
+        n = int(rng.integers(4, 60))
+        truth = rng.random(n) < rng.uniform(0.05, 0.95)
+        truth[rng.choice(n, 2, replace=False)] = [True, False]  # both classes
+        score = rng.integers(0, int(rng.integers(2, 9)), n).astype(float)
+        threshold, j, tp, fp = brute_force_youden(truth, score)
+        positives, negatives = int(truth.sum()), int((~truth).sum())
+        point = youden_point(truth, score)
+        assert point.threshold == threshold
+        assert point.sensitivity == tp / positives
+        assert point.specificity == 1 - fp / negatives
+        assert point.youden_j == pytest.approx(float(j), abs=1e-12)
+
+
 # --- participant-level paired comparison ----------------------------------------------------
 
 NORMAL_A = np.array([0.71, 0.64, 0.80, 0.55, 0.62, 0.77, 0.69, 0.73, 0.58, 0.66, 0.74, 0.61])
@@ -215,25 +263,13 @@ def test_too_few_participants_give_no_p() -> None:
     assert result.test == "n/a" and math.isnan(result.p_value) and result.n == 2
 
 
-def test_youden_point_breaks_ties_at_the_highest_threshold_exactly() -> None:
-    """Against a brute force in fractions over 300 random sets with many tied J values."""
-    from fractions import Fraction
 
-    rng = np.random.default_rng(7)
-    for _ in range(300):
-        n = int(rng.integers(6, 40))
-        truth = rng.integers(0, 2, n)
-        if truth.min() == truth.max():
-            continue
-        score = rng.integers(0, 6, n) / 5  # few levels: ties everywhere
-        positives, negatives = int(truth.sum()), int((1 - truth).sum())
-        best = None
-        for threshold in sorted(set(score), reverse=True):
-            called = score >= threshold
-            j = (Fraction(int((called & (truth == 1)).sum()), positives)
-                 - Fraction(int((called & (truth == 0)).sum()), negatives))
-            if best is None or j > best[0]:
-                best = (j, threshold)
-        point = youden_point(truth, score)
-        if best[0] > 0:
-            assert point.threshold == best[1]
+@pytest.mark.parametrize("n", [12, 80])  # scipy: P = 1 with a warning at 12, NaN at 80
+def test_identical_values_are_no_difference(n: int) -> None:
+    values = np.linspace(0.5, 0.9, n)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        result = paired_comparison(values, values.copy())
+    assert result.test == WILCOXON
+    assert (result.statistic, result.p_value, result.mean_difference) == (0.0, 1.0, 0.0)
+    assert result.n == n

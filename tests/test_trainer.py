@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from sonocad.checkpoint import load_checkpoint
 from sonocad.cli import main
 from sonocad.data.adapters import open_dataset
 from sonocad.data.phantom import write_phantom_dataset
 from sonocad.data.split import make_split, read_split, write_split
-from sonocad.engine.checkpoint import load_checkpoint
 
 TINY_RECIPE = """\
 task: segmentation
@@ -87,7 +87,8 @@ def test_train_writes_a_self_describing_checkpoint_and_evaluate_reads_it(phantom
                  f"{split}:test", "--out", str(tmp_path / "eval"), "--overlays", "2"]) == 0
     with open(tmp_path / "eval" / "predictions.csv") as handle:
         rows = list(csv.DictReader(handle))
-    assert len(rows) == len(subsets["test"]) and {"dice", "iou", "hd95_px", "pred_area_px"} <= set(rows[0])
+    assert len(rows) == len(subsets["test"])
+    assert {"dice", "iou", "hd95_px", "lesion_area_px"} <= set(rows[0])
     assert len(list((tmp_path / "eval" / "overlays").glob("*.png"))) == 2
 
 

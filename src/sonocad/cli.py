@@ -261,7 +261,7 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _cross_validate(recipe: dict, args: argparse.Namespace) -> int:
-    from sonocad.engine.cross_validation import cross_validate, summary_table
+    from sonocad.workflows.cross_validation import cross_validate, summary_table
 
     if len(args.data or []) != 1 or len(args.split or []) != 1:
         raise SonocadError("--folds all takes one --data and its K-fold --split")
@@ -292,8 +292,8 @@ def _add_evaluate_command(commands) -> None:
 
 def _evaluate(args: argparse.Namespace) -> int:
     from sonocad.evaluation.breakdown import format_breakdown
-    from sonocad.evaluation.runner import evaluate
     from sonocad.evaluation.summary import format_summary
+    from sonocad.workflows.evaluate import evaluate
 
     result = evaluate(args.checkpoint, args.data, args.split, args.out, layout=args.layout,
                       overlays=args.overlays, batch_size=args.batch_size, by=args.by,
@@ -434,13 +434,13 @@ def _add_inference_commands(commands) -> None:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from sonocad.inference.predict import predict
+    from sonocad.workflows.predict import predict
 
     checkpoint, inputs = _split_checkpoint(args.inputs)
     backend = args.backend or ("onnx" if checkpoint and checkpoint.suffix == ".onnx" else "torch")
     if args.overwrite and args.resume:
         raise SonocadError("--overwrite and --resume contradict each other: give one")
-    from sonocad.inference.writer import parse_outputs
+    from sonocad.workflows.writer import parse_outputs
 
     result = predict(inputs, args.out, checkpoint=checkpoint, backend=backend,
                      batch_size=args.batch_size, overwrite=args.overwrite, resume=args.resume,
@@ -490,6 +490,8 @@ def _explain(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
+    from sonocad.extras import require
+    require("onnx")
     from sonocad.inference.export import export_onnx
 
     print(f"wrote {export_onnx(args.checkpoint, args.out)}")

@@ -23,13 +23,11 @@ import numpy as np
 from PIL import Image as PILImage
 from PIL import ImageDraw, ImageFont
 
-from sonocad.evaluation.measure import Diameter, longest_diameter
-from sonocad.visual import (PREDICTION_COLOUR, colour_map_blend, colour_table, draw_outlines,
-                            to_rgb8)
+from sonocad.measure import Diameter, longest_diameter
+from sonocad.visual import PREDICTION_COLOUR, colour_map_blend, colour_table, draw_outlines, to_rgb8
 
 if TYPE_CHECKING:  # at run time not needed, and it would import torch
-    from sonocad.inference.detection import Instance
-    from sonocad.inference.predictor import Prediction
+    from sonocad.predictions import Instance, Prediction
 
 DIAMETER_COLOUR = (255, 214, 0)  # yellow: apart from the red outline and from grey tissue
 GRAD_CAM_LABEL = "Grad-CAM relevance"  # a classifier's heatmap is not a lesion probability

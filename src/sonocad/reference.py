@@ -29,13 +29,15 @@ import yaml
 
 from sonocad import cli, transforms
 from sonocad.data import adapters, sources
-from sonocad.data.sample import CLASS_NAMES, MaskFormat
+from sonocad.data.sample import CLASS_NAMES
 from sonocad.engine import recipe
-from sonocad.engine.losses import SEGMENTATION_LOSSES
-from sonocad.engine.validation import DEFAULT_SELECT_METRIC
 from sonocad.errors import SonocadError
-from sonocad.io.images import IMAGE_SUFFIXES, MAX_IMAGE_PIXELS, MIN_IMAGE_SIDE
+from sonocad.io.annotations import MaskFormat
+from sonocad.io.images import IMAGE_SUFFIXES
+from sonocad.io.pixels import MAX_IMAGE_PIXELS, MIN_IMAGE_SIDE
 from sonocad.models import list_models
+from sonocad.tasks import get_task, task_names
+from sonocad.tasks.losses import SEGMENTATION_LOSSES
 
 REGENERATE = "python -m sonocad.reference --out docs/reference.md"
 
@@ -254,14 +256,14 @@ def _code_list(values: Iterable[object]) -> str:
 
 # Choices a module lists, appended to a key's description from that module.
 _CHOICES: dict[str, Callable[[], str]] = {
-    "task": lambda: "one of " + _code_list(recipe.TASKS),
+    "task": lambda: "one of " + _code_list(task_names()),
     "model.name": lambda: "; ".join(f"{task}: {_code_list(list_models(task, built_in=True))}"
-                                    for task in recipe.TASKS),
+                                    for task in task_names()),
     "loss.name": lambda: "segmentation losses: " + _code_list(SEGMENTATION_LOSSES),
     "transform.normalize": lambda: "one of " + _code_list(transforms.NORMALIZATIONS),
     "transform.despeckle": lambda: "one of " + _code_list(transforms.DESPECKLE_FILTERS),
     "train.select_metric": lambda: "defaults: " + ", ".join(
-        f"{task} `{metric}`" for task, metric in DEFAULT_SELECT_METRIC.items()),
+        f"{task} `{get_task(task).select_metric}`" for task in task_names()),
 }
 
 
@@ -446,7 +448,7 @@ def _example_problems() -> list[str]:
     """The example overrides, applied to a minimal recipe and validated as `train` would."""
     found = []
     for override in (*SMOKE_OVERRIDES, *FOLD_OVERRIDES):
-        example = recipe.merge(recipe.DEFAULTS, {"task": recipe.TASKS[0],
+        example = recipe.merge(recipe.DEFAULTS, {"task": task_names()[0],
                                                  "model": {"name": "unet"}})
         try:
             recipe.apply_override(example, override)

@@ -26,8 +26,9 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 
-from sonocad.data.sample import CLASS_NAMES, MaskFormat, Sample
+from sonocad.data.sample import CLASS_NAMES, Sample
 from sonocad.errors import InputError, SonocadError
+from sonocad.io.annotations import MaskFormat
 from sonocad.io.images import is_image_file
 
 _MASK_STEM = re.compile(r"^(?P<stem>.+?)_mask(_\d+)?$")

@@ -16,8 +16,9 @@ import numpy as np
 from PIL import Image as PILImage
 
 from sonocad.data.duplicates import ImageHashes, find_duplicate_groups, hash_image
-from sonocad.data.sample import CLASS_NAMES, MaskFormat, Sample
+from sonocad.data.sample import CLASS_NAMES, Sample
 from sonocad.errors import InputError
+from sonocad.io.annotations import MaskFormat
 
 LESION_CLASSES = ("benign", "malignant")
 

@@ -3,24 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from enum import Enum
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
-if TYPE_CHECKING:
-    from sonocad.io.images import Image
-
-
-class MaskFormat(str, Enum):
-    """How a sample's annotation files encode the lesion."""
-
-    BINARY = "binary"  # any non-zero pixel is lesion; several files are OR-merged
-    VOC = "voc"  # Pascal VOC class-index PNG; 0 background, 255 void border
-    LABELME = "labelme"  # Labelme JSON polygons, rectangles, points
-    GEOJSON = "geojson"  # QuPath GeoJSON polygons in image pixel coordinates
-
+from sonocad.io.annotations import MaskFormat, read_mask
+from sonocad.io.images import read_image
+from sonocad.io.pixels import Image
 
 # Class names in the order models see them; a dataset may use a subset.
 CLASS_NAMES: tuple[str, ...] = ("normal", "benign", "malignant")
@@ -51,8 +40,6 @@ class Sample:
         return self.patient_id or self.image_id
 
     def load_image(self) -> Image:
-        from sonocad.io.images import read_image
-
         image = read_image(self.image_path)
         if self.pixel_spacing_mm is not None:
             image = image.with_spacing(self.pixel_spacing_mm)
@@ -62,7 +49,5 @@ class Sample:
         """The lesion mask (bool, `shape`), or None when the sample has no annotation."""
         if not self.mask_paths:
             return None
-        from sonocad.io.annotations import read_mask
-
         return read_mask(self.mask_paths, shape, self.mask_format)
 

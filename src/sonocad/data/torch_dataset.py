@@ -4,42 +4,43 @@ The batch sampler hands each item a seed derived from (run seed, epoch, position
 augmentation an image gets does not depend on the number of workers or on whether training
 was interrupted and resumed.
 
-Items are dicts: "image", "index", and by task "mask", "label" or, for detection, "target"
-(torchvision's {"boxes", "labels", "masks"}, one entry per connected lesion of the mask after
-augmentation; empty for an image without a lesion). `collate` batches them for every task.
+Items are dicts: "image", "index", and what the task adds (`sonocad.tasks.Task.item`: "mask",
+"label" or, for detection, "target"). `collate` batches them for every task.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler, default_collate
 
-from sonocad.data.instances import class_instances
 from sonocad.data.sample import Sample
 from sonocad.errors import SonocadError
 from sonocad.progress import progress
 
 ItemKey = tuple[int, int]  # (sample index, augmentation seed)
-MASK_TASKS = ("segmentation", "multitask", "detection")  # tasks that read the lesion masks
+
+
+class ItemTask(Protocol):
+    """What the dataset asks of its task (`sonocad.tasks.Task`)."""
+
+    reads_masks: bool
+
+    def item(self, sample: Sample, mask: torch.Tensor, class_names: Sequence[str]
+             ) -> dict[str, Any]: ...
 
 
 class SampleDataset(Dataset):
-    def __init__(self, samples: Sequence[Sample], task: str, class_names: Sequence[str],
+    def __init__(self, samples: Sequence[Sample], task: ItemTask, class_names: Sequence[str],
                  transform: Callable[..., Any], *, cache: bool = True) -> None:
         self.samples = list(samples)
         self.task = task
         self.class_names = list(class_names)
         self.transform = transform
-        unknown = sorted({s.label for s in self.samples} - set(self.class_names) - {None})
-        labelled = task in ("classification", "multitask")
-        if labelled and (unknown or any(s.label is None for s in self.samples)):
-            raise SonocadError(f"labels {unknown or ['(none)']} are not among the recipe's "
-                               f"classes {self.class_names}; set data.labels to filter samples")
         self._cache: list[tuple[np.ndarray, np.ndarray | None]] | None = None
         if cache:
             self._cache = [self._load(i) for i in progress(range(len(self.samples)), "loading")]
@@ -54,27 +55,13 @@ class SampleDataset(Dataset):
             if seed is not None:
                 torch.manual_seed(seed)
             image, mask_tensor = self.transform(pixels, mask)
-        item: dict[str, Any] = {"image": image, "index": index}
-        if self.task in ("segmentation", "multitask"):
-            item["mask"] = mask_tensor
-        if self.task in ("classification", "multitask"):
-            item["label"] = self.class_names.index(self.samples[index].label)
-        if self.task == "detection":
-            item["target"] = self._detection_target(index, mask_tensor[0] > 0.5)
-        return item
-
-    def _detection_target(self, index: int, mask: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Instances of the augmented mask, all of the sample's class ("benign", ...)."""
-        sample = self.samples[index]
-        instances, labels = class_instances(mask.numpy(), sample.label, self.class_names,
-                                            sample.image_id)
-        return {"boxes": torch.from_numpy(instances.boxes), "labels": torch.from_numpy(labels),
-                "masks": torch.from_numpy(instances.masks).to(torch.uint8)}
+        return {"image": image, "index": index,
+                **self.task.item(self.samples[index], mask_tensor, self.class_names)}
 
     def _load(self, index: int) -> tuple[np.ndarray, np.ndarray | None]:
         sample = self.samples[index]
         pixels = sample.load_image().pixels
-        if self.task not in MASK_TASKS:
+        if not self.task.reads_masks:
             return pixels, None
         mask = sample.load_mask(pixels.shape[:2])
         # An image without an annotation file (a normal scan) has no lesion.

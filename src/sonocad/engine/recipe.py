@@ -18,8 +18,9 @@ from typing import Any
 import yaml
 
 from sonocad.errors import InputError, SonocadError
+from sonocad.models import list_models, model_task
+from sonocad.tasks import get_task, task_names
 
-TASKS = ("segmentation", "classification", "detection", "multitask")
 SECTIONS = {"task", "description", "model", "data", "transform", "loss", "optimizer",
             "scheduler", "train"}
 
@@ -237,10 +238,19 @@ def _leaf_paths(node: dict[str, Any], prefix: tuple[str, ...] = ()) -> Iterator[
 
 
 def validate(recipe: dict[str, Any], path: Path) -> None:
-    if recipe.get("task") not in TASKS:
-        raise InputError(path, f"task must be one of {', '.join(TASKS)}")
-    if not recipe["model"].get("name"):
+    if recipe.get("task") not in task_names():
+        raise InputError(path, f"task must be one of {', '.join(task_names())}")
+    task = get_task(recipe["task"])
+    name = recipe["model"].get("name")
+    if not name:
         raise InputError(path, "model.name is required")
+    if name not in list_models():
+        raise InputError(path, f"model.name: unknown model {name!r}; known models: "
+                               f"{', '.join(list_models())}")
+    if not task.accepts_model(model_task(name)):
+        fitting = [m for m in list_models() if task.accepts_model(model_task(m))]
+        raise InputError(path, f"model {name!r} is a {model_task(name)} model, not a "
+                               f"{task.name} one; {task.name} models: {', '.join(fitting)}")
     for section in ("data", "train", "optimizer"):
         unknown = set(recipe[section]) - set(DEFAULTS[section])
         if unknown:
@@ -250,23 +260,4 @@ def validate(recipe: dict[str, Any], path: Path) -> None:
         raise InputError(path, "train.batch_size and train.epochs must be at least 1")
     if train["max_steps"] is not None and int(train["max_steps"]) < 1:
         raise InputError(path, "train.max_steps must be at least 1")
-    if recipe["task"] == "detection":
-        _detector_sizes_follow_input_size(recipe, path)
-
-
-def _detector_sizes_follow_input_size(recipe: dict[str, Any], path: Path) -> None:
-    """torchvision's detectors resize again to their min_size / max_size: make them the
-    letterboxed input's sides, so `transform.input_size` (an override too) is what runs; a
-    recipe that says otherwise is an error, not a second, silent resize."""
-    from sonocad.transforms import TransformConfig  # torch: only detection recipes need it
-
-    size = recipe["transform"].get("input_size", TransformConfig().input_size)
-    height, width = (size, size) if isinstance(size, int) else size
-    args = recipe["model"].setdefault("args", {}) or {}
-    recipe["model"]["args"] = args
-    for key, expected in (("min_size", min(height, width)), ("max_size", max(height, width))):
-        if key in args and int(args[key]) != expected:
-            raise InputError(path, f"model.args.{key} {args[key]} disagrees with "
-                                   f"transform.input_size {size}: leave {key} out, it follows "
-                                   "input_size")
-        args[key] = expected
+    task.check_recipe(recipe, path)

@@ -28,20 +28,20 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from sonocad.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from sonocad.data.sample import Sample
 from sonocad.data.sources import DataArg, Source, class_weights, resolve_sources
 from sonocad.data.split import SplitFile, read_split, select
 from sonocad.data.torch_dataset import EpochBatches, SampleDataset, collate, epoch_generator
-from sonocad.engine.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from sonocad.engine.distributed import World, barrier, close_world, init_world, mean_over_world
-from sonocad.engine.losses import build_loss
 from sonocad.engine.optim import build_optimizer, build_scheduler, steps_per_optimizer_step
-from sonocad.engine.validation import DEFAULT_SELECT_METRIC, validate
+from sonocad.engine.validation import validate
 from sonocad.errors import SonocadError
 from sonocad.io.atomic import atomic_open, write_json, write_text
 from sonocad.io.outputs import claim_output_dir
 from sonocad.models import create_model
 from sonocad.progress import RateLog
+from sonocad.tasks import get_task
 from sonocad.transforms import TransformConfig, build_transform
 
 
@@ -90,9 +90,10 @@ class _Trainer:
     def __init__(self, recipe: dict[str, Any], sources: list[Source], out: Path,
                  world: World) -> None:
         self.recipe, self.sources, self.out, self.world = recipe, sources, out, world
-        self.task: str = recipe["task"]
+        self.task = get_task(recipe["task"])
         self.cfg_train = recipe["train"]
-        self.class_names = self._class_names()
+        self.class_names = self.task.class_names(recipe["data"]["labels"]
+                                                 or recipe["data"]["classes"])
         torch.manual_seed(int(self.cfg_train["seed"]))
 
         train_samples, val_samples, self.draws, self.data_info = _select_samples(
@@ -102,6 +103,8 @@ class _Trainer:
                   f"expected draws per epoch: {self.data_info['epoch_composition']}", flush=True)
         self.transform_config = TransformConfig.from_dict(recipe["transform"])
         cache = bool(recipe["data"]["cache"])
+        for samples in (train_samples, val_samples):
+            self.task.check_samples(samples, self.class_names)
         self.train_set = SampleDataset(train_samples, self.task, self.class_names,
                                        build_transform(self.transform_config, train=True),
                                        cache=cache)
@@ -110,7 +113,7 @@ class _Trainer:
                                      cache=cache)
 
         spec = recipe["model"]
-        self.model_args = {**spec["args"], **self._head_args()}
+        self.model_args = {**spec["args"], **self.task.head_args(self.class_names)}
         self.model: nn.Module = create_model(spec["name"], pretrained=spec["pretrained"],
                                              **self.model_args).to(world.device)
         # channels_last: depthwise convolutions train ~1.3x faster this way on a CPU.
@@ -119,7 +122,7 @@ class _Trainer:
         self.model.to(memory_format=self.memory_format)
         self.trained_model = (DistributedDataParallel(self.model) if world.distributed
                               else self.model)
-        self.loss_fn = build_loss(recipe["loss"], self.task)
+        self.loss_fn = self.task.build_loss(recipe["loss"])
         self.optimizer = build_optimizer(self.model.parameters(), recipe["optimizer"])
 
         self.batch_size = int(self.cfg_train["batch_size"])
@@ -133,12 +136,12 @@ class _Trainer:
         if self.cfg_train["max_steps"] is not None:
             self.total_steps = min(self.total_steps, int(self.cfg_train["max_steps"]))
         self.scheduler = build_scheduler(self.optimizer, recipe["scheduler"], self.total_steps)
-        if self.task == "detection" and self.scheduler is not None and \
+        if not self.task.validation_loss and self.scheduler is not None and \
                 not steps_per_optimizer_step(self.scheduler):
             raise SonocadError(f"scheduler {recipe['scheduler']['name']!r} watches the "
-                               "validation loss, which detection validation does not compute "
-                               "(it scores AP); use cosine or warmup_cosine")
-        self.select_metric = self.cfg_train["select_metric"] or DEFAULT_SELECT_METRIC[self.task]
+                               f"validation loss, which {self.task.name} validation does not "
+                               "compute; use cosine or warmup_cosine")
+        self.select_metric = self.cfg_train["select_metric"] or self.task.select_metric
         self.select_sign = 1.0 if self.cfg_train["select_mode"] == "max" else -1.0
         use_amp = bool(self.cfg_train["amp"]) and world.device.type == "cuda"
         self.autocast = torch.autocast(world.device.type, enabled=use_amp)
@@ -146,23 +149,6 @@ class _Trainer:
         self.history: list[dict[str, Any]] = []
         self.tensorboard = _tensorboard_writer(out) if (
             self.cfg_train["tensorboard"] and world.is_main) else None
-
-    # --- set-up helpers --------------------------------------------------------------------
-
-    def _class_names(self) -> list[str]:
-        if self.task == "segmentation":
-            return ["background", "lesion"]
-        classes = list(self.recipe["data"]["labels"] or self.recipe["data"]["classes"])
-        if self.task == "detection":
-            # Instances take their image's class; "normal" images have none to detect.
-            return ["background", *(name for name in classes if name != "normal")]
-        # classification and multitask: the classes the class head predicts
-        return classes
-
-    def _head_args(self) -> dict[str, Any]:
-        if self.task in ("classification", "multitask", "detection"):
-            return {"num_classes": len(self.class_names)}
-        return {}
 
     # --- the loop --------------------------------------------------------------------------
 
@@ -235,11 +221,9 @@ class _Trainer:
     def _step(self, batch: dict[str, Any]) -> float:
         self.trained_model.train()
         images = batch["image"].to(self.world.device, memory_format=self.memory_format)
-        target = _targets(batch, self.task, self.world.device)
+        target = self.task.targets(batch, self.world.device)
         with self.autocast:
-            # torchvision detectors take the targets and return their losses in train mode.
-            outputs = (self.trained_model(list(images), target) if self.task == "detection"
-                       else self.trained_model(images))
+            outputs = self.task.forward(self.trained_model, images, target)
             loss = self.loss_fn(outputs, target)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
@@ -297,7 +281,7 @@ class _Trainer:
 
     def _checkpoint(self, state: _Progress, training: bool = False) -> Checkpoint:
         meta = {
-            "task": self.task,
+            "task": self.task.name,
             "model": {"name": self.recipe["model"]["name"], "args": self.model_args},
             "class_names": self.class_names,
             "transform": self.transform_config.to_dict(),
@@ -364,14 +348,6 @@ class _Trainer:
         writer.writerows(self.history)
         with atomic_open(self.out / "metrics.csv", "w", encoding="utf-8") as handle:
             handle.write(buffer.getvalue())
-
-
-def _targets(batch: dict[str, Any], task: str, device: torch.device) -> Any:
-    if task == "detection":
-        return [{k: v.to(device) for k, v in target.items()} for target in batch["target"]]
-    if task == "multitask":
-        return batch["mask"].to(device), batch["label"].to(device)
-    return batch["mask" if task == "segmentation" else "label"].to(device)
 
 
 def _tensorboard_writer(out: Path):

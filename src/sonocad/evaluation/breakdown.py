@@ -19,7 +19,7 @@ from typing import Any
 from sonocad.evaluation.classification import classification_metrics
 from sonocad.evaluation.segmentation import summarise
 from sonocad.evaluation.statistics import proportion
-from sonocad.inference.decision import LESION_CLASSES
+from sonocad.predictions import LESION_CLASSES
 
 POOLED = "pooled"
 SEGMENTATION_FIGURES = ("iou", "dice")

@@ -35,8 +35,8 @@ from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike
-from sklearn.calibration import calibration_curve
 from scipy.stats import rankdata
+from sklearn.calibration import calibration_curve
 from sklearn.metrics import confusion_matrix, roc_auc_score, roc_curve
 
 from sonocad.evaluation.bootstrap import bootstrap_indices

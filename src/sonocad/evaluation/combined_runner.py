@@ -15,7 +15,7 @@ The detector's own scores on its training rows are in-sample (it cannot be refit
 here); fitting on a validation subset's table avoids that at the cost of fewer rows.
 
 Outputs in ``out``: one predictions table per model (image_model/, logistic_regression/,
-decision_tree/: image_id, patient_id, label, pred_label, prob_benign / prob_malignant, correct,
+decision_tree/: image_id, patient_id, label, predicted_class, prob_benign / prob_malignant, correct,
 the image and clinical scores), which `sonocad compare` reads as classifiers; metrics.json;
 table2.txt, the printed table (with the test AUROCs of the image and clinical scores, DeLong
 CIs). Synthetic clinical input (``clinical_source`` SYNTHETIC, see
@@ -35,12 +35,18 @@ from sklearn.model_selection import StratifiedKFold
 
 from sonocad.data.clinical_synth import SOURCE_COLUMN, SYNTHETIC
 from sonocad.errors import InputError, SonocadError
-from sonocad.evaluation.combined import (COMBINED_KINDS, RATES, fit_combined, format_qims_table,
-                                         image_threshold, qims_table)
+from sonocad.evaluation.combined import (
+    COMBINED_KINDS,
+    RATES,
+    fit_combined,
+    format_qims_table,
+    image_threshold,
+    qims_table,
+)
 from sonocad.evaluation.statistics import delong_auroc
-from sonocad.evaluation.table import read_predictions, write_predictions
 from sonocad.io.atomic import write_json, write_text
 from sonocad.models.clinical import ClinicalRecord, fit_clinical_model, parse_clinical
+from sonocad.predictions import read_predictions, write_predictions
 
 IMAGE_MODEL = "image_model"
 LESION_LABELS = ("benign", "malignant")
@@ -118,7 +124,7 @@ def _table_rows(rows: list[dict[str, Any]], predicted: np.ndarray, probability: 
         malignant = bool(predicted[i])
         table.append({
             "image_id": row["image_id"], "patient_id": row.get("patient_id"),
-            "label": row["label"], "pred_label": LESION_LABELS[int(malignant)],
+            "label": row["label"], "predicted_class": LESION_LABELS[int(malignant)],
             "prob_benign": 1 - float(probability[i]), "prob_malignant": float(probability[i]),
             "correct": int(malignant == (row["label"] == "malignant")),
             SCORE_COLUMN: float(image_score[i]), "clinical_score": float(clinical_score[i]),

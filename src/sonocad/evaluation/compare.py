@@ -42,7 +42,7 @@ from sonocad.evaluation.statistics import (
     paired_comparison,
 )
 from sonocad.evaluation.summary import format_ci
-from sonocad.evaluation.table import read_predictions
+from sonocad.predictions import read_predictions
 
 CLASSES = ["benign", "malignant"]  # negative, positive
 # Columns both tables must agree on for a joined image: the truth is the same truth.
@@ -154,7 +154,9 @@ def join(a: Evaluation, b: Evaluation) -> list[tuple[dict[str, Any], dict[str, A
         raise SonocadError(f"{_both(a, b)} cover different images ({len(only_a)} only in A, "
                            f"{len(only_b)} only in B, e.g. {(only_a or only_b)[0]!r}); "
                            f"{same_images}")
-    pairs = [(row, b_rows[row["image_id"]]) for row in a.rows]
+    # A `predict` table has no truth: it takes the other table's (an `evaluate` table's).
+    pairs = [(_with_truth(row, b_rows[row["image_id"]]), _with_truth(b_rows[row["image_id"]], row))
+             for row in a.rows]
     for key in SHARED_TRUTH:
         differ = [ra["image_id"] for ra, rb in pairs
                   if key in ra and key in rb and ra[key] != rb[key]]
@@ -285,7 +287,7 @@ def _has_segmentation(evaluation: Evaluation) -> bool:
 
 
 def _has_classes(evaluation: Evaluation) -> bool:
-    return "pred_label" in evaluation.rows[0] and set(CLASSES) <= set(
+    return "predicted_class" in evaluation.rows[0] and set(CLASSES) <= set(
         _class_names(evaluation.rows[0]))
 
 
@@ -306,7 +308,15 @@ def _malignancy(labels: np.ndarray,
     """(truly malignant, malignancy score, predicted malignant) per row."""
     probs = np.array([[row[f"prob_{name}"] for name in CLASSES] for row in rows], dtype=float)
     truth, score = benign_vs_malignant_scores(labels, probs.reshape(-1, len(CLASSES)), CLASSES)
-    return truth, score, np.array([row["pred_label"] == "malignant" for row in rows], dtype=bool)
+    called = np.array([row["predicted_class"] == "malignant" for row in rows], dtype=bool)
+    return truth, score, called
+
+
+def _with_truth(row: dict[str, Any], other: dict[str, Any]) -> dict[str, Any]:
+    """`row`, its missing truth columns taken from `other`."""
+    missing = {key: other[key] for key in SHARED_TRUTH
+               if row.get(key) is None and other.get(key) is not None}
+    return {**row, **missing} if missing else row
 
 
 def _model_name(metrics_path: Path) -> str | None:

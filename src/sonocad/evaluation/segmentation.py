@@ -151,7 +151,6 @@ def image_metrics(
         "hd95_px": hd95(truth, pred),
         "hd95_mm": float("nan") if spacing_mm is None else hd95(truth, pred, spacing_mm),
         "truth_area_px": float(counts.tp + counts.fn),
-        "pred_area_px": float(counts.tp + counts.fp),
     }
 
 

@@ -210,13 +210,18 @@ def paired_comparison(values_a: ArrayLike, values_b: ArrayLike, groups: ArrayLik
     (``groups``, e.g. patient ids; without it each image is a participant), because images of
     one patient are not independent. Shapiro-Wilk on the per-participant differences picks the
     test: paired t when P >= ``normality_alpha``, else Wilcoxon signed-rank. Constant
-    differences have no spread for a t-test and go to Wilcoxon. Fewer than 3 participants:
-    normality cannot be tested and the result is NaN with test "n/a".
+    differences have no spread for a t-test and go to Wilcoxon; all of them zero (a table
+    against itself) is no difference, P = 1. Fewer than 3 participants: normality cannot be
+    tested and the result is NaN with test "n/a".
     """
     a, b = _participant_means(values_a, values_b, groups)
     differences = a - b
     if differences.size < 3:
         return PairedTest("n/a", NAN, NAN, int(differences.size), NAN, _mean(differences))
+    if not differences.any():
+        # Wilcoxon drops zero differences, so none are left to rank: scipy warns and gives
+        # P = 1 or NaN by sample size. Identical values are no difference: statistic 0, P = 1.
+        return PairedTest(WILCOXON, 0.0, 1.0, int(differences.size), NAN, 0.0)
     constant = bool(np.ptp(differences) == 0)
     shapiro_p = NAN if constant else float(stats.shapiro(differences).pvalue)
     if shapiro_p >= normality_alpha:

@@ -9,8 +9,9 @@ instances are drawn (boxes, outlines, class and score) in ``out/<stem>_detection
 on Mask R-CNN's box head is left out, since its pooled region features have no spatial map
 over the image that the gradients could weigh. Outputs: ``out/<stem>_heatmap.png`` (``_2``,
 ``_3``, ... added when two inputs share a stem), the heatmap blended over the image at its own
-size, and for a multitask model ``out/<stem>_class_heatmap.png``. Every frame of a DICOM cine loop or multi-page TIFF is
-explained, as `sonocad predict` predicts them: ``<stem>_frameNNN_heatmap.png`` (from 001).
+size, and for a multitask model ``out/<stem>_class_heatmap.png``. Every frame of a DICOM cine
+loop or multi-page TIFF is explained, as `sonocad predict` predicts them:
+``<stem>_frameNNN_heatmap.png`` (from 001).
 Unreadable inputs are reported on stderr, one line each, skipped and listed in
 `ExplainResult.failures`.
 """
@@ -28,14 +29,15 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from sonocad.engine.checkpoint import Checkpoint
+from sonocad.checkpoint import Checkpoint
 from sonocad.errors import InputError, SonocadError
 from sonocad.explain.gradcam import METHODS, Method, grad_cam
-from sonocad.inference.predictor import Prediction, Predictor
+from sonocad.inference.predictor import Predictor
 from sonocad.io.atomic import save_png
 from sonocad.io.images import numbered_frames
 from sonocad.io.outputs import claim_output_dir
 from sonocad.pictures import overlay_picture
+from sonocad.predictions import Prediction
 from sonocad.progress import progress
 from sonocad.transforms import restore_size, to_model_input
 from sonocad.visual import heatmap
@@ -77,12 +79,12 @@ class Explainer:
                                f"(choose from {', '.join(METHODS)})")
         self.method = method
         self.predictor = source if isinstance(source, Predictor) else Predictor(source)
-        if self.predictor.task == "classification" and self.predictor.checkpoint is None:
+        if _classifier(self.predictor) and self.predictor.checkpoint is None:
             raise SonocadError("Grad-CAM needs the checkpoint's gradients; explain with the "
                                ".pt checkpoint, not its ONNX export")
         # The predictor runs its model under no_grad behind a back end; Grad-CAM gets its own.
         self.model = (self.predictor.checkpoint.build_model()
-                      if self.predictor.task == "classification" else None)
+                      if _classifier(self.predictor) else None)
         self.class_model, self.class_layer = _class_head(self.predictor)
 
     def __call__(self, pixels: np.ndarray, prediction: Prediction | None = None) -> Explanation:
@@ -137,9 +139,21 @@ class ClassLogits(nn.Module):
         return self.model(x)["class_logits"]
 
 
+def grad_cam_explainer(predictor: Predictor) -> Explainer | None:
+    """The explainer of a classifier's heatmap, Grad-CAM, which needs the torch model (not an
+    ONNX file); None for other models (their heatmap is their own map)."""
+    return (Explainer(predictor) if _classifier(predictor) and predictor.checkpoint is not None
+            else None)
+
+
+def _classifier(predictor: Predictor) -> bool:
+    """A model whose one output is its class scores: Grad-CAM is its heatmap."""
+    return predictor.task.class_scores and not predictor.task.lesion_map
+
+
 def _class_head(predictor: Predictor) -> tuple[nn.Module | None, str | None]:
     """(the class-logits model, its Grad-CAM layer) of a multitask torch checkpoint."""
-    if predictor.task != "multitask" or predictor.checkpoint is None:
+    if _classifier(predictor) or not predictor.task.class_scores or predictor.checkpoint is None:
         return None, None
     model = predictor.checkpoint.build_model()
     layer = getattr(model, "class_cam_layer", None)

@@ -3,7 +3,7 @@
 
 A multitask model's two heads can disagree: a lesion outlined while the class head says
 "normal", or "benign" / "malignant" with nothing outlined. The rule, stored in the checkpoint's
-meta under ``decision`` (chosen on validation data by `sonocad.evaluation.decision_fit`):
+meta under ``decision`` (chosen on validation data by `sonocad.workflows.decision_fit`):
 
 - "normal" with a predicted lesion covering at least ``min_lesion_fraction`` of the image
   becomes the likelier of benign and malignant (reason ``lesion outlined``);
@@ -23,7 +23,8 @@ from typing import Any
 
 import numpy as np
 
-LESION_CLASSES = ("benign", "malignant")
+from sonocad.predictions import LESION_CLASSES, Decision
+
 LESION_OUTLINED = "lesion outlined"
 NO_LESION_OUTLINED = "no lesion outlined"
 
@@ -79,14 +80,6 @@ class DecisionRule:
                    bound("flag_threshold"), str(data.get("chosen_on", "")))
 
 
-@dataclass(frozen=True)
-class Decision:
-    final_class: str
-    reason: str  # "" when the heads agree
-    uncertainty: float
-    low_confidence: bool
-
-
 def decide(rule: DecisionRule, probabilities: Mapping[str, float],
            lesion: np.ndarray) -> Decision:
     """The final class, why it differs from the argmax (if it does), and the trust flag."""
@@ -109,10 +102,3 @@ def final_call(rule: DecisionRule, probabilities: Mapping[str, float],
     return raw, ""
 
 
-def decision_columns(decision: Decision | None) -> dict[str, Any]:
-    """The predictions table's columns for a decision (none for a model without a rule)."""
-    if decision is None:
-        return {}
-    return {"final_class": decision.final_class, "decision_reason": decision.reason,
-            "uncertainty": round(decision.uncertainty, 4),
-            "low_confidence": int(decision.low_confidence)}

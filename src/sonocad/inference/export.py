@@ -1,11 +1,12 @@
 """`sonocad export`: a checkpoint as a self-describing ONNX model for ONNX Runtime.
 
-The graph takes the checkpoint's preprocessed input, float32 (N, 3, H, W) with N free and
-(H, W) the checkpoint's input size, and returns its logits, named as
-`sonocad.inference.predictor.output_names`: lesion logits (N, 1, H, W) and/or class logits (N, K). Pre- and post-processing stay in Python, shared with
-the torch back end: run the file with ``Predictor(path, backend="onnx")``. The checkpoint's
-meta (task, class names, transform, model name and arguments, recipe, ...) is stored as JSON
-in the model's metadata under `META_KEY`, so the ONNX file needs nothing beside it.
+The graph takes the checkpoint's preprocessed input, float32 (N, 3, H, W) with N free and (H, W)
+the checkpoint's input size, and returns its logits, named by the task
+(`sonocad.tasks.Task.output_names`): lesion logits (N, 1, H, W) and/or class logits (N, K). Pre-
+and post-processing stay in Python, shared with the torch back end: run the file with
+``Predictor(path, backend="onnx")``. The checkpoint's meta (task, class names, transform, model
+name and arguments, recipe, ...) is stored as JSON in the model's metadata under `META_KEY`, so
+the ONNX file needs nothing beside it.
 """
 
 from __future__ import annotations
@@ -18,9 +19,9 @@ from pathlib import Path
 import onnx
 import torch
 
-from sonocad.engine.checkpoint import Checkpoint, load_checkpoint
+from sonocad.checkpoint import Checkpoint, load_checkpoint
 from sonocad.errors import InputError, SonocadError
-from sonocad.inference.predictor import LogitsOnly, check_task, output_names
+from sonocad.inference.logits import LogitsOnly, check_task
 from sonocad.io.atomic import write_bytes
 from sonocad.transforms import TransformConfig
 
@@ -43,10 +44,10 @@ def export_onnx(checkpoint_path: str | Path, out_path: str | Path | None = None,
 
 def onnx_model_bytes(checkpoint: Checkpoint, *, opset: int = DEFAULT_OPSET) -> bytes:
     """The serialised, checked ONNX model of `checkpoint`, its meta in the metadata."""
-    check_task(checkpoint.task, "onnx")
+    task = check_task(checkpoint.task, "onnx")
     size = TransformConfig.from_dict(checkpoint.meta["transform"]).size
-    module = LogitsOnly(checkpoint.build_model(), checkpoint.task)
-    outputs = list(output_names(checkpoint.task))
+    module = LogitsOnly(checkpoint.build_model(), task)
+    outputs = list(task.output_names)
     buffer = io.BytesIO()
     try:
         with warnings.catch_warnings():

@@ -17,7 +17,7 @@ import torch
 from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
 from torch import Tensor
 
-from sonocad.engine.checkpoint import Checkpoint
+from sonocad.checkpoint import Checkpoint
 from sonocad.errors import InputError
 from sonocad.inference.export import META_KEY, onnx_model_bytes
 

@@ -15,16 +15,26 @@ import json
 import math
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw
 
-from sonocad.data.sample import MaskFormat
 from sonocad.errors import InputError
 from sonocad.io.atomic import atomic_open, save_png, write_json
-from sonocad.io.images import check_size
+from sonocad.io.pixels import check_size
+
+
+class MaskFormat(str, Enum):
+    """How a sample's annotation files encode the lesion."""
+
+    BINARY = "binary"  # any non-zero pixel is lesion; several files are OR-merged
+    VOC = "voc"  # Pascal VOC class-index PNG; 0 background, 255 void border
+    LABELME = "labelme"  # Labelme JSON polygons, rectangles, points
+    GEOJSON = "geojson"  # QuPath GeoJSON polygons in image pixel coordinates
+
 
 # A Labelme point becomes the disc Labelme's shape_to_mask draws: PIL's ellipse in the box
 # centre +- 5 px, i.e. every pixel within 5.5 px of the point (97 pixels). Big enough to see a

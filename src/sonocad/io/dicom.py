@@ -39,7 +39,7 @@ from pydicom.pixels import (
 )
 
 from sonocad.errors import InputError
-from sonocad.io.images import Image, check_size, stretch_to_dtype, widen_to_16_bits
+from sonocad.io.pixels import Image, check_size, stretch_to_dtype, widen_to_16_bits
 
 _GEOMETRY_KEYWORDS = ("PixelSpacing", "ImagerPixelSpacing", "SequenceOfUltrasoundRegions")
 _HEADER_TAGS = [tag for tag in DicomDictionary if tag >> 16 == 0x0028] + [

@@ -15,8 +15,7 @@ from urllib.parse import urlparse
 import torch
 from torch import Tensor, nn
 from torchvision import models
-from torchvision.models import segmentation
-from torchvision.models import WeightsEnum
+from torchvision.models import WeightsEnum, segmentation
 from torchvision.models.detection import MaskRCNN
 from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
 from torchvision.ops.misc import FrozenBatchNorm2d

@@ -16,7 +16,6 @@ from torch import Tensor, nn
 from sonocad.errors import SonocadError
 from sonocad.models.registry import SegmentationOutput, register_model
 
-
 NORMS = ("batch", "group")
 
 

@@ -18,7 +18,8 @@ from sonocad.io.annotations import (
     read_labelme,
     read_qupath_geojson,
 )
-from sonocad.io.images import Image, read_image
+from sonocad.io.images import read_image
+from sonocad.io.pixels import Image
 from sonocad.registration.fields import DEFAULT_LENGTH_MM, Biopsy
 from sonocad.registration.geometry import distance_along
 

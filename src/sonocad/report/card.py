@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from sonocad.engine.checkpoint import Checkpoint, load_checkpoint
+from sonocad.checkpoint import Checkpoint, load_checkpoint
 from sonocad.inference.predictor import DEFAULT_MODEL
 from sonocad.report.html import Html, join, table, tag
 from sonocad.report.markdown import render_markdown

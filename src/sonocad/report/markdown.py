@@ -1,111 +1,94 @@
-"""The little Markdown a model card uses, as HTML: headings, paragraphs, lists, tables, code.
+"""A model card's Markdown as report HTML, parsed and rendered by markdown-it (CommonMark, tables).
 
-Not a general Markdown engine (none is a dependency, and a card needs no more). Every piece of
-text is escaped before it is marked up, and links are written out as text with their address
-in brackets, never as a live link: the report must not point outside itself.
+Raw HTML in a card stays text, so it is escaped, and links and images are written out as text
+with their address in brackets, never live: the report must not point outside itself. Headings
+move under the report's own, and tables take the report's table markup.
 """
 
 from __future__ import annotations
 
-import html
-import re
-from collections.abc import Callable
+from collections.abc import Sequence
+from typing import Any
 
-from sonocad.report.html import Html, join, table, tag
+from markdown_it import MarkdownIt
+from markdown_it.renderer import RendererHTML
+from markdown_it.token import Token
+from markupsafe import escape
+
+from sonocad.report.html import Html, table, tag
 
 HEADING_SHIFT = 3  # a card's "#" sits under the report's h3 "Model card"
-_HEADING = re.compile(r"^(#{1,6})\s+(.*?)\s*#*\s*$")
-_BULLET = re.compile(r"^\s*[-*+]\s+(.*)$")
-_NUMBERED = re.compile(r"^\s*\d+[.)]\s+(.*)$")
-_TABLE_RULE = re.compile(r"^\s*\|?\s*:?-{3,}:?\s*(\|\s*:?-{3,}:?\s*)*\|?\s*$")
-_INLINE = (
-    (re.compile(r"\[([^\]]+)\]\(([^)\s]+)\)"), r'\1 <span class="small">(\2)</span>'),
-    (re.compile(r"&lt;(https?://[^\s&]+)&gt;"), r"\1"),
-    (re.compile(r"\*\*(.+?)\*\*"), r"<strong>\1</strong>"),
-    (re.compile(r"(?<![\w*])\*(?![\s*])(.+?)(?<![\s*])\*(?![\w*])"), r"<em>\1</em>"),
-    (re.compile(r"(?<![\w_])_(?![\s_])(.+?)(?<![\s_])_(?![\w_])"), r"<em>\1</em>"),
-)
+_NUMERIC = ("text-align:right", "text-align:center")  # ---: and :-: columns, as in html.table
 
 
 def render_markdown(text: str) -> Html:
-    """Markdown text as HTML, one block at a time."""
-    blocks: list[Html] = []
-    lines = text.replace("\r\n", "\n").split("\n")
-    k = 0
-    while k < len(lines):
-        line = lines[k]
-        if not line.strip():
-            k += 1
-        elif line.lstrip().startswith("```"):
-            end = _find(lines, k + 1, lambda s: s.lstrip().startswith("```"))
-            blocks.append(tag("pre", tag("code", "\n".join(lines[k + 1:end]))))
-            k = end + 1
-        elif match := _HEADING.match(line):
-            level = min(len(match.group(1)) + HEADING_SHIFT, 6)
-            blocks.append(tag(f"h{level}", inline(match.group(2))))
-            k += 1
-        elif line.lstrip().startswith("|") and k + 1 < len(lines) and \
-                _TABLE_RULE.match(lines[k + 1]):
-            end = _find(lines, k + 2, lambda s: not s.lstrip().startswith("|"))
-            blocks.append(_table(lines[k], lines[k + 1], lines[k + 2:end]))
-            k = end
-        elif _BULLET.match(line) or _NUMBERED.match(line):
-            pattern = _BULLET if _BULLET.match(line) else _NUMBERED
-            items, k = _list_items(lines, k, pattern)
-            blocks.append(tag("ul" if pattern is _BULLET else "ol",
-                              join(tag("li", inline(item)) for item in items)))
-        else:
-            end = _find(lines, k + 1, lambda s: not s.strip() or _starts_block(s))
-            blocks.append(tag("p", inline(" ".join(s.strip() for s in lines[k:end]))))
-            k = end
-    return join(blocks)
+    """Markdown text as HTML."""
+    tokens = _MD.parse(text)
+    for token in tokens:
+        if token.type in ("heading_open", "heading_close"):
+            token.tag = f"h{min(int(token.tag[1:]) + HEADING_SHIFT, 6)}"
+        # A line break after each top-level block and none inside one (`<ul><li>`), as
+        # html.py writes its markup.
+        token.block = token.level == 0 and token.nesting == -1
+    return Html(_MD.renderer.render(_report_tables(tokens), _MD.options, {}))
 
 
 def inline(text: str) -> Html:
-    """Code spans kept literal; emphasis, strong and links marked up in the rest."""
-    pieces = text.split("`")
-    out = []
-    for index, piece in enumerate(pieces):
-        escaped = html.escape(piece, quote=False)
-        if index % 2:  # inside a code span (an unmatched last backtick stays text)
-            out.append(f"<code>{escaped}</code>" if index < len(pieces) - 1 else f"`{escaped}")
-            continue
-        for pattern, replacement in _INLINE:
-            escaped = pattern.sub(replacement, escaped)
-        out.append(escaped)
-    return Html("".join(out))
+    """One line of Markdown (code spans, emphasis, links as text) as HTML."""
+    return Html(_MD.renderer.render(_MD.parseInline(text), _MD.options, {}))
 
 
-def _starts_block(line: str) -> bool:
-    return bool(_HEADING.match(line) or _BULLET.match(line) or _NUMBERED.match(line)
-                or line.lstrip().startswith(("```", "|")))
-
-
-def _find(lines: list[str], start: int, stop: Callable[[str], bool]) -> int:
-    """The index of the first line from `start` on where `stop` holds, else len(lines)."""
-    return next((k for k in range(start, len(lines)) if stop(lines[k])), len(lines))
-
-
-def _list_items(lines: list[str], k: int, pattern: re.Pattern[str]) -> tuple[list[str], int]:
-    """Items of one list (indented lines continue the item above) and the index after it."""
-    items: list[str] = []
-    while k < len(lines) and lines[k].strip():
-        match = pattern.match(lines[k])
-        if match:
-            items.append(match.group(1).strip())
-        elif lines[k].startswith((" ", "\t")) and items:
-            items[-1] += " " + lines[k].strip()
+def _report_tables(tokens: list[Token]) -> list[Token]:
+    """The tokens, each table's run of them replaced by one block of `html.table` markup."""
+    out: list[Token] = []
+    in_table: list[Token] | None = None
+    for token in tokens:
+        if token.type == "table_open":
+            in_table = []
+        elif token.type == "table_close" and in_table is not None:
+            out.append(Token("html_block", "", 0, content=_table(in_table) + "\n"))
+            in_table = None
+        elif in_table is not None:
+            in_table.append(token)
         else:
-            break
-        k += 1
-    return items, k
+            out.append(token)
+    return out
 
 
-def _table(header: str, rule: str, rows: list[str]) -> Html:
-    numeric = [k for k, cell in enumerate(_cells(rule)) if cell.endswith(":")]
-    return table([inline(cell) for cell in _cells(header)],
-                 [[inline(cell) for cell in _cells(row)] for row in rows], numeric=numeric)
+def _table(tokens: list[Token]) -> Html:
+    rows: list[list[Html]] = []
+    numeric: set[int] = set()
+    for token in tokens:
+        if token.type == "tr_open":
+            rows.append([])
+        elif token.type == "th_open" and token.attrGet("style") in _NUMERIC:
+            numeric.add(len(rows[-1]))
+        elif token.type == "inline":
+            rows[-1].append(Html(_MD.renderer.renderInline(token.children or [], _MD.options, {})))
+    return table(rows[0], rows[1:], numeric=numeric)
 
 
-def _cells(line: str) -> list[str]:
-    return [cell.strip() for cell in line.strip().strip("|").split("|")]
+def _link_open(self: RendererHTML, tokens: Sequence[Token], idx: int, options: Any,
+               env: Any) -> str:
+    return ""
+
+
+def _link_close(self: RendererHTML, tokens: Sequence[Token], idx: int, options: Any,
+                env: Any) -> str:
+    # Links cannot nest, so the nearest link_open before this one opened it.
+    opening = next(token for token in reversed(tokens[:idx]) if token.type == "link_open")
+    if opening.markup == "autolink":  # <https://...>: the text is the address already
+        return ""
+    return " " + tag("span", f"({opening.attrGet('href')})", class_="small")
+
+
+def _image(self: RendererHTML, tokens: Sequence[Token], idx: int, options: Any,
+           env: Any) -> str:
+    image = tokens[idx]
+    alt = self.renderInlineAsText(image.children or [], options, env)
+    return escape(alt) + " " + tag("span", f"({image.attrGet('src')})", class_="small")
+
+
+_MD = MarkdownIt("commonmark", {"html": False}).enable("table")  # raw HTML is parsed as text
+for _name, _rule in (("link_open", _link_open), ("link_close", _link_close), ("image", _image)):
+    _MD.add_render_rule(_name, _rule)

@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sonocad.engine.checkpoint import Checkpoint, load_checkpoint
+from sonocad.checkpoint import Checkpoint, load_checkpoint
 from sonocad.errors import InputError
-from sonocad.evaluation.table import read_predictions
+from sonocad.predictions import read_predictions
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,11 @@
 model and serves it with uvicorn.
 """
 
-from sonocad.serve.app import create_app
-from sonocad.serve.server import run
+from sonocad.extras import require
+
+require("serve")  # first: without fastapi or uvicorn, one line naming the extra, no traceback
+
+from sonocad.serve.app import create_app  # noqa: E402
+from sonocad.serve.server import run  # noqa: E402
 
 __all__ = ["create_app", "run"]

@@ -14,12 +14,12 @@ from typing import Any
 import numpy as np
 from PIL import Image as PILImage
 
-from sonocad.evaluation.measure import lesion_measurements
 from sonocad.explain.runner import Explainer
-from sonocad.inference.detection import detection_fields
 from sonocad.inference.predictor import Predictor
-from sonocad.io.images import Image
+from sonocad.io.pixels import Image
+from sonocad.measure import lesion_measurements
 from sonocad.pictures import heat_label, heatmap_picture, overlay_picture
+from sonocad.predictions import detection_fields
 
 
 @dataclass(frozen=True)
@@ -34,7 +34,7 @@ def analyse(predictor: Predictor, image: Image, explainer: Explainer | None = No
     summary: dict[str, Any] = {
         "width": image.width, "height": image.height,
         "pixel_spacing_mm": list(image.spacing_mm) if image.spacing_mm else None,
-        "task": predictor.task,
+        "task": predictor.task.name,
         "class_probabilities": prediction.class_probabilities,
         "predicted_class": prediction.predicted_class,
         "final_class": prediction.final_class,

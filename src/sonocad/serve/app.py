@@ -35,9 +35,11 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from sonocad import __version__
 from sonocad.errors import SonocadError
-from sonocad.explain.runner import Explainer
-from sonocad.inference.predictor import LESION_TASKS, THRESHOLD, Predictor
-from sonocad.io.images import Image, parse_spacing
+from sonocad.explain.runner import Explainer, grad_cam_explainer
+from sonocad.inference.predictor import Predictor
+from sonocad.io.images import parse_spacing
+from sonocad.io.pixels import Image
+from sonocad.predictions import THRESHOLD
 from sonocad.serve.analysis import Analysis, analyse
 from sonocad.serve.results import ID_PATTERN, ResultStore
 from sonocad.serve.uploads import MAX_FRAMES, UploadLimit, read_upload
@@ -83,9 +85,7 @@ def create_app(predictor: Predictor, *, token: str | None = None,
     _add_error_handlers(app, max_upload_bytes)
     store = ResultStore()
     model_info = describe_model(predictor)
-    # A classifier's heatmap is Grad-CAM, which needs the torch model (not an ONNX file).
-    explainer = (Explainer(predictor) if predictor.task == "classification"
-                 and predictor.checkpoint is not None else None)
+    explainer = grad_cam_explainer(predictor)
 
     @app.get("/api/health")
     async def health() -> dict[str, str]:
@@ -167,10 +167,10 @@ def describe_model(predictor: Predictor) -> dict[str, Any]:
     """What the page shows about the model: from its meta, never a file path."""
     return {
         "name": predictor.meta["model"]["name"],
-        "task": predictor.task,
+        "task": predictor.task.name,
         "class_names": predictor.class_names,
         "input_size": list(predictor.transform_config.size),  # (height, width)
-        "lesion_threshold": THRESHOLD if predictor.task in LESION_TASKS else None,
+        "lesion_threshold": THRESHOLD if predictor.task.lesion_map else None,
         "backend": predictor.backend,
     }
 

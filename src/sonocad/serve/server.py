@@ -30,7 +30,7 @@ def run(model: str | Path | None, host: str = "127.0.0.1", port: int = 8000,
     listener = _listen(host, port)
     bound_port = listener.getsockname()[1]
     shown_host = f"[{host}]" if ":" in host else host
-    print(f"sonocad: serving {predictor.meta['model']['name']} ({predictor.task}) at "
+    print(f"sonocad: serving {predictor.meta['model']['name']} ({predictor.task.name}) at "
           f"http://{shown_host}:{bound_port}/ (Ctrl+C stops)", flush=True)
     # uvicorn has no timeout for reading request headers: a cap on open connections bounds
     # what slow clients can hold (bodies have their own timeout, serve.uploads.UploadLimit).

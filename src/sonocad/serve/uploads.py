@@ -22,7 +22,8 @@ from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from sonocad.errors import InputError
-from sonocad.io.images import Image, iter_frames
+from sonocad.io.images import iter_frames
+from sonocad.io.pixels import Image
 
 _DICOM_PREAMBLE = 128  # DICOM part 10: 128 free bytes, then b"DICM"
 _SIGNATURES = ((b"\x89PNG\r\n\x1a\n", "PNG"), (b"\xff\xd8\xff", "JPEG"), (b"BM", "BMP"),

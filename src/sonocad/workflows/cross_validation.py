@@ -29,9 +29,10 @@ from typing import Any
 from sonocad.data.split import read_split
 from sonocad.engine.trainer import train
 from sonocad.errors import InputError
-from sonocad.evaluation.runner import EvaluationResult, evaluate_out_of_fold
 from sonocad.io.atomic import write_json, write_text
 from sonocad.io.outputs import claim_output_dir
+from sonocad.tasks import get_task
+from sonocad.workflows.evaluate import EvaluationResult, evaluate_out_of_fold
 
 COMMAND = "train --folds"
 
@@ -74,7 +75,7 @@ def cross_validate(recipe: dict[str, Any], data: Path, split: Path, out: str | P
             train(fold_recipe, data, split, run, resume=started, overwrite=not started)
         summaries[fold] = json.loads((run / "summary.json").read_text(encoding="utf-8"))
     pooled = None
-    if recipe["task"] != "detection":
+    if not get_task(recipe["task"]).detector:  # a detector's AP needs one model's scores
         pooled = evaluate_out_of_fold([out / f / "best.pt" for f in folds], data,
                                       [f"{split}:{f}" for f in folds], out / "oof",
                                       n_boot=n_boot, overwrite=(out / "oof").exists())

@@ -44,25 +44,17 @@ from typing import TYPE_CHECKING, Any
 
 from tqdm import tqdm
 
+from sonocad.checkpoint import Checkpoint
 from sonocad.data.adapters import annotated_stem, read_manifest
-from sonocad.engine.checkpoint import Checkpoint
 from sonocad.errors import InputError, SonocadError
-from sonocad.evaluation.measure import lesion_measurements
-from sonocad.evaluation.table import PredictionsStream
-from sonocad.inference.decision import decision_columns
-from sonocad.inference.detection import detection_fields
-from sonocad.inference.predictor import LESION_TASKS, Prediction, Predictor
-from sonocad.inference.writer import OUTPUTS, OutputWriter
-from sonocad.io.images import (
-    IMAGE_SUFFIXES,
-    MAX_IMAGE_PIXELS,
-    Image,
-    is_dicom,
-    is_image_file,
-    numbered_frames,
-)
+from sonocad.inference.predictor import Predictor
+from sonocad.io.images import IMAGE_SUFFIXES, is_dicom, is_image_file, numbered_frames
 from sonocad.io.outputs import MARKER, claim_output_dir
+from sonocad.io.pixels import MAX_IMAGE_PIXELS, Image
+from sonocad.measure import lesion_measurements
+from sonocad.predictions import Prediction, PredictionsStream, decision_columns, detection_fields
 from sonocad.progress import progress
+from sonocad.workflows.writer import OUTPUTS, OutputWriter
 
 if TYPE_CHECKING:
     from sonocad.explain.runner import Explainer
@@ -145,7 +137,7 @@ def predict(inputs: Sequence[str | Path], out: str | Path, *,
     folders = [Path(given) for given in inputs if Path(given).is_dir()]
     claim_output_dir(out, "predict", inputs=[*folders, *(source.path for source in sources)],
                      overwrite=overwrite, resume=resume)
-    if dicom_out and predictor.task not in LESION_TASKS:
+    if dicom_out and not predictor.task.lesion_map:
         raise SonocadError("--dicom-out writes a Segmentation: the model must outline lesions")
     explainer = _grad_cam(predictor) if "heatmap" in outputs else None
     for failure in failures:
@@ -203,7 +195,7 @@ class _DicomResults:
 
     def _write(self, source: Path, masks: list[Any], rows: list[dict[str, Any]],
                name: str) -> None:
-        from sonocad.inference.dicom_out import write_dicom_results  # highdicom: on use
+        from sonocad.workflows.dicom_out import write_dicom_results  # highdicom: on use
 
         try:
             write_dicom_results(source, masks, rows, self.folder, name)
@@ -213,13 +205,13 @@ class _DicomResults:
 
 
 def _grad_cam(predictor: Predictor) -> Explainer | None:
-    """A classifier's heatmap is Grad-CAM, which needs the torch model (not an ONNX file);
-    imported only then: it brings torchvision, a second of start-up."""
-    if predictor.task != "classification" or predictor.checkpoint is None:
+    """A classifier's Grad-CAM explainer (`explain.runner.grad_cam_explainer`), imported only
+    then: it brings torchvision, a second of start-up."""
+    if predictor.task.lesion_map or not predictor.task.class_scores:
         return None
     from sonocad.explain import runner
 
-    return runner.Explainer(predictor)
+    return runner.grad_cam_explainer(predictor)
 
 
 def collect_inputs(inputs: Iterable[str | Path]) -> tuple[list[_Source], list[InputError]]:

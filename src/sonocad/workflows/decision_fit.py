@@ -27,10 +27,10 @@ from sklearn.metrics import f1_score, roc_curve
 
 from sonocad.data.sample import Sample
 from sonocad.evaluation.classification import _auroc
-from sonocad.evaluation.runner import predict_samples
 from sonocad.evaluation.segmentation import confusion, overlap_metrics
 from sonocad.inference.decision import SCORES, DecisionRule, final_call
 from sonocad.inference.predictor import Predictor
+from sonocad.workflows.evaluate import predict_samples
 
 FRACTIONS = (0.0, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, math.inf)
 FAILURE_IOU = 0.5

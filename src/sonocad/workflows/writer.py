@@ -24,11 +24,10 @@ from typing import Any
 import numpy as np
 
 from sonocad.errors import SonocadError
-from sonocad.evaluation.table import PredictionsStream
-from sonocad.inference.predictor import Prediction
 from sonocad.io.atomic import save_jpeg, save_png
-from sonocad.io.images import MAX_IMAGE_PIXELS
+from sonocad.io.pixels import MAX_IMAGE_PIXELS
 from sonocad.pictures import heat_label, heatmap_picture, overlay_picture
+from sonocad.predictions import Prediction, PredictionsStream
 
 OUTPUTS = ("mask", "overlay", "heatmap", "table")
 PICTURE_FORMATS = ("png", "jpeg")

@@ -1,11 +1,11 @@
-"""`sonocad evaluate` for detectors (Mask R-CNN, QIMS 2023): the predictions table and AP/AUROC.
+"""Detection's evaluation (Mask R-CNN, QIMS 2023): the predictions table and AP/AUROC.
 
 Outputs in ``out``:
-- predictions.csv / predictions.json, one row per image: ids, true label, ``pred_label`` (the
-  class of the top instance scoring at least `INSTANCE_THRESHOLD`, "normal" without one),
-  ``malignancy_score`` (the highest malignant-instance score, 0 without one: QIMS 2023's
-  image-level score), ``benign_score`` likewise, ``n_instances`` (instances scoring at least
-  `INSTANCE_THRESHOLD`) and ``n_truth_instances``;
+- predictions.csv / predictions.json, one row per image: ids, true label, the model columns of
+  `sonocad.predictions` (``predicted_class``: the class of the top instance scoring at least
+  `INSTANCE_THRESHOLD`, "normal" without one; ``malignant_score``: the highest
+  malignant-instance score, 0 without one, QIMS 2023's image-level score; ``benign_score``
+  likewise; ``n_instances``, ``instances`` and the lesion columns) and ``n_truth_instances``;
 - instances.json (compact): {image_id: [{label, score, box [x0, y0, x1, y1], polygons}]} in the
   image's own pixels, every instance the model returned (AP needs the low scores too); the
   outlines (polygons [[[x, y], ...]], OpenCV's outer contours) only for instances scoring at
@@ -34,23 +34,26 @@ from matplotlib.figure import Figure
 from sonocad.data.instances import class_instances
 from sonocad.data.sample import Sample
 from sonocad.errors import SonocadError
-from sonocad.evaluation.detection import (ImageInstances, ScoredImage, bootstrap_ap,
-                                          box_and_mask_ap, precision_recall, score_image,
-                                          top_score)
+from sonocad.evaluation.detection import (
+    ImageInstances,
+    ScoredImage,
+    bootstrap_ap,
+    box_and_mask_ap,
+    precision_recall,
+    score_image,
+)
 from sonocad.evaluation.figures import save_figure
-from sonocad.evaluation.runner import EvaluationResult
 from sonocad.evaluation.statistics import delong_auroc
-from sonocad.evaluation.table import sample_columns, write_predictions
-from sonocad.inference.detection import (INSTANCE_THRESHOLD, NO_LESION, DetectionPredictor,
-                                         detection_outputs)
-from sonocad.inference.predictor import Prediction
 from sonocad.io.atomic import save_png, write_json, write_text
 from sonocad.pictures import overlay_picture
-from sonocad.visual import TRUTH_COLOUR, draw_outlines
+from sonocad.predictions import prediction_columns, sample_columns, write_predictions
 from sonocad.progress import progress
+from sonocad.tasks.base import EvaluationResult, Model
+from sonocad.tasks.detection_outputs import INSTANCE_THRESHOLD, detected
+from sonocad.visual import TRUTH_COLOUR, draw_outlines
 
 
-def evaluate_detection(predictor: DetectionPredictor, samples: list[Sample], out: str | Path,
+def evaluate_detection(model: Model, samples: list[Sample], out: str | Path,
                        split_spec: str, *, batch_size: int = 2, n_boot: int = 1000,
                        examples: int = 6,
                        checkpoint: str | Path | None = None) -> EvaluationResult:
@@ -59,27 +62,30 @@ def evaluate_detection(predictor: DetectionPredictor, samples: list[Sample], out
     out = Path(out)
     if not samples:
         raise SonocadError(f"{split_spec}: no images to evaluate")
-    class_names = predictor.class_names
+    class_names = model.class_names
     rows: list[dict[str, Any]] = []
     scored: list[ScoredImage] = []
     instances: dict[str, list[dict[str, Any]]] = {}
     for start in progress(range(0, len(samples), batch_size), "evaluating",
                           total=-(-len(samples) // batch_size)):
         chunk = samples[start:start + batch_size]
-        images = [sample.load_image().pixels for sample in chunk]
-        for sample, pixels, predicted in zip(chunk, images, predictor.predict(images)):
-            truth = _truth(sample, pixels.shape[:2], class_names)
+        images = [sample.load_image() for sample in chunk]
+        found = model.predict([image.pixels for image in images])
+        for sample, image, predicted in zip(chunk, images, found):
+            truth = _truth(sample, image.shape, class_names)
             scored.append(score_image(predicted, truth))
-            rows.append(_row(sample, predicted, truth, class_names))
+            rows.append({**sample_columns(sample), **prediction_columns(
+                detected(predicted, class_names), image.spacing_mm),
+                "n_truth_instances": len(truth)})
             instances[sample.image_id] = _instance_records(predicted, class_names)
     summary = _summary(rows, scored, class_names, n_boot)
-    summary.update(model=predictor.meta["model"]["name"], split=split_spec,
+    summary.update(model=model.meta["model"]["name"], split=split_spec,
                    **({"checkpoint": str(checkpoint)} if checkpoint is not None else {}))
     write_predictions(out / "predictions", rows)
     write_text(out / "instances.json", json.dumps(instances, separators=(",", ":")) + "\n")
     write_json(out / "metrics.json", summary)
     save_figure(out / "precision_recall.png", precision_recall_figure(scored, class_names))
-    _draw_examples(predictor, samples, rows, examples, out / "examples")
+    _draw_examples(model, samples, rows, examples, out / "examples")
     return EvaluationResult(out, rows, summary)
 
 
@@ -100,7 +106,7 @@ def precision_recall_figure(scored: list[ScoredImage], class_names: list[str]) -
     return figure
 
 
-def _draw_examples(predictor: DetectionPredictor, samples: list[Sample],
+def _draw_examples(model: Model, samples: list[Sample],
                    rows: list[dict[str, Any]], count: int, folder: Path) -> None:
     """`count` lesion images spread over the malignancy ranking (lowest first): truth outlined
     in green, found instances in their boxes with class and score."""
@@ -112,13 +118,11 @@ def _draw_examples(predictor: DetectionPredictor, samples: list[Sample],
     for rank in picks.astype(int):
         sample = samples[ranked[rank]]
         image = sample.load_image()
-        (found,) = predictor.predict([image.pixels])
-        instances, lesion_map, top = detection_outputs(found, predictor.class_names)
+        (found,) = model.predict([image.pixels])
         truth = sample.load_mask(image.pixels.shape[:2])
         canvas = image.pixels if truth is None else draw_outlines(image.pixels,
                                                                   [(truth, TRUTH_COLOUR)])
-        picture = overlay_picture(canvas, Prediction(lesion_map, None, instances=instances,
-                                                     top_scores=top), image.spacing_mm)
+        picture = overlay_picture(canvas, detected(found, model.class_names), image.spacing_mm)
         stem = Path(sample.image_id).stem.replace(" ", "_")
         save_png(folder / f"rank{rank + 1:03d}_{stem}.png", picture)
 
@@ -128,18 +132,6 @@ def _truth(sample: Sample, shape: tuple[int, int], class_names: list[str]) -> Im
     found, labels = class_instances(mask if mask is not None else np.zeros(shape, dtype=bool),
                                     sample.label, class_names, sample.image_id)
     return ImageInstances(found.boxes, labels, found.masks)
-
-
-def _row(sample: Sample, predicted: ImageInstances, truth: ImageInstances,
-         class_names: list[str]) -> dict[str, Any]:
-    scores = np.asarray(predicted.scores, dtype=float)
-    found = scores >= INSTANCE_THRESHOLD
-    top = int(np.argmax(scores)) if found.any() else None
-    label = NO_LESION if top is None else class_names[predicted.labels[top]]
-    return {**sample_columns(sample), "pred_label": label,
-            **{f"{name}_score": top_score(predicted, class_names.index(name))
-               for name in ("malignant", "benign") if name in class_names},
-            "n_instances": int(found.sum()), "n_truth_instances": len(truth)}
 
 
 def _instance_records(predicted: ImageInstances,

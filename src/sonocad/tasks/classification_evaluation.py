@@ -1,4 +1,4 @@
-"""`sonocad evaluate` for classifiers: the predictions table, metrics with CIs, and figures.
+"""Classification's evaluation: the predictions table, metrics with CIs, and figures.
 
 Outputs in ``out``: predictions.csv / predictions.json (one row per image: ids, true and
 predicted label, one probability column per class, correct), metrics.json (pooled metrics with
@@ -24,31 +24,28 @@ from sonocad.data.sample import Sample
 from sonocad.errors import SonocadError
 from sonocad.evaluation.classification import BENIGN_VS_MALIGNANT, classification_metrics
 from sonocad.evaluation.figures import save_figure
-from sonocad.evaluation.runner import EvaluationResult, Predicted, predict_samples
-from sonocad.evaluation.table import sample_columns, write_predictions
-from sonocad.inference.decision import decision_columns
-from sonocad.inference.predictor import Predictor
 from sonocad.io.atomic import write_json
+from sonocad.predictions import prediction_columns, sample_columns, write_predictions
+from sonocad.tasks.base import EvaluationResult, Model, Predicted, predict_samples
 
 
-def evaluate_classification(predictor: Predictor, samples: list[Sample], out: str | Path,
+def evaluate_classification(model: Model, samples: list[Sample], out: str | Path,
                             split_spec: str, *, n_boot: int = 2000, batch_size: int = 8,
                             checkpoint: str | Path | None = None,
                             predictions: Iterable[Predicted] | None = None) -> EvaluationResult:
     """Score a classifier on labelled samples and write the tables, metrics and figures.
     `predictions`: the samples' predictions when the caller already has them."""
     out = Path(out)
-    class_names = predictor.class_names
+    class_names = model.class_names
     _check_labels(samples, class_names, split_spec)
     rows, probs = [], []
     if predictions is None:
-        predictions = predict_samples(predictor, samples, batch_size)
-    for sample, _image, prediction in predictions:
+        predictions = predict_samples(model, samples, batch_size)
+    for sample, image, prediction in predictions:
         probabilities = prediction.class_probabilities
-        rows.append({**sample_columns(sample), "pred_label": prediction.predicted_class,
-                     **{f"prob_{name}": probabilities[name] for name in class_names},
-                     "correct": int(prediction.predicted_class == sample.label),
-                     **decision_columns(prediction.decision)})
+        spacing = image.spacing_mm if image is not None else None
+        rows.append({**sample_columns(sample), **prediction_columns(prediction, spacing),
+                     "correct": int(prediction.predicted_class == sample.label)})
         probs.append([probabilities[name] for name in class_names])
     # Images of one patient are not independent: resample patients where ids exist.
     by_patient = all(row["patient_id"] for row in rows)
@@ -64,7 +61,7 @@ def evaluate_classification(predictor: Predictor, samples: list[Sample], out: st
                      f"95 % percentile bootstrap CIs over "
                      f"{'patients' if by_patient else 'images'} ({n_boot} resamples; those in "
                      "which a metric is undefined are left out of its CI)",
-        "model": predictor.meta["model"]["name"],
+        "model": model.meta["model"]["name"],
         "split": split_spec,
         **({"checkpoint": str(checkpoint)} if checkpoint is not None else {}),
         "class_names": class_names,

@@ -1,4 +1,4 @@
-"""Losses, built by name from a recipe's ``loss`` section.
+"""Losses, built by name from a recipe's ``loss`` section (each task picks its own).
 
 A multitask model (segmentation and classification from one encoder) sums its segmentation
 loss and a weighted cross-entropy; its targets are (mask, labels).
@@ -57,47 +57,29 @@ SEGMENTATION_LOSSES: dict[str, Callable[..., Tensor]] = {
 }
 
 
-def build_loss(config: dict[str, Any], task: str) -> Callable[[Any, Any], Tensor]:
-    """A callable (model outputs, targets) -> scalar loss, from the recipe's ``loss`` section."""
-    name, args = config.get("name"), dict(config.get("args") or {})
-    if task == "segmentation":
-        return _segmentation_loss(name or "dice", args)
-    if task == "classification":
-        if name not in (None, "cross_entropy"):
-            raise SonocadError(f"loss {name!r} is not a classification loss (cross_entropy)")
-        return _cross_entropy(args)
-    if task == "multitask":
-        return _multitask_loss(name or "dice", args, dict(config.get("classification") or {}))
-    if task == "detection":
-        # torchvision detection models return their own loss dict in training mode.
-        return lambda losses, _targets: sum(losses.values())
-    raise SonocadError(f"no losses for task {task!r}")
-
-
-def _cross_entropy(args: dict[str, Any]) -> Callable[[Tensor, Tensor], Tensor]:
+def cross_entropy(args: dict[str, Any]) -> Callable[[Tensor, Tensor], Tensor]:
     weights = args.pop("class_weights", None)
     weight = torch.tensor(weights, dtype=torch.float32) if weights else None
     return lambda logits, labels: F.cross_entropy(
         logits, labels, weight=None if weight is None else weight.to(logits.device), **args)
 
 
-def _multitask_loss(name: str, args: dict[str, Any],
-                    classification: dict[str, Any]) -> Callable[[dict, tuple], Tensor]:
+def multitask_loss(name: str, args: dict[str, Any],
+                   classification: dict[str, Any]) -> Callable[[dict, tuple], Tensor]:
     """Segmentation loss + ``classification.weight`` x cross-entropy on "class_logits";
     ``classification.args`` go to the cross-entropy (class_weights, label_smoothing)."""
-    segmentation = _segmentation_loss(name, args)
+    segmentation = segmentation_loss(name, args)
     weight = float(classification.get("weight", 1.0))
-    cross_entropy = _cross_entropy(dict(classification.get("args") or {}))
+    class_loss = cross_entropy(dict(classification.get("args") or {}))
 
     def loss(outputs: dict[str, Any], targets: tuple[Tensor, Tensor]) -> Tensor:
         mask, labels = targets
-        return segmentation(outputs, mask) + weight * cross_entropy(outputs["class_logits"],
-                                                                    labels)
+        return segmentation(outputs, mask) + weight * class_loss(outputs["class_logits"], labels)
 
     return loss
 
 
-def _segmentation_loss(name: str, args: dict[str, Any]) -> Callable[[dict, Tensor], Tensor]:
+def segmentation_loss(name: str, args: dict[str, Any]) -> Callable[[dict, Tensor], Tensor]:
     if name not in SEGMENTATION_LOSSES:
         raise SonocadError(f"unknown segmentation loss {name!r}; known: "
                            f"{', '.join(SEGMENTATION_LOSSES)}")

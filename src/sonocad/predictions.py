@@ -1,0 +1,293 @@
+"""The predictions table, the design's second contract: what a model said about each image, one
+row per image, written by `predict`, the viewer and every evaluator and read by every
+statistic, comparison and report.
+
+One row builder fills the model's columns for everyone (`prediction_columns`): ``prob_<class>``
+and ``predicted_class`` (class head; a detector's best instance), the decision columns where the
+model has a rule, a detector's ``<class>_score`` / ``n_instances`` / ``instances``, and the lesion
+columns ``lesion_detected``, ``lesion_area_px``, ``lesion_area_mm2``, ``lesion_diameter_px`` and
+``lesion_diameter_mm``. `sample_columns` adds what is known of an image before a model sees it;
+evaluators add the truth and their per-image metrics. So a `predict` table and an `evaluate`
+table of the same images join on ``image_id`` (`sonocad compare`).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+
+from sonocad.data.sample import Sample
+from sonocad.errors import InputError
+from sonocad.io.atomic import write_json, write_text
+from sonocad.io.outputs import record_write
+from sonocad.measure import lesion_measurements
+
+THRESHOLD = 0.5  # lesion probability from which a pixel is lesion
+NO_LESION = "normal"  # a detector's call for an image where it found no instance
+LESION_CLASSES = ("benign", "malignant")
+
+# Columns every table starts with; metric and probability columns follow.
+ID_COLUMNS = ("image_id", "patient_id", "source", "scanner", "label")
+
+
+@dataclass(frozen=True)
+class Instance:
+    """One detected lesion in the image's own pixels."""
+
+    label: str  # benign / malignant
+    score: float
+    box: tuple[float, float, float, float]  # x0, y0, x1, y1
+    mask: np.ndarray  # bool (H, W)
+
+
+@dataclass(frozen=True)
+class Decision:
+    """A multitask model's class call reconciled with its outline (`inference.decision`)."""
+
+    final_class: str
+    reason: str  # "" when the heads agree
+    uncertainty: float
+    low_confidence: bool
+
+
+@dataclass
+class Prediction:
+    """What a model says about one image."""
+
+    # float32 (H, W) at the image's size (models with a lesion map); a detector's is its
+    # instance scores
+    lesion_probability: np.ndarray | None
+    class_probabilities: dict[str, float] | None  # models with a class head
+    decision: Decision | None = None  # multitask models whose meta holds a decision rule
+    instances: list[Instance] | None = None  # a detector's found lesions, best first
+    top_scores: dict[str, float] | None = None  # a detector's top score per class (any score)
+
+    @property
+    def mask(self) -> np.ndarray | None:
+        if self.lesion_probability is None:
+            return None
+        return self.lesion_probability > THRESHOLD
+
+    @property
+    def predicted_class(self) -> str | None:
+        """The class head's argmax (the raw call); a detector's: its best instance's class, or
+        "normal" when it found none."""
+        if self.instances is not None:
+            return self.instances[0].label if self.instances else NO_LESION
+        if not self.class_probabilities:
+            return None
+        return max(self.class_probabilities, key=self.class_probabilities.__getitem__)
+
+    @property
+    def final_class(self) -> str | None:
+        """The call reconciled with the lesion outline where the model has a rule, else the
+        argmax."""
+        return self.decision.final_class if self.decision else self.predicted_class
+
+
+def sample_columns(sample: Sample) -> dict[str, Any]:
+    """What the table says about an image before any model has seen it."""
+    return {"image_id": sample.image_id, "patient_id": sample.patient_id,
+            "source": sample.source, "scanner": sample.scanner, "label": sample.label}
+
+
+def prediction_columns(prediction: Prediction, spacing_mm: tuple[float, float] | None
+                       ) -> dict[str, Any]:
+    """The model's columns of one image's row (see the module's docstring)."""
+    row: dict[str, Any] = {}
+    if prediction.class_probabilities:
+        row.update({f"prob_{name}": p for name, p in prediction.class_probabilities.items()})
+        row["predicted_class"] = prediction.predicted_class
+        row.update(decision_columns(prediction.decision))
+    if prediction.instances is not None:
+        fields = detection_fields(prediction.instances, prediction.top_scores or {},
+                                  spacing_mm)
+        row.update({"predicted_class": prediction.predicted_class, **fields,
+                    "instances": json.dumps(fields["instances"], separators=(",", ":"))})
+    mask = prediction.mask
+    if mask is not None:
+        row.update(lesion_columns(mask, spacing_mm))
+    return row
+
+
+def lesion_columns(mask: np.ndarray, spacing_mm: tuple[float, float] | None) -> dict[str, Any]:
+    """Whether a lesion was outlined, and its area and longest diameter in px and mm."""
+    sizes = lesion_measurements(mask, spacing_mm)
+    return {"lesion_detected": int(mask.any()), "lesion_area_px": sizes["area_px"],
+            "lesion_area_mm2": sizes["area_mm2"], "lesion_diameter_px": sizes["diameter_px"],
+            "lesion_diameter_mm": sizes["diameter_mm"]}
+
+
+def decision_columns(decision: Decision | None) -> dict[str, Any]:
+    """The columns of a decision (none for a model without a rule)."""
+    if decision is None:
+        return {}
+    return {"final_class": decision.final_class, "decision_reason": decision.reason,
+            "uncertainty": round(decision.uncertainty, 4),
+            "low_confidence": int(decision.low_confidence)}
+
+
+def instance_records(instances: Sequence[Instance], spacing_mm: tuple[float, float] | None
+                     ) -> list[dict[str, object]]:
+    """JSON-ready instances: class, score, box [x0, y0, x1, y1] and the sizes of its mask
+    (area and longest diameter in px, and in mm where the spacing is known, else None)."""
+    records = []
+    for instance in instances:
+        sizes = lesion_measurements(instance.mask, spacing_mm)
+        records.append({"label": instance.label, "score": round(instance.score, 4),
+                        "box": [round(v, 1) for v in instance.box],
+                        **{key: None if math.isnan(value) else round(value, 2)
+                           for key, value in sizes.items()}})
+    return records
+
+
+def detection_fields(instances: Sequence[Instance], top_scores: dict[str, float],
+                     spacing_mm: tuple[float, float] | None) -> dict[str, Any]:
+    """What a detector's row and the viewer report: the top score per class
+    (``malignant_score`` is QIMS 2023's image-level score), ``n_instances`` and the found
+    ``instances`` (`instance_records`)."""
+    records = instance_records(instances, spacing_mm)
+    return {**{f"{name}_score": score for name, score in top_scores.items()},
+            "n_instances": len(records), "instances": records}
+
+
+def write_predictions(stem: str | Path, rows: list[dict[str, Any]]) -> None:
+    """Write `stem`.csv and `stem`.json (same rows) atomically."""
+    stem = Path(stem)
+    write_text(stem.with_suffix(".csv"), _csv_text(_columns(rows), rows))
+    _write_json_rows(stem, rows)
+
+
+class PredictionsStream:
+    """A predictions table written as rows come: `stem`.csv grows row by row, flushed, so a
+    killed run leaves a valid table up to its last whole row; `close` adds `stem`.json.
+
+    With ``resume`` an earlier table is kept (a torn last row dropped) and `earlier` holds its
+    rows; new rows must have its columns. Every row of one call to `add` lands in one write.
+    """
+
+    def __init__(self, stem: str | Path, *, resume: bool = False) -> None:
+        self.stem = Path(stem)
+        self.path = self.stem.with_suffix(".csv")
+        self.earlier: list[dict[str, Any]] = []
+        self._fields: list[str] | None = None
+        self._handle: IO[str] | None = None
+        if resume and self.path.exists():
+            self._fields, self.earlier = _whole_rows(self.path)
+            write_text(self.path, _csv_text(self._fields, self.earlier) if self._fields else "")
+        self.rows: list[dict[str, Any]] = list(self.earlier)
+
+    def add(self, rows: list[dict[str, Any]]) -> None:
+        if not rows:
+            return
+        if self._fields is None:
+            self._fields = _columns(rows)
+        if self._handle is None:
+            fresh = not self.path.exists() or self.path.stat().st_size == 0
+            if fresh:
+                record_write(self.path)
+            self._handle = self.path.open("a" if not fresh else "w", newline="",
+                                          encoding="utf-8")
+            if fresh:
+                self._handle.write(_csv_text(self._fields, []))
+        extra = {key for row in rows for key in row} - set(self._fields)
+        if extra:
+            raise InputError(self.path, f"the table has no column {sorted(extra)[0]!r}: it was "
+                                        "written by another model; predict into a new folder")
+        self._handle.write(_csv_text(self._fields, rows, header=False))
+        self._handle.flush()
+        self.rows.extend(rows)
+
+    def close(self) -> None:
+        if self._handle is not None:
+            self._handle.close()
+            self._handle = None
+        if self._fields is None:  # no rows at all: still a table, with the id columns
+            write_text(self.path, _csv_text(list(ID_COLUMNS), []))
+        _write_json_rows(self.stem, self.rows)
+
+
+def _columns(rows: list[dict[str, Any]]) -> list[str]:
+    return list(dict.fromkeys([*ID_COLUMNS, *(key for row in rows for key in row)]))
+
+
+def _csv_text(fields: list[str], rows: list[dict[str, Any]], header: bool = True) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=fields, extrasaction="raise")
+    if header:
+        writer.writeheader()
+    writer.writerows({k: _cell(v) for k, v in row.items()} for row in rows)
+    return buffer.getvalue()
+
+
+def _write_json_rows(stem: Path, rows: list[dict[str, Any]]) -> None:
+    write_json(stem.with_suffix(".json"), [{k: _json_value(v) for k, v in r.items()} for r in rows])
+
+
+def _whole_rows(path: Path) -> tuple[list[str] | None, list[dict[str, Any]]]:
+    """The columns and complete rows of a table a killed run may have left torn at its end."""
+    text = path.read_text(encoding="utf-8")
+    reader = csv.DictReader(io.StringIO(text))
+    rows = list(reader)
+    if rows and not text.endswith("\n"):
+        rows.pop()  # the kill came in the middle of this row
+    fields = list(reader.fieldnames) if reader.fieldnames else None
+    return fields, [_parsed(row) for row in rows]
+
+
+def read_predictions(path: str | Path) -> list[dict[str, Any]]:
+    """Rows of a predictions CSV, numbers parsed (but not in `TEXT_COLUMNS`: ids stay text);
+    empty cells become None."""
+    path = Path(path)
+    try:
+        with path.open(newline="", encoding="utf-8") as handle:
+            reader = csv.DictReader(handle)
+            if not reader.fieldnames or "image_id" not in reader.fieldnames:
+                raise InputError(path, "not a predictions table (no image_id column)")
+            return [_parsed(row) for row in reader]
+    except FileNotFoundError:
+        raise InputError(path, "no such predictions table") from None
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise InputError(path, f"unreadable predictions table ({exc})") from None
+
+
+def _cell(value: Any) -> Any:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return value
+
+
+def _json_value(value: Any) -> Any:
+    return None if isinstance(value, float) and math.isnan(value) else value
+
+
+# Read as text, never as numbers: patient "01" and patient "1" are two people.
+TEXT_COLUMNS = frozenset({*ID_COLUMNS, "file", "output_name"})
+
+
+def _parsed(row: dict[str, str | None]) -> dict[str, Any]:
+    return {key: (value or None) if key in TEXT_COLUMNS else _parse(value)
+            for key, value in row.items()}
+
+
+def _parse(text: str | None) -> Any:
+    if text is None or text == "":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        return float(text)
+    except ValueError:
+        return text

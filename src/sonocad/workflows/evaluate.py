@@ -1,0 +1,105 @@
+"""`sonocad evaluate`: score a checkpoint on a frozen subset; write the predictions table.
+
+The task of the checkpoint does the scoring (`sonocad.tasks.Task.evaluate`); this module
+picks the subset, the predictor and the output folder, and adds per-group breakdowns.
+
+What each task writes: `sonocad.tasks.segmentation_evaluation` (per-image metrics with CIs,
+overlays), `sonocad.tasks.classification_evaluation` (pooled metrics with CIs, ROC, calibration),
+`sonocad.tasks.multitask` (both, one table) and `sonocad.tasks.detection_evaluation` (AP).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+from sonocad.checkpoint import load_checkpoint
+from sonocad.data.sample import Sample
+from sonocad.data.sources import DataArg, resolve_sources
+from sonocad.data.split import resolve_subset, select
+from sonocad.errors import InputError, SonocadError
+from sonocad.evaluation.breakdown import breakdown
+from sonocad.inference.detection import DetectionPredictor
+from sonocad.inference.predictor import Predictor
+from sonocad.io.atomic import write_json
+from sonocad.io.outputs import claim_output_dir
+from sonocad.tasks import EvaluationResult, Predicted, get_task, predict_samples
+
+
+def evaluate(checkpoint: str | Path, data: DataArg, split_spec: str | Sequence[str],
+             out: str | Path, *, layout: str | None = None, overlays: int = 6,
+             batch_size: int = 8, n_boot: int = 2000,
+             by: Sequence[str] = (), overwrite: bool = False) -> EvaluationResult:
+    """Score a checkpoint on one frozen subset, or on one per data source (`data` and
+    `split_spec` in the same order); `by` ("source", "scanner") adds per-group figures beside
+    the pooled ones, per source always when there are several. `overwrite` replaces an
+    earlier evaluate output in `out`."""
+    out = Path(out)
+    loaded = load_checkpoint(checkpoint)
+    task = get_task(loaded.task)
+    specs = [split_spec] if isinstance(split_spec, str) else list(split_spec)
+    samples = _subset_samples(data, specs, layout)
+    data_paths = [data] if isinstance(data, (str, Path)) else list(data or [])
+    claim_output_dir(out, "evaluate", inputs=[checkpoint, *data_paths], overwrite=overwrite)
+    labels = loaded.meta["data"].get("labels")
+    if labels:
+        samples = [s for s in samples if s.label in labels]
+    model = DetectionPredictor(loaded) if task.detector else Predictor(loaded)
+    result = task.evaluate(model, samples, out, " + ".join(specs), overlays=overlays,
+                           batch_size=batch_size, n_boot=n_boot, checkpoint=checkpoint)
+    keys = list(dict.fromkeys([*(["source"] if len(specs) > 1 else []), *by]))
+    if keys and not task.detector:  # a detector's AP is not broken down (yet)
+        class_names = model.class_names if task.class_scores else None
+        result.metrics["breakdowns"] = {key: breakdown(result.rows, key, class_names,
+                                                       n_boot=n_boot) for key in keys}
+        write_json(out / "metrics.json", result.metrics)
+    return result
+
+
+def evaluate_out_of_fold(checkpoints: Sequence[str | Path], data: str | Path,
+                         split_specs: Sequence[str], out: str | Path, *,
+                         layout: str | None = None, batch_size: int = 8, n_boot: int = 2000,
+                         overwrite: bool = False) -> EvaluationResult:
+    """Cross-validation's pooled evaluation: checkpoint i predicts subset `split_specs[i]`
+    (the fold it did not train on), and all those predictions are scored as one table, in
+    `evaluate`'s format (so `compare` and `report` read it). One data set; checkpoints of one
+    model and classes. Detectors are not pooled (their AP needs one model's scores)."""
+    if len(checkpoints) != len(split_specs) or not checkpoints:
+        raise SonocadError("give one checkpoint per fold subset")
+    loaded = [load_checkpoint(path) for path in checkpoints]
+    first = loaded[0]
+    for path, other in zip(checkpoints, loaded):
+        if (other.task, other.class_names, other.meta["model"]["name"]) != (
+                first.task, first.class_names, first.meta["model"]["name"]):
+            raise InputError(path, "is not the same model and classes as the first fold's")
+    task = get_task(first.task)
+    if task.detector:
+        raise SonocadError("out-of-fold pooling scores one table of predictions; a "
+                           "detector's folds are reported one by one")
+    out = Path(out)
+    folds = [_subset_samples(data, [spec], layout) for spec in split_specs]
+    labels = first.meta["data"].get("labels")
+    if labels:
+        folds = [[s for s in samples if s.label in labels] for samples in folds]
+    claim_output_dir(out, "evaluate", inputs=[*checkpoints, data], overwrite=overwrite)
+
+    def out_of_fold() -> Iterator[Predicted]:
+        for checkpoint, samples in zip(loaded, folds):  # one model in memory at a time
+            yield from predict_samples(Predictor(checkpoint), samples, batch_size)
+
+    # Overlays are drawn by one predictor, which would not be the one that made each case.
+    return task.evaluate(Predictor(first), [s for samples in folds for s in samples], out,
+                         " + ".join(split_specs), predictions=out_of_fold(), overlays=0,
+                         batch_size=batch_size, n_boot=n_boot,
+                         checkpoint=", ".join(map(str, checkpoints)))
+
+
+def _subset_samples(data: DataArg, specs: list[str], layout: str | None) -> list[Sample]:
+    """The named subsets' samples, each tagged with its data source."""
+    # resolve_sources checks that there is one split per data set.
+    sources = resolve_sources(None, data, [spec.rpartition(":")[0] for spec in specs])
+    samples: list[Sample] = []
+    for source, spec in zip(sources, specs, strict=True):
+        split, subset = resolve_subset(spec)
+        samples += select(source.open(layout), split.subsets[subset])
+    return samples
