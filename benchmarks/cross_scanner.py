@@ -69,7 +69,7 @@ def train_row(folder: Path, sources: list[str], steps: int, reuse: bool,
         return json.loads((folder / "summary.json").read_text())
     recipe = load_recipe(RECIPE, [f"train.max_steps={steps}", "train.epochs=1000",
                                   "train.max_minutes=null", *overrides])
-    recipe["data"]["sources"] = [SOURCES[name] for name in sources]
+    recipe.data.sources = [SOURCES[name] for name in sources]
     train(recipe, None, None, folder, overwrite=True)
     return json.loads((folder / "summary.json").read_text())
 
@@ -119,7 +119,7 @@ def main() -> None:
         name, sources, saw_toshiba = TRAININGS[row]
         folder = args.out / name
         summary = train_row(folder, sources, args.steps, args.reuse, args.set)
-        results["batch_size"] = load_recipe(RECIPE)["train"]["batch_size"]
+        results["batch_size"] = load_recipe(RECIPE).train.batch_size
         cells = {test: (None if needs_unseen and saw_toshiba else score(folder, test, args.n_boot))
                  for test, (_, _, needs_unseen) in TESTS.items()}
         results["rows"][row] = {"sources": sources, "minutes": summary["minutes"],

@@ -184,14 +184,14 @@ def _reproduce(row: Row, scale: str, device: str, gpu_paths: bool, data: Path, s
     summary = json.loads((run / "run" / "summary.json").read_text())
     metrics = evaluation.metrics
     shown = {f"{group}.{name}": metrics["groups"][group][name]
-             for group, name in SHOWN[recipe["task"]]}
+             for group, name in SHOWN[recipe.task]}
     n_images = {group: metrics["groups"][group]["n_images"]
-                for group in {group for group, _ in SHOWN[recipe["task"]]}}
+                for group in {group for group, _ in SHOWN[recipe.task]}}
     result = {"paper": row.paper, "model": row.model, "recipe": row.recipe, "scale": scale,
               "device": device, "overrides": overrides, "machine": machine_line(),
               "minutes": summary["minutes"], "epochs": summary["epochs"],
               "steps": summary["steps"], "n_images": n_images, "metrics": shown}
-    if recipe["task"] == "detection":
+    if recipe.task == "detection":
         result["combined"] = combine_on_synthetic(trained.best_checkpoint, data, split,
                                                   run / "combined", batch_size=2)
     write_json(run / "result.json", result)

@@ -26,17 +26,17 @@ TASKS = ("multitask", "segmentation", "classification")
 
 def measure(path: Path, repeats: int) -> tuple[str, int, int, float, float]:
     recipe = load_recipe(path)
-    task = recipe["task"]
-    height, width = TransformConfig.from_dict(recipe["transform"]).size
-    batch = int(recipe["train"]["batch_size"])
-    classes = len(recipe["data"]["labels"] or recipe["data"]["classes"])
+    task = recipe.task
+    height, width = TransformConfig.from_dict(recipe.transform).size
+    batch = recipe.train.batch_size
+    classes = len(recipe.data.labels or recipe.data.classes)
     head = {"num_classes": classes} if task != "segmentation" else {}
-    memory_format = (torch.channels_last if recipe["train"]["channels_last"]
+    memory_format = (torch.channels_last if recipe.train.channels_last
                      else torch.contiguous_format)
-    model = create_model(recipe["model"]["name"], **recipe["model"]["args"], **head)
+    model = create_model(recipe.model.name, **recipe.model.args, **head)
     model.to(memory_format=memory_format)
-    loss_fn = get_task(task).build_loss(recipe["loss"])
-    optimizer = build_optimizer(model.parameters(), recipe["optimizer"])
+    loss_fn = get_task(task).build_loss(recipe.loss.model_dump())
+    optimizer = build_optimizer(model.parameters(), recipe.optimizer)
     images = torch.randn(batch, 3, height, width).contiguous(memory_format=memory_format)
     mask = (torch.rand(batch, 1, height, width) > 0.7).float()
     labels = torch.randint(0, classes, (batch,))
@@ -70,7 +70,7 @@ def main() -> None:
           "inference images/s (batch 1) |")
     print("| --- | --- | ---: | ---: | ---: | ---: |")
     for path in sorted(RECIPES.glob("*.yaml")):
-        if load_recipe(path)["task"] not in TASKS:
+        if load_recipe(path).task not in TASKS:
             continue
         task, size, batch, train_ips, infer_ips = measure(path, args.repeats)
         print(f"| {path.stem} | {task} | {size} | {batch} | {train_ips:.2f} | {infer_ips:.2f} |",

@@ -8,14 +8,15 @@ import pytest
 import torch
 
 from sonocad.engine.optim import build_optimizer, build_scheduler
+from sonocad.engine.recipe import OptimizerSection, SchedulerSection
 
-OPTIMIZER = {"name": "adamw", "lr": 0.01, "weight_decay": 0.0, "momentum": 0.9,
-             "betas": [0.9, 0.999]}
+OPTIMIZER = OptimizerSection(name="adamw", lr=0.01, weight_decay=0.0, momentum=0.9,
+                             betas=[0.9, 0.999])
 
 
 def _rates(config: dict, total: int) -> list[float]:
     optimizer = build_optimizer([torch.nn.Parameter(torch.zeros(1))], OPTIMIZER)
-    scheduler = build_scheduler(optimizer, config, total)
+    scheduler = build_scheduler(optimizer, SchedulerSection(**config), total)
     rates = []
     for _ in range(total):
         rates.append(optimizer.param_groups[0]["lr"])
@@ -49,13 +50,13 @@ def test_cosine_falls_from_the_lr_to_the_floor_over_the_run():
 def test_a_resumed_schedule_goes_on_where_it_stopped():
     config = {"name": "warmup_cosine", "args": {"warmup_steps": 5}}
     optimizer = build_optimizer([torch.nn.Parameter(torch.zeros(1))], OPTIMIZER)
-    scheduler = build_scheduler(optimizer, config, 20)
+    scheduler = build_scheduler(optimizer, SchedulerSection(**config), 20)
     for _ in range(8):
         optimizer.step()
         scheduler.step()
     state = (optimizer.state_dict(), scheduler.state_dict())
     resumed_optimizer = build_optimizer([torch.nn.Parameter(torch.zeros(1))], OPTIMIZER)
-    resumed = build_scheduler(resumed_optimizer, config, 20)
+    resumed = build_scheduler(resumed_optimizer, SchedulerSection(**config), 20)
     resumed_optimizer.load_state_dict(state[0])
     resumed.load_state_dict(state[1])
     for _ in range(12):

@@ -24,7 +24,7 @@ from reproduce_papers import ROWS  # noqa: E402
 
 PAPER_RECIPES = {row.recipe for row in ROWS}
 RECIPES = sorted(p for p in (ROOT / "recipes").glob("*.yaml")
-                 if load_recipe(p)["task"] in ("segmentation", "classification")
+                 if load_recipe(p).task in ("segmentation", "classification")
                  and p.stem not in PAPER_RECIPES)
 
 

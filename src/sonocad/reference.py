@@ -452,7 +452,7 @@ def _example_problems() -> list[str]:
                                                  "model": {"name": "unet"}})
         try:
             recipe.apply_override(example, override)
-            recipe.validate(example, Path(override))
+            recipe.parse_recipe(example, Path(override))
         except SonocadError as exc:
             found.append(f"example override {override}: {exc}")
     return found

@@ -5,6 +5,9 @@ starts inside exactly one section (``augment.hflip`` for ``transform.augment.hfl
 key that occurs exactly once in the recipe (``max_steps=2``); none makes a new section. Values
 are parsed as YAML, so ``lr=3e-4`` is a float and ``augment.hflip=null`` removes an
 augmentation.
+
+A loaded recipe is a `Recipe` (pydantic): every section typed, unknown keys and wrong types
+one-line errors naming the key, and the task / model pairing checked by the task.
 """
 
 from __future__ import annotations
@@ -13,16 +16,15 @@ import copy
 import re
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from sonocad.errors import InputError, SonocadError
 from sonocad.models import list_models, model_task
-from sonocad.tasks import get_task, task_names
+from sonocad.tasks import Task, get_task, task_names
 
-SECTIONS = {"task", "description", "model", "data", "transform", "loss", "optimizer",
-            "scheduler", "train"}
 
 class _Loader(yaml.SafeLoader):
     """YAML 1.1 reads 3e-4 as a string; learning rates are written that way, so read floats."""
@@ -38,24 +40,95 @@ def parse_yaml(text: str) -> Any:
     return yaml.load(text, Loader=_Loader)  # noqa: S506  (a SafeLoader subclass)
 
 
-# Defaults a recipe may leave out; every key a recipe may set appears here or in a section
-# whose contents another module validates (model.args, transform, loss.args, ...).
+Positive = Annotated[int, Field(gt=0)]
+PositiveFloat = Annotated[float, Field(gt=0)]
+
+
+class _Section(BaseModel):
+    # strict: YAML gives typed values, and "yes" is not a boolean nor "8" a batch size
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class ModelSection(_Section):
+    name: str | None = None  # required; None so that DEFAULTS can list the key
+    args: dict[str, Any] = {}
+    pretrained: str | None = None
+
+
+class DataSection(_Section):
+    layout: str | None = None
+    classes: list[str] = ["normal", "benign", "malignant"]
+    labels: list[str] | None = None
+    train_subsets: list[str] = ["train"]
+    val_subset: str = "val"
+    limit: Positive | None = None
+    cache: bool = True
+    sources: list[dict[str, Any]] | None = None  # checked by sonocad.data.sources
+    class_weights: dict[str, float] | None = None
+
+
+class LossSection(_Section):
+    name: str | None = None
+    args: dict[str, Any] = {}  # the loss function's keyword arguments
+    classification: dict[str, Any] | None = None  # multitask: {weight, args}
+
+
+class OptimizerSection(_Section):
+    name: Literal["sgd", "adam", "adamw"] = "adamw"
+    lr: PositiveFloat = 1e-3
+    weight_decay: Annotated[float, Field(ge=0)] = 0.0
+    momentum: float = 0.9
+    betas: Annotated[list[float], Field(min_length=2, max_length=2)] = [0.9, 0.999]
+
+
+class SchedulerSection(_Section):
+    name: Literal["none", "cosine", "warmup_cosine", "plateau"] = "none"
+    args: dict[str, Any] = {}
+
+
+class TrainSection(_Section):
+    batch_size: Positive = 8
+    epochs: Positive = 10
+    max_steps: Positive | None = None
+    seed: int = 0
+    num_workers: Annotated[int, Field(ge=0)] = 0
+    select_metric: str | None = None
+    select_mode: Literal["max", "min"] = "max"
+    early_stopping: Positive | None = None
+    checkpoint_every: Positive | None = None
+    eval_batch_size: Positive = 16
+    amp: bool = True
+    grad_clip: PositiveFloat | None = None
+    max_minutes: PositiveFloat | None = None
+    tensorboard: bool = False
+    channels_last: bool = False
+
+
+class Recipe(_Section):
+    """A checked recipe; `to_dict` is what checkpoints and recipe.yaml record."""
+
+    task: str
+    description: str | None = None
+    model: ModelSection
+    data: DataSection = DataSection()
+    transform: dict[str, Any] = {}  # checked by sonocad.transforms.TransformConfig
+    loss: LossSection = LossSection()
+    optimizer: OptimizerSection = OptimizerSection()
+    scheduler: SchedulerSection = SchedulerSection()
+    train: TrainSection = TrainSection()
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+SECTIONS = set(Recipe.model_fields)
+# Defaults a recipe may leave out, as data (overrides resolve bare keys against them); every
+# key a recipe may set appears here or in a section whose contents another module validates
+# (model.args, transform, loss.args, ...).
 DEFAULTS: dict[str, Any] = {
-    "model": {"name": None, "args": {}, "pretrained": None},
-    "data": {"layout": None, "classes": ["normal", "benign", "malignant"], "labels": None,
-             "train_subsets": ["train"], "val_subset": "val", "limit": None, "cache": True,
-             "sources": None, "class_weights": None},
-    "transform": {},
-    "loss": {"name": None, "args": {}},
-    "optimizer": {"name": "adamw", "lr": 1e-3, "weight_decay": 0.0, "momentum": 0.9,
-                  "betas": [0.9, 0.999]},
-    "scheduler": {"name": "none", "args": {}},
-    "train": {"batch_size": 8, "epochs": 10, "max_steps": None, "seed": 0, "num_workers": 0,
-              "select_metric": None, "select_mode": "max", "early_stopping": None,
-              "checkpoint_every": None, "eval_batch_size": 16, "amp": True,
-              "grad_clip": None, "max_minutes": None, "tensorboard": False,
-              "channels_last": False},
-}
+    "model": ModelSection().model_dump(), "data": DataSection().model_dump(), "transform": {},
+    "loss": LossSection().model_dump(), "optimizer": OptimizerSection().model_dump(),
+    "scheduler": SchedulerSection().model_dump(), "train": TrainSection().model_dump()}
 
 # One line per section and key, for docs/reference.md (`python -m sonocad.reference`), which
 # refuses a section, a key of DEFAULTS or a transform key (sonocad.transforms.TransformConfig)
@@ -106,6 +179,8 @@ KEY_DESCRIPTIONS: dict[str, str] = {
     "loss.name": "loss by name (`null`: `dice` for segmentation and multitask, `cross_entropy` "
                  "for classification; detection models compute their own); multitask adds "
                  "`loss.classification: {weight, args}` times the cross-entropy of the class head",
+    "loss.classification": "multitask: `{weight, args}` of the class head's cross-entropy "
+                           "(weight default 1)",
     "loss.args": "keyword arguments of the loss: `aux_weight` for deep-supervision maps "
                  "(default 1), `weights: [background, lesion]` for `weighted_dice`, "
                  "`class_weights` or `label_smoothing` for `cross_entropy`",
@@ -144,7 +219,7 @@ KEY_DESCRIPTIONS: dict[str, str] = {
 }
 
 
-def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> dict[str, Any]:
+def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> Recipe:
     """Read a recipe, fill defaults, apply overrides, and check it."""
     path = Path(path)
     try:
@@ -161,8 +236,29 @@ def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> dict[str, An
     recipe = merge(DEFAULTS, raw)
     for override in overrides:
         apply_override(recipe, override)
-    validate(recipe, path)
-    return recipe
+    return parse_recipe(recipe, path)
+
+
+def parse_recipe(recipe: dict[str, Any], path: Path) -> Recipe:
+    """The typed recipe of a merged mapping, its task / model pairing and task settings
+    checked; the first problem is one line naming the key."""
+    try:
+        typed = Recipe.model_validate(recipe)
+    except ValidationError as exc:
+        raise InputError(path, _first_problem(exc)) from None
+    task = _check_task_and_model(typed, path)
+    task.check_recipe(typed, path)
+    return typed
+
+
+def _first_problem(exc: ValidationError) -> str:
+    error = exc.errors()[0]
+    key = ".".join(str(part) for part in error["loc"])
+    if error["type"] == "extra_forbidden":
+        return f"unknown key {key}"
+    if error["type"] == "missing":
+        return f"{key} is required"
+    return f"{key}: {error['msg'][0].lower()}{error['msg'][1:]}, not {error['input']!r}"
 
 
 def merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
@@ -237,11 +333,11 @@ def _leaf_paths(node: dict[str, Any], prefix: tuple[str, ...] = ()) -> Iterator[
             yield from _leaf_paths(value, (*prefix, key))
 
 
-def validate(recipe: dict[str, Any], path: Path) -> None:
-    if recipe.get("task") not in task_names():
+def _check_task_and_model(recipe: Recipe, path: Path) -> Task:
+    if recipe.task not in task_names():
         raise InputError(path, f"task must be one of {', '.join(task_names())}")
-    task = get_task(recipe["task"])
-    name = recipe["model"].get("name")
+    task = get_task(recipe.task)
+    name = recipe.model.name
     if not name:
         raise InputError(path, "model.name is required")
     if name not in list_models():
@@ -251,13 +347,4 @@ def validate(recipe: dict[str, Any], path: Path) -> None:
         fitting = [m for m in list_models() if task.accepts_model(model_task(m))]
         raise InputError(path, f"model {name!r} is a {model_task(name)} model, not a "
                                f"{task.name} one; {task.name} models: {', '.join(fitting)}")
-    for section in ("data", "train", "optimizer"):
-        unknown = set(recipe[section]) - set(DEFAULTS[section])
-        if unknown:
-            raise InputError(path, f"unknown key(s) in {section}: {', '.join(sorted(unknown))}")
-    train = recipe["train"]
-    if int(train["batch_size"]) < 1 or int(train["epochs"]) < 1:
-        raise InputError(path, "train.batch_size and train.epochs must be at least 1")
-    if train["max_steps"] is not None and int(train["max_steps"]) < 1:
-        raise InputError(path, "train.max_steps must be at least 1")
-    task.check_recipe(recipe, path)
+    return task

@@ -35,6 +35,7 @@ from sonocad.data.split import SplitFile, read_split, select
 from sonocad.data.torch_dataset import EpochBatches, SampleDataset, collate, epoch_generator
 from sonocad.engine.distributed import World, barrier, close_world, init_world, mean_over_world
 from sonocad.engine.optim import build_optimizer, build_scheduler, steps_per_optimizer_step
+from sonocad.engine.recipe import DataSection, Recipe
 from sonocad.engine.validation import validate
 from sonocad.errors import SonocadError
 from sonocad.io.atomic import atomic_open, write_json, write_text
@@ -69,7 +70,7 @@ class _Progress:
     epoch_losses: list[float] = field(default_factory=list)
 
 
-def train(recipe: dict[str, Any], data: DataArg, split: DataArg, out: str | Path, *,
+def train(recipe: Recipe, data: DataArg, split: DataArg, out: str | Path, *,
           resume: bool = False, overwrite: bool = False) -> TrainResult:
     """Train the recipe's model; select on the validation subset; return the best checkpoint.
 
@@ -78,7 +79,7 @@ def train(recipe: dict[str, Any], data: DataArg, split: DataArg, out: str | Path
     empty, or an earlier run folder with `resume` (continue it) or `overwrite` (replace it)."""
     if resume and overwrite:
         raise SonocadError("--resume and --overwrite contradict each other: give one")
-    sources = resolve_sources(recipe["data"]["sources"], data, split)
+    sources = resolve_sources(recipe.data.sources, data, split)
     world = init_world()
     try:
         return _Trainer(recipe, sources, Path(out), world).run(resume, overwrite)
@@ -87,22 +88,21 @@ def train(recipe: dict[str, Any], data: DataArg, split: DataArg, out: str | Path
 
 
 class _Trainer:
-    def __init__(self, recipe: dict[str, Any], sources: list[Source], out: Path,
+    def __init__(self, recipe: Recipe, sources: list[Source], out: Path,
                  world: World) -> None:
         self.recipe, self.sources, self.out, self.world = recipe, sources, out, world
-        self.task = get_task(recipe["task"])
-        self.cfg_train = recipe["train"]
-        self.class_names = self.task.class_names(recipe["data"]["labels"]
-                                                 or recipe["data"]["classes"])
-        torch.manual_seed(int(self.cfg_train["seed"]))
+        self.task = get_task(recipe.task)
+        self.cfg_train = recipe.train
+        self.class_names = self.task.class_names(recipe.data.labels or recipe.data.classes)
+        torch.manual_seed(self.cfg_train.seed)
 
         train_samples, val_samples, self.draws, self.data_info = _select_samples(
-            recipe["data"], sources)
+            recipe.data, sources)
         if world.is_main:
             print(f"training on {len(train_samples)} images, validating on {len(val_samples)}; "
                   f"expected draws per epoch: {self.data_info['epoch_composition']}", flush=True)
-        self.transform_config = TransformConfig.from_dict(recipe["transform"])
-        cache = bool(recipe["data"]["cache"])
+        self.transform_config = TransformConfig.from_dict(recipe.transform)
+        cache = recipe.data.cache
         for samples in (train_samples, val_samples):
             self.task.check_samples(samples, self.class_names)
         self.train_set = SampleDataset(train_samples, self.task, self.class_names,
@@ -112,43 +112,43 @@ class _Trainer:
                                      build_transform(self.transform_config, train=False),
                                      cache=cache)
 
-        spec = recipe["model"]
-        self.model_args = {**spec["args"], **self.task.head_args(self.class_names)}
-        self.model: nn.Module = create_model(spec["name"], pretrained=spec["pretrained"],
+        spec = recipe.model
+        self.model_args = {**spec.args, **self.task.head_args(self.class_names)}
+        self.model: nn.Module = create_model(spec.name, pretrained=spec.pretrained,
                                              **self.model_args).to(world.device)
         # channels_last: depthwise convolutions train ~1.3x faster this way on a CPU.
-        self.memory_format = (torch.channels_last if self.cfg_train["channels_last"]
+        self.memory_format = (torch.channels_last if self.cfg_train.channels_last
                               else torch.contiguous_format)
         self.model.to(memory_format=self.memory_format)
         self.trained_model = (DistributedDataParallel(self.model) if world.distributed
                               else self.model)
-        self.loss_fn = self.task.build_loss(recipe["loss"])
-        self.optimizer = build_optimizer(self.model.parameters(), recipe["optimizer"])
+        self.loss_fn = self.task.build_loss(recipe.loss.model_dump())
+        self.optimizer = build_optimizer(self.model.parameters(), recipe.optimizer)
 
-        self.batch_size = int(self.cfg_train["batch_size"])
+        self.batch_size = self.cfg_train.batch_size
         self.epoch_size = EpochBatches.epoch_size(self.draws)
         self.batches_per_epoch = EpochBatches.batches_per_epoch(self.epoch_size,
                                                                 self.batch_size)
         if self.batches_per_epoch == 0:
             raise SonocadError("the training subset is empty")
-        self.epochs = int(self.cfg_train["epochs"])
+        self.epochs = self.cfg_train.epochs
         self.total_steps = self.epochs * self.batches_per_epoch
-        if self.cfg_train["max_steps"] is not None:
-            self.total_steps = min(self.total_steps, int(self.cfg_train["max_steps"]))
-        self.scheduler = build_scheduler(self.optimizer, recipe["scheduler"], self.total_steps)
+        if self.cfg_train.max_steps is not None:
+            self.total_steps = min(self.total_steps, self.cfg_train.max_steps)
+        self.scheduler = build_scheduler(self.optimizer, recipe.scheduler, self.total_steps)
         if not self.task.validation_loss and self.scheduler is not None and \
                 not steps_per_optimizer_step(self.scheduler):
-            raise SonocadError(f"scheduler {recipe['scheduler']['name']!r} watches the "
+            raise SonocadError(f"scheduler {recipe.scheduler.name!r} watches the "
                                f"validation loss, which {self.task.name} validation does not "
                                "compute; use cosine or warmup_cosine")
-        self.select_metric = self.cfg_train["select_metric"] or self.task.select_metric
-        self.select_sign = 1.0 if self.cfg_train["select_mode"] == "max" else -1.0
-        use_amp = bool(self.cfg_train["amp"]) and world.device.type == "cuda"
+        self.select_metric = self.cfg_train.select_metric or self.task.select_metric
+        self.select_sign = 1.0 if self.cfg_train.select_mode == "max" else -1.0
+        use_amp = self.cfg_train.amp and world.device.type == "cuda"
         self.autocast = torch.autocast(world.device.type, enabled=use_amp)
         self.scaler = torch.amp.GradScaler(world.device.type, enabled=use_amp)
         self.history: list[dict[str, Any]] = []
         self.tensorboard = _tensorboard_writer(out) if (
-            self.cfg_train["tensorboard"] and world.is_main) else None
+            self.cfg_train.tensorboard and world.is_main) else None
 
     # --- the loop --------------------------------------------------------------------------
 
@@ -159,11 +159,12 @@ class _Trainer:
                              resume=resume)
         state = self._resume() if resume else _Progress()
         if self.world.is_main:
-            write_text(self.out / "recipe.yaml", yaml.safe_dump(self.recipe, sort_keys=False))
+            write_text(self.out / "recipe.yaml",
+                       yaml.safe_dump(self.recipe.to_dict(), sort_keys=False))
         started = time.monotonic() - state.elapsed_s
-        max_seconds = (float(self.cfg_train["max_minutes"]) * 60
-                       if self.cfg_train["max_minutes"] else math.inf)
-        checkpoint_every = int(self.cfg_train["checkpoint_every"] or self.batches_per_epoch)
+        max_seconds = (self.cfg_train.max_minutes * 60 if self.cfg_train.max_minutes
+                       else math.inf)
+        checkpoint_every = self.cfg_train.checkpoint_every or self.batches_per_epoch
         bar = tqdm(total=self.total_steps, initial=state.step, desc="training", unit="step",
                    disable=not (self.world.is_main and _is_tty()), dynamic_ncols=True)
         # Off a terminal: a line at the first step and every 30 s (rate over this process).
@@ -202,7 +203,7 @@ class _Trainer:
         return self._finish(state)
 
     def _loader(self, state: _Progress) -> DataLoader:
-        seed = int(self.cfg_train["seed"])
+        seed = self.cfg_train.seed
         sampler = EpochBatches(len(self.train_set), self.batch_size, seed=seed,
                                epoch=state.epoch, rank=self.world.rank, world=self.world.size,
                                start=state.batch, draws=self.draws)
@@ -210,7 +211,7 @@ class _Trainer:
             # Loaders drew their iterator's base seed from the global RNG; still draw it at an
             # epoch's start, so that dropout masks (and weights) stay those of earlier runs.
             torch.empty((), dtype=torch.int64).random_()
-        workers = int(self.cfg_train["num_workers"])
+        workers = self.cfg_train.num_workers
         # Its own generator: a loader made mid-epoch on resume must not draw from the global
         # RNG, whose state last.pt restored (dropout and proposal sampling read it).
         return DataLoader(self.train_set, batch_sampler=sampler, num_workers=workers,
@@ -227,9 +228,9 @@ class _Trainer:
             loss = self.loss_fn(outputs, target)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
-        if self.cfg_train["grad_clip"]:
+        if self.cfg_train.grad_clip:
             self.scaler.unscale_(self.optimizer)
-            nn.utils.clip_grad_norm_(self.model.parameters(), float(self.cfg_train["grad_clip"]))
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg_train.grad_clip)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         if steps_per_optimizer_step(self.scheduler):
@@ -239,7 +240,7 @@ class _Trainer:
     def _validate(self, state: _Progress, losses: list[float], started: float) -> bool:
         """Validate, log, keep the best weights; True when this validation is the best so far."""
         metrics = validate(self.model, self.val_set, self.task, self.loss_fn, self.world,
-                           batch_size=int(self.cfg_train["eval_batch_size"]))
+                           batch_size=self.cfg_train.eval_batch_size)
         if self.scheduler is not None and not steps_per_optimizer_step(self.scheduler):
             self.scheduler.step(metrics["loss"])
         if self.select_metric not in metrics:
@@ -274,18 +275,18 @@ class _Trainer:
         return improved
 
     def _early_stop(self, state: _Progress) -> bool:
-        patience = self.cfg_train["early_stopping"]
-        return patience is not None and state.bad_validations >= int(patience)
+        patience = self.cfg_train.early_stopping
+        return patience is not None and state.bad_validations >= patience
 
     # --- checkpoints -----------------------------------------------------------------------
 
     def _checkpoint(self, state: _Progress, training: bool = False) -> Checkpoint:
         meta = {
             "task": self.task.name,
-            "model": {"name": self.recipe["model"]["name"], "args": self.model_args},
+            "model": {"name": self.recipe.model.name, "args": self.model_args},
             "class_names": self.class_names,
             "transform": self.transform_config.to_dict(),
-            "recipe": self.recipe,
+            "recipe": self.recipe.to_dict(),
             "data": self.data_info,
             "metrics": state.best_metrics if not training else None,
             "select_metric": self.select_metric,
@@ -359,22 +360,22 @@ def _tensorboard_writer(out: Path):
     return SummaryWriter(str(out / "tensorboard"))
 
 
-def _select_samples(cfg: dict[str, Any], sources: list[Source]
+def _select_samples(cfg: DataSection, sources: list[Source]
                     ) -> tuple[list[Sample], list[Sample], list[float], dict[str, Any]]:
     """Training and validation samples of every source, each training sample's draws per
     epoch (source weight x class weight), and what the checkpoint records about the data."""
-    labels = set(cfg["labels"]) if cfg["labels"] else None
-    weights_by_class = class_weights(cfg["class_weights"])
+    labels = set(cfg.labels) if cfg.labels else None
+    weights_by_class = class_weights(cfg.class_weights)
     train_samples: list[Sample] = []
     val_samples: list[Sample] = []
     draws: list[float] = []
     described = []
     fingerprint = hashlib.sha256()
     for source in sources:
-        samples, split = source.open(cfg["layout"]), read_split(source.split)
+        samples, split = source.open(cfg.layout), read_split(source.split)
         source_train, source_val = (_subset(samples, split, source.split, names, labels,
-                                            cfg["limit"])
-                                    for names in (cfg["train_subsets"], [cfg["val_subset"]]))
+                                            cfg.limit)
+                                    for names in (cfg.train_subsets, [cfg.val_subset]))
         train_samples += source_train
         val_samples += source_val
         draws += [source.weight * weights_by_class.get(s.label or "", 1.0)
@@ -391,8 +392,8 @@ def _select_samples(cfg: dict[str, Any], sources: list[Source]
             "split": single["split"] if single else "+".join(d["split"] for d in described),
             "split_fingerprint": single["split_fingerprint"] if single else None,
             "fingerprint": fingerprint.hexdigest(), "n_train": len(train_samples),
-            "n_val": len(val_samples), "train_subsets": list(cfg["train_subsets"]),
-            "val_subset": cfg["val_subset"], "labels": sorted(labels) if labels else None,
+            "n_val": len(val_samples), "train_subsets": list(cfg.train_subsets),
+            "val_subset": cfg.val_subset, "labels": sorted(labels) if labels else None,
             "sources": described, "class_weights": weights_by_class or None,
             "epoch_composition": _composition(train_samples, draws)}
     return train_samples, val_samples, draws, info
@@ -428,10 +429,10 @@ def _file_key(sample: Sample) -> bytes:
 
 def _spread(samples: list[Sample], limit: int | None) -> list[Sample]:
     """At most `limit` samples, evenly spaced in id order (so a smoke run still mixes classes)."""
-    if limit is None or len(samples) <= int(limit):
+    if limit is None or len(samples) <= limit:
         return samples
-    step = len(samples) / int(limit)
-    return [samples[int(i * step)] for i in range(int(limit))]
+    step = len(samples) / limit
+    return [samples[int(i * step)] for i in range(limit)]
 
 
 def _is_tty() -> bool:

@@ -66,9 +66,9 @@ class Task:
         """Whether a model registered for `model_task` (`sonocad.models`) can do this task."""
         return model_task == self.name
 
-    def check_recipe(self, recipe: dict[str, Any], path: Path) -> None:
-        """One-line errors (`InputError`) for recipe settings this task cannot use; may fill
-        in settings that follow from others."""
+    def check_recipe(self, recipe: Any, path: Path) -> None:
+        """One-line errors (`InputError`) for settings of a recipe (`sonocad.engine.recipe.
+        Recipe`) this task cannot use; may fill in settings that follow from others."""
 
     # --- classes and heads ---------------------------------------------------------------
 

@@ -33,14 +33,13 @@ class DetectionTask(Task):
     reads_masks = detector = lesion_map = True
     validation_loss = False  # see the module's docstring
 
-    def check_recipe(self, recipe: dict[str, Any], path: Path) -> None:
+    def check_recipe(self, recipe: Any, path: Path) -> None:
         """torchvision's detectors resize again to their min_size / max_size: make them the
         letterboxed input's sides, so `transform.input_size` (an override too) is what runs; a
         recipe that says otherwise is an error, not a second, silent resize."""
-        size = recipe["transform"].get("input_size", TransformConfig().input_size)
+        size = recipe.transform.get("input_size", TransformConfig().input_size)
         height, width = (size, size) if isinstance(size, int) else size
-        args = recipe["model"].setdefault("args", {}) or {}
-        recipe["model"]["args"] = args
+        args = recipe.model.args
         for key, expected in (("min_size", min(height, width)), ("max_size", max(height, width))):
             if key in args and int(args[key]) != expected:
                 raise InputError(path, f"model.args.{key} {args[key]} disagrees with "

@@ -18,7 +18,6 @@ continues an interrupted run: finished folds are kept, a fold with a last.pt goe
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 import statistics
@@ -27,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from sonocad.data.split import read_split
+from sonocad.engine.recipe import Recipe
 from sonocad.engine.trainer import train
 from sonocad.errors import InputError
 from sonocad.io.atomic import write_json, write_text
@@ -56,7 +56,7 @@ def fold_names(split_path: Path) -> list[str]:
     return folds
 
 
-def cross_validate(recipe: dict[str, Any], data: Path, split: Path, out: str | Path, *,
+def cross_validate(recipe: Recipe, data: Path, split: Path, out: str | Path, *,
                    resume: bool = False, overwrite: bool = False,
                    n_boot: int = 2000) -> CrossValidation:
     """Train every fold of `split` (one data source), then pool and summarise them."""
@@ -64,9 +64,9 @@ def cross_validate(recipe: dict[str, Any], data: Path, split: Path, out: str | P
     claim_output_dir(out, COMMAND, inputs=[data, split], overwrite=overwrite, resume=resume)
     summaries = {}
     for fold in folds:
-        fold_recipe = copy.deepcopy(recipe)
-        fold_recipe["data"].update(train_subsets=[f for f in folds if f != fold],
-                                   val_subset=fold, sources=None)
+        fold_recipe = recipe.model_copy(deep=True)
+        fold_recipe.data.train_subsets = [f for f in folds if f != fold]
+        fold_recipe.data.val_subset, fold_recipe.data.sources = fold, None
         run = out / fold
         if not (run / "summary.json").is_file():  # a finished fold is kept on --resume
             print(f"== cross-validation {fold} ({folds.index(fold) + 1} of {len(folds)})",
@@ -75,7 +75,7 @@ def cross_validate(recipe: dict[str, Any], data: Path, split: Path, out: str | P
             train(fold_recipe, data, split, run, resume=started, overwrite=not started)
         summaries[fold] = json.loads((run / "summary.json").read_text(encoding="utf-8"))
     pooled = None
-    if not get_task(recipe["task"]).detector:  # a detector's AP needs one model's scores
+    if not get_task(recipe.task).detector:  # a detector's AP needs one model's scores
         pooled = evaluate_out_of_fold([out / f / "best.pt" for f in folds], data,
                                       [f"{split}:{f}" for f in folds], out / "oof",
                                       n_boot=n_boot, overwrite=(out / "oof").exists())
@@ -85,7 +85,7 @@ def cross_validate(recipe: dict[str, Any], data: Path, split: Path, out: str | P
     return CrossValidation(out, folds, summary, pooled)
 
 
-def _summary(recipe: dict[str, Any], summaries: dict[str, dict[str, Any]],
+def _summary(recipe: Recipe, summaries: dict[str, dict[str, Any]],
              pooled: EvaluationResult | None) -> dict[str, Any]:
     per_fold = {fold: s["best_metrics"] or {} for fold, s in summaries.items()}
     names = [name for name in next(iter(per_fold.values()))
@@ -95,7 +95,7 @@ def _summary(recipe: dict[str, Any], summaries: dict[str, dict[str, Any]],
         values = [float(per_fold[fold][name]) for fold in per_fold]
         spread[name] = {"mean": statistics.fmean(values),
                         "sd": statistics.stdev(values) if len(values) > 1 else math.nan}
-    return {"task": recipe["task"], "model": recipe["model"]["name"],
+    return {"task": recipe.task, "model": recipe.model.name,
             "select_metric": next(iter(summaries.values()))["select_metric"],
             "folds": {fold: {"metrics": per_fold[fold], "steps": summaries[fold]["steps"],
                              "minutes": summaries[fold]["minutes"]} for fold in per_fold},
