@@ -20,6 +20,15 @@ def busi_root() -> Path:
 
 
 @pytest.fixture(scope="session")
+def busi_duplicate_groups(busi_root: Path) -> list:
+    """BUSI's duplicate groups, searched once for the tests that check them (10 s)."""
+    from sonocad.data.adapters import open_dataset
+    from sonocad.data.duplicates import find_duplicate_groups
+
+    return find_duplicate_groups(open_dataset(busi_root))
+
+
+@pytest.fixture(scope="session")
 def busbra_root() -> Path:
     """The BUS-BRA folder beside the project (../shared/datasets/busbra/BUSBRA)."""
     if not (BUSBRA_ROOT / "bus_data.csv").is_file():

@@ -388,7 +388,13 @@ def test_evaluate_names_a_missing_subset(tmp_path: Path, checkpoint: Path,
 
 
 def test_train_into_an_earlier_run_needs_resume_or_overwrite(
-        tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+        tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    from sonocad.engine import trainer
+
+    def loads_data(*args: object) -> None:
+        raise AssertionError("the data were loaded before the output folder was checked")
+
+    monkeypatch.setattr(trainer, "_Trainer", loads_data)  # refused at once, not after loading
     run = tmp_path / "run"
     run.mkdir()
     (run / "best.pt").write_bytes(b"an earlier run's weights")

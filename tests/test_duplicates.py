@@ -165,11 +165,8 @@ def test_identical_values_in_another_dtype_are_not_exact():
 
 @pytest.mark.busi
 @pytest.mark.slow
-def test_busi_known_duplicates(busi_root):
-    from sonocad.data.adapters import open_dataset
-
-    samples = open_dataset(busi_root)
-    groups = find_duplicate_groups(samples)  # its time: benchmarks/data_speed.py
+def test_busi_known_duplicates(busi_duplicate_groups):
+    groups = busi_duplicate_groups  # its time: benchmarks/data_speed.py
     group_of = {i: g for g in groups for i in g.image_ids}
 
     def together(a: str, b: str) -> bool:

@@ -228,9 +228,9 @@ def test_committed_busi_split_is_a_valid_70_15_15_split():
 
 @pytest.mark.busi
 @pytest.mark.slow
-def test_committed_busi_split_keeps_every_duplicate_group_in_one_subset(busi_root):
+def test_committed_busi_split_keeps_every_duplicate_group_in_one_subset(busi_root,
+                                                                        busi_duplicate_groups):
     from sonocad.data.adapters import open_dataset
-    from sonocad.data.duplicates import find_duplicate_groups
 
     split = read_split(BUSI_SPLIT)
     samples = open_dataset(busi_root)
@@ -238,7 +238,7 @@ def test_committed_busi_split_keeps_every_duplicate_group_in_one_subset(busi_roo
     assert sorted(counted) == sorted(s.image_id for s in samples) and len(counted) == 780
     assert set(counted.values()) == {1}
     where = subset_of(split)
-    groups = find_duplicate_groups(samples)
+    groups = busi_duplicate_groups
     assert len(groups) > 100  # the detector did run and found BUSI's duplicates
     split_apart = [g.image_ids for g in groups if len({where[i] for i in g.image_ids}) > 1]
     assert split_apart == []

@@ -1,1 +1,2 @@
-"""Training: recipes, the trainer, losses, optimisers, checkpoints, DDP."""
+"""Training: the typed recipe, one trainer for every task (it asks the task), optimisers and
+schedules, validation, DDP."""

@@ -39,7 +39,7 @@ from sonocad.engine.recipe import DataSection, Recipe
 from sonocad.engine.validation import validate
 from sonocad.errors import SonocadError
 from sonocad.io.atomic import atomic_open, write_json, write_text
-from sonocad.io.outputs import claim_output_dir
+from sonocad.io.outputs import check_output_dir, claim_output_dir
 from sonocad.models import create_model
 from sonocad.progress import RateLog
 from sonocad.tasks import get_task
@@ -80,6 +80,8 @@ def train(recipe: Recipe, data: DataArg, split: DataArg, out: str | Path, *,
     if resume and overwrite:
         raise SonocadError("--resume and --overwrite contradict each other: give one")
     sources = resolve_sources(recipe.data.sources, data, split)
+    # Refused at once, not after the data have loaded; `run` claims the folder.
+    check_output_dir(out, "train", inputs=_inputs(sources), overwrite=overwrite, resume=resume)
     world = init_world()
     try:
         return _Trainer(recipe, sources, Path(out), world).run(resume, overwrite)
@@ -154,9 +156,8 @@ class _Trainer:
 
     def run(self, resume: bool, overwrite: bool) -> TrainResult:
         if self.world.is_main:
-            inputs = [path for source in self.sources for path in (source.path, source.split)]
-            claim_output_dir(self.out, "train", inputs=inputs, overwrite=overwrite,
-                             resume=resume)
+            claim_output_dir(self.out, "train", inputs=_inputs(self.sources),
+                             overwrite=overwrite, resume=resume)
         state = self._resume() if resume else _Progress()
         if self.world.is_main:
             write_text(self.out / "recipe.yaml",
@@ -349,6 +350,11 @@ class _Trainer:
         writer.writerows(self.history)
         with atomic_open(self.out / "metrics.csv", "w", encoding="utf-8") as handle:
             handle.write(buffer.getvalue())
+
+
+def _inputs(sources: list[Source]) -> list[Path]:
+    """What training reads, which its output folder must not hold or lie in."""
+    return [path for source in sources for path in (source.path, source.split)]
 
 
 def _tensorboard_writer(out: Path):

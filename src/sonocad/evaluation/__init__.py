@@ -1,4 +1,5 @@
-"""Evaluation: metrics per image and pooled, and the statistics over them.
+"""Evaluation: metrics per image and pooled, the statistics over them, and what reads
+predictions tables (compare, breakdowns, the QIMS combined model).
 
 Import from the submodules (``sonocad.evaluation.segmentation``, ``.bootstrap``, ...); nothing
 is re-exported here, so ``import sonocad.evaluation`` stays cheap and adding a module does not

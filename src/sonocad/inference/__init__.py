@@ -1,1 +1,2 @@
-"""Inference: the Predictor (torch and ONNX Runtime back ends) and export."""
+"""Inference: the Predictor (torch and ONNX Runtime back ends), the detector, the decision rule
+and ONNX export."""

@@ -38,13 +38,33 @@ def claim_output_dir(out: str | Path, command: str, *, inputs: Iterable[str | Pa
                      overwrite: bool = False, resume: bool = False) -> Path:
     """Make `out` a folder `command` may write into, or raise an `InputError` saying why not."""
     out = Path(out)
+    plan = _plan(out, command, inputs, overwrite, resume)
+    if plan == "resume":
+        _remove_stale_temporaries(out)
+        _claimed.add(out.resolve())
+        return out
+    if plan == "overwrite":
+        _remove_earlier_output(out)
+    return _create(out, command)
+
+
+def check_output_dir(out: str | Path, command: str, *, inputs: Iterable[str | Path] = (),
+                     overwrite: bool = False, resume: bool = False) -> None:
+    """The `InputError` `claim_output_dir` would raise, if any, and nothing written: a command
+    that reads for long before it writes (train loads its data) asks first."""
+    _plan(Path(out), command, inputs, overwrite, resume)
+
+
+def _plan(out: Path, command: str, inputs: Iterable[str | Path], overwrite: bool,
+          resume: bool) -> str:
+    """"create", "resume" or "overwrite" `out`; an InputError where none is allowed."""
     if out.exists() and not out.is_dir():
         raise InputError(out, "the output path exists and is not a folder")
     _refuse_overlap(out, inputs)
     if _is_empty_or_missing(out):
         if resume:
             raise InputError(out, f"nothing to resume: no earlier {command} output here")
-        return _create(out, command)
+        return "create"
     earlier = output_of(out)
     if earlier is None:
         raise InputError(out, "the output folder is not empty and was not written by sonocad; "
@@ -53,14 +73,16 @@ def claim_output_dir(out: str | Path, command: str, *, inputs: Iterable[str | Pa
         raise InputError(out, f"holds the output of `sonocad {earlier}`, not of `{command}`; "
                               "choose another folder")
     if resume:
-        _remove_stale_temporaries(out)
-        _claimed.add(out.resolve())
-        return out
+        return "resume"
     if not overwrite:
         raise InputError(out, f"holds an earlier `sonocad {command}` output; give --overwrite to "
                               "replace it, --resume to continue it, or another --out")
-    _remove_earlier_output(out)
-    return _create(out, command)
+    foreign = _foreign_files(out)
+    if foreign:
+        more = f" (and {len(foreign) - 1} more)" if len(foreign) > 1 else ""
+        raise InputError(out, f"holds files sonocad did not write, such as {foreign[0]}{more}; "
+                              "move them out before --overwrite")
+    return "overwrite"
 
 
 def record_write(path: Path) -> None:
@@ -122,19 +144,19 @@ def _written_files(out: Path) -> set[Path]:
     return {out / json.loads(line) for line in lines if line}
 
 
-def _remove_earlier_output(out: Path) -> None:
-    """Remove what sonocad wrote in `out`, including output folders nested in it (a run's
-    eval/, say), or nothing at all when it holds a file sonocad did not write."""
+def _foreign_files(out: Path) -> list[Path]:
+    """Files in `out` that sonocad did not write, output folders nested in it included (a
+    run's eval/, say)."""
     folders = [marker.parent for marker in out.rglob(MARKER)]
     written = set().union(*(_written_files(folder) for folder in folders))
     written |= {folder / name for folder in folders for name in _OWN_FILES}
-    files = [path for path in out.rglob("*") if not path.is_dir()]
-    foreign = [path for path in files if path not in written and not is_temporary(path)]
-    if foreign:
-        more = f" (and {len(foreign) - 1} more)" if len(foreign) > 1 else ""
-        raise InputError(out, f"holds files sonocad did not write, such as {foreign[0]}{more}; "
-                              "move them out before --overwrite")
-    for path in files:
+    return [path for path in out.rglob("*") if not path.is_dir()
+            and path not in written and not is_temporary(path)]
+
+
+def _remove_earlier_output(out: Path) -> None:
+    """Remove what sonocad wrote in `out` (`_plan` has made sure that is all it holds)."""
+    for path in [path for path in out.rglob("*") if not path.is_dir()]:
         path.unlink()
     for folder in sorted((p for p in out.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
         with contextlib.suppress(OSError):  # only folders left empty go

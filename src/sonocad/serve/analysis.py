@@ -1,7 +1,7 @@
 """One image through the model: the numbers the page shows and the pictures it draws.
 
-Measurements and pictures are the ones `sonocad predict` writes (`lesion_measurements`,
-`sonocad.pictures`), so the viewer and the batch command agree on every image.
+Measurements and pictures are the ones `sonocad predict` writes (`sonocad.predictions`'
+lesion columns, `sonocad.pictures`), so the viewer and the batch command agree on every image.
 """
 
 from __future__ import annotations
@@ -17,9 +17,8 @@ from PIL import Image as PILImage
 from sonocad.explain.runner import Explainer
 from sonocad.inference.predictor import Predictor
 from sonocad.io.pixels import Image
-from sonocad.measure import lesion_measurements
 from sonocad.pictures import heat_label, heatmap_picture, overlay_picture
-from sonocad.predictions import detection_fields
+from sonocad.predictions import detection_fields, lesion_columns
 
 
 @dataclass(frozen=True)
@@ -51,11 +50,11 @@ def analyse(predictor: Predictor, image: Image, explainer: Explainer | None = No
             heat = explainer(image.pixels, prediction).heat
             images["heatmap"] = _png(heatmap_picture(image.pixels, heat, heat_label(prediction)))
         return Analysis(summary, images)
-    sizes = lesion_measurements(mask, image.spacing_mm)
-    summary.update(lesion_detected=bool(mask.any()), lesion_area_px=int(sizes["area_px"]),
-                   lesion_area_mm2=_known(sizes["area_mm2"]),
-                   lesion_diameter_px=_known(sizes["diameter_px"]),
-                   lesion_diameter_mm=_known(sizes["diameter_mm"]))
+    # The table's lesion columns (`sonocad.predictions`), as JSON: yes / no, whole pixels, no NaN.
+    lesion = lesion_columns(mask, image.spacing_mm)
+    summary.update({key: _known(value) for key, value in lesion.items()},
+                   lesion_detected=bool(lesion["lesion_detected"]),
+                   lesion_area_px=int(lesion["lesion_area_px"]))
     if prediction.instances is not None:
         summary.update(detection_fields(prediction.instances, prediction.top_scores or {},
                                         image.spacing_mm))
