@@ -186,8 +186,10 @@ class _Searchable:
         for row, k in enumerate(fits):
             stack[row, :templates[k].shape[0], :templates[k].shape[1]] = templates[k]
         # Cross-correlation; the shifts read below keep the template inside, so nothing wraps.
-        spectra = np.conj(scipy.fft.rfft2(stack, workers=-1)) * self.spectrum
-        products = scipy.fft.irfft2(spectra, s=self.fft_shape, workers=-1)
+        # One thread: these transforms are 64 x ~100, where threads cost more than they give
+        # (BUSI's search took 1.7 x as long with workers=-1; benchmarks/data_speed.py).
+        spectra = np.conj(scipy.fft.rfft2(stack)) * self.spectrum
+        products = scipy.fft.irfft2(spectra, s=self.fft_shape)
         for row, k in enumerate(fits):
             th, tw = templates[k].shape
             n = th * tw
