@@ -28,7 +28,7 @@ from sonocad.progress import progress
 LossFn = Callable[[Any, Any], Tensor]
 
 
-class Model(Protocol):
+class PredictorLike(Protocol):
     """What evaluation needs of a predictor (`sonocad.inference`): classes, meta, predict."""
 
     class_names: list[str]
@@ -126,16 +126,17 @@ class Task:
         """The eval-mode outputs as the tuple named by `output_names`."""
         raise NotImplementedError
 
-    def evaluate(self, model: Model, samples: list[Sample], out: Path, split_spec: str, *,
-                 predictions: Iterable[Predicted] | None = None, overlays: int = 6,
-                 batch_size: int = 8, n_boot: int = 2000,
+    def evaluate(self, model: PredictorLike, samples: list[Sample], out: Path,
+                 split_spec: str, *, predictions: Iterable[Predicted] | None = None,
+                 overlays: int = 6, batch_size: int = 8, n_boot: int = 2000,
                  checkpoint: str | Path | None = None) -> EvaluationResult:
         """Score `model` on labelled `samples`; write the predictions table, metrics.json and
         figures into `out`. `predictions`, in `samples` order, when the caller has them."""
         raise NotImplementedError
 
 
-def predict_samples(model: Model, samples: list[Sample], batch_size: int) -> Iterator[Predicted]:
+def predict_samples(model: PredictorLike, samples: list[Sample],
+                    batch_size: int) -> Iterator[Predicted]:
     """Stream (sample, image, prediction) in batches; memory stays flat."""
     for start in progress(range(0, len(samples), batch_size), "evaluating",
                           total=-(-len(samples) // batch_size)):

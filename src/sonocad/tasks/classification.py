@@ -13,7 +13,7 @@ from torch import Tensor, nn
 
 from sonocad.data.sample import Sample
 from sonocad.errors import SonocadError
-from sonocad.tasks.base import EvaluationResult, LossFn, Model, Predicted, Task, nanmean
+from sonocad.tasks.base import EvaluationResult, LossFn, Predicted, PredictorLike, Task, nanmean
 from sonocad.tasks.classification_evaluation import evaluate_classification
 from sonocad.tasks.losses import cross_entropy
 
@@ -50,9 +50,9 @@ class ClassificationTask(Task):
     def logits(self, outputs: Any) -> tuple[Tensor, ...]:
         return (outputs,)
 
-    def evaluate(self, model: Model, samples: list[Sample], out: Path, split_spec: str, *,
-                 predictions: Iterable[Predicted] | None = None, overlays: int = 6,
-                 batch_size: int = 8, n_boot: int = 2000,
+    def evaluate(self, model: PredictorLike, samples: list[Sample], out: Path,
+                 split_spec: str, *, predictions: Iterable[Predicted] | None = None,
+                 overlays: int = 6, batch_size: int = 8, n_boot: int = 2000,
                  checkpoint: str | Path | None = None) -> EvaluationResult:
         return evaluate_classification(model, samples, out, split_spec, n_boot=n_boot,
                                        batch_size=batch_size, checkpoint=checkpoint,

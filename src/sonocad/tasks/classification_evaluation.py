@@ -26,10 +26,10 @@ from sonocad.evaluation.classification import BENIGN_VS_MALIGNANT, classificatio
 from sonocad.evaluation.figures import save_figure
 from sonocad.io.atomic import write_json
 from sonocad.predictions import prediction_columns, sample_columns, write_predictions
-from sonocad.tasks.base import EvaluationResult, Model, Predicted, predict_samples
+from sonocad.tasks.base import EvaluationResult, Predicted, PredictorLike, predict_samples
 
 
-def evaluate_classification(model: Model, samples: list[Sample], out: str | Path,
+def evaluate_classification(model: PredictorLike, samples: list[Sample], out: str | Path,
                             split_spec: str, *, n_boot: int = 2000, batch_size: int = 8,
                             checkpoint: str | Path | None = None,
                             predictions: Iterable[Predicted] | None = None) -> EvaluationResult:

@@ -22,7 +22,7 @@ from sonocad.data.sample import Sample
 from sonocad.errors import InputError
 from sonocad.evaluation.detection import ScoredImage, box_and_mask_ap, from_torchvision, score_image
 from sonocad.predictions import NO_LESION
-from sonocad.tasks.base import EvaluationResult, LossFn, Model, Predicted, Task
+from sonocad.tasks.base import EvaluationResult, LossFn, Predicted, PredictorLike, Task
 from sonocad.tasks.detection_evaluation import evaluate_detection
 from sonocad.transforms import TransformConfig
 
@@ -80,9 +80,9 @@ class DetectionTask(Task):
         return {"ap50": box["ap50"], "map": box["map"],
                 "mask_ap50": mask["ap50"], "mask_map": mask["map"]}
 
-    def evaluate(self, model: Model, samples: list[Sample], out: Path, split_spec: str, *,
-                 predictions: Iterable[Predicted] | None = None, overlays: int = 6,
-                 batch_size: int = 8, n_boot: int = 2000,
+    def evaluate(self, model: PredictorLike, samples: list[Sample], out: Path,
+                 split_spec: str, *, predictions: Iterable[Predicted] | None = None,
+                 overlays: int = 6, batch_size: int = 8, n_boot: int = 2000,
                  checkpoint: str | Path | None = None) -> EvaluationResult:
         if predictions is not None:
             raise ValueError("a detector's evaluation makes its own predictions (AP needs "

@@ -48,12 +48,12 @@ from sonocad.io.atomic import save_png, write_json, write_text
 from sonocad.pictures import overlay_picture
 from sonocad.predictions import prediction_columns, sample_columns, write_predictions
 from sonocad.progress import progress
-from sonocad.tasks.base import EvaluationResult, Model
+from sonocad.tasks.base import EvaluationResult, PredictorLike
 from sonocad.tasks.detection_outputs import INSTANCE_THRESHOLD, detected
 from sonocad.visual import TRUTH_COLOUR, draw_outlines
 
 
-def evaluate_detection(model: Model, samples: list[Sample], out: str | Path,
+def evaluate_detection(model: PredictorLike, samples: list[Sample], out: str | Path,
                        split_spec: str, *, batch_size: int = 2, n_boot: int = 1000,
                        examples: int = 6,
                        checkpoint: str | Path | None = None) -> EvaluationResult:
@@ -106,7 +106,7 @@ def precision_recall_figure(scored: list[ScoredImage], class_names: list[str]) -
     return figure
 
 
-def _draw_examples(model: Model, samples: list[Sample],
+def _draw_examples(model: PredictorLike, samples: list[Sample],
                    rows: list[dict[str, Any]], count: int, folder: Path) -> None:
     """`count` lesion images spread over the malignancy ranking (lowest first): truth outlined
     in green, found instances in their boxes with class and score."""

@@ -25,8 +25,8 @@ from sonocad.predictions import Prediction, write_predictions
 from sonocad.tasks.base import (
     EvaluationResult,
     LossFn,
-    Model,
     Predicted,
+    PredictorLike,
     Task,
     nanmean,
     predict_samples,
@@ -76,9 +76,9 @@ class MultitaskTask(Task):
     def logits(self, outputs: Any) -> tuple[Tensor, ...]:
         return outputs["out"], outputs["class_logits"]
 
-    def evaluate(self, model: Model, samples: list[Sample], out: Path, split_spec: str, *,
-                 predictions: Iterable[Predicted] | None = None, overlays: int = 6,
-                 batch_size: int = 8, n_boot: int = 2000,
+    def evaluate(self, model: PredictorLike, samples: list[Sample], out: Path,
+                 split_spec: str, *, predictions: Iterable[Predicted] | None = None,
+                 overlays: int = 6, batch_size: int = 8, n_boot: int = 2000,
                  checkpoint: str | Path | None = None) -> EvaluationResult:
         options = {"batch_size": batch_size, "n_boot": n_boot, "checkpoint": checkpoint}
         class_only: list[Predicted] = []  # lesion maps are large; keep class probabilities

@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from sonocad.data.sample import Sample
 from sonocad.evaluation.segmentation import confusion, overlap_metrics
-from sonocad.tasks.base import EvaluationResult, LossFn, Model, Predicted, Task, nanmean
+from sonocad.tasks.base import EvaluationResult, LossFn, Predicted, PredictorLike, Task, nanmean
 from sonocad.tasks.losses import segmentation_loss
 from sonocad.tasks.segmentation_evaluation import evaluate_segmentation
 
@@ -57,9 +57,9 @@ class SegmentationTask(Task):
     def logits(self, outputs: Any) -> tuple[Tensor, ...]:
         return (outputs["out"],)  # the "aux" maps only serve deep supervision in training
 
-    def evaluate(self, model: Model, samples: list[Sample], out: Path, split_spec: str, *,
-                 predictions: Iterable[Predicted] | None = None, overlays: int = 6,
-                 batch_size: int = 8, n_boot: int = 2000,
+    def evaluate(self, model: PredictorLike, samples: list[Sample], out: Path,
+                 split_spec: str, *, predictions: Iterable[Predicted] | None = None,
+                 overlays: int = 6, batch_size: int = 8, n_boot: int = 2000,
                  checkpoint: str | Path | None = None) -> EvaluationResult:
         return evaluate_segmentation(model, samples, out, split_spec, overlays=overlays,
                                      batch_size=batch_size, n_boot=n_boot,

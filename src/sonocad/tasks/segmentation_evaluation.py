@@ -21,11 +21,11 @@ from sonocad.evaluation.segmentation import (
 )
 from sonocad.io.atomic import save_png, write_json
 from sonocad.predictions import prediction_columns, sample_columns, write_predictions
-from sonocad.tasks.base import EvaluationResult, Model, Predicted, predict_samples
+from sonocad.tasks.base import EvaluationResult, Predicted, PredictorLike, predict_samples
 from sonocad.visual import PREDICTION_COLOUR, TRUTH_COLOUR, draw_outlines
 
 
-def evaluate_segmentation(model: Model, samples: list[Sample], out: Path,
+def evaluate_segmentation(model: PredictorLike, samples: list[Sample], out: Path,
                           split_spec: str, *, overlays: int = 6, batch_size: int = 8,
                           n_boot: int = 2000, checkpoint: str | Path | None = None,
                           predictions: Iterable[Predicted] | None = None) -> EvaluationResult:
@@ -85,7 +85,7 @@ def _pick_cases(cases: list[tuple[Sample, float]], count: int) -> list[tuple[str
     return [(f"rank{int(i) + 1:03d}_dice{scored[i][1]:.2f}", scored[i][0]) for i in picks]
 
 
-def _write_overlays(model: Model, picks: list[tuple[str, Sample]], folder: Path) -> None:
+def _write_overlays(model: PredictorLike, picks: list[tuple[str, Sample]], folder: Path) -> None:
     for name, sample in picks:
         pixels = sample.load_image().pixels
         truth = sample.load_mask(pixels.shape[:2])
