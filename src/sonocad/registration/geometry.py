@@ -45,7 +45,7 @@ class Tract:
 
     `tip` is the pre-fire needle tip in image pixels (x, y); `direction` points from the shaft
     through the tip, in image pixels (any length; it is made a physical unit vector here);
-    `spacing_mm` is (row, column) mm per pixel, as `sonocad.io.images.Image` keeps it.
+    `spacing_mm` is (row, column) mm per pixel, as `sonocad.io.pixels.Image` keeps it.
     """
 
     tip: np.ndarray

@@ -1,7 +1,7 @@
 """Figures for the report, rendered in memory and inlined as PNG data URIs.
 
 Matplotlib draws on its Agg canvas without pyplot (no global state, no display), as
-`evaluation.classification_runner` does. Raster images (overlays, heatmaps) are shrunk to a
+`tasks.classification_evaluation` does. Raster images (overlays, heatmaps) are shrunk to a
 display size first: a report of several runs stays a few megabytes, not hundreds.
 """
 
