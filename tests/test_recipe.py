@@ -109,3 +109,13 @@ def test_a_model_section_typo_is_caught(tmp_path):
         load_recipe(write(tmp_path, "task: segmentation\nmodel: {name: unet, nme: x}\n"))
     with pytest.raises(InputError, match="unknown model 'unte'"):
         load_recipe(write(tmp_path, "task: segmentation\nmodel: {name: unte}\n"))
+
+
+def test_a_bad_transform_is_one_line_before_any_task_reads_it(tmp_path):
+    """The detector's size check reads transform.input_size: a bad one is refused first."""
+    text = "task: detection\nmodel: {name: maskrcnn_resnet101_fpn}\n"
+    with pytest.raises(InputError, match="input_size must be a positive int or "
+                                         r"\[height, width\], got 'big'"):
+        load_recipe(write(tmp_path, text + "transform: {input_size: big}\n"))
+    with pytest.raises(InputError, match="unknown transform key"):
+        load_recipe(write(tmp_path, MINIMAL + "transform: {nope: 1}\n"))

@@ -98,3 +98,7 @@ def test_compare_joins_a_predict_table_with_an_evaluate_table(phantoms, tmp_path
                  str(tmp_path / "eval")]) == 0
     printed = capsys.readouterr().out
     assert "AUROC" in printed and f"{len(ids)}" in printed
+    # Two predict tables hold no truth to compare against: one line, not empty tables.
+    assert main(["compare", str(tmp_path / "pred"), str(tmp_path / "pred")]) != 0
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and "neither table holds the truth" in error[0]

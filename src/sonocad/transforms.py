@@ -179,7 +179,7 @@ class TransformConfig:
     augment: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if isinstance(self.input_size, Sequence):
+        if isinstance(self.input_size, Sequence) and not isinstance(self.input_size, str):
             self.input_size = tuple(self.input_size)
         size = (self.input_size,) * 2 if isinstance(self.input_size, int) else self.input_size
         if len(size) != 2 or not all(isinstance(s, int) and s > 0 for s in size):

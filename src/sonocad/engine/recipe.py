@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sonocad.errors import InputError, SonocadError
 from sonocad.models import list_models, model_task
 from sonocad.tasks import Task, get_task, task_names
+from sonocad.transforms import TransformConfig
 
 
 class _Loader(yaml.SafeLoader):
@@ -246,6 +247,10 @@ def parse_recipe(recipe: dict[str, Any], path: Path) -> Recipe:
         typed = Recipe.model_validate(recipe)
     except ValidationError as exc:
         raise InputError(path, _first_problem(exc)) from None
+    try:  # the transform section is TransformConfig's to check
+        TransformConfig.from_dict(typed.transform)
+    except SonocadError as exc:
+        raise InputError(path, str(exc)) from None
     task = _check_task_and_model(typed, path)
     task.check_recipe(typed, path)
     return typed

@@ -113,6 +113,9 @@ def compare_evaluations(path_a: str | Path, path_b: str | Path, *, n_boot: int =
     a, b = load_evaluation(path_a), load_evaluation(path_b)
     pairs = join(a, b)
     rows_a, rows_b = [p[0] for p in pairs], [p[1] for p in pairs]
+    if all(row.get("label") is None and row.get("truth_lesion") is None for row in rows_a):
+        raise SonocadError(f"{_both(a, b)}: neither table holds the truth (label, lesion); "
+                           "one side must be a `sonocad evaluate` table")
     by_patient = all(row["patient_id"] is not None for row in rows_a)
     segmentation = (compare_segmentation(rows_a, rows_b, by_patient, n_boot=n_boot, seed=seed)
                     if _has_segmentation(a) and _has_segmentation(b) else None)

@@ -4,7 +4,7 @@ It rebuilds preprocessing from the model's meta, so inference sees exactly what 
 Probability maps come back at each image's own size.
 
 A detector (Mask R-CNN) gives its instances instead of class probabilities, and a lesion map
-made from them (`sonocad.inference.detection.detection_outputs`); it runs on torch only.
+made from them (`sonocad.tasks.detection_outputs`); it runs on torch only.
 
 Two back ends share every step but the model call, which sits behind `Runner`:
 - ``torch`` runs the checkpoint's module (`TorchRunner`);
@@ -30,7 +30,7 @@ from sonocad.inference.decision import DecisionRule, decide
 from sonocad.inference.detection import DetectionPredictor
 from sonocad.inference.logits import Runner, TorchRunner, check_task
 from sonocad.predictions import Prediction
-from sonocad.tasks import Task
+from sonocad.tasks import Task, get_task
 from sonocad.tasks.detection_outputs import detected
 from sonocad.transforms import TransformConfig, restore_size, to_model_input
 
@@ -55,7 +55,7 @@ class Predictor:
             raise SonocadError("the onnx back end runs on the CPU only; use device 'cpu'")
         self.backend = backend
         self.checkpoint, self.runner, self.meta = _open(source, backend, device)
-        self.task: Task = check_task(self.meta["task"], backend)
+        self.task: Task = get_task(self.meta["task"])  # `_open` checked the back end
         self.class_names: list[str] = list(self.meta["class_names"])
         self.transform_config = TransformConfig.from_dict(self.meta["transform"])
         rule = self.meta.get("decision")

@@ -37,8 +37,8 @@ class DetectionTask(Task):
         """torchvision's detectors resize again to their min_size / max_size: make them the
         letterboxed input's sides, so `transform.input_size` (an override too) is what runs; a
         recipe that says otherwise is an error, not a second, silent resize."""
-        size = recipe.transform.get("input_size", TransformConfig().input_size)
-        height, width = (size, size) if isinstance(size, int) else size
+        height, width = TransformConfig.from_dict(recipe.transform).size
+        size = recipe.transform.get("input_size", TransformConfig().input_size)  # as written
         args = recipe.model.args
         for key, expected in (("min_size", min(height, width)), ("max_size", max(height, width))):
             if key in args and int(args[key]) != expected:

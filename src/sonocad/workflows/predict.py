@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import glob
 import itertools
-import json
 import os
 import sys
 from collections.abc import Iterable, Iterator, Sequence
@@ -51,8 +50,7 @@ from sonocad.inference.predictor import Predictor
 from sonocad.io.images import IMAGE_SUFFIXES, is_dicom, is_image_file, numbered_frames
 from sonocad.io.outputs import MARKER, claim_output_dir
 from sonocad.io.pixels import MAX_IMAGE_PIXELS, Image
-from sonocad.measure import lesion_measurements
-from sonocad.predictions import Prediction, PredictionsStream, decision_columns, detection_fields
+from sonocad.predictions import Prediction, PredictionsStream, prediction_columns
 from sonocad.progress import progress
 from sonocad.workflows.writer import OUTPUTS, OutputWriter
 
@@ -358,35 +356,13 @@ def _batches(items: Iterable[_Item], size: int) -> Iterator[list[_Item]]:
 
 
 def _row(item: _Item, prediction: Prediction) -> dict[str, Any]:
+    """Where the image (or frame) came from, then the model's columns (`sonocad.predictions`)."""
     image = item.image
-    row: dict[str, Any] = {"image_id": item.source.image_id,
-                           "patient_id": item.source.patient_id, "frame": item.frame,
-                           "file": str(item.source.path), "output_name": item.name,
-                           "width": image.width, "height": image.height,
-                           "spacing_mm": spacing_text(image.spacing_mm),
-                           "spacing_source": item.spacing_source}
-    if prediction.class_probabilities:
-        row.update({f"prob_{name}": p for name, p in prediction.class_probabilities.items()})
-        row["predicted_class"] = prediction.predicted_class
-        row.update(decision_columns(prediction.decision))
-    if prediction.instances is not None:
-        row.update(instance_columns(prediction, image.spacing_mm))
-    mask = prediction.mask
-    if mask is not None:
-        sizes = lesion_measurements(mask, image.spacing_mm)
-        row.update(lesion_detected=int(mask.any()), lesion_area_px=sizes["area_px"],
-                   lesion_area_mm2=sizes["area_mm2"], lesion_diameter_px=sizes["diameter_px"],
-                   lesion_diameter_mm=sizes["diameter_mm"])
-    return row
-
-
-def instance_columns(prediction: Prediction, spacing_mm: tuple[float, float] | None
-                     ) -> dict[str, Any]:
-    """A detector's columns: its call and `detection_fields`, the instances as JSON text."""
-    fields = detection_fields(prediction.instances or [], prediction.top_scores or {},
-                              spacing_mm)
-    return {"predicted_class": prediction.predicted_class, **fields,
-            "instances": json.dumps(fields["instances"], separators=(",", ":"))}
+    return {"image_id": item.source.image_id, "patient_id": item.source.patient_id,
+            "frame": item.frame, "file": str(item.source.path), "output_name": item.name,
+            "width": image.width, "height": image.height,
+            "spacing_mm": spacing_text(image.spacing_mm), "spacing_source": item.spacing_source,
+            **prediction_columns(prediction, image.spacing_mm)}
 
 
 def spacing_text(spacing: tuple[float, float] | None) -> float | str | None:
