@@ -18,7 +18,7 @@ BUSI := ../shared/datasets/busi/Dataset_BUSI_with_GT
 # The main job: the bundled default model on synthetic phantoms, and on 15 BUSI images when the
 # shared data set is beside the project. Masks, overlays, heatmaps and predictions.csv per folder.
 demo: $(INSTALLED)
-	$(BIN)/sonocad data phantom demo-out/phantoms --per-class 2
+	$(BIN)/sonocad data phantom demo-out/phantoms --per-class 2 --overwrite
 	$(BIN)/sonocad predict demo-out/phantoms --out demo-out/phantom-predictions --overwrite
 	@if [ -d "$(BUSI)" ]; then \
 	    $(BIN)/sonocad predict '$(BUSI)/*/* (1[0-4]).png' --out demo-out/busi-predictions --overwrite; fi

@@ -82,7 +82,7 @@ def combine_on_synthetic(checkpoint: Path, data: Path, frozen_split: Path, out: 
                                         [s.image_id for s in lesions],
                                         [s.label for s in lesions], seed=seed)
     combined = run_combined(tables["train"], tables["test"], clinical, out / "combined",
-                            seed=seed)
+                            seed=seed, overwrite=True)
     return (f"QIMS 2023 pipeline on BUSI, clinical factors {SYNTHETIC} — {machine_line()}\n"
             f"{combined.table}")
 

@@ -35,3 +35,12 @@ def busbra_root() -> Path:
         pytest.skip(f"BUS-BRA data set not found at {BUSBRA_ROOT} "
                     "(see ../shared/datasets/README.md)")
     return BUSBRA_ROOT
+
+
+@pytest.fixture(autouse=True)
+def _release_output_claims():
+    """Each test's output folders are unlocked after it, as a command's are when it ends."""
+    from sonocad.io.outputs import release_claims
+
+    yield
+    release_claims()

@@ -15,7 +15,7 @@ import pytest
 from sonocad.cli import main
 from sonocad.errors import InputError
 from sonocad.io.atomic import write_text
-from sonocad.io.outputs import MARKER, claim_output_dir, output_of
+from sonocad.io.outputs import LOCK, MARKER, claim_output_dir, output_of
 from sonocad.workflows.predict import predict
 from sonocad.workflows.writer import OutputWriter
 from test_predict import _png, _tree_digest, _unet_checkpoint
@@ -62,7 +62,7 @@ def test_an_earlier_output_needs_overwrite_which_removes_its_stale_files(tmp_pat
     with pytest.raises(InputError, match="output of `sonocad predict`, not of `evaluate`"):
         claim_output_dir(out, "evaluate", overwrite=True)
     claim_output_dir(out, "predict", overwrite=True)
-    assert sorted(p.name for p in out.rglob("*")) == sorted([MARKER, ".sonocad-written"])
+    assert sorted(p.name for p in out.rglob("*")) == sorted([MARKER, ".sonocad-written", LOCK])
 
 
 def test_overwrite_stops_at_a_file_someone_else_put_in_the_folder(tmp_path: Path) -> None:

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
 import os
 import sys
-from collections.abc import Callable, Sequence
+import warnings
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from sonocad import __version__
 from sonocad.errors import SonocadError
+from sonocad.io.outputs import claim_output_file, release_claims
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -32,9 +36,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return args.handler(args)
+        with _one_line_warnings():
+            return args.handler(args)
     except SonocadError as exc:
         print(f"sonocad: error: {exc}", file=sys.stderr)
+        return EXIT_FATAL
+    except OSError as exc:  # the machine's, not ours: a full or read-only disk, a permission
+        print(f"sonocad: error: {_environment_problem(exc)}", file=sys.stderr)
         return EXIT_FATAL
     except KeyboardInterrupt:
         print("sonocad: interrupted", file=sys.stderr)
@@ -49,6 +57,42 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"sonocad: internal error: {type(exc).__name__}: {message} (a bug in sonocad: "
               "please report it; SONOCAD_DEBUG=1 shows the traceback)", file=sys.stderr)
         return EXIT_FATAL
+    finally:
+        release_claims()
+
+
+_ENVIRONMENT_HINTS = {
+    errno.ENOSPC: "the disk is full: free some space or choose another --out",
+    errno.EDQUOT: "the disk quota is used up: free some space or choose another --out",
+    errno.EROFS: "the file system is read-only: choose a writable --out",
+    errno.EACCES: "no permission: choose a folder you may write, or ask for access",
+    errno.EPERM: "no permission: choose a folder you may write, or ask for access",
+}
+
+
+def _environment_problem(exc: OSError) -> str:
+    """One line for an operating-system failure: the file, what the system said, what to do."""
+    where = f"{exc.filename}: " if exc.filename else ""
+    said = exc.strerror or type(exc).__name__
+    hint = _ENVIRONMENT_HINTS.get(exc.errno)
+    return " ".join(f"{where}{said}{f' ({hint})' if hint else ''}".split())
+
+
+@contextlib.contextmanager
+def _one_line_warnings() -> Iterator[None]:
+    """A library's warning (pydicom, Pillow, numpy) as one line, each text once: Python's own
+    format adds the install path and the source line that warned."""
+    seen: set[str] = set()
+
+    def show(message, category, filename, lineno, file=None, line=None) -> None:
+        text = " ".join(str(message).split())
+        if text not in seen:
+            seen.add(text)
+            print(f"sonocad: warning: {text}", file=sys.stderr)
+
+    with warnings.catch_warnings():
+        warnings.showwarning = show
+        yield
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -117,7 +161,9 @@ def _add_data_commands(commands) -> None:
 
     phantom = _command(data_commands, "phantom", _data_phantom,
                        "write a synthetic ultrasound phantom dataset (BUSI layout) for demos")
-    phantom.add_argument("out", type=Path, help="folder to create")
+    phantom.add_argument("out", type=Path, help=f"folder to create: {OUTPUT_RULE}")
+    phantom.add_argument("--overwrite", action="store_true",
+                         help="replace an earlier `data phantom` output in OUT")
     phantom.add_argument("--per-class", type=int, default=4, help="images per class (4)")
     phantom.add_argument("--seed", type=int, default=0, help="random seed (0)")
 
@@ -129,6 +175,8 @@ def _data_check(args: argparse.Namespace) -> int:
     from sonocad.progress import progress
 
     samples = open_dataset(args.dataset, args.layout)
+    if args.json:
+        claim_output_file(args.json, inputs=_dataset_files(args.dataset, samples))
     report = check_dataset(args.dataset, samples, progress=lambda it: progress(it, "checking"))
     print(format_report(report))
     if args.json:
@@ -148,6 +196,7 @@ def _data_split(args: argparse.Namespace) -> int:
     )
 
     samples = open_dataset(args.dataset, args.layout)
+    claim_output_file(args.out, inputs=_dataset_files(args.dataset, samples))
     groups = [group.image_ids for group in find_duplicate_groups(samples)]
     if args.folds:
         split = make_folds(samples, groups, k=args.folds, seed=args.seed,
@@ -165,6 +214,14 @@ def _data_split(args: argparse.Namespace) -> int:
     return 0
 
 
+def _dataset_files(dataset: Path, samples) -> list[Path]:
+    """What a data command reads: the folder or manifest, and every image and mask it names
+    (a manifest's images may lie anywhere)."""
+    files = [sample.image_path for sample in samples]
+    files += [mask for sample in samples for mask in sample.mask_paths]
+    return [dataset, *files]
+
+
 def _fractions(text: str) -> tuple[float, float, float]:
     try:
         values = tuple(float(v) for v in text.split(","))
@@ -177,7 +234,9 @@ def _fractions(text: str) -> tuple[float, float, float]:
 
 def _data_phantom(args: argparse.Namespace) -> int:
     from sonocad.data.phantom import write_phantom_dataset
+    from sonocad.io.outputs import claim_output_dir
 
+    claim_output_dir(args.out, "data phantom", overwrite=args.overwrite)
     paths = write_phantom_dataset(args.out, per_class=args.per_class, seed=args.seed)
     print(f"wrote {len(paths)} phantom images to {args.out}")
     return 0
@@ -320,6 +379,8 @@ def _compare(args: argparse.Namespace) -> int:
     from sonocad.evaluation.compare import compare_evaluations, format_comparison
     from sonocad.io.atomic import write_json
 
+    if args.out:
+        claim_output_file(args.out, inputs=[args.eval_a, args.eval_b])
     comparison = compare_evaluations(args.eval_a, args.eval_b)
     print(format_comparison(comparison))
     if args.out:
@@ -371,7 +432,7 @@ def _add_combine_command(commands) -> None:
     combine.add_argument("--clinical", type=Path, required=True, metavar="CLINICAL.csv",
                          help="clinical table keyed by image_id (or a CSV manifest) with age, "
                               "family history, BRCA and density columns (docs/clinical.md)")
-    combine.add_argument("--out", type=Path, required=True, help="folder to write")
+    _add_output_folder(combine, "folder to write")
     combine.add_argument("--folds", type=int, default=5, help="cross-validation folds (5)")
     combine.add_argument("--seed", type=int, default=0, help="random seed (0)")
 
@@ -380,7 +441,7 @@ def _combine(args: argparse.Namespace) -> int:
     from sonocad.evaluation.combined_runner import run_combined
 
     result = run_combined(args.fit, args.test, args.clinical, args.out, folds=args.folds,
-                          seed=args.seed)
+                          seed=args.seed, overwrite=args.overwrite)
     print(result.table)
     print(f"wrote {result.out_dir}")
     return 0

@@ -260,15 +260,24 @@ def read_predictions(path: str | Path) -> list[dict[str, Any]]:
 
 
 def _cell(value: Any) -> Any:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return ""
     if isinstance(value, float):
         return f"{value:.6g}"
+    if isinstance(value, str) and value.startswith(_FORMULA_STARTS):
+        return _FORMULA_ESCAPE + value
     return value
 
 
 def _json_value(value: Any) -> Any:
-    return None if isinstance(value, float) and math.isnan(value) else value
+    return None if isinstance(value, float) and not math.isfinite(value) else value
+
+
+# A spreadsheet runs a cell that starts with one of these as a formula (CSV injection, OWASP):
+# text cells such as ids and file names are written with a leading apostrophe, which
+# spreadsheets show as text and `read_predictions` removes again.
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+_FORMULA_ESCAPE = "'"
 
 
 # Read as text, never as numbers: patient "01" and patient "1" are two people.
@@ -276,13 +285,20 @@ TEXT_COLUMNS = frozenset({*ID_COLUMNS, "file", "output_name"})
 
 
 def _parsed(row: dict[str, str | None]) -> dict[str, Any]:
-    return {key: (value or None) if key in TEXT_COLUMNS else _parse(value)
+    return {key: (_unescaped(value) or None) if key in TEXT_COLUMNS else _parse(value)
             for key, value in row.items()}
+
+
+def _unescaped(text: str | None) -> str | None:
+    if text and text.startswith(_FORMULA_ESCAPE) and text[1:].startswith(_FORMULA_STARTS):
+        return text[1:]
+    return text
 
 
 def _parse(text: str | None) -> Any:
     if text is None or text == "":
         return None
+    text = _unescaped(text)
     try:
         return int(text)
     except ValueError:

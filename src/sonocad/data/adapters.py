@@ -61,7 +61,7 @@ def detect_layout(path: Path) -> str:
         return "folder"
     if (path / "JPEGImages").is_dir() and (path / "SegmentationClass").is_dir():
         return "voc"
-    if any(path.glob("*.json")):
+    if _labelme_files(path):
         return "labelme"
     if any(_is_image(p) and _MASK_STEM.match(p.stem) for p in path.glob("*/*")):
         return "busi"
@@ -165,11 +165,16 @@ def read_voc(root: Path) -> list[Sample]:
     return samples
 
 
+def _labelme_files(root: Path) -> list[Path]:
+    """The folder's JSON files but hidden ones (sonocad's own output marker among them)."""
+    return sorted(p for p in root.glob("*.json") if not p.name.startswith("."))
+
+
 def read_labelme(root: Path) -> list[Sample]:
     from sonocad.io.annotations import read_labelme as read_labelme_file
 
     samples = []
-    for json_path in sorted(root.glob("*.json")):
+    for json_path in _labelme_files(root):
         annotation = read_labelme_file(json_path)
         # Labelme on Windows writes backslashes.
         image = (json_path.parent / annotation.image_path.replace("\\", "/")).resolve()

@@ -45,6 +45,7 @@ from sonocad.evaluation.combined import (
 )
 from sonocad.evaluation.statistics import delong_auroc
 from sonocad.io.atomic import write_json, write_text
+from sonocad.io.outputs import claim_output_dir
 from sonocad.models.clinical import ClinicalRecord, fit_clinical_model, parse_clinical
 from sonocad.predictions import read_predictions, write_predictions
 
@@ -61,9 +62,12 @@ class CombinedResult:
 
 
 def run_combined(fit_table: str | Path, test_table: str | Path, clinical_table: str | Path,
-                 out: str | Path, *, folds: int = 5, seed: int = 0) -> CombinedResult:
-    """Fit on `fit_table`'s lesions, test on `test_table`'s; write and return Table 2."""
-    out = Path(out)
+                 out: str | Path, *, folds: int = 5, seed: int = 0,
+                 overwrite: bool = False) -> CombinedResult:
+    """Fit on `fit_table`'s lesions, test on `test_table`'s; write and return Table 2 (`out`
+    as every command's, `sonocad.io.outputs`; `overwrite` replaces an earlier combine)."""
+    out = claim_output_dir(out, "combine", inputs=[fit_table, test_table, clinical_table],
+                           overwrite=overwrite)
     fit_rows, test_rows = _lesions(Path(fit_table)), _lesions(Path(test_table))
     clinical, source = read_clinical_table(Path(clinical_table))
     fit_records = _records(fit_rows, clinical, Path(clinical_table))

@@ -35,7 +35,7 @@ from sonocad.explain.gradcam import METHODS, Method, grad_cam
 from sonocad.inference.predictor import Predictor
 from sonocad.io.atomic import save_png
 from sonocad.io.images import numbered_frames
-from sonocad.io.outputs import claim_output_dir
+from sonocad.io.outputs import UniqueNames, claim_output_dir, output_stem
 from sonocad.pictures import overlay_picture
 from sonocad.predictions import Prediction
 from sonocad.progress import progress
@@ -169,12 +169,13 @@ def explain(checkpoint_path: str | Path, inputs: Sequence[str | Path], out: str 
     claim_output_dir(out, "explain", inputs=[checkpoint_path, *inputs], overwrite=overwrite)
     rows: list[dict[str, Any]] = []
     failures: list[InputError] = []
-    taken: set[str] = set()
+    names = UniqueNames()
     for path in progress(inputs, "explaining"):
         try:
             for frame, image in numbered_frames(path):  # every frame, as predict does
-                stem = Path(path).stem if frame is None else f"{Path(path).stem}_frame{frame:03d}"
-                rows.append(_explain_one(explainer, image.pixels, out, _unique(stem, taken),
+                stem = output_stem(Path(path).name)
+                stem = stem if frame is None else f"{stem}_frame{frame:03d}"
+                rows.append(_explain_one(explainer, image.pixels, out, names.claim(stem),
                                          {"file": str(path), "frame": frame}))
         except InputError as exc:
             tqdm.write(f"sonocad: skipped {exc}", file=sys.stderr)  # keeps the bar intact
@@ -201,13 +202,3 @@ def _explain_one(explainer: Explainer, pixels: np.ndarray, out: Path, name: str,
     if called is not None:
         row.update(predicted_class=called.predicted_class, probability=called.probability)
     return row
-
-
-def _unique(stem: str, taken: set[str]) -> str:
-    """`stem`, or `stem_2`, `stem_3`, ... if taken (case-insensitively: macOS, Windows)."""
-    name, number = stem, 1
-    while name.casefold() in taken:
-        number += 1
-        name = f"{stem}_{number}"
-    taken.add(name.casefold())
-    return name

@@ -20,9 +20,10 @@ import onnx
 import torch
 
 from sonocad.checkpoint import Checkpoint, load_checkpoint
-from sonocad.errors import InputError, SonocadError
+from sonocad.errors import SonocadError
 from sonocad.inference.logits import LogitsOnly, check_task
 from sonocad.io.atomic import write_bytes
+from sonocad.io.outputs import claim_output_file
 from sonocad.transforms import TransformConfig
 
 META_KEY = "sonocad_meta"
@@ -35,9 +36,7 @@ def export_onnx(checkpoint_path: str | Path, out_path: str | Path | None = None,
     """Write `checkpoint_path` as ONNX to `out_path` (default: beside it, suffix .onnx)."""
     checkpoint_path = Path(checkpoint_path)
     out_path = checkpoint_path.with_suffix(".onnx") if out_path is None else Path(out_path)
-    if out_path.resolve() == checkpoint_path.resolve():
-        raise InputError(out_path, "the ONNX output would overwrite the checkpoint; "
-                                   "choose another output path")
+    claim_output_file(out_path, inputs=[checkpoint_path])
     write_bytes(out_path, onnx_model_bytes(load_checkpoint(checkpoint_path), opset=opset))
     return out_path
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import tempfile
 from collections.abc import Iterator
@@ -13,7 +14,7 @@ from typing import IO, Any
 import numpy as np
 from PIL import Image as PILImage
 
-from sonocad.io.outputs import record_write
+from sonocad.io.outputs import check_write, record_write
 
 
 def _current_umask() -> int:
@@ -27,10 +28,13 @@ _UMASK = _current_umask()
 
 @contextlib.contextmanager
 def atomic_open(path: str | Path, mode: str = "w", **kwargs: Any) -> Iterator[IO]:
-    """Open a temporary file beside `path`; on success it replaces `path` in one step."""
+    """Open a temporary file beside `path`; on success it replaces `path` in one step (a link
+    at `path` is replaced, never followed)."""
     path = Path(path)
+    check_write(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    # A short temporary name: a file name near the 255-byte limit still has room for it.
+    fd, tmp = tempfile.mkstemp(prefix=".sonocad-", suffix=".tmp", dir=path.parent)
     try:
         os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600; outputs get the usual mode
         with os.fdopen(fd, mode, **kwargs) as handle:
@@ -56,7 +60,23 @@ def write_bytes(path: str | Path, data: bytes) -> None:
 
 
 def write_json(path: str | Path, obj: Any) -> None:
-    write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
+    """`obj` as JSON; a non-finite number (an area in mm from an absurd spacing, say) is written
+    as null: JSON has no Infinity or NaN, and strict readers refuse them."""
+    text = json.dumps(_finite(obj), indent=2, sort_keys=False, default=_json_default,
+                      allow_nan=False)
+    write_text(path, text + "\n")
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float | np.floating):
+        return float(value) if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(item) for item in value]
+    if isinstance(value, np.ndarray):
+        return _finite(value.tolist())
+    return value
 
 
 def save_png(path: str | Path, pixels: np.ndarray, compress_level: int = 6) -> None:

@@ -15,8 +15,9 @@ from pathlib import Path
 from sonocad import __version__
 from sonocad.data.adapters import open_dataset
 from sonocad.data.sample import Sample
-from sonocad.errors import InputError, SonocadError
+from sonocad.errors import SonocadError
 from sonocad.io.atomic import write_text
+from sonocad.io.outputs import claim_output_file
 from sonocad.report.comparison import ANCHOR, comparison_section
 from sonocad.report.examples import Example, explain_examples
 from sonocad.report.html import Html, join, page, tag
@@ -34,9 +35,8 @@ def build_report(runs: Sequence[str | Path], out: str | Path, *,
     """Write the report of `runs` (evaluated at RUN/eval, or at `evaluations` in run order)
     to `out`. With `data` (the data set the evaluations read), `examples` test images per
     run get a heatmap; `compare` adds the tables of a `sonocad compare --out` file."""
-    out = Path(out)
-    if out.is_dir():
-        raise InputError(out, "is a folder; give the HTML file to write, e.g. report.html")
+    out = claim_output_file(out, inputs=[*runs, *(evaluations or ()),
+                                         *(path for path in (data, compare) if path)])
     if not runs:
         raise SonocadError("no runs to report")
     if evaluations is not None and len(evaluations) != len(runs):

@@ -20,6 +20,7 @@ from sonocad.evaluation.segmentation import (
     summarise,
 )
 from sonocad.io.atomic import save_png, write_json
+from sonocad.io.outputs import output_stem
 from sonocad.predictions import prediction_columns, sample_columns, write_predictions
 from sonocad.tasks.base import EvaluationResult, Predicted, PredictorLike, predict_samples
 from sonocad.visual import PREDICTION_COLOUR, TRUTH_COLOUR, draw_outlines
@@ -93,5 +94,5 @@ def _write_overlays(model: PredictorLike, picks: list[tuple[str, Sample]], folde
         layers = [(predicted, PREDICTION_COLOUR)]
         if truth is not None:
             layers.insert(0, (truth, TRUTH_COLOUR))
-        stem = Path(sample.image_id).stem.replace(" ", "_")
+        stem = output_stem(Path(sample.image_id).name).replace(" ", "_")
         save_png(folder / f"{name}_{stem}.png", draw_outlines(pixels, layers))

@@ -22,9 +22,11 @@ output with ``overwrite`` / ``resume``; never a folder that holds an input). The
 streamed: each input's rows reach predictions.csv, flushed, as soon as all its frames are done,
 so a killed run leaves a valid partial table, and ``resume`` predicts only the inputs not in it.
 
-An image's id is its path relative to the folder or glob root it was found under, or its file
-name when given as a file. <name> is the id without its suffix (so sub-folders are mirrored),
-plus ``_frameNNN`` (from 001) for the frames of a multi-frame file; a name already taken gets
+An image's id is its path relative to the folder or glob root it was found under, its file
+name when given as a file, or its manifest cell. <name> is the id without its suffix (so
+sub-folders are mirrored) made safe by `sonocad.io.outputs.output_stem` (no root, no ``..``:
+an absolute or climbing id still lands inside `out`; long names cut with a stable hash), plus
+``_frameNNN`` (from 001) for the frames of a multi-frame file; a name already taken gets
 ``_2``, ``_3``, ... Images stream through in batches, so memory does not grow with the number of
 inputs. Unreadable files are reported on stderr, one line each, skipped, and listed in the
 result's `failures`.
@@ -38,7 +40,7 @@ import os
 import sys
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tqdm import tqdm
@@ -48,7 +50,7 @@ from sonocad.data.adapters import annotated_stem, read_manifest
 from sonocad.errors import InputError, SonocadError
 from sonocad.inference.predictor import Predictor
 from sonocad.io.images import IMAGE_SUFFIXES, is_dicom, is_image_file, numbered_frames
-from sonocad.io.outputs import MARKER, claim_output_dir
+from sonocad.io.outputs import MARKER, UniqueNames, claim_output_dir, output_stem
 from sonocad.io.pixels import MAX_IMAGE_PIXELS, Image
 from sonocad.predictions import Prediction, PredictionsStream, prediction_columns
 from sonocad.progress import progress
@@ -90,22 +92,6 @@ class _Item:
     spacing_source: str | None  # where that spacing came from (SPACING_SOURCES)
 
 
-@dataclass
-class _Names:
-    """Output names unique in a run, case-insensitively (macOS and Windows file systems)."""
-
-    taken: set[str] = field(default_factory=set)
-
-    def claim(self, base: str) -> str:
-        name = base
-        for n in itertools.count(2):
-            if name.casefold() not in self.taken:
-                break
-            name = f"{base}_{n}"
-        self.taken.add(name.casefold())
-        return name
-
-
 def predict(inputs: Sequence[str | Path], out: str | Path, *,
             checkpoint: str | Path | Checkpoint | None = None, backend: str = "torch",
             batch_size: int = 8, overwrite: bool = False, resume: bool = False,
@@ -143,7 +129,7 @@ def predict(inputs: Sequence[str | Path], out: str | Path, *,
     table = PredictionsStream(out / "predictions", resume=resume) if "table" in outputs else None
     earlier = table.earlier if table is not None else []
     done = {row["file"] for row in earlier}
-    names = _Names({str(row["output_name"]).casefold() for row in earlier})
+    names = UniqueNames({str(row["output_name"]).casefold() for row in earlier})
     items = _items([s for s in sources if str(s.path) not in done], failures, names,
                    spacing_mm)
     rows: list[dict[str, Any]] = list(earlier)
@@ -312,12 +298,12 @@ def _in_output_folder(path: Path, root: Path) -> bool:
                if folder != root and root in folder.parents)
 
 
-def _items(sources: list[_Source], failures: list[InputError], names: _Names,
+def _items(sources: list[_Source], failures: list[InputError], names: UniqueNames,
            spacing_mm: tuple[float, float] | None = None) -> Iterator[_Item]:
     """Every image and frame, named; a file that fails is reported, recorded and skipped.
     `spacing_mm` (``--spacing``) applies where neither the file nor a manifest gives one."""
     for source in progress(sources, "predicting"):
-        stem = str(PurePosixPath(source.image_id).with_suffix(""))
+        stem = output_stem(source.image_id)
         try:
             for frame, image in numbered_frames(source.path):
                 name = stem if frame is None else f"{stem}_frame{frame:03d}"
