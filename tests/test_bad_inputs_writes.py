@@ -18,12 +18,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sonocad.cli import main
 from sonocad.data.phantom import write_phantom_dataset
 from sonocad.errors import SonocadError
 from sonocad.io.atomic import write_text
 from sonocad.io.outputs import LOCK, claim_output_dir, output_stem
 from sonocad.predictions import read_predictions
+from test_bad_inputs import _run
 from test_predict import _png, _tree_digest, _unet_checkpoint
 
 EXIT_SOME_FAILED, EXIT_FATAL = 1, 2
@@ -32,13 +32,6 @@ EXIT_SOME_FAILED, EXIT_FATAL = 1, 2
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return _unet_checkpoint(tmp_path_factory.mktemp("ckpt") / "all.pt", 5.0)
-
-
-def _run(argv: list[object], capsys: pytest.CaptureFixture) -> tuple[int, list[str]]:
-    code = main([str(a) for a in argv])
-    err = capsys.readouterr().err
-    assert "Traceback" not in err and "a bug in sonocad" not in err, err
-    return code, [line for line in err.splitlines() if line.strip()]
 
 
 # --- names made from ids stay inside --out ---------------------------------------------------

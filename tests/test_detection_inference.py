@@ -93,7 +93,7 @@ def test_a_trained_detector_predicts_explains_and_serves(detector, scan, tmp_pat
     assert (explained / "scan_heatmap.png").is_file()
     assert (explained / "scan_detections.png").is_file()
 
-    with TestClient(create_app(Predictor(detector))) as client:
+    with TestClient(create_app(Predictor(detector)), base_url="http://localhost") as client:
         assert client.get("/api/model").json()["task"] == "detection"
         answer = client.post("/api/predict",
                              files={"file": ("scan.png", scan.read_bytes(), "image/png")})
@@ -150,7 +150,7 @@ def test_the_lesion_map_is_the_best_instance_score_under_each_pixel():
 
 def test_serve_sends_a_detectors_instances(detector, scan, monkeypatch):
     _fake_detector(monkeypatch)
-    with TestClient(create_app(Predictor(detector))) as client:
+    with TestClient(create_app(Predictor(detector)), base_url="http://localhost") as client:
         result = client.post("/api/predict", data={"spacing": "0.1"},
                              files={"file": ("scan.png", scan.read_bytes(), "image/png")}).json()
     assert result["n_instances"] == 2 and result["predicted_class"] == "malignant"

@@ -34,6 +34,7 @@ from sonocad.visual import PREDICTION_COLOUR
 TOKEN = "s3cret-token-for-tests-0123"
 PATIENT = {"PatientName": "Doe^Jane", "PatientID": "PID-4711", "PatientBirthDate": "19700101"}
 STATIC = Path(__file__).resolve().parents[1] / "src" / "sonocad" / "serve" / "static"
+LOCAL = "http://localhost"  # the server answers to loopback names, not TestClient's default
 
 
 def _meta(task: str, name: str, args: dict, class_names: list[str]) -> dict:
@@ -62,7 +63,7 @@ def predictor(checkpoint: Path) -> Predictor:
 
 @pytest.fixture(scope="module")
 def client(predictor: Predictor) -> Iterator[TestClient]:
-    with TestClient(create_app(predictor)) as test_client:
+    with TestClient(create_app(predictor), base_url=LOCAL) as test_client:
         yield test_client
 
 
@@ -176,7 +177,8 @@ def test_files_that_are_not_images_are_refused_in_one_line(
 
 def test_oversize_upload_is_413_whether_announced_or_streamed(predictor: Predictor) -> None:
     big = b"\x89PNG\r\n\x1a\n" + bytes(50_000)
-    with TestClient(create_app(predictor, max_upload_bytes=10_000)) as small_client:
+    with TestClient(create_app(predictor, max_upload_bytes=10_000),
+                    base_url=LOCAL) as small_client:
         announced = _upload(small_client, big)  # httpx sends a Content-Length
 
         boundary = "sonocadboundary"
@@ -296,7 +298,7 @@ def test_classifier_gives_probabilities_and_a_grad_cam_heatmap(tmp_path: Path) -
     path = tmp_path / "cls.pt"
     save_checkpoint(path, Checkpoint(_meta("classification", "resnet34", {"num_classes": 3},
                                            names), model.state_dict()))
-    with TestClient(create_app(Predictor(path))) as cls_client:
+    with TestClient(create_app(Predictor(path)), base_url=LOCAL) as cls_client:
         result = _upload(cls_client, _png_bytes()).json()
         heatmap = cls_client.get(f"/api/results/{result['id']}/heatmap.png")
         overlay = cls_client.get(result["overlay_url"])
@@ -311,7 +313,7 @@ def test_classifier_gives_probabilities_and_a_grad_cam_heatmap(tmp_path: Path) -
 
 
 def test_token_guards_every_api_route_but_not_the_page(predictor: Predictor) -> None:
-    with TestClient(create_app(predictor, token=TOKEN)) as guarded:
+    with TestClient(create_app(predictor, token=TOKEN), base_url=LOCAL) as guarded:
         page = guarded.get("/")
         missing = guarded.get("/api/health")
         wrong = guarded.get("/api/model", headers={"Authorization": "Bearer wrong-token"})
@@ -354,7 +356,8 @@ def test_unexpected_failures_are_one_line_500(predictor: Predictor,
         raise RuntimeError("a bug deep inside\nwith a second line")
 
     monkeypatch.setattr("sonocad.serve.app.analyse", broken)
-    with TestClient(create_app(predictor), raise_server_exceptions=False) as broken_client:
+    with TestClient(create_app(predictor), raise_server_exceptions=False,
+                    base_url=LOCAL) as broken_client:
         response = _upload(broken_client, _png_bytes())
     assert response.status_code == 500
     assert response.json() == {"detail": "internal error; see the server log"}
@@ -378,8 +381,10 @@ def test_result_store_keeps_the_latest_within_count_and_bytes() -> None:
     assert store.get(ids[2], "overlay") == bytes(100)  # now the most recently used
     store.add({"overlay": bytes(100)})
     assert store.get(ids[3], "overlay") is None and store.get(ids[2], "overlay") is not None
-    big = store.add({"overlay": bytes(5000)})  # alone over the byte limit: kept, others go
-    assert len(store) == 1 and store.get(big, "overlay") is not None
+    with pytest.raises(ValueError, match="over the store"):  # alone over the byte limit
+        store.add({"overlay": bytes(5000)})
+    whole = store.add({"overlay": bytes(1000)})  # the whole budget: every other result goes
+    assert len(store) == 1 and store.get(whole, "overlay") is not None
     assert len(set(ids)) == 5
 
 

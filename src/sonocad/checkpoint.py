@@ -4,6 +4,15 @@ A checkpoint holds the model's registry name and arguments, the task, class name
 preprocessing, the recipe, fingerprints of the training data and split, the metrics at
 selection and the package version; a training checkpoint (``last.pt``) also holds what
 ``--resume`` needs (optimiser, scheduler, RNG state, progress).
+
+A checkpoint may come from a stranger, so loading one trusts nothing in it: it is unpickled
+weights-only; its meta (and an exported ONNX file's) must have the fields every reader uses and
+stay within bounds that size memory and work (`check_meta`: input size, class count, a
+detector's resize, the despeckle filter and CLAHE tiles); its model is built first with no
+memory behind it (torch's meta device), so that arguments that would size tensors other than
+the file's own are refused before anything is allocated; and the model is built without
+pretrained weights, whatever the meta asks, so that loading never fetches anything: the weights
+are the file's.
 """
 
 from __future__ import annotations
@@ -14,13 +23,25 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from sonocad import __version__
 from sonocad.errors import InputError, SonocadError
 from sonocad.io.atomic import atomic_open
+from sonocad.transforms import TransformConfig
 
 FORMAT = "sonocad-checkpoint/1"
+# Twice the largest input of a recipe (Mask R-CNN's 1024): one image at this size and a
+# ResNet-101 already takes gigabytes; 3072 drove one small image to 4.3 GB.
+MAX_INPUT_SIDE = 2048
+# ImageNet's class count; a breast ultrasound model has two to seven.
+MAX_CLASSES = 1000
+# Model arguments that resize the input inside the model (torchvision's detectors).
+_INPUT_SIZE_ARGS = ("min_size", "max_size")
+# Preprocessing values that set the work or memory per image, at the image's own size: the
+# despeckle filter's width and CLAHE's tiles per side (OpenCV pads the image to whole tiles: a
+# 100,000-tile grid is a 10 GB image). Generous: the recipes use 5 and 8.
+_TRANSFORM_LIMITS = {"despeckle_size": 99, "clahe_tiles": 64}
 
 
 @dataclass
@@ -39,27 +60,42 @@ class Checkpoint:
         return list(self.meta["class_names"])
 
     def build_model(self) -> nn.Module:
-        """The model with its trained weights, in eval mode."""
+        """The model with its trained weights, in eval mode; never with pretrained weights."""
+        source = self.path or Path("checkpoint")
+        damage = non_finite_weights(self.state_dict)
+        if damage:
+            raise InputError(source, f"its weights are not finite ({damage}): the file is "
+                                     "damaged or its training diverged")
+        with torch.device("meta"):  # shapes only: nothing allocated, nothing initialised
+            self._check_weights_fit(source, self._create_model(source))
+        model = self._create_model(source)
+        model.load_state_dict(self.state_dict)
+        return model.eval()
+
+    def _create_model(self, source: Path) -> nn.Module:
         from sonocad.models import create_model
 
         spec = self.meta["model"]
-        source = self.path or Path("checkpoint")
+        # pretrained=None over the meta's own: the weights come from this file, and loading
+        # a checkpoint must never fetch anything.
+        args = {**spec.get("args", {}), "pretrained": None}
         try:
-            model = create_model(spec["name"], **spec.get("args", {}))
+            return create_model(spec["name"], **args)
         except SonocadError as exc:
             raise InputError(source, f"cannot build its model ({exc})") from None
-        missing, unexpected = _key_mismatch(model.state_dict(), self.state_dict)
+
+    def _check_weights_fit(self, source: Path, model: nn.Module) -> None:
+        name, expected = self.meta["model"]["name"], model.state_dict()
+        missing, unexpected = _key_mismatch(expected, self.state_dict)
         if missing or unexpected:
-            raise InputError(source, f"its weights do not fit model {spec['name']!r} "
+            raise InputError(source, f"its weights do not fit model {name!r} "
                                      f"({len(missing)} missing, {len(unexpected)} unexpected; "
                                      f"first: {(missing or unexpected)[0]})")
-        try:
-            model.load_state_dict(self.state_dict)
-        except RuntimeError as exc:  # shapes that differ: another size of the same model
-            first = " ".join(str(exc).split())[:200]
-            raise InputError(source, f"its weights do not fit model {spec['name']!r} "
-                                     f"({first})") from None
-        return model.eval()
+        for key, tensor in expected.items():  # another size of the same model
+            if tensor.shape != self.state_dict[key].shape:
+                raise InputError(source, f"its weights do not fit model {name!r} ({key} is "
+                                         f"{tuple(self.state_dict[key].shape)} in the file, "
+                                         f"{tuple(tensor.shape)} in the model)")
 
 
 def _key_mismatch(expected: dict[str, Any], given: dict[str, Any]) -> tuple[list[str], list[str]]:
@@ -91,10 +127,24 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     meta = payload.get("meta") if isinstance(payload, dict) else None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise InputError(path, f"not a sonocad checkpoint (expected format {FORMAT})")
-    problem = _structure_problem(payload)
+    weights = payload.get("state_dict")
+    if not isinstance(weights, dict) or not all(
+            isinstance(value, torch.Tensor) for value in weights.values()):
+        raise InputError(path, "damaged sonocad checkpoint: state_dict should map names to "
+                               "tensors")
+    check_meta(path, meta)
+    return Checkpoint(meta, weights, payload.get("training_state"), path)
+
+
+def check_meta(path: Path, meta: Any, kind: str = "checkpoint") -> None:
+    """InputError naming `path` (a sonocad `kind`: "checkpoint", "ONNX model") and the key when
+    its meta lacks a field every reader relies on, or holds a value out of the bounds above."""
+    problem = _structure_problem(meta)
     if problem:
-        raise InputError(path, f"damaged sonocad checkpoint: {problem}")
-    return Checkpoint(meta, payload["state_dict"], payload.get("training_state"), path)
+        raise InputError(path, f"damaged sonocad {kind}: {problem}")
+    problem = _bounds_problem(meta)
+    if problem:
+        raise InputError(path, f"its meta {problem}")
 
 
 # What every reader of a checkpoint relies on: key -> (type, what it must be).
@@ -103,16 +153,55 @@ _META_FIELDS = {"task": (str, "a task name"), "model": (dict, "the model's name 
                 "transform": (dict, "the preprocessing")}
 
 
-def _structure_problem(payload: dict[str, Any]) -> str | None:
-    meta = payload["meta"]
+def _structure_problem(meta: Any) -> str | None:
+    if not isinstance(meta, dict):
+        return "its meta should be a mapping"
     for key, (kind, meaning) in _META_FIELDS.items():
         if not isinstance(meta.get(key), kind):
             return f"meta[{key!r}] should be {meaning}"
     if not isinstance(meta["model"].get("name"), str) or not isinstance(
             meta["model"].get("args", {}), dict):
         return "meta['model'] should hold a name and args"
-    weights = payload.get("state_dict")
-    if not isinstance(weights, dict) or not all(
-            isinstance(value, torch.Tensor) for value in weights.values()):
-        return "state_dict should map names to tensors"
     return None
+
+
+def _bounds_problem(meta: dict[str, Any]) -> str | None:
+    try:
+        transform = TransformConfig.from_dict(meta["transform"])
+    except (SonocadError, TypeError, ValueError) as exc:  # values of any type, from anyone
+        return f"transform cannot be used ({exc})"
+    if max(transform.size) > MAX_INPUT_SIDE:
+        return (f"transform.input_size {meta['transform']['input_size']!r} is over the limit "
+                f"of {MAX_INPUT_SIDE} pixels a side")
+    for key, limit in _TRANSFORM_LIMITS.items():
+        if getattr(transform, key) > limit:
+            return f"transform.{key} {getattr(transform, key)} is over the limit of {limit}"
+    if len(meta["class_names"]) > MAX_CLASSES:
+        return (f"class_names holds {len(meta['class_names']):,} classes, over the limit of "
+                f"{MAX_CLASSES:,}")
+    args = meta["model"].get("args", {})
+    for key in _INPUT_SIZE_ARGS:
+        value = args.get(key, 0)
+        if not isinstance(value, int) or value > MAX_INPUT_SIDE:
+            return (f"model.args.{key} {value!r} is not a size within the limit of "
+                    f"{MAX_INPUT_SIDE} pixels")
+    return None
+
+
+def non_finite_weights(state_dict: dict[str, Tensor]) -> str | None:
+    """Which of a model's weights are not finite ("89 of 118 tensors hold nan, e.g.
+    head.bias"), or None when every value is a number."""
+    damaged = {name: kind for name, tensor in state_dict.items()
+               if (kind := non_finite(tensor)) is not None}
+    if not damaged:
+        return None
+    first = next(iter(damaged))
+    kinds = " or ".join(sorted(set(damaged.values())))
+    return f"{len(damaged)} of {len(state_dict)} tensors hold {kinds}, e.g. {first}"
+
+
+def non_finite(tensor: Tensor) -> str | None:
+    """"nan" or "inf" if `tensor` holds one (NaN first), else None; integer tensors are finite."""
+    if not tensor.is_floating_point() or torch.isfinite(tensor).all():
+        return None
+    return "nan" if torch.isnan(tensor).any() else "inf"

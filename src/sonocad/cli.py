@@ -574,13 +574,18 @@ def _add_serve_command(commands) -> None:
                        help="require 'Authorization: Bearer TOKEN' (default: $SONOCAD_TOKEN)")
     serve.add_argument("--backend", choices=["torch", "onnx"],
                        help="default: onnx for a .onnx model, else torch")
+    serve.add_argument("--allow-host", action="append", default=[], metavar="NAME",
+                       help="also answer requests addressed to NAME (a name or address this "
+                            "machine is reached by, e.g. on the LAN or behind a proxy; "
+                            "repeatable; loopback names and --host are always answered)")
 
 
 def _serve(args: argparse.Namespace) -> int:
     from sonocad.serve import run
 
     backend = args.backend or ("onnx" if args.model and args.model.suffix == ".onnx" else "torch")
-    run(args.model, host=args.host, port=args.port, token=args.token, backend=backend)
+    run(args.model, host=args.host, port=args.port, token=args.token, backend=backend,
+        allowed_hosts=args.allow_host)
     return 0
 
 

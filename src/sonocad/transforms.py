@@ -182,7 +182,8 @@ class TransformConfig:
         if isinstance(self.input_size, Sequence) and not isinstance(self.input_size, str):
             self.input_size = tuple(self.input_size)
         size = (self.input_size,) * 2 if isinstance(self.input_size, int) else self.input_size
-        if len(size) != 2 or not all(isinstance(s, int) and s > 0 for s in size):
+        if not isinstance(size, tuple) or len(size) != 2 or not all(
+                isinstance(s, int) and s > 0 for s in size):
             raise SonocadError(f"transform input_size must be a positive int or [height, width], "
                                f"got {self.input_size!r}")
         for name in ("grayscale", "clahe", "keep_aspect"):

@@ -1,26 +1,36 @@
 """`sonocad data check`: what a dataset holds and everything wrong with it, file by file.
 
 Errors stop training (unreadable files, masks of another size, unknown labels, lesion images
-without a mask); warnings are quality problems a user should know (empty or non-binary masks,
-duplicates, the same scan under two labels). Every problem names its file.
+without a mask, masks that mark more than `MAX_LESION_FRACTION` of their image, masks that fit
+their image only before EXIF orientation turns one of them upright); warnings are quality
+problems a user should know (empty or non-binary masks, an image and its mask with different
+EXIF orientations, duplicates, the same scan under two labels). Every problem names its file.
+Masks are read as training reads them (`Sample.load_mask`).
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+from PIL import ExifTags
 from PIL import Image as PILImage
 
 from sonocad.data.duplicates import ImageHashes, find_duplicate_groups, hash_image
 from sonocad.data.sample import CLASS_NAMES, Sample
 from sonocad.errors import InputError
-from sonocad.io.annotations import MaskFormat
+from sonocad.io.annotations import MaskFormat, MaskSizeError
 
 LESION_CLASSES = ("benign", "malignant")
+# A lesion outline filling its whole frame covers at most about pi/4 = 79 % of it (an ellipse);
+# the largest of BUSI's and BUS-BRA's 2,655 masks cover 56 % and 58 %. A mask over this is no
+# outline: all white, or a grey or white background that reads as lesion.
+MAX_LESION_FRACTION = 0.9
+_RASTER_MASKS = (MaskFormat.BINARY, MaskFormat.VOC)  # mask images, with EXIF orientations
+_TURNED = frozenset({5, 6, 7, 8})  # EXIF orientations that swap width and height
 
 
 @dataclass(frozen=True)
@@ -118,21 +128,90 @@ def _check_sample(sample: Sample) -> tuple[np.ndarray | None, list[Problem]]:
     try:
         mask = sample.load_mask(pixels.shape[:2])
     except InputError as exc:
-        return pixels, [*problems, Problem("error", str(exc.path), exc.problem)]
+        # A mask that fits its image only as stored fails for its size: say why, in one line.
+        turned = (_orientation_problems(sample, [exc.path]) if isinstance(exc, MaskSizeError)
+                  else [])
+        explained = [p for p in turned if p.severity == "error"]
+        return pixels, [*problems, *(explained or [Problem("error", str(exc.path), exc.problem)])]
+    problems.extend(_orientation_problems(sample, sample.mask_paths))
     if sample.label in LESION_CLASSES and not mask.any():
         problems.append(Problem("warning", where, f"empty mask in a {sample.label} image"))
-    if sample.mask_format is MaskFormat.BINARY:
-        for path in sample.mask_paths:
-            if (levels := _grey_levels(path)) > 2:
-                problems.append(Problem("warning", str(path), f"non-binary mask ({levels} grey "
-                                        "levels); any non-zero pixel is taken as lesion"))
+    # The mask files read cleanly through `load_mask`, so opening them again cannot fail.
+    levels = ({path: _grey_levels(path) for path in sample.mask_paths}
+              if sample.mask_format is MaskFormat.BINARY else {})
+    for path, counts in levels.items():
+        if len(counts) > 2:
+            problems.append(Problem("warning", str(path), f"non-binary mask ({len(counts)} grey "
+                                    "levels); any non-zero pixel is taken as lesion"))
+    if (share := float(mask.mean())) > MAX_LESION_FRACTION:
+        problems.append(_coverage_problem(sample, share, levels))
     return pixels, problems
 
 
-def _grey_levels(mask_path: Path) -> int:
-    # The mask already read cleanly through `load_mask`, so opening it again cannot fail.
+def _grey_levels(mask_path: Path) -> Counter[int]:
+    """How many pixels have each grey level (colours taken to grey, alpha left out)."""
     with PILImage.open(mask_path) as img:
-        return len(np.unique(np.asarray(img.convert("L"))))
+        values, counts = np.unique(np.asarray(img.convert("L")), return_counts=True)
+    return Counter(dict(zip(values.tolist(), counts.tolist())))
+
+
+def _coverage_problem(sample: Sample, share: float,
+                      levels: dict[Path, Counter[int]]) -> Problem:
+    """An error on the mask (or, for several masks, their image) marking most of the image."""
+    message = f"mask marks {share:.0%} of the image as lesion, more than any lesion outline"
+    if len(sample.mask_paths) > 1:
+        return Problem("error", str(sample.image_path),
+                       f"its {len(sample.mask_paths)} masks together: {message}")
+    path = sample.mask_paths[0]
+    if path in levels and (commonest := levels[path].most_common(1)[0][0]) != 0:
+        message += f"; its commonest grey level is {commonest}, not 0 (background)"
+    return Problem("error", str(path), message)
+
+
+@dataclass(frozen=True)
+class _Stored:
+    """What a file's header says of its pixels as stored, before EXIF orientation applies."""
+
+    orientation: int  # the EXIF orientation tag; 1 (upright) when there is none
+    size: tuple[int, int]  # width, height
+
+    @property
+    def upright_size(self) -> tuple[int, int]:
+        return self.size[::-1] if self.orientation in _TURNED else self.size
+
+
+def _stored(path: Path) -> _Stored | None:
+    """For a file already read whole: None where Pillow cannot open it (a DICOM image, say)."""
+    try:
+        with PILImage.open(path) as image:
+            # Pillow decodes a whole PNG to look for EXIF after its pixel data; the chunks
+            # before it (where writers put EXIF) are read already, so look there only.
+            exif = PILImage.Image.getexif(image) if image.format == "PNG" else image.getexif()
+            orientation = exif.get(ExifTags.Base.Orientation, 1)
+            return _Stored(orientation if orientation in range(1, 9) else 1, image.size)
+    except (OSError, SyntaxError, ValueError):  # not Pillow's, or EXIF it cannot parse
+        return None
+
+
+def _orientation_problems(sample: Sample, masks: Sequence[Path]) -> list[Problem]:
+    """Masks (read already) whose EXIF orientation differs from their image's: an error where
+    the mask fits the image only as stored (its upright size does not), else a warning."""
+    if sample.mask_format not in _RASTER_MASKS or (image := _stored(sample.image_path)) is None:
+        return []
+    problems = []
+    for path in masks:
+        mask = _stored(path)
+        if mask is None or mask.orientation == image.orientation:
+            continue
+        tags = f"EXIF orientation {image.orientation} on the image, {mask.orientation} on the mask"
+        if mask.size == image.size and mask.upright_size != image.upright_size:
+            problems.append(Problem("error", str(path), f"mask fits its image only as stored, "
+                                    f"not upright ({tags}); save it upright or with the image's "
+                                    "orientation"))
+        elif mask.upright_size == image.upright_size:
+            problems.append(Problem("warning", str(path), f"{tags}: both are read upright, so "
+                                    "the mask lines up only if it was drawn on the upright image"))
+    return problems
 
 
 def format_report(report: CheckReport) -> str:

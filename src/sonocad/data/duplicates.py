@@ -15,6 +15,11 @@ field of view or zoom, which a whole-image perceptual hash misses. So, in three 
 
 Groups are the connected components of identical-pixel pairs and verified pairs.
 
+Each step shows its progress. Memory grows by about 20 KB per image (beyond a fixed cache), not
+with the number of pairs: hashes are compared in blocks, and verification holds one zoom's
+templates at a time. The candidates of step 2 grow with the square of the image count (random
+pairs pass at about 1 in 4,000, BUSI's pairs at 1 in 250), and so does the time verifying them.
+
 Thresholds were set on BUSI by looking at pairs side by side: re-cropped, resized or annotated
 copies of a scan score 0.89-1.0; nearby frames of one lesion 0.58-0.84 (those at 0.8 and above
 join the group); images of different patients at most 0.72, among 34,000 loosely matched
@@ -36,6 +41,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from sonocad.data.sample import Sample
+from sonocad.progress import progress as show_progress
 
 MAX_DISTANCE = 14  # pHash bits (of 64) for a pair to be verified at all
 MIN_CORRELATION = 0.8  # verified near-duplicate
@@ -47,7 +53,10 @@ _SQUARES = ((1.0, 0.5), (0.8, 0.25), (0.8, 0.5), (0.8, 0.75), (0.6, 0.5))
 _TEMPLATE_FRACTION = 0.8  # central part of one image searched in the other (height and width)
 _ZOOMS = tuple(2 ** (-k / 24) for k in range(17))  # 1.0 down to 0.63 in 3 % steps
 _BAND = (0.7, 2.5)  # band-pass: Gaussian sigmas (thumbnail pixels) of the two blurs subtracted
-_CHUNK = 1024  # rows of the pairwise hash-distance matrix held at once
+_BLOCK = 1024  # images per side of a block of the pairwise hash distances (10 MB of buffers)
+# Verification keeps images' search structures (about 100 KB each) for every zoom up to this
+# many bytes, and rebuilds the others at each zoom, so that memory does not grow 100 KB an image.
+_KEPT_BYTES = 192 * 2**20
 
 
 @dataclass(frozen=True, eq=False)
@@ -91,8 +100,10 @@ def hash_image(pixels: np.ndarray) -> ImageHashes:
 def hash_images(samples: Iterable[Sample],
                 progress: Callable[[Iterable[Sample]], Iterable[Sample]] | None = None,
                 ) -> dict[str, ImageHashes]:
-    """`hash_image` of every sample's image, by image id."""
-    return {s.image_id: hash_image(s.load_image().pixels) for s in (progress or iter)(samples)}
+    """`hash_image` of every sample's image, by image id; `progress` wraps the samples (a
+    progress bar by default)."""
+    shown = progress(samples) if progress else show_progress(samples, "reading images")
+    return {s.image_id: hash_image(s.load_image().pixels) for s in shown}
 
 
 def find_duplicate_groups(samples: Sequence[Sample], *, max_distance: int = MAX_DISTANCE,
@@ -127,37 +138,62 @@ def near_duplicate_pairs(hashes: Sequence[ImageHashes], *, max_distance: int = M
 
 
 def candidate_pairs(hashes: Sequence[ImageHashes], max_distance: int) -> list[tuple[int, int]]:
-    """Pairs (i < j) whose closest perceptual hashes (any view against any view) are within
-    `max_distance` bits."""
+    """Pairs (i < j), sorted, whose closest perceptual hashes (any view against any view) are
+    within `max_distance` bits."""
     if len(hashes) < 2:
         return []
     views = np.array([[int(h, 16) for h in item.phashes] for item in hashes], dtype=np.uint64)
+    starts = range(0, len(views), _BLOCK)
+    blocks = [(top, left) for top in starts for left in starts if left >= top]  # i < j only
     found: list[tuple[int, int]] = []
-    for start in range(0, len(views), _CHUNK):
-        rows = views[start:start + _CHUNK]
-        closest = np.full((len(rows), len(views)), 64, dtype=np.uint8)
-        for a in range(views.shape[1]):  # every view of a row image against every other view
-            for b in range(views.shape[1]):
-                bits = np.bitwise_count(rows[:, a, None] ^ views[None, :, b])
-                np.minimum(closest, bits, out=closest)
-        near = np.argwhere(closest <= max_distance)
-        found.extend((start + int(i), int(j)) for i, j in near if start + i < j)
-    return found
+    for top, left in show_progress(blocks, "finding duplicate candidates"):
+        closest = _closest_bits(views[top:top + _BLOCK], views[left:left + _BLOCK])
+        rows, cols = np.nonzero(closest <= max_distance)
+        rows, cols = rows + top, cols + left
+        keep = rows < cols
+        found.extend(zip(rows[keep].tolist(), cols[keep].tolist()))
+    return sorted(found)
+
+
+def _closest_bits(rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """uint8 (len(rows), len(cols)): the fewest differing bits between any view of a row image
+    and any view of a column image. Buffers are reused: a block is all this holds."""
+    closest = np.full((len(rows), len(cols)), 64, dtype=np.uint8)
+    differing = np.empty(closest.shape, dtype=np.uint64)
+    bits = np.empty(closest.shape, dtype=np.uint8)
+    views_per_image = rows.shape[1]
+    for a in range(views_per_image):
+        for b in range(views_per_image):
+            np.bitwise_xor(rows[:, a, None], cols[None, :, b], out=differing)
+            np.bitwise_count(differing, out=bits)
+            np.minimum(closest, bits, out=closest)
+    return closest
 
 
 def correlations(hashes: Sequence[ImageHashes], pairs: Sequence[tuple[int, int]]) -> np.ndarray:
     """Per pair, the best normalised cross-correlation of either image's central part found
-    anywhere in the other at any of the zooms."""
+    anywhere in the other at any of the zooms.
+
+    Memory grows by a template (about 10 KB) per image however many pairs there are: one
+    zoom's templates are held at a time, and images' search structures (about 100 KB each) up
+    to `_KEPT_BYTES`; the others are rebuilt at each zoom.
+    """
     best = np.full(len(pairs), -1.0)
     partners: dict[int, list[tuple[int, int]]] = {}  # image -> [(other image, pair index)]
     for k, (a, b) in enumerate(pairs):
         partners.setdefault(a, []).append((b, k))
         partners.setdefault(b, []).append((a, k))
-    searched = {i: _Searchable(_band_pass(hashes[i].thumbnail)) for i in partners}
-    for zoom in _ZOOMS:
-        templates = {i: _template(hashes[i].thumbnail, zoom) for i in partners}
+    kept: dict[int, _Searchable] = {}
+    kept_bytes = 0
+    templates: dict[int, np.ndarray] = {}
+    for zoom in show_progress(_ZOOMS, "comparing duplicate candidates at each zoom"):
+        templates.clear()  # the last zoom's go before this zoom's are made
+        templates.update((i, _template(hashes[i].thumbnail, zoom)) for i in partners)
         for i, others in partners.items():
-            scores = searched[i].match([templates[j] for j, _ in others])
+            searched = kept.get(i) or _Searchable(_band_pass(hashes[i].thumbnail))
+            if i not in kept and kept_bytes + searched.nbytes <= _KEPT_BYTES:
+                kept[i], kept_bytes = searched, kept_bytes + searched.nbytes
+            scores = searched.match([templates[j] for j, _ in others])
             for (_, k), score in zip(others, scores):
                 best[k] = max(best[k], score)
     return best
@@ -172,8 +208,11 @@ class _Searchable:
         self.spectrum = scipy.fft.rfft2(image, s=self.fft_shape)
         # Integral images give each window's sum and sum of squares for the NCC denominator.
         values = image.astype(np.float64)
-        self.sums = np.pad(values.cumsum(0).cumsum(1), ((1, 0), (1, 0)))
-        self.squares = np.pad((values * values).cumsum(0).cumsum(1), ((1, 0), (1, 0)))
+        self.sums, self.squares = _integral(values), _integral(values * values)
+
+    @property
+    def nbytes(self) -> int:
+        return self.spectrum.nbytes + self.sums.nbytes + self.squares.nbytes
 
     def match(self, templates: Sequence[np.ndarray]) -> list[float]:
         """Best NCC of each (zero-mean, unit-norm) template over all shifts; -1 if too big."""
@@ -190,15 +229,19 @@ class _Searchable:
         # (BUSI's search took 1.7 x as long with workers=-1; benchmarks/data_speed.py).
         spectra = np.conj(scipy.fft.rfft2(stack)) * self.spectrum
         products = scipy.fft.irfft2(spectra, s=self.fft_shape)
+        # Templates of one shape share their windows' sums: score them together.
+        rows_of_shape: dict[tuple[int, int], list[int]] = {}
         for row, k in enumerate(fits):
-            th, tw = templates[k].shape
+            rows_of_shape.setdefault(templates[k].shape, []).append(row)
+        for (th, tw), rows in rows_of_shape.items():
             n = th * tw
             sums, squares = self._windows(th, tw)
             spread = squares - sums * sums / n  # n x the window's variance
-            product = products[row, :spread.shape[0], :spread.shape[1]]
+            product = products[rows, :spread.shape[0], :spread.shape[1]]
             # Flat windows (black margins) have no texture to match: score them 0.
             ncc = np.where(spread > 1e-6 * n, product / np.sqrt(np.maximum(spread, 1e-12)), 0.0)
-            scores[k] = float(ncc.max())
+            for row, score in zip(rows, ncc.max(axis=(1, 2))):
+                scores[fits[row]] = float(score)
         return scores
 
     def _windows(self, th: int, tw: int) -> tuple[np.ndarray, np.ndarray]:
@@ -210,6 +253,14 @@ class _Searchable:
                     - integral[th:th + vh, :vw] + integral[:vh, :vw])
 
         return box(self.sums), box(self.squares)
+
+
+def _integral(values: np.ndarray) -> np.ndarray:
+    """Summed-area table with a leading row and column of zeros (each window's sum in O(1))."""
+    table = np.zeros((values.shape[0] + 1, values.shape[1] + 1))
+    np.cumsum(values, axis=0, out=table[1:, 1:])
+    np.cumsum(table[1:, 1:], axis=1, out=table[1:, 1:])
+    return table
 
 
 def _template(thumbnail: np.ndarray, zoom: float) -> np.ndarray:

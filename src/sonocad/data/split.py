@@ -152,8 +152,8 @@ def hold_out_scanner(split: SplitFile, samples: Sequence[Sample],
                      groups: Iterable[Sequence[str]], scanner: str) -> SplitFile:
     """Leave one scanner out: its images, and any image linked to one by patient or duplicate
     group, leave their subsets for a new ``held_out`` subset; the rest stay where they were."""
-    ordered = sorted((s for s in samples if s.image_id in set(split.image_ids)),
-                     key=lambda s: s.image_id)
+    in_split = set(split.image_ids)
+    ordered = sorted((s for s in samples if s.image_id in in_split), key=lambda s: s.image_id)
     scanners = sorted({s.scanner for s in ordered if s.scanner})
     if scanner not in scanners:
         raise SonocadError(f"no image of scanner {scanner!r} in the split (scanners: "

@@ -2,7 +2,8 @@
 
 The batch sampler hands each item a seed derived from (run seed, epoch, position), so the
 augmentation an image gets does not depend on the number of workers or on whether training
-was interrupted and resumed.
+was interrupted and resumed. With `views` (`sonocad.data.views`), a seeded item may first be
+cut to a window: a lesion-free window of a lesion image is then a normal item.
 
 Items are dicts: "image", "index", and what the task adds (`sonocad.tasks.Task.item`: "mask",
 "label" or, for detection, "target"). `collate` batches them for every task.
@@ -10,6 +11,7 @@ Items are dicts: "image", "index", and what the task adds (`sonocad.tasks.Task.i
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Protocol
@@ -19,6 +21,7 @@ import torch
 from torch.utils.data import Dataset, Sampler, default_collate
 
 from sonocad.data.sample import Sample
+from sonocad.data.views import ViewConfig, draw_view
 from sonocad.errors import SonocadError
 from sonocad.progress import progress
 
@@ -36,11 +39,13 @@ class ItemTask(Protocol):
 
 class SampleDataset(Dataset):
     def __init__(self, samples: Sequence[Sample], task: ItemTask, class_names: Sequence[str],
-                 transform: Callable[..., Any], *, cache: bool = True) -> None:
+                 transform: Callable[..., Any], *, cache: bool = True,
+                 views: ViewConfig | None = None) -> None:
         self.samples = list(samples)
         self.task = task
         self.class_names = list(class_names)
         self.transform = transform
+        self.views = views
         self._cache: list[tuple[np.ndarray, np.ndarray | None]] | None = None
         if cache:
             self._cache = [self._load(i) for i in progress(range(len(self.samples)), "loading")]
@@ -51,12 +56,18 @@ class SampleDataset(Dataset):
     def __getitem__(self, key: int | ItemKey) -> dict[str, Any]:
         index, seed = key if isinstance(key, tuple) else (key, None)
         pixels, mask = self._cache[index] if self._cache is not None else self._load(index)
+        sample = self.samples[index]
+        if self.views is not None and seed is not None and mask is not None:
+            view = draw_view(pixels, mask, self.views, np.random.default_rng(seed))
+            pixels, mask = view.pixels, view.mask
+            if view.tissue:
+                sample = dataclasses.replace(sample, label="normal")
         with torch.random.fork_rng(devices=[]):
             if seed is not None:
                 torch.manual_seed(seed)
             image, mask_tensor = self.transform(pixels, mask)
         return {"image": image, "index": index,
-                **self.task.item(self.samples[index], mask_tensor, self.class_names)}
+                **self.task.item(sample, mask_tensor, self.class_names)}
 
     def _load(self, index: int) -> tuple[np.ndarray, np.ndarray | None]:
         sample = self.samples[index]

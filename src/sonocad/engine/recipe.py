@@ -56,6 +56,15 @@ class ModelSection(_Section):
     pretrained: str | None = None
 
 
+class ViewsSection(_Section):
+    """Random windows of training images (`sonocad.data.views`)."""
+
+    p: Annotated[float, Field(ge=0, le=1)]
+    tissue: Annotated[float, Field(ge=0, le=1)] = 0.5
+    scale: Annotated[list[float], Field(min_length=2, max_length=2)] = [0.35, 0.75]
+    margin: Annotated[float, Field(ge=0, lt=0.5)] = 0.05
+
+
 class DataSection(_Section):
     layout: str | None = None
     classes: list[str] = ["normal", "benign", "malignant"]
@@ -66,6 +75,7 @@ class DataSection(_Section):
     cache: bool = True
     sources: list[dict[str, Any]] | None = None  # checked by sonocad.data.sources
     class_weights: dict[str, float] | None = None
+    views: ViewsSection | None = None
 
 
 class LossSection(_Section):
@@ -161,6 +171,9 @@ KEY_DESCRIPTIONS: dict[str, str] = {
                     "per source replaces them (see below)",
     "data.class_weights": "draws per epoch of each class's training images, e.g. "
                           "`{normal: 1.5}`; multiplies the source's weight (`null`: 1 each)",
+    "data.views": "cut a share `p` of training items to a random window, each side a share "
+                  "`scale` of the image's; of a lesion image's windows a share `tissue` keeps "
+                  "`margin` clear of the lesion and trains as normal (`null`: whole images)",
     "transform": "how images become model input, the same in training, evaluation and "
                  "inference (stored in every checkpoint)",
     "transform.input_size": "model input in pixels: one int (square) or `[height, width]`",
@@ -336,6 +349,29 @@ def _leaf_paths(node: dict[str, Any], prefix: tuple[str, ...] = ()) -> Iterator[
         yield [*prefix, key]
         if isinstance(value, dict):
             yield from _leaf_paths(value, (*prefix, key))
+
+
+ABSENT = "absent"  # how `recipe_changes` shows a key one of the recipes leaves out
+
+
+def recipe_changes(before: dict[str, Any], after: dict[str, Any]
+                   ) -> dict[str, tuple[Any, Any]]:
+    """Dotted key -> (value after, value before) for every leaf that differs between two
+    recipes (`Recipe.to_dict`, or a checkpoint's ``recipe``). A key either leaves out counts
+    as its default, and the transforms compare as the preprocessing they give (defaults
+    filled), so writing out a default is no change."""
+    before, after = (_comparable(recipe) for recipe in (before, after))
+    keys = dict.fromkeys([*before, *after])
+    return {key: (after.get(key, ABSENT), before.get(key, ABSENT)) for key in keys
+            if after.get(key, ABSENT) != before.get(key, ABSENT)}
+
+
+def _comparable(recipe: dict[str, Any]) -> dict[str, Any]:
+    """The recipe's leaves by dotted key, defaults filled in."""
+    full = merge(DEFAULTS, recipe)
+    full["transform"] = TransformConfig.from_dict(full["transform"]).to_dict()
+    return {".".join(path): value for path in _leaf_paths(full)
+            if not isinstance(value := _at(full, path), dict)}
 
 
 def _check_task_and_model(recipe: Recipe, path: Path) -> Task:

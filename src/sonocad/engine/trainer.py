@@ -8,6 +8,23 @@ Run layout (``--out RUN``):
                  ran straight through: same weights, same metrics.csv but for ``seconds``)
   best.pt        the weights that scored best on the validation subset (never the test)
   summary.json   the selection metric, its value, steps, time
+
+Divergence stops the run: a step whose loss is not finite, weights that are not finite when
+the model is validated or saved, or outputs on validation images that are not (weights so large
+that they overflow) end training with one line naming the step (`SonocadError`), so no model
+that computes NaN is ever selected or saved; what the run wrote before (metrics.csv,
+last.pt, best.pt) stays as it was. A validation whose selection metric is NaN never beats one
+that scored a number.
+
+``--resume`` continues a run with the recipe it started with: a recipe that differs is refused,
+naming each differing key, and recipe.yaml is left alone. Only what sets how long the run goes
+on and how it runs, never what it computes, may change: ``train.epochs``, ``train.max_steps``,
+``train.max_minutes``, ``train.early_stopping``, ``train.checkpoint_every``,
+``train.num_workers``, ``train.eval_batch_size``, ``train.tensorboard`` and ``description``.
+Where a new length changes the number of steps, a per-step schedule (cosine, warmup_cosine) is
+rebuilt for the new length and taken on from the step reached, so the learning rate ends where
+the new length does (the run's own schedule, loaded as it was, would climb back up past its
+end).
 """
 
 from __future__ import annotations
@@ -15,8 +32,12 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import json
 import math
 import time
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,14 +49,28 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from sonocad.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from sonocad.checkpoint import (
+    Checkpoint,
+    load_checkpoint,
+    non_finite,
+    non_finite_weights,
+    save_checkpoint,
+)
 from sonocad.data.sample import Sample
 from sonocad.data.sources import DataArg, Source, class_weights, resolve_sources
 from sonocad.data.split import SplitFile, read_split, select
 from sonocad.data.torch_dataset import EpochBatches, SampleDataset, collate, epoch_generator
+from sonocad.data.views import ViewConfig
 from sonocad.engine.distributed import World, barrier, close_world, init_world, mean_over_world
 from sonocad.engine.optim import build_optimizer, build_scheduler, steps_per_optimizer_step
-from sonocad.engine.recipe import DataSection, Recipe
+from sonocad.engine.recipe import (
+    ABSENT,
+    DEFAULTS,
+    DataSection,
+    Recipe,
+    merge,
+    recipe_changes,
+)
 from sonocad.engine.validation import validate
 from sonocad.errors import SonocadError
 from sonocad.io.atomic import atomic_open, write_json, write_text
@@ -68,6 +103,14 @@ class _Progress:
     elapsed_s: float = 0.0
     # This epoch's step losses so far: its logged train loss covers steps before a resume too.
     epoch_losses: list[float] = field(default_factory=list)
+
+
+# Recipe keys `--resume` may change: how long the run goes on and how it runs, never what it
+# computes (see the module's docstring).
+RESUMABLE_KEYS = frozenset({
+    "description", "train.epochs", "train.max_steps", "train.max_minutes",
+    "train.early_stopping", "train.checkpoint_every", "train.num_workers",
+    "train.eval_batch_size", "train.tensorboard"})
 
 
 def train(recipe: Recipe, data: DataArg, split: DataArg, out: str | Path, *,
@@ -109,7 +152,7 @@ class _Trainer:
             self.task.check_samples(samples, self.class_names)
         self.train_set = SampleDataset(train_samples, self.task, self.class_names,
                                        build_transform(self.transform_config, train=True),
-                                       cache=cache)
+                                       cache=cache, views=_views(recipe, self.class_names))
         self.val_set = SampleDataset(val_samples, self.task, self.class_names,
                                      build_transform(self.transform_config, train=False),
                                      cache=cache)
@@ -134,9 +177,8 @@ class _Trainer:
         if self.batches_per_epoch == 0:
             raise SonocadError("the training subset is empty")
         self.epochs = self.cfg_train.epochs
-        self.total_steps = self.epochs * self.batches_per_epoch
-        if self.cfg_train.max_steps is not None:
-            self.total_steps = min(self.total_steps, self.cfg_train.max_steps)
+        self.total_steps = _total_steps(self.epochs, self.cfg_train.max_steps,
+                                        self.batches_per_epoch)
         self.scheduler = build_scheduler(self.optimizer, recipe.scheduler, self.total_steps)
         if not self.task.validation_loss and self.scheduler is not None and \
                 not steps_per_optimizer_step(self.scheduler):
@@ -175,7 +217,10 @@ class _Trainer:
         stop = state.step >= self.total_steps
         while not stop and state.epoch < self.epochs:
             for batch in self._loader(state):
-                state.epoch_losses.append(self._step(batch))
+                loss = self._step(batch)
+                if not math.isfinite(loss):
+                    raise self._diverged(state.step + 1, f"the loss is {loss}")
+                state.epoch_losses.append(loss)
                 state.batch += 1
                 state.step += 1
                 bar.update(1)
@@ -240,16 +285,22 @@ class _Trainer:
 
     def _validate(self, state: _Progress, losses: list[float], started: float) -> bool:
         """Validate, log, keep the best weights; True when this validation is the best so far."""
-        metrics = validate(self.model, self.val_set, self.task, self.loss_fn, self.world,
-                           batch_size=self.cfg_train.eval_batch_size)
+        self._check_weights(state.step)
+        with _watch_outputs(self.model) as seen:
+            metrics = validate(self.model, self.val_set, self.task, self.loss_fn, self.world,
+                               batch_size=self.cfg_train.eval_batch_size)
+        # Finite weights so large that outputs overflow. Each process saw its own share of
+        # the images: all of them stop if any saw one.
+        if mean_over_world(float(bool(seen)), self.world) > 0:
+            raise self._diverged(state.step, "the model's output on validation images is not "
+                                             f"finite ({' or '.join(sorted(seen)) or 'nan'})")
         if self.scheduler is not None and not steps_per_optimizer_step(self.scheduler):
             self.scheduler.step(metrics["loss"])
         if self.select_metric not in metrics:
             raise SonocadError(f"train.select_metric {self.select_metric!r} is not a validation "
                                f"metric; choose from {', '.join(sorted(metrics))}")
         value = metrics[self.select_metric]
-        improved = state.best_value is None or (
-            self.select_sign * value > self.select_sign * state.best_value)
+        improved = self._improves(value, state.best_value)
         row = {"epoch": state.epoch, "step": state.step,
                "train_loss": sum(losses) / len(losses) if losses else float("nan"),
                **{f"val_{k}": v for k, v in metrics.items()},
@@ -274,6 +325,14 @@ class _Trainer:
                       f"train loss {row['train_loss']:.4f} val {self.select_metric} {value:.4f}"
                       f"{' (best)' if improved else ''} {row['seconds']:.0f} s", flush=True)
         return improved
+
+    def _improves(self, value: float, best: float | None) -> bool:
+        """Whether `value` beats the best so far; NaN beats nothing, and anything beats NaN."""
+        if best is None:
+            return True
+        if math.isnan(value):
+            return False
+        return math.isnan(best) or self.select_sign * value > self.select_sign * best
 
     def _early_stop(self, state: _Progress) -> bool:
         patience = self.cfg_train.early_stopping
@@ -310,6 +369,7 @@ class _Trainer:
         return Checkpoint(meta, self.model.state_dict(), training_state)
 
     def _save_last(self, state: _Progress) -> None:
+        self._check_weights(state.step)  # on every process: they all stop together
         if self.world.is_main:
             save_checkpoint(self.out / "last.pt", self._checkpoint(state, training=True))
 
@@ -318,20 +378,55 @@ class _Trainer:
         checkpoint = load_checkpoint(path)
         if checkpoint.training_state is None:
             raise SonocadError(f"{path}: has no training state to resume from")
+        run_total_steps = self._check_same_recipe(path, checkpoint.meta.get("recipe"))
         if checkpoint.meta["data"]["fingerprint"] != self.data_info["fingerprint"]:
             raise SonocadError(f"{path}: was trained on other data or another split; "
                                "resume with the same --data and --split")
         training = checkpoint.training_state
+        progress = _Progress(**training["progress"])
         self.model.load_state_dict(checkpoint.state_dict)
         self.optimizer.load_state_dict(training["optimizer"])
-        if self.scheduler is not None and training["scheduler"] is not None:
-            self.scheduler.load_state_dict(training["scheduler"])
+        self._restore_schedule(training["scheduler"], run_total_steps, progress.step)
         self.scaler.load_state_dict(training["scaler"])
         torch.set_rng_state(training["torch_rng"])
         if training.get("cuda_rng") is not None and self.world.device.type == "cuda":
             torch.cuda.set_rng_state(training["cuda_rng"], self.world.device)
         self.history = list(training["history"])
-        return _Progress(**training["progress"])
+        return progress
+
+    def _check_same_recipe(self, path: Path, recorded: Any) -> int:
+        """Refuse a recipe that differs from the run's but for `RESUMABLE_KEYS`; the run's
+        total steps."""
+        if not isinstance(recorded, dict):
+            raise SonocadError(f"{path}: records no recipe to compare this one with; "
+                               "train a new run")
+        changes = recipe_changes(recorded, self.recipe.to_dict())
+        refused = {key: values for key, values in changes.items() if key not in RESUMABLE_KEYS}
+        if refused:
+            shown = ", ".join(f"{key} ({_shown(now)}, was {_shown(was)})"
+                              for key, (now, was) in refused.items())
+            raise SonocadError(f"{path}: the recipe differs from the run's in {shown}; resume "
+                               f"with the run's recipe ({self.out / 'recipe.yaml'}) or train "
+                               "a new run")
+        train = merge(DEFAULTS, recorded)["train"]
+        return _total_steps(train["epochs"], train["max_steps"], self.batches_per_epoch)
+
+    def _restore_schedule(self, saved: dict[str, Any] | None, run_total_steps: int,
+                          step: int) -> None:
+        """The run's schedule as it was; for a new length, a per-step schedule built for it
+        and advanced to `step` (the run's own would climb back up past its end)."""
+        if self.scheduler is None or saved is None:
+            return
+        if run_total_steps == self.total_steps or not steps_per_optimizer_step(self.scheduler):
+            self.scheduler.load_state_dict(saved)
+            return
+        for group in self.optimizer.param_groups:  # the schedule starts from the recipe's lr
+            group["lr"] = group["initial_lr"]
+        self.scheduler = build_scheduler(self.optimizer, self.recipe.scheduler, self.total_steps)
+        with warnings.catch_warnings():  # stepped before this process's first optimiser step
+            warnings.simplefilter("ignore", UserWarning)
+            for _ in range(step):
+                self.scheduler.step()
 
     def _finish(self, state: _Progress) -> TrainResult:
         if self.world.is_main:
@@ -342,6 +437,19 @@ class _Trainer:
         return TrainResult(self.out, self.out / "best.pt", self.select_metric,
                            float(state.best_value), state.step)
 
+    def _check_weights(self, step: int) -> None:
+        damage = non_finite_weights(self.model.state_dict())
+        if damage:
+            raise self._diverged(step, f"the weights are not finite ({damage})")
+
+    def _diverged(self, step: int, what: str) -> SonocadError:
+        """The one line that stops a diverging run, with what to change."""
+        lr, clip = self.recipe.optimizer.lr, self.cfg_train.grad_clip
+        remedy = (f"lower optimizer.lr (now {lr:g}) or "
+                  + ("set train.grad_clip" if clip is None else f"train.grad_clip (now {clip:g})"))
+        return SonocadError(f"training diverged at step {step}: {what}; {remedy}, and train "
+                            "again with --overwrite")
+
     def _write_history(self) -> None:
         fields = list(dict.fromkeys(key for row in self.history for key in row))
         buffer = io.StringIO()
@@ -350,6 +458,54 @@ class _Trainer:
         writer.writerows(self.history)
         with atomic_open(self.out / "metrics.csv", "w", encoding="utf-8") as handle:
             handle.write(buffer.getvalue())
+
+
+@contextmanager
+def _watch_outputs(model: nn.Module) -> Iterator[set[str]]:
+    """The kinds of non-finite value ("nan", "inf") in `model`'s outputs while in the block."""
+    seen: set[str] = set()
+
+    def look(module: nn.Module, inputs: Any, output: Any) -> None:
+        seen.update(kind for tensor in _tensors(output) if (kind := non_finite(tensor)))
+
+    handle = model.register_forward_hook(look)
+    try:
+        yield seen
+    finally:
+        handle.remove()
+
+
+def _tensors(output: Any) -> Iterator[torch.Tensor]:
+    """Every tensor in a model's output (a tensor, or dicts, lists and tuples of them)."""
+    if isinstance(output, torch.Tensor):
+        yield output
+    elif isinstance(output, dict):
+        for value in output.values():
+            yield from _tensors(value)
+    elif isinstance(output, (list, tuple)):
+        for value in output:
+            yield from _tensors(value)
+
+
+def _views(recipe: Recipe, class_names: list[str]) -> ViewConfig | None:
+    """The recipe's training views; a tissue view is a normal image, so the class must exist."""
+    section = recipe.data.views
+    if section is None:
+        return None
+    if section.tissue > 0 and "normal" not in class_names and recipe.task != "segmentation":
+        raise SonocadError("data.views.tissue trains lesion-free windows as normal images: "
+                           "add normal to data.classes, or set data.views.tissue=0")
+    return ViewConfig(section.p, section.tissue, tuple(section.scale), section.margin)
+
+
+def _total_steps(epochs: int, max_steps: int | None, batches_per_epoch: int) -> int:
+    total = epochs * batches_per_epoch
+    return total if max_steps is None else min(total, max_steps)
+
+
+def _shown(value: Any) -> str:
+    """A recipe value as a message shows it: as in YAML / JSON, or ``absent``."""
+    return ABSENT if value == ABSENT else json.dumps(value)
 
 
 def _inputs(sources: list[Source]) -> list[Path]:

@@ -1,8 +1,9 @@
 """The ONNX Runtime back end: one InferenceSession behind the Predictor's `Runner` interface.
 
-It runs a ``.onnx`` file from `sonocad export` (its meta comes from the file's metadata) or a
-checkpoint, exported in memory first. It uses as many threads as torch does, so the two back
-ends share one CPU budget, with every graph optimisation on.
+It runs a ``.onnx`` file from `sonocad export` (its meta comes from the file's metadata, checked
+as a checkpoint's is: `sonocad.checkpoint.check_meta`) or a checkpoint, exported in memory
+first. It uses as many threads as torch does, so the two back ends share one CPU budget, with
+every graph optimisation on.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import torch
 from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
 from torch import Tensor
 
-from sonocad.checkpoint import Checkpoint
+from sonocad.checkpoint import Checkpoint, check_meta
 from sonocad.errors import InputError
 from sonocad.inference.export import META_KEY, onnx_model_bytes
 
@@ -45,9 +46,11 @@ class OnnxRunner:
             raise InputError(path, f"not a sonocad ONNX model (no {META_KEY!r} metadata; "
                                    f"export it with `sonocad export`)")
         try:
-            return cls(session, json.loads(text))
+            meta = json.loads(text)
         except json.JSONDecodeError:
             raise InputError(path, f"its {META_KEY!r} metadata is not valid JSON") from None
+        check_meta(path, meta, "ONNX model")
+        return cls(session, meta)
 
     @classmethod
     def from_checkpoint(cls, checkpoint: Checkpoint) -> OnnxRunner:

@@ -11,11 +11,17 @@ Two back ends share every step but the model call, which sits behind `Runner`:
 - ``onnx`` runs one ONNX Runtime session (`sonocad.inference.onnx_backend.OnnxRunner`) on an
   exported ``.onnx`` file, or on a checkpoint exported in memory when the Predictor is built
   (a second or so; export once with `sonocad export` to skip that on every start).
+
+A model never makes a call out of NaN: a checkpoint whose weights are not all finite (a damaged
+file, a diverged training run) is refused when the Predictor is built, naming the file; an image
+whose model output is not finite (a model whose weights overflow on some inputs, or an ONNX
+file with damaged weights) gets a `NonFiniteOutput` instead of a prediction (`predict_each`),
+and `predict` raises it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from importlib.resources import as_file, files
 from pathlib import Path
 from typing import Any
@@ -24,7 +30,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from sonocad.checkpoint import Checkpoint, load_checkpoint
+from sonocad.checkpoint import Checkpoint, load_checkpoint, non_finite
 from sonocad.errors import InputError, SonocadError
 from sonocad.inference.decision import DecisionRule, decide
 from sonocad.inference.detection import DetectionPredictor
@@ -36,6 +42,14 @@ from sonocad.transforms import TransformConfig, restore_size, to_model_input
 
 BACKENDS = ("torch", "onnx")
 DEFAULT_MODEL = ("weights", "default.pt")  # inside the sonocad package
+
+
+class NonFiniteOutput(SonocadError):
+    """The model's output for an image holds NaN or infinity: no prediction can be made of it."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__(f"the model's output is not finite ({kind}), so no call is made; a "
+                         "model that does this on every image has damaged weights")
 
 
 def is_onnx_file(source: Checkpoint | str | Path) -> bool:
@@ -73,7 +87,19 @@ class Predictor:
             return cls(path, backend=backend)
 
     def predict(self, images: Sequence[np.ndarray]) -> list[Prediction]:
-        """Predict a batch of images (uint8/uint16 arrays, grey or RGB, any sizes)."""
+        """Predict a batch of images (uint8/uint16 arrays, grey or RGB, any sizes); raises
+        `NonFiniteOutput` if the model's output for any of them is not finite."""
+        predictions = []
+        for prediction in self.predict_each(images):
+            if isinstance(prediction, NonFiniteOutput):
+                raise prediction
+            predictions.append(prediction)
+        return predictions
+
+    def predict_each(self, images: Sequence[np.ndarray]
+                     ) -> list[Prediction | NonFiniteOutput]:
+        """As `predict`, but an image whose model output is not finite gets its
+        `NonFiniteOutput` in its place, so that the rest of a batch carries on."""
         if not images:
             return []
         if isinstance(self.runner, DetectionPredictor):
@@ -82,15 +108,20 @@ class Predictor:
         outputs = self.runner(batch)
         lesion = outputs[0] if self.task.lesion_map else None
         classes = torch.softmax(outputs[-1], dim=1).numpy() if self.task.class_scores else None
-        predictions = [Prediction(
-            None if lesion is None else self._probability_map(lesion[i], image.shape[:2]),
-            None if classes is None else dict(zip(self.class_names, map(float, classes[i]))))
-            for i, image in enumerate(images)]
+        return [self._prediction(None if lesion is None else lesion[i], image.shape[:2],
+                                 None if classes is None else classes[i])
+                if problem is None else problem
+                for i, (image, problem) in enumerate(zip(images, _non_finite_images(outputs)))]
+
+    def _prediction(self, lesion_logits: Tensor | None, shape: tuple[int, int],
+                    classes: np.ndarray | None) -> Prediction:
+        prediction = Prediction(
+            None if lesion_logits is None else self._probability_map(lesion_logits, shape),
+            None if classes is None else dict(zip(self.class_names, map(float, classes))))
         if self.rule is not None:
-            for prediction in predictions:
-                prediction.decision = decide(self.rule, prediction.class_probabilities,
-                                             prediction.lesion_probability)
-        return predictions
+            prediction.decision = decide(self.rule, prediction.class_probabilities,
+                                         prediction.lesion_probability)
+        return prediction
 
     def _probability_map(self, logits: Tensor, shape: tuple[int, int]) -> np.ndarray:
         # Resize logits, not probabilities: the 0.5 contour stays where the model put it.
@@ -122,3 +153,10 @@ def _open(source: Checkpoint | str | Path, backend: str, device: str
     else:
         runner = OnnxRunner.from_checkpoint(checkpoint)
     return checkpoint, runner, checkpoint.meta
+
+
+def _non_finite_images(outputs: Iterable[Tensor]) -> list[NonFiniteOutput | None]:
+    """Per image of the batch: its `NonFiniteOutput` where any of its outputs is not finite."""
+    per_output = list(zip(*(map(non_finite, output) for output in outputs)))
+    return [next((NonFiniteOutput(kind) for kind in kinds if kind), None)
+            for kinds in per_output]

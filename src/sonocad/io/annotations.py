@@ -1,5 +1,6 @@
 """Read and write lesion annotations: binary mask images, Pascal VOC class PNGs, Labelme JSON
-and QuPath GeoJSON. Every reader returns a bool (H, W) lesion mask or the parsed shapes.
+and QuPath GeoJSON. Every reader returns a bool (H, W) lesion mask or the parsed shapes. Mask
+images are turned upright by their EXIF orientation, as `sonocad.io.images` turns images.
 
 Pixel convention for vector shapes (Labelme and GeoJSON alike): coordinates are pixel x
 (column) and y (row); an integer coordinate is a pixel centre and edges are inclusive, as in
@@ -20,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageOps
 
 from sonocad.errors import InputError
 from sonocad.io.atomic import atomic_open, save_png, write_json
@@ -30,7 +31,7 @@ from sonocad.io.pixels import check_size
 class MaskFormat(str, Enum):
     """How a sample's annotation files encode the lesion."""
 
-    BINARY = "binary"  # any non-zero pixel is lesion; several files are OR-merged
+    BINARY = "binary"  # non-zero pixels are lesion, transparent ones not; files are OR-merged
     VOC = "voc"  # Pascal VOC class-index PNG; 0 background, 255 void border
     LABELME = "labelme"  # Labelme JSON polygons, rectangles, points
     GEOJSON = "geojson"  # QuPath GeoJSON polygons in image pixel coordinates
@@ -53,6 +54,10 @@ _LINE_KINDS = {"line", "linestrip"}
 _POINT_KINDS = {"point", "points"}
 
 VOID_CLASS = 255  # VOC marks the uncertain border around objects with 255
+
+
+class MaskSizeError(InputError):
+    """An annotation made for an image of another size than the one it is read for."""
 
 
 # --- data classes ----------------------------------------------------------------------------
@@ -123,8 +128,13 @@ def read_mask(paths: Sequence[Path], shape: tuple[int, int], fmt: MaskFormat) ->
 
 
 def read_binary_mask(path: str | Path, shape: tuple[int, int]) -> np.ndarray:
-    """Any non-zero pixel is lesion, in any colour channel of any mode; alpha is ignored
-    (BUSI has RGBA masks that are opaque everywhere)."""
+    """Any non-zero pixel is lesion, in any colour channel of any mode.
+
+    Transparent pixels (alpha 0) are background, as a viewer shows them; and where every
+    other pixel has one colour, those pixels are the lesion: the alpha channel is then the mask
+    (an outline painted on a transparent layer whose hidden colour is white, say). A mask
+    opaque everywhere (BUSI's RGBA masks) is read by its colour alone.
+    """
     image = _load_image(path)
     _check_size(path, image.size, shape)
     if image.mode in ("P", "PA"):
@@ -132,8 +142,18 @@ def read_binary_mask(path: str | Path, shape: tuple[int, int]) -> np.ndarray:
     pixels = np.asarray(image)
     if pixels.ndim == 2:
         return pixels != 0
-    colour = [i for i, band in enumerate(image.getbands()) if band != "A"]
-    return np.any(pixels[..., colour] != 0, axis=-1)
+    bands = image.getbands()
+    colour = pixels[..., [i for i, band in enumerate(bands) if band != "A"]]
+    drawn = np.any(colour != 0, axis=-1)
+    if "A" not in bands:
+        return drawn
+    shown = pixels[..., bands.index("A")] != 0
+    if shown.all():
+        return drawn
+    shown_colours = colour[shown]
+    if (shown_colours == shown_colours[:1]).all():  # all one colour (or none): alpha is all
+        return shown
+    return drawn & shown
 
 
 def read_voc_classes(path: str | Path) -> np.ndarray:
@@ -408,17 +428,21 @@ def _check_size(path: str | Path, size: tuple[int, int], shape: tuple[int, int],
                 what: str = "mask is") -> None:
     width, height = size
     if (height, width) != tuple(shape):
-        raise InputError(path, f"{what} {width}x{height} but the image is {shape[1]}x{shape[0]}")
+        raise MaskSizeError(path, f"{what} {width}x{height} but the image is "
+                                  f"{shape[1]}x{shape[0]}")
 
 
 def _load_image(path: str | Path) -> Image.Image:
-    """Open and fully decode an image, so that truncated files fail here, not later."""
+    """Open and fully decode an image, upright by its EXIF orientation, so that truncated files
+    fail here, not later."""
     try:
         if Path(path).stat().st_size == 0:
             raise InputError(path, "file is empty")
         with Image.open(path) as image:
             check_size(Path(path), *image.size, smallest=1)  # before decoding: a mask bomb
-            image.load()
+            # Decodes (a truncated file fails here) and turns the mask upright by its EXIF
+            # orientation, as images are read: a mask saved with its image's tag lines up.
+            ImageOps.exif_transpose(image, in_place=True)
             return image
     except Image.UnidentifiedImageError:
         raise InputError(path, "not an image file Pillow can read") from None

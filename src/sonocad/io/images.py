@@ -14,7 +14,10 @@ as a viewer shows them. 16-bit RGB PNGs arrive as 8-bit RGB (Pillow reads them s
 
 Every page of a multi-page TIFF is a frame, as every frame of a DICOM cine loop is (an animated
 PNG or a multi-picture JPEG gives its first picture only). Sizes are checked against
-`MAX_IMAGE_PIXELS` and `MIN_IMAGE_SIDE` from the file's header, before any pixel is decoded.
+`MAX_IMAGE_PIXELS` and `MIN_IMAGE_SIDE` from the file's header, before any pixel is decoded, and
+a file of more than `MAX_FRAMES` frames or pages is refused. A TIFF's pages are walked one by
+one, at most one past that limit, never counted whole: Pillow's page count reads every page
+header, in a time that grows with the square of their number (367 s for 100,000 pages).
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from sonocad.errors import InputError
 from sonocad.io.pixels import (
     MAX_IMAGE_PIXELS,
     Image,
+    check_frame_count,
     check_size,
     significant_bits,
     stretch_to_dtype,
@@ -63,9 +67,9 @@ def read_image(path: str | Path) -> Image:
 def iter_frames(path: str | Path) -> Iterator[Image]:
     """Every frame of a DICOM cine loop or page of a TIFF; any other image yields once.
 
-    The header (every page's, for a TIFF) is checked on call, so a file that is not an image
-    or is too large fails at once; pixels are decoded one frame at a time as they are asked for,
-    so memory does not grow with the number of frames.
+    The header (every page's, for a TIFF) is checked on call, so a file that is not an image,
+    is too large or has too many frames fails at once; pixels are decoded one frame at a time as
+    they are asked for, so memory does not grow with the number of frames.
     """
     path = _checked_file(path)
     if is_dicom(path):
@@ -143,10 +147,13 @@ def _read_with_pillow(path: Path) -> Image:
 
 
 def _check_pages(path: Path) -> None:
-    """Every page's size, from the headers alone: seeking a TIFF page reads its tags only."""
+    """The page count and every page's size, from the headers alone (seeking a TIFF page reads
+    its tags only), walking at most one page past the limit."""
     with _pillow_errors(path), PILImage.open(path, formats=_PIL_FORMATS) as image:
-        for index in range(_page_count(image)):
-            image.seek(index)
+        for count in itertools.count(1):
+            if not _seek_page(image, count - 1):
+                return
+            check_frame_count(path, count)
             check_size(path, *image.size)
 
 
@@ -156,16 +163,24 @@ def _pillow_pages(path: Path) -> Iterator[Image]:
     with _pillow_errors(path):
         image = PILImage.open(path, formats=_PIL_FORMATS)
     with image:
-        for index in range(_page_count(image)):
+        for index in itertools.count():
             with _pillow_errors(path):
-                image.seek(index)
+                if not _seek_page(image, index):
+                    return
                 page = _decoded_page(path, image)
             yield page
 
 
-def _page_count(image: PILImage.Image) -> int:
-    # A TIFF's pages are images of their own; APNG frames and MPO pictures are not scans.
-    return getattr(image, "n_frames", 1) if image.format == "TIFF" else 1
+def _seek_page(image: PILImage.Image, index: int) -> bool:
+    """Select page `index` of an open file; False past its last page. A TIFF's pages are images
+    of their own; APNG frames and MPO pictures are not scans, so other files have one page."""
+    if index and image.format != "TIFF":
+        return False
+    try:
+        image.seek(index)  # one page on from the last: never Pillow's n_frames, which reads all
+    except EOFError:
+        return False
+    return True
 
 
 def _decoded_page(path: Path, image: PILImage.Image) -> Image:

@@ -1,5 +1,6 @@
 """The decoded image every reader returns, and the pixel rules every reader shares: the size
-limits checked from a file's header, and how narrow or float values become uint8 / uint16."""
+and frame-count limits checked from a file's header, and how narrow or float values become
+uint8 / uint16."""
 
 from __future__ import annotations
 
@@ -20,6 +21,10 @@ MAX_IMAGE_PIXELS = 4096 * 4096
 # Smaller sides are refused: no ultrasound frame is that small (BUSI's smallest side is 190 px),
 # and a 1 x 1 image or a 5000 x 3 strip would be classified as if it were a scan.
 MIN_IMAGE_SIDE = 16
+# More frames in one file (a cine loop, a multi-page TIFF) are refused from the header, before
+# any frame is used: `predict` predicts and writes every frame, and an 11 MB TIFF can hold
+# 100,000 pages. A minute of cine at 30 frames/s is 1,800.
+MAX_FRAMES = 10_000
 
 
 @dataclass(frozen=True, eq=False)
@@ -67,6 +72,14 @@ def check_size(path: Path, width: int, height: int, *, smallest: int = MIN_IMAGE
     if min(width, height) < smallest:
         raise InputError(path, f"image too small for an ultrasound frame ({width} x {height} "
                                f"pixels; each side must be at least {smallest})")
+
+
+def check_frame_count(path: Path, count: int) -> None:
+    """InputError for a file with more than `MAX_FRAMES` frames or pages (`count` may stop
+    counting at one past the limit)."""
+    if count > MAX_FRAMES:
+        raise InputError(path, f"too many frames (more than the limit of {MAX_FRAMES:,} frames "
+                               "or pages per file)")
 
 
 SIGNIFICANT_BITS = (8, 10, 12, 14, 16)

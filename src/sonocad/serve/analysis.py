@@ -26,6 +26,11 @@ class Analysis:
     summary: dict[str, Any]  # JSON-ready; None where a value does not apply or is unknown
     images: dict[str, bytes]  # "overlay" (always) and "heatmap" (when there is one) as PNG
 
+    @property
+    def size(self) -> int:
+        """Bytes of its pictures: what keeping them costs the result store."""
+        return sum(len(data) for data in self.images.values())
+
 
 def analyse(predictor: Predictor, image: Image, explainer: Explainer | None = None) -> Analysis:
     """`explainer` gives a classifier its Grad-CAM heatmap; without it a classifier has none."""

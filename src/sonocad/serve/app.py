@@ -9,18 +9,24 @@
   GET  /api/results/{id}/heatmap.png      lesion probability over the image (segmentation)
   GET  /api/results/{id}/overlay-2.png    ... of frame 2 of a cine loop (up to MAX_FRAMES)
 
-With a token, every /api/ request needs ``Authorization: Bearer <token>`` (else 401, before
-any upload is read). Errors are JSON ``{"detail": "<one line>"}``. Nothing about an upload
-(name, content, DICOM attributes) is logged; DICOM is read through `sonocad.io.dicom`, which
-never decodes patient attributes.
+Only requests naming a loopback name or an allowed host in their Host header are answered
+(400 otherwise), and a POST from another site's page (its Origin) is refused (403):
+`sonocad.serve.hosts`. With a token, every /api/ request needs ``Authorization: Bearer
+<token>`` (else 401, before any upload is read). An upload's pictures are kept within the
+result store's byte budget: frames past it are left out (the answer's "frames_note" says so),
+and an image whose first frame alone is over it is refused (422). Errors are JSON
+``{"detail": "<one line>"}``. Nothing about an upload (name, content, DICOM attributes) is
+logged; DICOM is read through `sonocad.io.dicom`, which never decodes patient attributes.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import ctypes.util
 import re
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager, closing
 from pathlib import Path
@@ -36,12 +42,13 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from sonocad import __version__
 from sonocad.errors import SonocadError
 from sonocad.explain.runner import Explainer, grad_cam_explainer
-from sonocad.inference.predictor import Predictor
+from sonocad.inference.predictor import NonFiniteOutput, Predictor
 from sonocad.io.images import parse_spacing
 from sonocad.io.pixels import Image
 from sonocad.predictions import THRESHOLD
 from sonocad.serve.analysis import Analysis, analyse
-from sonocad.serve.results import ID_PATTERN, ResultStore
+from sonocad.serve.hosts import HostGuard
+from sonocad.serve.results import ID_PATTERN, MAX_BYTES, ResultStore
 from sonocad.serve.uploads import MAX_FRAMES, UploadLimit, read_upload
 
 MAX_UPLOAD_BYTES = 20 * 2**20
@@ -59,8 +66,10 @@ _PAGE_HEADERS = {
 
 
 def create_app(predictor: Predictor, *, token: str | None = None,
-               max_upload_bytes: int = MAX_UPLOAD_BYTES) -> FastAPI:
-    """The viewer's web app around `predictor`; `token` None leaves the API open."""
+               max_upload_bytes: int = MAX_UPLOAD_BYTES, allowed_hosts: Iterable[str] = (),
+               result_bytes: int = MAX_BYTES) -> FastAPI:
+    """The viewer's web app around `predictor`; `token` None leaves the API open. It answers
+    to loopback names and `allowed_hosts`; `result_bytes` bounds the pictures it keeps."""
     if token is not None and not TOKEN_PATTERN.fullmatch(token):
         raise SonocadError("the token must be at least 16 visible ASCII characters without "
                            "spaces, e.g. from: python -c 'import secrets; "
@@ -78,12 +87,14 @@ def create_app(predictor: Predictor, *, token: str | None = None,
     # No /docs: its page loads scripts from a CDN, and the viewer works offline.
     app = FastAPI(title="sonocad", version=__version__, docs_url=None, redoc_url=None,
                   openapi_url=None, lifespan=lifespan)
-    # Added last runs first: the token is checked before a byte of an upload is read.
+    # Added last runs first: the host, then the token are checked before a byte of an upload
+    # is read.
     app.add_middleware(UploadLimit, path="/api/predict", max_bytes=max_upload_bytes)
     if token is not None:
         app.add_middleware(BearerToken, token=token)
+    app.add_middleware(HostGuard, allowed_hosts=allowed_hosts)
     _add_error_handlers(app, max_upload_bytes)
-    store = ResultStore()
+    store = ResultStore(max_bytes=result_bytes)
     model_info = describe_model(predictor)
     explainer = grad_cam_explainer(predictor)
 
@@ -99,10 +110,12 @@ def create_app(predictor: Predictor, *, token: str | None = None,
     async def predict(file: UploadFile,
                       spacing: Annotated[str | None, Form()] = None) -> dict[str, Any]:
         """The first frame's results at the top level; every frame's (up to MAX_FRAMES of a
-        cine loop or multi-page TIFF) in "frames", numbered from 1 as predict names them."""
+        cine loop or multi-page TIFF, as far as their pictures fit the store) in "frames",
+        numbered from 1 as predict names them."""
         spacing_mm = _spacing_field(spacing)
-        file_format, analyses = await asyncio.get_running_loop().run_in_executor(
-            worker, _read_and_analyse, predictor, explainer, file.file, spacing_mm)
+        file_format, analyses, frames_note = await asyncio.get_running_loop().run_in_executor(
+            worker, _analysed_upload, predictor, explainer, file.file, spacing_mm,
+            store.max_bytes)
         result_id = store.add({image_name(name, number): data
                                for number, analysis in enumerate(analyses, start=1)
                                for name, data in analysis.images.items()})
@@ -112,7 +125,7 @@ def create_app(predictor: Predictor, *, token: str | None = None,
                       if name in analysis.images else None for name in ("overlay", "heatmap")}}
                   for number, analysis in enumerate(analyses, start=1)]
         return {"id": result_id, "format": file_format, **frames[0], "frames": frames,
-                "frame_limit": MAX_FRAMES}
+                "frame_limit": MAX_FRAMES, "frames_note": frames_note}
 
     @app.get("/api/results/{result_id}/{name}.png")
     async def result_image(result_id: Annotated[str, PathParam(pattern=ID_PATTERN)],
@@ -144,12 +157,60 @@ def _spacing_field(text: str | None) -> tuple[float, float] | None:
         raise HTTPException(422, f"spacing: {exc}") from None
 
 
+def _analysed_upload(*args: Any) -> tuple[str, list[Analysis], str | None]:
+    """`_read_and_analyse`; then, its frames and working arrays freed, the memory they took
+    goes back to the system, whether it succeeded or not."""
+    try:
+        return _read_and_analyse(*args)
+    finally:
+        _release_freed_memory()
+
+
 def _read_and_analyse(predictor: Predictor, explainer: Explainer | None, stream: BinaryIO,
-                      spacing_mm: tuple[float, float] | None) -> tuple[str, list[Analysis]]:
+                      spacing_mm: tuple[float, float] | None, max_bytes: int
+                      ) -> tuple[str, list[Analysis], str | None]:
+    """(format, its frames analysed in turn while their pictures fit in `max_bytes`, a note
+    on frames left out or None). 422 when the first frame's pictures alone are over it."""
     file_format, frames = read_upload(stream)
+    analyses: list[Analysis] = []
+    size = 0
     with closing(frames):  # the temporary copy goes as soon as the last frame is read
-        return file_format, [analyse(predictor, _spaced(image, spacing_mm), explainer)
-                             for image in frames]
+        for image in frames:
+            try:
+                analysis = analyse(predictor, _spaced(image, spacing_mm), explainer)
+            except NonFiniteOutput as exc:  # a damaged model makes no call
+                raise HTTPException(422, f"cannot analyse this image: {exc}") from None
+            size += analysis.size
+            if size > max_bytes:
+                if not analyses:
+                    raise HTTPException(422, f"this image's pictures ({_size_text(size)}) are "
+                                             f"over the viewer's result budget "
+                                             f"({_size_text(max_bytes)})")
+                return file_format, analyses, (
+                    f"the viewer shows the first {len(analyses)} frames: more would not fit "
+                    f"its result budget ({_size_text(max_bytes)})")
+            analyses.append(analysis)
+    limited = len(analyses) == MAX_FRAMES
+    return file_format, analyses, (f"the viewer shows the first {MAX_FRAMES} frames"
+                                   if limited else None)
+
+
+def _glibc_malloc_trim() -> Any:
+    """glibc's malloc_trim, or None where the C library is another."""
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c")).malloc_trim
+    except (OSError, AttributeError, TypeError):
+        return None
+
+
+_MALLOC_TRIM = _glibc_malloc_trim()
+
+
+def _release_freed_memory() -> None:
+    # glibc keeps freed heap memory for reuse: after a large upload (decoded frames, model
+    # activations, pictures) the server held 100 MB or more it no longer used.
+    if _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)
 
 
 def _spaced(image: Image, spacing_mm: tuple[float, float] | None) -> Image:

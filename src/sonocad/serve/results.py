@@ -1,5 +1,7 @@
 """The last few results' images, in memory: bounded in count and bytes, least recently used
-evicted first, so the server's memory stays flat however many images it sees.
+evicted first, so the server's memory stays flat however many images it sees. The byte budget
+holds for every result, the newest too: one over it on its own is refused (the app keeps an
+upload's frames within it before adding them).
 
 Ids are random (`secrets.token_urlsafe`), so one user cannot guess another's results, and are
 only ever dictionary keys: nothing is read from disk by a name a client sends.
@@ -27,13 +29,16 @@ class ResultStore:
         self._lock = threading.Lock()  # requests run in a thread pool
 
     def add(self, images: dict[str, bytes]) -> str:
+        """Its id; older results are evicted to make room. A `ValueError` for a result over
+        `max_bytes` on its own."""
+        size = _size(images)
+        if size > self.max_bytes:
+            raise ValueError(f"a result of {size} bytes is over the store's {self.max_bytes}")
         result_id = secrets.token_urlsafe(ID_BYTES)
         with self._lock:
             self._results[result_id] = images
-            self._bytes += _size(images)
-            # The newest result always stays, even alone over max_bytes: its page needs it now.
-            while len(self._results) > 1 and (len(self._results) > self.max_results
-                                              or self._bytes > self.max_bytes):
+            self._bytes += size
+            while len(self._results) > self.max_results or self._bytes > self.max_bytes:
                 _, evicted = self._results.popitem(last=False)
                 self._bytes -= _size(evicted)
         return result_id

@@ -1,42 +1,51 @@
-"""`sonocad serve`: load the model, listen, and run the app under uvicorn until Ctrl+C."""
+"""`sonocad serve`: load the model, listen, and run the app under uvicorn until Ctrl+C, with
+`sonocad.serve.connections`' limits on slow and idle clients."""
 
 from __future__ import annotations
 
 import ipaddress
 import socket
+from collections.abc import Iterable
 from pathlib import Path
 
 import uvicorn
+from fastapi import FastAPI
 
 from sonocad.errors import SonocadError
 from sonocad.inference.predictor import Predictor
 from sonocad.serve.app import create_app
-
-MAX_CONNECTIONS = 32  # a local viewer: one person, a few tabs
+from sonocad.serve.connections import ConnectionLimits, protocol_class
 
 
 def run(model: str | Path | None, host: str = "127.0.0.1", port: int = 8000,
-        token: str | None = None, backend: str = "torch") -> None:
+        token: str | None = None, backend: str = "torch",
+        allowed_hosts: Iterable[str] = ()) -> None:
     """Serve `model` (a checkpoint, or a .onnx file with backend "onnx"; None: the bundled
     default model) at http://host:port/ until interrupted. Port 0 picks a free port; the
-    address is printed either way. Any host but loopback needs a token."""
+    address is printed either way. Any host but loopback needs a token. Requests may name
+    (in their Host header) a loopback name, `host` itself or one of `allowed_hosts`."""
     if token is None and not is_loopback(host):
         raise SonocadError(f"serving on {host} exposes the API to the network: pass a token "
                            "(clients send it as 'Authorization: Bearer <token>'), or serve on "
                            "127.0.0.1")
     predictor = Predictor.default(backend=backend) if model is None else Predictor(
         model, backend=backend)
-    app = create_app(predictor, token=token)
+    app = create_app(predictor, token=token, allowed_hosts=[host, *allowed_hosts])
     listener = _listen(host, port)
     bound_port = listener.getsockname()[1]
     shown_host = f"[{host}]" if ":" in host else host
     print(f"sonocad: serving {predictor.meta['model']['name']} ({predictor.task.name}) at "
           f"http://{shown_host}:{bound_port}/ (Ctrl+C stops)", flush=True)
-    # uvicorn has no timeout for reading request headers: a cap on open connections bounds
-    # what slow clients can hold (bodies have their own timeout, serve.uploads.UploadLimit).
-    config = uvicorn.Config(app, log_level="info", server_header=False,
-                            timeout_graceful_shutdown=5, limit_concurrency=MAX_CONNECTIONS)
-    uvicorn.Server(config).run(sockets=[listener])
+    make_server(app).run(sockets=[listener])
+
+
+def make_server(app: FastAPI, limits: ConnectionLimits = ConnectionLimits(),
+                log_level: str = "info") -> uvicorn.Server:
+    """uvicorn serving `app` under `limits` (its `run(sockets=[...])` serves until stopped)."""
+    config = uvicorn.Config(app, log_level=log_level, server_header=False,
+                            timeout_graceful_shutdown=5, http=protocol_class(limits),
+                            timeout_keep_alive=limits.idle_timeout_s)
+    return uvicorn.Server(config)
 
 
 def is_loopback(host: str) -> bool:

@@ -13,9 +13,9 @@ from __future__ import annotations
 import asyncio
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, TypeVar
 
 from fastapi import HTTPException, status
 from starlette.datastructures import Headers
@@ -25,6 +25,7 @@ from sonocad.errors import InputError
 from sonocad.io.images import iter_frames
 from sonocad.io.pixels import Image
 
+T = TypeVar("T")
 _DICOM_PREAMBLE = 128  # DICOM part 10: 128 free bytes, then b"DICM"
 _SIGNATURES = ((b"\x89PNG\r\n\x1a\n", "PNG"), (b"\xff\xd8\xff", "JPEG"), (b"BM", "BMP"),
                (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"))
@@ -100,10 +101,11 @@ def read_upload(stream: BinaryIO, max_frames: int = MAX_FRAMES
     with open(path, "wb") as handle:
         shutil.copyfileobj(stream, handle)
     try:
-        frames = iter_frames(path)  # the header is checked here, before any pixel is decoded
-    except InputError as exc:
+        # The header is checked here, before any pixel is decoded.
+        frames = _readable(lambda: iter_frames(path), path)
+    except HTTPException:
         folder.cleanup()
-        raise _unreadable(exc, path) from None
+        raise
     return file_format, _frames(frames, folder, path, max_frames)
 
 
@@ -111,10 +113,7 @@ def _frames(frames: Iterator[Image], folder: tempfile.TemporaryDirectory, path: 
             max_frames: int) -> Iterator[Image]:
     try:
         for _ in range(max_frames):
-            try:
-                frame = next(frames, None)
-            except InputError as exc:
-                raise _unreadable(exc, path) from None
+            frame = _readable(lambda: next(frames, None), path)
             if frame is None:
                 return
             yield frame
@@ -122,7 +121,13 @@ def _frames(frames: Iterator[Image], folder: tempfile.TemporaryDirectory, path: 
         folder.cleanup()
 
 
-def _unreadable(exc: InputError, path: Path) -> HTTPException:
-    problem = exc.problem.replace(str(path), "upload")  # one line already
-    return HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT,
-                         f"cannot read this image: {problem}")
+def _readable(step: Callable[[], T], path: Path) -> T:
+    """`step()`; the reader's InputError as a 422 raised after it is gone: chained to it, the
+    422 would keep the reader's frames alive, and with them what it had decoded or inflated
+    (100 MB for a Deflate bomb), past the moment serve gives freed memory back."""
+    try:
+        return step()
+    except InputError as exc:
+        problem = exc.problem.replace(str(path), "upload")  # one line already
+    raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT,
+                        f"cannot read this image: {problem}")

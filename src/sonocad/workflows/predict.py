@@ -28,8 +28,9 @@ sub-folders are mirrored) made safe by `sonocad.io.outputs.output_stem` (no root
 an absolute or climbing id still lands inside `out`; long names cut with a stable hash), plus
 ``_frameNNN`` (from 001) for the frames of a multi-frame file; a name already taken gets
 ``_2``, ``_3``, ... Images stream through in batches, so memory does not grow with the number of
-inputs. Unreadable files are reported on stderr, one line each, skipped, and listed in the
-result's `failures`.
+inputs. Unreadable files, and images whose model output is not finite (a damaged model makes
+no call), are reported on stderr, one line each, skipped, and listed in the result's
+`failures`.
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ from tqdm import tqdm
 from sonocad.checkpoint import Checkpoint
 from sonocad.data.adapters import annotated_stem, read_manifest
 from sonocad.errors import InputError, SonocadError
-from sonocad.inference.predictor import Predictor
+from sonocad.inference.predictor import NonFiniteOutput, Predictor
 from sonocad.io.images import IMAGE_SUFFIXES, is_dicom, is_image_file, numbered_frames
 from sonocad.io.outputs import MARKER, UniqueNames, claim_output_dir, output_stem
 from sonocad.io.pixels import MAX_IMAGE_PIXELS, Image
@@ -136,8 +137,14 @@ def predict(inputs: Sequence[str | Path], out: str | Path, *,
     with OutputWriter(out, table, outputs=outputs, picture_format=picture_format) as writer:
         dicom = _DicomResults(out / "dicom", writer, failures) if dicom_out else None
         for batch in _batches(items, batch_size):
-            predictions = predictor.predict([item.image.pixels for item in batch])
+            predictions = predictor.predict_each([item.image.pixels for item in batch])
             for item, prediction in zip(batch, predictions):
+                if isinstance(prediction, NonFiniteOutput):  # no call is made of NaN
+                    failure = InputError(item.source.path, str(prediction) if item.frame is None
+                                         else f"frame {item.frame}: {prediction}")
+                    _report(failure)
+                    failures.append(failure)
+                    continue
                 heat = explainer(item.image.pixels, prediction).heat if explainer else None
                 rows.append(_row(item, prediction))
                 if dicom is not None:

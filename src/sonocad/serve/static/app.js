@@ -103,9 +103,8 @@ function showFrameControl(result) {
   input.value = "1";
   $("frame-count").textContent = String(frames.length);
   $("frames").hidden = frames.length < 2;
-  const limited = frames.length === result.frame_limit;
-  $("frame-note").hidden = !limited;
-  $("frame-note").textContent = limited ? `the viewer shows the first ${result.frame_limit}` : "";
+  $("frame-note").hidden = !result.frames_note; // frames left out: the server says why
+  $("frame-note").textContent = result.frames_note || "";
 }
 
 async function frameUrls(number) {

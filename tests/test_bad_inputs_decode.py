@@ -1,0 +1,572 @@
+"""Decode budgets the decoder cannot bypass (issue 28, items 6, 8, 9, 16, 17, 22, 29, 31, 32),
+made at test time: compressed DICOM frames whose codestream is larger than their header says,
+Deflate bombs and valid Deflated files, TIFFs of thousands of pages, text and non-finite DICOM
+attributes, and checkpoint or ONNX meta out of bounds or asking for pretrained weights. Each is
+one kind: one line naming the file, the batch carries on, inputs stay byte for byte as they
+were, and the bombs stay within a memory limit."""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import shutil
+import struct
+import zlib
+from collections.abc import Callable
+from importlib.resources import as_file, files
+from pathlib import Path
+
+import numpy as np
+import PIL.TiffImagePlugin
+import pytest
+import torch
+from PIL import Image as PILImage
+from pydicom import Dataset, FileMetaDataset, dcmread
+from pydicom.data import get_testdata_file
+from pydicom.datadict import dictionary_VR, tag_for_keyword
+from pydicom.dataelem import RawDataElement
+from pydicom.encaps import encapsulate
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_dataset, write_file_meta_info
+from pydicom.tag import Tag
+from pydicom.uid import (
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRLittleEndian,
+    JPEG2000Lossless,
+    JPEGBaseline8Bit,
+    JPEGLSLossless,
+    RLELossless,
+    UltrasoundImageStorage,
+    UltrasoundMultiFrameImageStorage,
+    generate_uid,
+)
+
+from sonocad.checkpoint import (
+    MAX_CLASSES,
+    MAX_INPUT_SIDE,
+    Checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+)
+from sonocad.errors import InputError
+from sonocad.inference.predictor import DEFAULT_MODEL
+from sonocad.io import dicom
+from sonocad.io.images import iter_frames, read_image
+from sonocad.io.pixels import MAX_FRAMES
+from test_bad_inputs import EXIT_FATAL, EXIT_SOME_FAILED, _run
+from test_predict import _png, _tree_digest, _unet_checkpoint
+
+HEADER_SIDE = 256  # what every bomb's header says: 256 x 256 grey, 8 bits
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _unet_checkpoint(tmp_path_factory.mktemp("ckpt") / "all.pt", 5.0)
+
+
+# --- compressed frames whose codestream says another size (item 6) ------------------------------
+
+def _grey(side: int = 64) -> np.ndarray:
+    return np.random.default_rng(0).integers(0, 255, (side, side), dtype=np.uint8)
+
+
+def _pillow_codestream(format: str, **save: object) -> bytes:
+    buffer = io.BytesIO()
+    PILImage.fromarray(_grey()).save(buffer, format, **save)
+    return buffer.getvalue()
+
+
+def _jpeg(width: int, height: int, fill: bytes = b"") -> bytes:
+    """A real 64 x 64 baseline JPEG whose frame header (SOF0) says width x height; `fill`
+    (0xFF bytes) before that marker, which decoders skip."""
+    stream = _pillow_codestream("JPEG")
+    at = stream.index(b"\xff\xc0")
+    sof = stream[at:at + 5] + struct.pack(">HH", height, width)
+    return stream[:at] + fill + sof + stream[at + 9:]
+
+
+def _jpeg_ls(width: int, height: int) -> bytes:
+    """An 11.5 KB JPEG-LS codestream whose frame header (SOF55) says width x height: only the
+    header matters, decoding must be refused before it starts."""
+    sof = b"\xff\xf7" + struct.pack(">HBHHB", 11, 8, height, width, 1) + b"\x01\x11\x00"
+    sos = b"\xff\xda" + struct.pack(">HB", 8, 1) + b"\x01\x00" + b"\x00\x00\x00"
+    return b"\xff\xd8" + sof + sos + bytes(11_500) + b"\xff\xd9"
+
+
+def _j2k(width: int, height: int, jp2: bool = False) -> bytes:
+    """A real 64 x 64 JPEG 2000 codestream whose SIZ segment says width x height; `jp2`: inside
+    the boxes of a JP2 file, as some writers store it."""
+    stream = bytearray(_pillow_codestream("JPEG2000", no_jp2=not jp2))
+    siz = stream.index(b"\xff\x4f\xff\x51")
+    stream[siz + 8:siz + 16] = struct.pack(">II", width, height)
+    return bytes(stream)
+
+
+def _rle(runs: int) -> bytes:
+    """One RLE segment of `runs` replicate runs of 128 zeros: 2 bytes ask for 128."""
+    segment = b"\x81\x00" * runs
+    return struct.pack("<16I", 1, 64, *[0] * 14) + segment
+
+
+def _compressed_dicom(name: str, syntax: str, *frames: bytes,
+                      side: int = HEADER_SIDE) -> Callable[[Path], Path]:
+    def make(folder: Path) -> Path:
+        ds = Dataset()
+        ds.file_meta = FileMetaDataset()
+        ds.file_meta.TransferSyntaxUID = syntax
+        ds.SOPClassUID = UltrasoundMultiFrameImageStorage if len(frames) > 1 \
+            else UltrasoundImageStorage
+        ds.SOPInstanceUID = generate_uid()
+        ds.Rows = ds.Columns = side
+        if len(frames) > 1:
+            ds.NumberOfFrames = len(frames)
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+        ds.PixelData = encapsulate(list(frames))
+        ds["PixelData"].VR = "OB"
+        path = folder / name
+        ds.save_as(path, enforce_file_format=True)
+        return path
+    return make
+
+
+CODESTREAM_CASES: dict[str, tuple[Callable[[Path], Path], str]] = {
+    "JPEG-LS codestream of 40000 x 40000 in a 256 x 256 header": (
+        _compressed_dicom("jls.dcm", JPEGLSLossless, _jpeg_ls(40_000, 40_000)),
+        "image too large: frame 1's JPEG-LS codestream is 40000 x 40000 pixels"),
+    "baseline JPEG codestream of 13000 x 13000": (
+        _compressed_dicom("jpeg.dcm", JPEGBaseline8Bit, _jpeg(13_000, 13_000)),
+        "image too large: frame 1's JPEG codestream is 13000 x 13000 pixels"),
+    "JPEG frame header behind fill bytes": (
+        _compressed_dicom("fill.dcm", JPEGBaseline8Bit, _jpeg(13_000, 13_000, b"\xff" * 3)),
+        "image too large: frame 1's JPEG codestream is 13000 x 13000"),
+    "JPEG 2000 codestream of 40000 x 40000": (
+        _compressed_dicom("j2k.dcm", JPEG2000Lossless, _j2k(40_000, 40_000)),
+        "image too large: frame 1's JPEG 2000 codestream is 40000 x 40000"),
+    "JPEG 2000 in a JP2 file of 40000 x 40000": (
+        _compressed_dicom("jp2.dcm", JPEG2000Lossless, _j2k(40_000, 40_000, jp2=True)),
+        "image too large: frame 1's JPEG 2000 codestream is 40000 x 40000"),
+    "JPEG codestream smaller than its header": (
+        _compressed_dicom("small.dcm", JPEGBaseline8Bit, _jpeg(64, 64)),
+        "JPEG codestream is 64 x 64 pixels, but the header says 256 x 256"),
+    "JPEG frame without a frame header": (
+        _compressed_dicom("nosof.dcm", JPEGBaseline8Bit, b"\xff\xd8\xff\xd9"),
+        "no JPEG frame header"),
+    "RLE segment decoding to 64 x its size": (
+        _compressed_dicom("rle.dcm", RLELossless, _rle(100_000)),
+        "frame 1: RLE segment 1 decodes to more than Rows x Columns bytes"),
+    "JPEG bomb in frame 2 of a cine loop": (
+        _compressed_dicom("cine.dcm", JPEGBaseline8Bit, _jpeg(64, 64), _jpeg(13_000, 13_000),
+                          side=64),
+        "frame 2's JPEG codestream is 13000 x 13000"),
+}
+
+
+# --- Deflated Explicit VR Little Endian (items 8 and 32) ----------------------------------------
+
+def _header(syntax: str = ExplicitVRLittleEndian) -> Dataset:
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = syntax
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID = UltrasoundImageStorage
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID = generate_uid()
+    ds.Rows = ds.Columns = HEADER_SIDE
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+    return ds
+
+
+def _deflated(name: str, inflated: int, deflate: bool = True) -> Callable[[Path], Path]:
+    """A Deflated DICOM whose data set inflates to about `inflated` bytes of zero pixel data
+    (compressed a MiB at a time, never held); `deflate=False`: random bytes in its place."""
+    def make(folder: Path) -> Path:
+        ds = _header(DeflatedExplicitVRLittleEndian)
+        meta, body = DicomBytesIO(), DicomBytesIO()
+        for stream in (meta, body):
+            stream.is_little_endian, stream.is_implicit_VR = True, False
+        write_file_meta_info(meta, ds.file_meta)
+        del ds.file_meta
+        write_dataset(body, ds)
+        body.write(struct.pack("<HH2sHI", 0x7FE0, 0x0010, b"OB", 0, inflated))
+        compressor = zlib.compressobj(1, zlib.DEFLATED, -zlib.MAX_WBITS)  # raw, as A.5 says
+        parts = [compressor.compress(body.getvalue())]
+        zeros = bytes(2**20)
+        parts += [compressor.compress(zeros) for _ in range(inflated // len(zeros))]
+        parts.append(compressor.compress(bytes(inflated % len(zeros))) + compressor.flush())
+        data = b"".join(parts) if deflate else np.random.default_rng(0).bytes(4096)
+        path = folder / name
+        path.write_bytes(bytes(128) + b"DICM" + meta.getvalue() + data)
+        return path
+    return make
+
+
+BOMB = dicom.MAX_INFLATED_BYTES + 2**20  # a MiB past the limit: about 100 KB on disk
+
+DEFLATE_CASES: dict[str, tuple[Callable[[Path], Path], str]] = {
+    "Deflate bomb": (_deflated("bomb.dcm", BOMB),
+                     "its Deflated DICOM data set inflates to more than"),
+    "Deflated data that is not deflate": (_deflated("garbage.dcm", 1000, deflate=False),
+                                          "cannot inflate its Deflated DICOM data set"),
+    "Deflated data set cut short": (_deflated("short.dcm", HEADER_SIDE**2 - 100),
+                                    "cannot decode DICOM pixel data"),
+}
+
+
+def _deflated_copy(folder: Path) -> Path:
+    """pydicom's own valid Deflated file (512 x 512 grey)."""
+    return Path(shutil.copyfile(get_testdata_file("image_dfl.dcm"), folder / "dfl.dcm"))
+
+
+def _deflated_scan(folder: Path) -> Path:
+    ds = _header()
+    ds.PixelData = _grey(HEADER_SIDE).tobytes()
+    ds.PixelSpacing = [0.1, 0.2]
+    path = folder / "scan.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    deflated = dcmread(path)
+    deflated.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    deflated.save_as(folder / "scan_dfl.dcm")
+    return folder / "scan_dfl.dcm"
+
+
+def test_a_valid_deflated_dicom_reads_as_its_plain_twin(tmp_path: Path) -> None:
+    deflated = _deflated_scan(tmp_path)
+    assert dcmread(deflated).file_meta.TransferSyntaxUID == DeflatedExplicitVRLittleEndian
+    image = read_image(deflated)
+    np.testing.assert_array_equal(image.pixels, read_image(tmp_path / "scan.dcm").pixels)
+    assert image.spacing_mm == (0.1, 0.2)
+    reference = _deflated_copy(tmp_path)
+    np.testing.assert_array_equal(read_image(reference).pixels, dcmread(reference).pixel_array)
+
+
+@pytest.mark.parametrize("make", [_deflated_copy, _deflated_scan])
+def test_predict_reads_a_valid_deflated_dicom(make: Callable[[Path], Path], tmp_path: Path,
+                                              checkpoint: Path,
+                                              capsys: pytest.CaptureFixture) -> None:
+    (tmp_path / "in").mkdir()
+    image = make(tmp_path / "in")
+    before = _tree_digest(tmp_path / "in")
+    code, lines = _run(["predict", checkpoint, image, "--out", tmp_path / "out"], capsys)
+    assert code == 0 and not any(line.startswith("sonocad:") for line in lines), lines
+    assert (tmp_path / "out" / "masks" / f"{image.stem}.png").is_file()
+    assert _tree_digest(tmp_path / "in") == before
+
+
+# --- text and non-finite DICOM attributes (items 16, 17, 29) -----------------------------------
+
+def _attributes(name: str, **raw: str) -> Callable[[Path], Path]:
+    """A 48 x 48 grey DICOM holding each attribute's text exactly as given, valid or not."""
+    def make(folder: Path) -> Path:
+        ds = _header()
+        ds.Rows = ds.Columns = 48
+        ds.PixelData = np.full((48, 48), 90, np.uint8).tobytes()
+        for keyword, text in raw.items():
+            tag, value = Tag(tag_for_keyword(keyword)), text.encode("latin-1")
+            value += b" " * (len(value) % 2)
+            ds._dict[tag] = RawDataElement(tag, dictionary_VR(tag), len(value), value, 0,
+                                           False, True)
+        path = folder / name
+        ds.save_as(path, enforce_file_format=True)
+        return path
+    return make
+
+
+def _region(name: str, delta_x_cm: float) -> Callable[[Path], Path]:
+    def make(folder: Path) -> Path:
+        ds = _header()
+        ds.Rows = ds.Columns = 48
+        ds.PixelData = np.full((48, 48), 90, np.uint8).tobytes()
+        region = Dataset()
+        region.PhysicalUnitsXDirection = region.PhysicalUnitsYDirection = 3  # cm
+        region.PhysicalDeltaX, region.PhysicalDeltaY = delta_x_cm, 0.01
+        ds.SequenceOfUltrasoundRegions = [region]
+        path = folder / name
+        ds.save_as(path, enforce_file_format=True)
+        return path
+    return make
+
+
+ATTRIBUTE_CASES: dict[str, tuple[Callable[[Path], Path], str]] = {
+    "text PixelSpacing": (_attributes("spacing.dcm", PixelSpacing="abcde\\0.1"),
+                          r"DICOM PixelSpacing 'abcde\\0.1' is not 2 finite numbers"),
+    "text ImagerPixelSpacing": (_attributes("imager.dcm", ImagerPixelSpacing="0.1\\x"),
+                                "DICOM ImagerPixelSpacing '0.1.x' is not 2 finite numbers"),
+    "one-valued PixelSpacing": (_attributes("one.dcm", PixelSpacing="0.1"),
+                                "DICOM PixelSpacing '0.1' is not 2 finite numbers"),
+    "text WindowWidth": (_attributes("width.dcm", WindowCenter="40", WindowWidth="wide"),
+                         "DICOM WindowWidth 'wide' is not a finite number"),
+    "text WindowCenter": (_attributes("center.dcm", WindowCenter="mid", WindowWidth="80"),
+                          "DICOM WindowCenter 'mid' is not a finite number"),
+    "text RescaleSlope": (_attributes("slope.dcm", RescaleSlope="x", RescaleIntercept="0"),
+                          "DICOM RescaleSlope 'x' is not a finite number"),
+    "text NumberOfFrames": (_attributes("frames.dcm", NumberOfFrames="1A"),
+                            "DICOM NumberOfFrames '1A' is not a finite number"),
+    "fractional NumberOfFrames": (_attributes("half.dcm", NumberOfFrames="1.5"),
+                                  "DICOM NumberOfFrames '1.5' is not a whole number"),
+    "NaN RescaleSlope": (_attributes("nanslope.dcm", RescaleSlope="NaN", RescaleIntercept="0"),
+                         "DICOM RescaleSlope 'NaN' is not a finite number"),
+    "infinite RescaleIntercept": (_attributes("inf.dcm", RescaleSlope="1",
+                                              RescaleIntercept="-inf"),
+                                  "DICOM RescaleIntercept '-inf' is not a finite number"),
+    "NaN WindowCenter": (_attributes("nancenter.dcm", WindowCenter="NaN", WindowWidth="80"),
+                         "DICOM WindowCenter 'NaN' is not a finite number"),
+    "NaN PixelSpacing": (_attributes("nanspacing.dcm", PixelSpacing="nan\\nan"),
+                         "DICOM PixelSpacing 'nan.nan' is not 2 finite numbers"),
+    "rescale overflowing to infinity": (_attributes("huge.dcm", RescaleSlope="1e308",
+                                                    RescaleIntercept="0"),
+                                        "its rescale or window values make pixels NaN or "
+                                        "infinite"),
+    "NaN ultrasound region delta": (_region("region.dcm", float("nan")),
+                                    "SequenceOfUltrasoundRegions has a PhysicalDeltaX or "
+                                    "PhysicalDeltaY that is not a finite number"),
+}
+
+
+def test_zero_spacing_still_means_not_calibrated(tmp_path: Path) -> None:
+    path = _attributes("zero.dcm", PixelSpacing="0\\0")(tmp_path)
+    image = read_image(path)
+    assert image.spacing_mm is None and (image.pixels == 90).all()
+
+
+# --- TIFF pages (item 9) -------------------------------------------------------------------
+
+def _many_page_tiff(pages: int, side: int = 16) -> Callable[[Path], Path]:
+    """A TIFF of `pages` grey side x side pages sharing one strip: about 100 bytes a page."""
+    def make(folder: Path) -> Path:
+        ifd_size, pixels_at = 2 + 8 * 12 + 4, 8
+        first = pixels_at + side * side
+        parts = [struct.pack("<2sHI", b"II", 42, first), bytes(range(side * side))]
+        for page in range(pages):
+            following = first + (page + 1) * ifd_size if page + 1 < pages else 0
+            entries = [(256, 3, 1, side), (257, 3, 1, side), (258, 3, 1, 8), (259, 3, 1, 1),
+                       (262, 3, 1, 1), (273, 4, 1, pixels_at), (278, 3, 1, side),
+                       (279, 4, 1, side * side)]
+            parts.append(struct.pack("<H", 8) + b"".join(struct.pack("<HHII", *entry)
+                                                         for entry in entries)
+                         + struct.pack("<I", following))
+        path = folder / f"pages_{pages}.tif"
+        path.write_bytes(b"".join(parts))
+        return path
+    return make
+
+
+TIFF_CASES: dict[str, tuple[Callable[[Path], Path], str]] = {
+    f"TIFF of {MAX_FRAMES + 1:,} pages": (
+        _many_page_tiff(MAX_FRAMES + 1),
+        f"too many frames \\(more than the limit of {MAX_FRAMES:,} frames or pages per file\\)"),
+}
+
+
+@pytest.fixture
+def no_page_count(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pillow's n_frames reads every page header of a TIFF not yet read (367 s for 100,000
+    pages); once the last page has been reached, Pillow knows the count and asks it itself."""
+    def known_only(self: PIL.TiffImagePlugin.TiffImageFile) -> int:
+        if self._n_frames is None:
+            raise AssertionError("asked Pillow for the page count of the whole file")
+        return self._n_frames
+
+    monkeypatch.setattr(PIL.TiffImagePlugin.TiffImageFile, "n_frames", property(known_only))
+
+
+def test_tiff_pages_are_read_one_by_one_never_counted_whole(
+        tmp_path: Path, no_page_count: None) -> None:
+    path = _many_page_tiff(40)(tmp_path)
+    frames = iter_frames(path)
+    assert read_image(path).shape == (16, 16)
+    assert sum(1 for _ in frames) == 40
+    with pytest.raises(InputError, match="too many frames"):
+        iter_frames(_many_page_tiff(MAX_FRAMES + 1)(tmp_path))
+
+
+def test_a_dicom_over_the_frame_limit_is_refused_from_its_header(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = _attributes("long.dcm", NumberOfFrames=str(MAX_FRAMES + 1))(tmp_path)
+    monkeypatch.setattr(dicom, "iter_pixels", _never_decoded)
+    with pytest.raises(InputError, match="too many frames"):
+        iter_frames(path)
+
+
+# --- every image kind through predict: one line, the batch carries on ---------------------------
+
+IMAGE_CASES = {**CODESTREAM_CASES, **DEFLATE_CASES, **ATTRIBUTE_CASES, **TIFF_CASES}
+
+
+@pytest.mark.parametrize("kind", sorted(IMAGE_CASES))
+def test_predict_skips_a_file_over_a_decode_budget_in_one_line(
+        kind: str, tmp_path: Path, checkpoint: Path, capsys: pytest.CaptureFixture) -> None:
+    make, problem = IMAGE_CASES[kind]
+    folder = tmp_path / "in"
+    _png(folder / "good.png")
+    bad = make(folder)
+    before = _tree_digest(folder)
+    code, lines = _run(["predict", checkpoint, folder, "--out", tmp_path / "out"], capsys)
+    assert code == EXIT_SOME_FAILED, lines
+    skipped = [line for line in lines if line.startswith("sonocad: skipped")]
+    assert len(skipped) == 1 and skipped[0].startswith(f"sonocad: skipped {bad}: "), lines
+    assert re.search(problem, skipped[0]), skipped[0]
+    assert (tmp_path / "out" / "masks" / "good.png").is_file()  # the batch carried on
+    assert _tree_digest(folder) == before
+
+
+def _never_decoded(*args: object, **kwargs: object):
+    raise AssertionError("the decoder was asked for a frame")
+    yield  # a generator, as iter_pixels is: created freely, it fails when asked for a frame
+
+
+@pytest.mark.parametrize("kind", sorted(set(CODESTREAM_CASES) - {"JPEG bomb in frame 2 of a "
+                                                                 "cine loop"}))
+def test_a_bad_codestream_is_refused_before_the_decoder_runs(
+        kind: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = CODESTREAM_CASES[kind][0](tmp_path)
+    monkeypatch.setattr(dicom, "iter_pixels", _never_decoded)
+    with pytest.raises(InputError) as caught:
+        read_image(path)
+    assert str(caught.value).startswith(f"{path}: ") and "\n" not in str(caught.value)
+
+
+def test_frames_before_a_bomb_in_a_cine_loop_are_read(tmp_path: Path) -> None:
+    path = CODESTREAM_CASES["JPEG bomb in frame 2 of a cine loop"][0](tmp_path)
+    frames = iter_frames(path)
+    assert next(frames).shape == (64, 64)
+    with pytest.raises(InputError, match="frame 2's JPEG codestream is 13000 x 13000"):
+        next(frames)
+
+
+def _megabytes(field: str) -> float:
+    """VmRSS, or VmHWM (the peak since `_reset_peak`), of this process in MB."""
+    line = next(line for line in Path("/proc/self/status").read_text().splitlines()
+                if line.startswith(field))
+    return int(line.split()[1]) / 1024
+
+
+# Without the budgets the red team measured 4.27 GB (JPEG-LS), 2.8 GB (JPEG) and 4.19 GB
+# (Deflate) at peak. The Deflate bomb inflates to the limit (97 MiB) before it is refused.
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="needs Linux's /proc")
+@pytest.mark.parametrize("kind, peak_mb", [
+    ("JPEG-LS codestream of 40000 x 40000 in a 256 x 256 header", 50),
+    ("baseline JPEG codestream of 13000 x 13000", 50),
+    ("JPEG 2000 codestream of 40000 x 40000", 50),
+    ("RLE segment decoding to 64 x its size", 50),
+    ("Deflate bomb", 250),
+])
+def test_a_bomb_is_refused_in_bounded_memory(kind: str, peak_mb: float, tmp_path: Path) -> None:
+    path = IMAGE_CASES[kind][0](tmp_path)
+    read_image(_deflated_scan(tmp_path))  # imports and first allocations done
+    Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS
+    before = _megabytes("VmRSS")
+    with pytest.raises(InputError):
+        list(iter_frames(path))
+    assert _megabytes("VmHWM") - before < peak_mb
+
+
+# --- checkpoint and ONNX meta (items 22 and 31) ------------------------------------------------
+
+def _edited(source: Path, edit: Callable[[Checkpoint], None]) -> Callable[[Path], Path]:
+    def make(path: Path) -> Path:
+        loaded = load_checkpoint(source)
+        edit(loaded)
+        save_checkpoint(path, loaded)
+        return path
+    return make
+
+
+def _meta_cases(good: Path) -> dict[str, tuple[Callable[[Path], Path], str]]:
+    def transform(**values: object) -> Callable[[Checkpoint], None]:
+        return lambda c: c.meta["transform"].update(values)
+
+    return {
+        "input_size 3072": (_edited(good, transform(input_size=3072)),
+                            f"its meta transform.input_size 3072 is over the limit of "
+                            f"{MAX_INPUT_SIDE} pixels a side"),
+        "input_size [64, 4096]": (_edited(good, transform(input_size=[64, 4096])),
+                                  "its meta transform.input_size [64, 4096] is over the limit"),
+        "input_size 'big'": (_edited(good, transform(input_size="big")),
+                             "its meta transform cannot be used (transform input_size must be"),
+        "CLAHE tiles over the limit": (_edited(good, transform(clahe=True, clahe_tiles=100_000)),
+                                       "its meta transform.clahe_tiles 100000 is over the limit"),
+        "despeckle filter over the limit": (
+            _edited(good, transform(despeckle="gaussian", despeckle_size=100_001)),
+            "its meta transform.despeckle_size 100001 is over the limit"),
+        "class count over the limit": (
+            _edited(good, lambda c: c.meta.update(class_names=["c"] * (MAX_CLASSES + 1))),
+            f"its meta class_names holds {MAX_CLASSES + 1:,} classes, over the limit"),
+        "detector resize over the limit": (
+            _edited(good, lambda c: c.meta["model"]["args"].update(max_size=8192)),
+            "its meta model.args.max_size 8192 is not a size within the limit"),
+        "model args sizing other tensors": (
+            _edited(good, lambda c: c.meta["model"]["args"].update(base_width=512)),
+            "its weights do not fit model 'unet' (stem"),
+    }
+
+
+def test_checkpoint_meta_out_of_bounds_is_a_one_line_fatal_error(
+        tmp_path: Path, checkpoint: Path, capsys: pytest.CaptureFixture) -> None:
+    image = _png(tmp_path / "in" / "good.png")
+    for number, (kind, (make, problem)) in enumerate(sorted(_meta_cases(checkpoint).items())):
+        bad = make(tmp_path / f"bad{number}.pt")
+        digest = bad.read_bytes()
+        code, lines = _run(["predict", bad, image, "--out", tmp_path / f"out{number}"], capsys)
+        assert code == EXIT_FATAL, kind
+        assert len(lines) == 1 and lines[0].startswith(f"sonocad: error: {bad}: "), (kind, lines)
+        assert problem in lines[0], (kind, lines[0])
+        assert bad.read_bytes() == digest
+
+
+def test_a_model_is_sized_on_the_meta_device_before_it_is_built(
+        tmp_path: Path, checkpoint: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Model arguments could ask for a network of any width (a U-Net 4096 channels wide is
+    tens of GB) before its weights are compared with the file's: every build before the
+    comparison has no memory behind it. (512 here: a slip would cost 0.4 GB, not the machine.)"""
+    import sonocad.models
+
+    devices, real = [], sonocad.models.create_model
+
+    def spy(*args: object, **kwargs: object) -> torch.nn.Module:
+        devices.append(torch.empty(0).device.type)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(sonocad.models, "create_model", spy)
+    wide = _meta_cases(checkpoint)["model args sizing other tensors"][0](tmp_path / "wide.pt")
+    with pytest.raises(InputError, match="do not fit"):
+        load_checkpoint(wide).build_model()
+    assert devices == ["meta"]
+    load_checkpoint(checkpoint).build_model()
+    assert devices == ["meta", "meta", "cpu"]
+
+
+def test_a_checkpoint_asking_for_pretrained_weights_never_fetches_them(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    import sonocad.models.efficientnet_lite as efficientnet_lite
+
+    def fetch() -> None:
+        raise AssertionError("loading a checkpoint fetched pretrained weights")
+
+    monkeypatch.setattr(efficientnet_lite, "imagenet_state_dict", fetch)
+    with as_file(files("sonocad").joinpath(*DEFAULT_MODEL)) as bundled:
+        asking = _edited(bundled, lambda c: c.meta["model"]["args"].update(
+            pretrained="imagenet"))(tmp_path / "asking.pt")
+    image = _png(tmp_path / "in" / "good.png")
+    code, lines = _run(["predict", asking, image, "--out", tmp_path / "out"], capsys)
+    assert code == 0 and not lines, lines
+
+
+def test_onnx_meta_out_of_bounds_is_a_one_line_fatal_error(
+        tmp_path: Path, checkpoint: Path, capsys: pytest.CaptureFixture) -> None:
+    onnx = pytest.importorskip("onnx")
+    from sonocad.inference.export import META_KEY, export_onnx
+
+    model = onnx.load(export_onnx(checkpoint, tmp_path / "good.onnx"))
+    entry = next(p for p in model.metadata_props if p.key == META_KEY)
+    meta = json.loads(entry.value)
+    meta["transform"]["input_size"] = 3072
+    entry.value = json.dumps(meta)
+    bad = tmp_path / "bad.onnx"
+    onnx.save(model, bad)
+    image = _png(tmp_path / "in" / "good.png")
+    code, lines = _run(["predict", bad, image, "--backend", "onnx", "--out", tmp_path / "out"],
+                       capsys)
+    assert code == EXIT_FATAL
+    assert lines == [f"sonocad: error: {bad}: its meta transform.input_size 3072 is over the "
+                     f"limit of {MAX_INPUT_SIDE} pixels a side"]
