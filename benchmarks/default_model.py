@@ -3,13 +3,20 @@
 Usage:
   python benchmarks/default_model.py --out runs/default              # train (about 35 min), score
   python benchmarks/default_model.py --out runs/default --skip-train # score an existing run
+  python benchmarks/default_model.py --out runs/v3 --checkpoint src/sonocad/weights/default.pt
+                                     # refit the rule of a shipped file and score it
   add --bundle to write src/sonocad/weights/default.pt and its MODEL_CARD.md from this run
+  --set KEY=VALUE: a recipe override for the training run (e.g. the ablation's variants)
 
 Training is exactly `sonocad train recipes/default.yaml` (BUSI + BUS-BRA, the recipe's sources,
 selected on the union of their validation subsets). What is scored is the file the package
 ships: the selected weights in half precision, written to RUN/shipped.pt and evaluated on the
 BUSI and BUS-BRA test subsets (once), per source with 95 % bootstrap CIs over patients (BUS-BRA)
-or images (BUSI, no patient ids). Latency: batch 1, 256 px, 2 threads, the default model under
+or images (BUSI, no patient ids). The decision rule is fitted on both validation subsets, with a
+lesion-free window of each validation lesion image as one more normal image (`data.views`; the
+only whole normal images are BUSI's). The proxy rows show lesion-free windows of the test
+images called normal (`benchmarks/tissue_proxy.py`); the triage table what an unflagged call
+misses. Latency: batch 1, 256 px, 2 threads, the default model under
 ONNX Runtime against U2-Net-lite under torch eager, side by side in this run. The cross-scanner
 row reads `benchmarks/cross_scanner.py`'s results.json when it is there.
 """
@@ -37,9 +44,18 @@ from sonocad.inference.decision import SCORES, DecisionRule
 from sonocad.inference.onnx_backend import OnnxRunner
 from sonocad.inference.predictor import Predictor, TorchRunner
 from sonocad.models import create_model
+from sonocad.predictions import LESION_CLASSES, read_predictions
+from sonocad.tasks import get_task
 from sonocad.transforms import TransformConfig
-from sonocad.workflows.decision_fit import failure_auroc, final_classes, fit_rule, score_images
+from sonocad.workflows.decision_fit import (
+    failure_auroc,
+    final_classes,
+    fit_rule,
+    score_images,
+    score_views,
+)
 from sonocad.workflows.evaluate import evaluate
+from tissue_proxy import WINDOWS, calls, lesion_samples, summarise
 
 ROOT = Path(__file__).resolve().parents[1]
 DATASETS = ROOT.parent / "shared" / "datasets"
@@ -96,14 +112,14 @@ def latency_ms() -> tuple[float, float]:
             "class_names": ["normal", "benign", "malignant"],
             "transform": TransformConfig(input_size=SIZE).to_dict()}
     onnx = OnnxRunner.from_checkpoint(Checkpoint(meta, default.state_dict()))
-    u2net_lite = TorchRunner(create_model("u2net_lite").eval(), "segmentation")
+    u2net_lite = TorchRunner(create_model("u2net_lite").eval(), get_task("segmentation"))
     return (best_seconds(lambda: onnx(image), repeats=20) * 1000,
             best_seconds(lambda: u2net_lite(image), repeats=10) * 1000)
 
 
-def table(metrics: dict[str, Any], onnx_ms: float, eager_ms: float, minutes: float,
+def table(metrics: dict[str, Any], onnx_ms: float, eager_ms: float, minutes: float | None,
           weights_mb: float, cross: tuple[float, float] | None,
-          flag_auroc: float | None) -> str:
+          flag_auroc: float | None, proxy: list[tuple[str, dict[str, Any]]]) -> str:
     groups = metrics["breakdowns"]["source"]["groups"]
     lines = ["| measure (frozen test splits) | default model (95 % CI) | target | verdict | "
              "published |", "| --- | --- | --- | --- | --- |"]
@@ -119,6 +135,14 @@ def table(metrics: dict[str, Any], onnx_ms: float, eager_ms: float, minutes: flo
         stat = groups[source][key]
         row(f"{label}, {NAMES[source]} test, n={stat['n']}", format_ci(stat), stat["mean"],
             target, anchor)
+    for group, figures in proxy:
+        for measure, target in (("windows called normal (final)", (">=", 0.90)),
+                                ("windows flagged", ("<=", 0.20))):
+            share = figures[measure]
+            row(f"proxy: lesion-free {measure.replace('windows ', 'windows of lesion images ')}"
+                f", {group} test, n={share.total}",
+                f"{share.estimate:.3f} ({share.ci_low:.3f}-{share.ci_high:.3f})",
+                share.estimate, target)
     if cross is not None:
         in_domain, held_out = cross
         row("cross-scanner: IoU on held-out Toshiba vs in-domain BUS-BRA test (short schedule)",
@@ -133,7 +157,9 @@ def table(metrics: dict[str, Any], onnx_ms: float, eager_ms: float, minutes: flo
         f"{eager_ms / onnx_ms:.1f} x", eager_ms / onnx_ms, (">=", 5), unit=" x")
     row("weights in the package (half precision)", f"{weights_mb:.1f} MB", weights_mb,
         ("<=", 10), unit=" MB")
-    row("training time, 2 CPU cores", f"{minutes:.0f} min", minutes, ("<=", 120), unit=" min")
+    if minutes is not None:
+        row("training time, 2 CPU cores", f"{minutes:.0f} min", minutes, ("<=", 120),
+            unit=" min")
     return "\n".join(lines)
 
 
@@ -151,12 +177,49 @@ def subset(data: Path, split: Path, name: str) -> list[Sample]:
     return select(Source(split.stem, data, split).open(), read_split(split).subsets[name])
 
 
-def choose_rule(package: Checkpoint) -> tuple[DecisionRule, dict[str, Any]]:
-    """The decision rule and flag, fitted on both sources' validation subsets only."""
+def choose_rule(package: Checkpoint, views: bool = True) -> tuple[DecisionRule, dict[str, Any]]:
+    """The decision rule and flag, fitted on both sources' validation subsets only; with
+    `views`, a lesion-free window of each lesion image joins them as a normal image."""
     validation = [s for data, split in TESTS.values() for s in subset(data, split, "val")]
-    return fit_rule(score_images(Predictor(package), validation),
+    predictor = Predictor(package)
+    records = score_images(predictor, validation)
+    windows = score_views(predictor, validation, WINDOWS) if views else []
+    return fit_rule(records + windows,
                     chosen_on=f"validation subsets of busi.json and busbra.json, "
-                              f"{len(validation)} images")
+                              f"{len(validation)} images and {len(windows)} lesion-free "
+                              "windows of their lesion images")
+
+
+def proxy_rows(package: Checkpoint) -> list[tuple[str, dict[str, Any]]]:
+    """Lesion-free windows of the test lesion images: (source / scanner, figures) per group."""
+    predictor = Predictor(package)
+    rows = []
+    for name in ("BUSI", "BUS-BRA"):
+        for scanner, figures in summarise(calls(predictor, lesion_samples(name, "test"))).items():
+            rows.append((name if scanner == "all" else f"{name} {scanner}", figures))
+    return rows
+
+
+def triage(eval_dir: Path) -> str:
+    """Per test source: the share flagged, and what the unflagged calls miss."""
+    rows = read_predictions(eval_dir / "predictions.csv")
+    lines = ["| test source | images | flagged | unflagged lesion images called normal | "
+             "unflagged malignant called benign or normal |", "| --- | --- | --- | --- | --- |"]
+    for source in sorted({row["source"] for row in rows}):
+        mine = [row for row in rows if row["source"] == source]
+        kept = [row for row in mine if not row["low_confidence"]]
+        lesions = [row for row in kept if row["label"] in LESION_CLASSES]
+        malignant = [row for row in kept if row["label"] == "malignant"]
+        missed = sum(row["final_class"] == "normal" for row in lesions)
+        downgraded = sum(row["final_class"] != "malignant" for row in malignant)
+        lines.append(f"| {NAMES.get(source, source)} | {len(mine)} | "
+                     f"{_share(len(mine) - len(kept), len(mine))} | "
+                     f"{_share(missed, len(lesions))} | {_share(downgraded, len(malignant))} |")
+    return "\n".join(lines)
+
+
+def _share(count: int, total: int) -> str:
+    return f"{count}/{total} ({count / total:.1%})" if total else "—"
 
 
 def held_out_flag_aurocs() -> dict[str, float] | None:
@@ -203,6 +266,7 @@ def bundle(checkpoint: Checkpoint, rendered: str, machine: str) -> None:
     rule, fit = meta["decision"], meta["decision_fit"]
     card = CARD.format(machine=machine, parameters=parameters / 1e6,
                        rule_on=rule["chosen_on"], fraction=rule["min_lesion_fraction"],
+                       presence=rule.get("min_presence_fraction") or 0,
                        score=rule["score"], threshold=rule["flag_threshold"],
                        aurocs=", ".join(f"{k} {v:.3f}" for k, v in fit["failure_auroc"].items()),
                        flagged=fit["flagged_share"],
@@ -259,8 +323,13 @@ heatmap is the lesion probability.
 Chosen on the {rule_on} (never on test), stored in the file's meta under `decision` and
 applied by `sonocad predict`, `evaluate` and `serve` (sonocad/inference/decision.py):
 - a "normal" call with a predicted lesion of at least {fraction} of the image becomes the
-  likelier of benign and malignant (`decision_reason` "lesion outlined"); a benign or malignant
-  call with no lesion pixel keeps its call and says "no lesion outlined";
+  likelier of benign and malignant (`decision_reason` "lesion outlined");
+- a benign or malignant call with a predicted lesion of less than {presence} of the image
+  becomes "normal" (`decision_reason` "too little outlined"): presence is read from the
+  outline, fitted with a lesion-free window of each validation lesion image (from every
+  scanner) as a normal image, and allowed only where at most 1 % of the validation lesion
+  images become normal; any other lesion call with no lesion pixel keeps its call and says
+  "no lesion outlined";
 - `uncertainty` is the `{score}` score (failure AUROC on validation: {aurocs}); at or above
   {threshold:.3f} the image is flagged `low_confidence` ({flagged:.0%} of validation images).
 The raw probabilities and the argmax (`predicted_class`) stay beside `final_class`. On a
@@ -273,34 +342,46 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "default")
     parser.add_argument("--skip-train", action="store_true", help="score an existing run")
+    parser.add_argument("--checkpoint", type=Path,
+                        help="score this shipped file (its rule refitted) instead of a run")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a recipe override for the training run")
+    parser.add_argument("--no-views-in-rule", action="store_true",
+                        help="fit the rule on the validation images alone (the ablation)")
     parser.add_argument("--bundle", action="store_true",
                         help="write the package's default.pt and MODEL_CARD.md from this run")
     args = parser.parse_args()
     out = args.out.resolve()
     os.chdir(ROOT)  # the recipe's data paths are relative to the project root
-    if not args.skip_train:
-        train(load_recipe(RECIPE), None, None, out, overwrite=True)
-    package = shipped(out)
-    rule, fit = choose_rule(package)
+    if args.checkpoint is None and not args.skip_train:
+        train(load_recipe(RECIPE, args.set), None, None, out, overwrite=True)
+    out.mkdir(parents=True, exist_ok=True)
+    package = shipped(out) if args.checkpoint is None else load_checkpoint(args.checkpoint)
+    rule, fit = choose_rule(package, views=not args.no_views_in_rule)
     package = Checkpoint({**package.meta, "decision": rule.to_dict(),
                           "decision_fit": json.loads(json.dumps(fit))}, package.state_dict)
     save_checkpoint(out / "shipped.pt", package)
     result = evaluate(out / "shipped.pt", [data for data, _ in TESTS.values()],
                       [f"{split}:test" for _, split in TESTS.values()], out / "eval",
                       overwrite=True)
-    summary = json.loads((out / "summary.json").read_text())
+    summary = (json.loads((out / "summary.json").read_text()) if args.checkpoint is None
+               else None)
     onnx_ms, eager_ms = latency_ms()
     machine = machine_line()
     # As written to disk: plain JSON types, which a weights-only torch.load accepts.
     test_metrics = json.loads((out / "eval" / "metrics.json").read_text())
     package = Checkpoint({**package.meta, "test_metrics": test_metrics}, package.state_dict)
     held_out = held_out_flag_aurocs()
-    rendered = table(result.metrics, onnx_ms, eager_ms, summary["minutes"], size_mb(package),
-                     cross_scanner_gap(), held_out[rule.score] if held_out else None)
+    rendered = table(result.metrics, onnx_ms, eager_ms, summary and summary["minutes"],
+                     size_mb(package), cross_scanner_gap(),
+                     held_out[rule.score] if held_out else None, proxy_rows(package))
     print(f"Default model — {machine}")
-    print(f"trained {summary['minutes']} min, {summary['steps']} steps ({summary['epochs']} "
-          f"epochs), best validation {summary['select_metric']} {summary['best_value']:.3f}\n")
+    if summary is not None:
+        print(f"trained {summary['minutes']} min, {summary['steps']} steps ({summary['epochs']} "
+              f"epochs), best validation {summary['select_metric']} "
+              f"{summary['best_value']:.3f}\n")
     print(rendered)
+    print(f"\nTriage (the final call and its flag, test subsets):\n{triage(out / 'eval')}")
     print(f"\ndecision rule (validation): {rule.to_dict()}\nfailure AUROC of each score on "
           f"validation: {fit['failure_auroc']}; on held-out Toshiba: {held_out}\n"
           f"candidate fractions: {fit['fractions']}")

@@ -16,6 +16,7 @@ from sonocad.evaluation.breakdown import breakdown
 from sonocad.inference.decision import (
     LESION_OUTLINED,
     NO_LESION_OUTLINED,
+    TOO_LITTLE_OUTLINED,
     DecisionRule,
     class_margin,
     decide,
@@ -44,6 +45,17 @@ def test_an_outlined_lesion_overrules_normal_and_a_speck_does_not():
 def test_a_lesion_call_without_an_outline_keeps_its_call_and_says_so():
     decision = decide(RULE, {"normal": 0.1, "benign": 0.2, "malignant": 0.7}, _map(0.0))
     assert (decision.final_class, decision.reason) == ("malignant", NO_LESION_OUTLINED)
+
+
+def test_a_lesion_call_with_too_little_outlined_becomes_normal_where_the_rule_says():
+    benign = {"normal": 0.3, "benign": 0.6, "malignant": 0.1}
+    presence = DecisionRule(0.01, "class_margin", 0.5, min_presence_fraction=0.002)
+    decision = decide(presence, benign, _map(0.001))
+    assert (decision.final_class, decision.reason) == ("normal", TOO_LITTLE_OUTLINED)
+    assert decide(presence, benign, _map(0.05)).final_class == "benign"
+    assert decide(RULE, benign, _map(0.0)).final_class == "benign"  # 0: never overruled
+    assert DecisionRule.from_dict(presence.to_dict()) == presence
+    assert DecisionRule.from_dict({"score": "combined"}).min_presence_fraction == 0.0
 
 
 def test_the_flag_follows_the_uncertainty_score():
@@ -98,6 +110,39 @@ def test_fit_keeps_normals_normal_and_picks_the_score_that_sees_failures():
     assert rule.min_lesion_fraction == 0.005  # the least that leaves the specks alone
     assert rule.score == "class_margin" and report["failure_auroc"]["class_margin"] > 0.9
     assert report["flagged_share"] <= MAX_FLAGGED and rule.chosen_on == "synthetic"
+
+
+def _window_records(n: int, lesion_fraction: float) -> list[ImageRecord]:
+    """Lesion-free windows the class head calls benign, with (almost) nothing outlined."""
+    return [ImageRecord(label="normal", probabilities={"normal": 0.3, "benign": 0.6,
+                                                       "malignant": 0.1},
+                        lesion_fraction=lesion_fraction,
+                        scores={"class_margin": 0.7, "outline_entropy": 0.5, "combined": 0.6},
+                        iou=None) for _ in range(n)]
+
+
+def test_fit_reads_presence_from_the_outline_when_no_lesion_is_lost():
+    records = _records() + _window_records(20, 0.0)
+    rule, report = fit_rule(records, chosen_on="synthetic")
+    calls = final_classes(records, rule)
+    assert rule.min_presence_fraction > 0
+    assert all(call == "normal" for call, r in zip(calls, records) if r.label == "normal")
+    assert all(call == "benign" for call, r in zip(calls, records) if r.label == "benign")
+    assert any(row["min_presence_fraction"] > 0 and row["allowed"]
+               for row in report["fractions"])
+
+
+def test_fit_never_reads_presence_at_the_cost_of_lesions_called_normal():
+    lesions_with_specks = [ImageRecord(label="benign", probabilities={
+        "normal": 0.1, "benign": 0.8, "malignant": 0.1}, lesion_fraction=0.0008,
+        scores={"class_margin": 0.3, "outline_entropy": 0.5, "combined": 0.4}, iou=0.1)
+        for _ in range(3)]
+    records = _records() + _window_records(20, 0.0) + lesions_with_specks
+    rule, _ = fit_rule(records, max_lesion_missed=0.01)
+    calls = final_classes(records, rule)
+    lesions = [call for call, r in zip(calls, records) if r.label != "normal"]
+    assert sum(call == "normal" for call in lesions) <= 0.01 * len(lesions)
+    assert rule.min_presence_fraction == 0.0005  # the windows' nothing, not the specks
 
 
 def test_final_calls_reach_the_breakdown_with_exact_cis():

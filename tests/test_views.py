@@ -4,11 +4,19 @@ the whole lesion, and every kind is drawn from one size distribution."""
 from __future__ import annotations
 
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pytest
 
+from sonocad.data.adapters import open_dataset
+from sonocad.data.phantom import write_phantom_dataset
+from sonocad.data.torch_dataset import SampleDataset
 from sonocad.data.views import ViewConfig, draw_view, tissue_view
+from sonocad.tasks import get_task
+from sonocad.transforms import TransformConfig, build_transform
+
+CLASSES = ["normal", "benign", "malignant"]
 
 
 def _scan(lesion: tuple[slice, slice] | None = (slice(100, 160), slice(150, 260))
@@ -80,3 +88,33 @@ def test_tissue_view_is_seeded_and_lesion_free() -> None:
 def test_a_bad_config_is_refused(bad: dict) -> None:
     with pytest.raises(ValueError):
         ViewConfig(**bad)
+
+
+def test_the_dataset_trains_a_lesion_free_window_as_a_normal_image(tmp_path) -> None:
+    samples = [s for s in open_dataset(write_phantom_dataset_at(tmp_path))
+               if s.label in ("benign", "malignant")]
+    dataset = SampleDataset(samples, get_task("multitask"), CLASSES,
+                            build_transform(TransformConfig(input_size=64), train=True),
+                            views=ViewConfig(p=1.0, tissue=1.0, scale=(0.2, 0.35), margin=0.0))
+    items = [dataset[(index, seed)] for index in range(len(samples)) for seed in range(3)]
+    windows = [item for item in items if item["label"] == CLASSES.index("normal")]
+    assert len(windows) > len(items) // 2
+    assert all(not item["mask"].any() for item in windows)
+    assert dataset[0]["label"] != CLASSES.index("normal")  # unseeded (validation): whole
+
+
+def test_score_views_adds_one_normal_record_per_lesion_image_that_has_room(tmp_path) -> None:
+    from sonocad.inference.predictor import Predictor
+    from sonocad.workflows.decision_fit import score_views
+
+    samples = open_dataset(write_phantom_dataset_at(tmp_path))
+    records = score_views(Predictor.default(), samples, ViewConfig(p=0.0, scale=(0.2, 0.35)))
+    lesions = [s for s in samples if s.label != "normal"]
+    assert 0 < len(records) <= len(lesions)
+    assert {r.label for r in records} == {"normal"} and all(r.iou is None for r in records)
+
+
+def write_phantom_dataset_at(folder: Path) -> Path:
+    data = folder / "data"
+    write_phantom_dataset(data, per_class=2, size=(160, 200), seed=3)
+    return data

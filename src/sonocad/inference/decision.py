@@ -7,7 +7,11 @@ meta under ``decision`` (chosen on validation data by `sonocad.workflows.decisio
 
 - "normal" with a predicted lesion covering at least ``min_lesion_fraction`` of the image
   becomes the likelier of benign and malignant (reason ``lesion outlined``);
-- a lesion class with no lesion pixel keeps its call, with the reason ``no lesion outlined``;
+- benign or malignant with a predicted lesion covering less than ``min_presence_fraction``
+  becomes "normal" (reason ``too little outlined``): presence is read from the outline, which
+  every scanner's lesion-free tissue taught, not from the class head alone (0: never);
+- any other lesion class with no lesion pixel keeps its call, with the reason ``no lesion
+  outlined``;
 - ``uncertainty`` is the score named by ``score`` (one of `SCORES`); above ``flag_threshold``
   (or at it) the image is flagged ``low_confidence``.
 
@@ -27,6 +31,7 @@ from sonocad.predictions import LESION_CLASSES, Decision
 
 LESION_OUTLINED = "lesion outlined"
 NO_LESION_OUTLINED = "no lesion outlined"
+TOO_LITTLE_OUTLINED = "too little outlined"
 
 
 def class_margin(probabilities: Mapping[str, float], lesion: np.ndarray) -> float:
@@ -60,6 +65,7 @@ class DecisionRule:
     score: str
     flag_threshold: float  # math.inf: never flag
     chosen_on: str = ""  # what the numbers were fitted on, for the model card
+    min_presence_fraction: float = 0.0  # 0: never overrule a lesion call
 
     def __post_init__(self) -> None:
         if self.score not in SCORES:
@@ -77,7 +83,8 @@ class DecisionRule:
             return math.inf if data.get(key) is None else float(data[key])
 
         return cls(bound("min_lesion_fraction"), str(data["score"]),
-                   bound("flag_threshold"), str(data.get("chosen_on", "")))
+                   bound("flag_threshold"), str(data.get("chosen_on", "")),
+                   float(data.get("min_presence_fraction") or 0.0))
 
 
 def decide(rule: DecisionRule, probabilities: Mapping[str, float],
@@ -97,6 +104,9 @@ def final_call(rule: DecisionRule, probabilities: Mapping[str, float],
     lesion_classes = [name for name in LESION_CLASSES if name in probabilities]
     if raw == "normal" and lesion_classes and lesion_fraction >= rule.min_lesion_fraction:
         return max(lesion_classes, key=probabilities.__getitem__), LESION_OUTLINED
+    if raw in LESION_CLASSES and "normal" in probabilities \
+            and lesion_fraction < rule.min_presence_fraction:
+        return "normal", TOO_LITTLE_OUTLINED
     if raw in LESION_CLASSES and lesion_fraction == 0:
         return raw, NO_LESION_OUTLINED
     return raw, ""

@@ -5,14 +5,20 @@ and the flag need (class probabilities, predicted lesion share, every candidate 
 score, lesion IoU). `fit_rule` then picks, on those validation records only:
 
 - ``min_lesion_fraction``: the smallest predicted-lesion share of the image that overrules a
-  "normal" call, from `FRACTIONS`, maximising macro-F1 of the final calls while at least
-  `min_normal_recall` of the normal images stay normal (never overruling is always allowed);
+  "normal" call, and ``min_presence_fraction``: the share below which a lesion call becomes
+  "normal" (at most the former), both from `FRACTIONS`, maximising macro-F1 of the final calls
+  while at least `min_normal_recall` of the normal images stay normal and, where a lesion call
+  may be overruled, at most `max_lesion_missed` of the lesion images become normal (the rule
+  that overrules nothing is always allowed);
 - the uncertainty score (of `decision.SCORES`) with the highest AUROC for a failure (lesion
   IoU < 0.5 on a lesion image, or a wrong final call), and the threshold with the highest
   Youden J among those flagging at most `MAX_FLAGGED` of the images (a flag on half of all
   images, where the unconstrained J lands, is one nobody reads).
 
 `failure_auroc` scores a flag on any records, e.g. a scanner the model never saw.
+`score_views` adds lesion-free windows of lesion images (`sonocad.data.views`) as normal
+records: the normal images of every scanner in the validation data, where only one data set has
+whole normal images.
 """
 
 from __future__ import annotations
@@ -26,13 +32,17 @@ import numpy as np
 from sklearn.metrics import f1_score, roc_curve
 
 from sonocad.data.sample import Sample
+from sonocad.data.views import ViewConfig, tissue_view
 from sonocad.evaluation.classification import _auroc
 from sonocad.evaluation.segmentation import confusion, overlap_metrics
 from sonocad.inference.decision import SCORES, DecisionRule, final_call
 from sonocad.inference.predictor import Predictor
+from sonocad.predictions import LESION_CLASSES, Prediction
 from sonocad.workflows.evaluate import predict_samples
 
 FRACTIONS = (0.0, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, math.inf)
+PRESENCE_FRACTIONS = (0.0, 0.0005, 0.001, 0.002, 0.005, 0.01)
+MAX_LESION_MISSED = 0.01
 FAILURE_IOU = 0.5
 MAX_FLAGGED = 0.2
 
@@ -50,16 +60,37 @@ def score_images(predictor: Predictor, samples: Sequence[Sample], *,
                  batch_size: int = 8) -> list[ImageRecord]:
     records = []
     for sample, image, prediction in predict_samples(predictor, list(samples), batch_size):
-        lesion = prediction.lesion_probability
         truth = sample.load_mask(image.pixels.shape[:2])
         has_lesion = truth is not None and bool(truth.any())
-        probabilities = prediction.class_probabilities
-        records.append(ImageRecord(
-            label=sample.label, probabilities=probabilities,
-            lesion_fraction=float(prediction.mask.mean()),
-            scores={name: score(probabilities, lesion) for name, score in SCORES.items()},
-            iou=overlap_metrics(confusion(truth, prediction.mask))["iou"] if has_lesion
-            else None))
+        iou = overlap_metrics(confusion(truth, prediction.mask))["iou"] if has_lesion else None
+        records.append(_record(sample.label, prediction, iou))
+    return records
+
+
+def _record(label: str, prediction: Prediction, iou: float | None) -> ImageRecord:
+    lesion, probabilities = prediction.lesion_probability, prediction.class_probabilities
+    return ImageRecord(label=label, probabilities=probabilities,
+                       lesion_fraction=float(prediction.mask.mean()),
+                       scores={name: score(probabilities, lesion)
+                               for name, score in SCORES.items()},
+                       iou=iou)
+
+
+def score_views(predictor: Predictor, samples: Sequence[Sample], config: ViewConfig, *,
+                seed: int = 0) -> list[ImageRecord]:
+    """A normal record for a lesion-free window of each lesion image in `samples` (seeded by
+    `seed` and the image's position, so each fit sees the same windows)."""
+    records = []
+    for index, sample in enumerate(samples):
+        if sample.label not in LESION_CLASSES:
+            continue
+        pixels = sample.load_image().pixels
+        mask = sample.load_mask(pixels.shape[:2])
+        view = tissue_view(pixels, mask, config, np.random.default_rng([seed, index]))
+        if view is None:
+            continue
+        (prediction,) = predictor.predict([view.pixels])
+        records.append(_record("normal", prediction, None))
     return records
 
 
@@ -90,28 +121,39 @@ def flag_threshold(failed: np.ndarray, scores: np.ndarray,
 
 
 def fit_rule(records: Sequence[ImageRecord], *, min_normal_recall: float = 0.9,
+             max_lesion_missed: float = MAX_LESION_MISSED,
              chosen_on: str = "validation") -> tuple[DecisionRule, dict[str, Any]]:
     """The rule and flag chosen on `records`, and every candidate's figures (for the card)."""
     labels = [r.label for r in records]
-    normal = [i for i, label in enumerate(labels) if label == "normal"]
+    normal = np.array([label == "normal" for label in labels])
+    lesion = np.array([label in LESION_CLASSES for label in labels])
     table, best = [], None
     for fraction in FRACTIONS:
-        calls = final_classes(records, DecisionRule(fraction, "class_margin", math.inf))
-        macro_f1 = float(f1_score(labels, calls, average="macro", zero_division=0))
-        recall = (float(np.mean([calls[i] == "normal" for i in normal])) if normal
-                  else math.nan)
-        allowed = math.isinf(fraction) or not normal or recall >= min_normal_recall
-        table.append({"min_lesion_fraction": None if math.isinf(fraction) else fraction,
-                      "macro_f1": macro_f1, "normal_recall": recall, "allowed": allowed})
-        if allowed and (best is None or macro_f1 > best[1]):
-            best = (fraction, macro_f1)
-    fraction = best[0]
-    calls = final_classes(records, DecisionRule(fraction, "class_margin", math.inf))
+        for presence in [p for p in PRESENCE_FRACTIONS if p <= fraction]:
+            calls = np.array(final_classes(records, _candidate(fraction, presence)))
+            macro_f1 = float(f1_score(labels, calls, average="macro", zero_division=0))
+            recall = float(np.mean(calls[normal] == "normal")) if normal.any() else math.nan
+            missed = float(np.mean(calls[lesion] == "normal")) if lesion.any() else math.nan
+            allowed = (math.isinf(fraction) and presence == 0) or (
+                (not normal.any() or recall >= min_normal_recall)
+                and (presence == 0 or not missed > max_lesion_missed))
+            table.append({"min_lesion_fraction": None if math.isinf(fraction) else fraction,
+                          "min_presence_fraction": presence, "macro_f1": macro_f1,
+                          "normal_recall": recall, "lesion_called_normal": missed,
+                          "allowed": allowed})
+            if allowed and (best is None or macro_f1 > best[2]):
+                best = (fraction, presence, macro_f1)
+    fraction, presence, _ = best
+    calls = final_classes(records, _candidate(fraction, presence))
     aurocs = {name: failure_auroc(records, calls, name) for name in SCORES}
     score = max(aurocs, key=lambda name: -1 if math.isnan(aurocs[name]) else aurocs[name])
     failed = failures(records, calls)
     threshold = flag_threshold(failed, np.array([r.scores[score] for r in records]))
-    rule = DecisionRule(fraction, score, threshold, chosen_on)
+    rule = DecisionRule(fraction, score, threshold, chosen_on, presence)
     flagged = float(np.mean([r.scores[score] >= threshold for r in records]))
     return rule, {"fractions": table, "failure_auroc": aurocs, "n_images": len(records),
                   "n_failures": int(failed.sum()), "flagged_share": flagged}
+
+
+def _candidate(fraction: float, presence: float) -> DecisionRule:
+    return DecisionRule(fraction, "class_margin", math.inf, min_presence_fraction=presence)
