@@ -391,6 +391,31 @@ def test_candidate_pairs_in_blocks_are_the_pairs_of_every_image_against_every_ot
     assert len(expected) >= 30 and candidate_pairs(hashes, 14) == expected
 
 
+def test_candidates_grow_with_the_images_not_their_square() -> None:
+    """Thirty re-crops of one scan (all within a few bits of each other): every image keeps
+    its MAX_PARTNERS nearest, at most 8 pairs per image instead of 435, and the pairs still
+    join all thirty into one group."""
+    rng = np.random.default_rng(3)
+    base = rng.integers(0, 2**63, size=6, dtype=np.uint64)
+    hashes = [ImageHashes(f"{i}", tuple(f"{int(v ^ np.uint64(1 << (i % 60))):016x}"
+                                        for v in base),
+                          rng.integers(0, 256, size=(64, 64), dtype=np.uint8))
+              for i in range(30)]
+    pairs = candidate_pairs(hashes, 14)
+    assert len(_brute_force_pairs(hashes, 14)) == 435
+    assert len(pairs) <= 30 * duplicates.MAX_PARTNERS
+    parents = list(range(30))
+
+    def root(i: int) -> int:
+        while parents[i] != i:
+            i = parents[i]
+        return i
+
+    for a, b in pairs:
+        parents[root(a)] = root(b)
+    assert len({root(i) for i in range(30)}) == 1
+
+
 def _traced_peak(run: Callable[[], object]) -> int:
     tracemalloc.start()
     try:

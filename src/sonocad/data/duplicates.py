@@ -6,7 +6,9 @@ field of view or zoom, which a whole-image perceptual hash misses. So, in three 
 1. Per image (`hash_image`): the sha256 of the decoded pixels; perceptual hashes (pHash) of
    the whole image and of squares cut from it (centred and shifted left/right), so that a copy
    cut narrower still hashes close to one of the original's squares; a small grey thumbnail.
-2. Candidates: pairs whose closest hashes differ in at most `max_distance` of 64 bits.
+2. Candidates: pairs whose closest hashes differ in at most `max_distance` of 64 bits, each
+   image with its `MAX_PARTNERS` nearest at most (any more are further re-crops of one scan,
+   which the groups join through the nearer ones).
 3. Verification: the central part of each image of a candidate pair is searched in the other
    over every shift and over zooms 1 to 0.63 (FFT cross-correlation of band-passed thumbnails);
    the pair is a near-duplicate when the best normalised cross-correlation reaches
@@ -17,8 +19,9 @@ Groups are the connected components of identical-pixel pairs and verified pairs.
 
 Each step shows its progress. Memory grows by about 20 KB per image (beyond a fixed cache), not
 with the number of pairs: hashes are compared in blocks, and verification holds one zoom's
-templates at a time. The candidates of step 2 grow with the square of the image count (random
-pairs pass at about 1 in 4,000, BUSI's pairs at 1 in 250), and so does the time verifying them.
+templates at a time. Pairs within `max_distance` grow with the square of the image count
+(random pairs pass at about 1 in 4,000, BUSI's at 1 in 250); the nearest-partner cap keeps the
+verified candidates, and so the time, growing with the count itself.
 
 Thresholds were set on BUSI by looking at pairs side by side: re-cropped, resized or annotated
 copies of a scan score 0.89-1.0; nearby frames of one lesion 0.58-0.84 (those at 0.8 and above
@@ -44,6 +47,7 @@ from sonocad.data.sample import Sample
 from sonocad.progress import progress as show_progress
 
 MAX_DISTANCE = 14  # pHash bits (of 64) for a pair to be verified at all
+MAX_PARTNERS = 8  # and only with one of its nearest images (by those bits)
 MIN_CORRELATION = 0.8  # verified near-duplicate
 
 _HASH_HEIGHT = 128  # images are hashed from a thumbnail this high (pHash uses 32 x 32 anyway)
@@ -139,20 +143,39 @@ def near_duplicate_pairs(hashes: Sequence[ImageHashes], *, max_distance: int = M
 
 def candidate_pairs(hashes: Sequence[ImageHashes], max_distance: int) -> list[tuple[int, int]]:
     """Pairs (i < j), sorted, whose closest perceptual hashes (any view against any view) are
-    within `max_distance` bits."""
+    within `max_distance` bits, and where one image is among the other's `MAX_PARTNERS`
+    nearest by that distance: verification then grows with the number of images, not with its
+    square (every verified BUSI pair is among both its images' 5 nearest)."""
     if len(hashes) < 2:
         return []
     views = np.array([[int(h, 16) for h in item.phashes] for item in hashes], dtype=np.uint64)
     starts = range(0, len(views), _BLOCK)
     blocks = [(top, left) for top in starts for left in starts if left >= top]  # i < j only
-    found: list[tuple[int, int]] = []
+    firsts, seconds, distances = [], [], []
     for top, left in show_progress(blocks, "finding duplicate candidates"):
         closest = _closest_bits(views[top:top + _BLOCK], views[left:left + _BLOCK])
         rows, cols = np.nonzero(closest <= max_distance)
-        rows, cols = rows + top, cols + left
-        keep = rows < cols
-        found.extend(zip(rows[keep].tolist(), cols[keep].tolist()))
-    return sorted(found)
+        keep = rows + top < cols + left
+        rows, cols = rows[keep], cols[keep]
+        firsts.append(rows + top)
+        seconds.append(cols + left)
+        distances.append(closest[rows, cols])
+    first, second, distance = (np.concatenate(parts) for parts in (firsts, seconds, distances))
+    near = _among_nearest(first, second, distance, MAX_PARTNERS)
+    return sorted(zip(first[near].tolist(), second[near].tolist()))
+
+
+def _among_nearest(first: np.ndarray, second: np.ndarray, distance: np.ndarray,
+                   k: int) -> np.ndarray:
+    """Per pair: whether either image is among the other's k nearest (ties by the lower
+    index), so that at most k pairs per image are kept."""
+    owner, other = np.concatenate([first, second]), np.concatenate([second, first])
+    order = np.lexsort((other, np.concatenate([distance, distance]), owner))
+    ranked = owner[order]
+    rank = np.arange(len(order)) - np.searchsorted(ranked, ranked, side="left")
+    near = np.zeros(len(order), dtype=bool)
+    near[order] = rank < k
+    return near[:len(first)] | near[len(first):]
 
 
 def _closest_bits(rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
