@@ -47,14 +47,13 @@ from sonocad.checkpoint import (
     MAX_INPUT_SIDE,
     Checkpoint,
     load_checkpoint,
-    save_checkpoint,
 )
 from sonocad.errors import InputError
 from sonocad.inference.predictor import DEFAULT_MODEL
 from sonocad.io import dicom
 from sonocad.io.images import iter_frames, read_image
 from sonocad.io.pixels import MAX_FRAMES
-from test_bad_inputs import EXIT_FATAL, EXIT_SOME_FAILED, _run
+from test_bad_inputs import EXIT_FATAL, EXIT_SOME_FAILED, _edited, _run
 from test_predict import _png, _tree_digest, _unet_checkpoint
 
 HEADER_SIDE = 256  # what every bomb's header says: 256 x 256 grey, 8 bits
@@ -189,7 +188,7 @@ def _deflated(name: str, inflated: int, deflate: bool = True) -> Callable[[Path]
         del ds.file_meta
         write_dataset(body, ds)
         body.write(struct.pack("<HH2sHI", 0x7FE0, 0x0010, b"OB", 0, inflated))
-        compressor = zlib.compressobj(1, zlib.DEFLATED, -zlib.MAX_WBITS)  # raw, as A.5 says
+        compressor = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)  # raw, as A.5 says
         parts = [compressor.compress(body.getvalue())]
         zeros = bytes(2**20)
         parts += [compressor.compress(zeros) for _ in range(inflated // len(zeros))]
@@ -462,15 +461,6 @@ def test_a_bomb_is_refused_in_bounded_memory(kind: str, peak_mb: float, tmp_path
 
 
 # --- checkpoint and ONNX meta (items 22 and 31) ------------------------------------------------
-
-def _edited(source: Path, edit: Callable[[Checkpoint], None]) -> Callable[[Path], Path]:
-    def make(path: Path) -> Path:
-        loaded = load_checkpoint(source)
-        edit(loaded)
-        save_checkpoint(path, loaded)
-        return path
-    return make
-
 
 def _meta_cases(good: Path) -> dict[str, tuple[Callable[[Path], Path], str]]:
     def transform(**values: object) -> Callable[[Checkpoint], None]:

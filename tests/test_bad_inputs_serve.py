@@ -12,27 +12,18 @@ import socket
 import struct
 import threading
 import time
-import zlib
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
-import jpeg_ls
 import numpy as np
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from PIL import Image as PILImage
-from pydicom import Dataset, FileMetaDataset
-from pydicom.encaps import encapsulate
-from pydicom.filebase import DicomBytesIO
-from pydicom.filewriter import write_dataset, write_file_meta_info
 from pydicom.uid import (
-    DeflatedExplicitVRLittleEndian,
     JPEGBaseline8Bit,
     JPEGLSLossless,
-    UltrasoundImageStorage,
-    generate_uid,
 )
 
 from sonocad.inference.predictor import Predictor
@@ -42,6 +33,7 @@ from sonocad.serve.analysis import analyse
 from sonocad.serve.connections import ConnectionLimits
 from sonocad.serve.server import make_server
 from sonocad.serve.uploads import MAX_FRAMES
+from test_bad_inputs_decode import _compressed_dicom, _deflated, _jpeg, _jpeg_ls, _megabytes
 from test_predict import _unet_checkpoint
 
 LOCAL = "http://localhost"
@@ -448,81 +440,19 @@ def test_a_tiff_of_thousands_of_pages_is_answered_in_seconds(pages: int, status:
 
 # --- item 7: decompression bombs go through the readers' budgets, and memory comes back -------
 
-def _dicom_header(transfer_syntax: str, frames: int = 1) -> Dataset:
-    """An 8-bit grey 64 x 64 ultrasound DICOM header, `frames` frames, no pixel data yet."""
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = transfer_syntax
-    ds.file_meta.MediaStorageSOPClassUID = UltrasoundImageStorage
-    ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-    ds.SOPClassUID = UltrasoundImageStorage
-    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID
-    ds.Rows = ds.Columns = 64
-    if frames > 1:
-        ds.NumberOfFrames = frames
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
-    return ds
-
-
-def _codestream(codec: str, side: int) -> bytes:
-    """A 64 x 64 grey codestream whose own frame header says side x side."""
-    pixels = np.full((64, 64), 100, np.uint8)
-    if codec == "JPEG":
-        buffer = io.BytesIO()
-        PILImage.fromarray(pixels).save(buffer, "JPEG")
-        stream, marker = buffer.getvalue(), b"\xff\xc0"  # SOF0
-    else:
-        stream, marker = bytes(jpeg_ls.encode(pixels)), b"\xff\xf7"  # SOF55
-    at = stream.index(marker) + 5  # the marker, its length, the precision; rows, columns
-    return stream[:at] + struct.pack(">HH", side, side) + stream[at + 4:]
-
-
-def _codestream_bomb(codec: str, side: int, bomb_frame: int = 1) -> bytes:
-    """A DICOM whose header says 64 x 64 and whose frame `bomb_frame` decodes to side x side."""
-    ds = _dicom_header(JPEGBaseline8Bit if codec == "JPEG" else JPEGLSLossless, bomb_frame)
-    ds.PixelData = encapsulate([_codestream(codec, 64)] * (bomb_frame - 1)
-                               + [_codestream(codec, side)])
-    ds["PixelData"].VR = "OB"
-    buffer = io.BytesIO()
-    ds.save_as(buffer, enforce_file_format=True)
-    return buffer.getvalue()
-
-
-def _deflate_bomb(inflated: int) -> bytes:
-    """A Deflated Explicit VR Little Endian DICOM whose data set inflates to `inflated` bytes
-    of pixel data (zeros), made without ever holding them."""
-    ds = _dicom_header(DeflatedExplicitVRLittleEndian)
-    meta, body = DicomBytesIO(), DicomBytesIO()
-    for stream in (meta, body):
-        stream.is_little_endian, stream.is_implicit_VR = True, False
-    write_file_meta_info(meta, ds.file_meta)
-    del ds.file_meta
-    write_dataset(body, ds)
-    deflate = zlib.compressobj(9, zlib.DEFLATED, -15)  # raw deflate, as the syntax says
-    parts = [deflate.compress(body.getvalue() + struct.pack("<HH2sHI", 0x7FE0, 0x0010, b"OB",
-                                                            0, inflated))]
-    zeros = bytes(2**20)
-    parts += [deflate.compress(zeros) for _ in range(inflated // len(zeros))]
-    return bytes(128) + b"DICM" + meta.getvalue() + b"".join(parts) + deflate.flush()
-
-
-def _megabytes(field: str) -> float:
-    """VmRSS or VmHWM (the peak since `_reset_peak`) of this process, in MB."""
-    line = next(line for line in Path("/proc/self/status").read_text().splitlines()
-                if line.startswith(field))
-    return int(line.split()[1]) / 1024
-
-
 def _reset_peak() -> None:
     Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS
 
 
-BOMBS: dict[str, Callable[[], bytes]] = {
-    "JPEG codestream of 13000 x 13000": lambda: _codestream_bomb("JPEG", 13000),
-    "JPEG-LS codestream of 40000 x 40000": lambda: _codestream_bomb("JPEG-LS", 40000),
-    "JPEG bomb in frame 2 of a cine loop": lambda: _codestream_bomb("JPEG", 13000, 2),
-    "Deflate to 512 MiB": lambda: _deflate_bomb(512 * 2**20),
+# The decode tests' own bombs (tests/test_bad_inputs_decode.py), uploaded instead of read.
+BOMBS: dict[str, Callable[[Path], Path]] = {
+    "JPEG codestream of 13000 x 13000": _compressed_dicom(
+        "jpeg.dcm", JPEGBaseline8Bit, _jpeg(13000, 13000)),
+    "JPEG-LS codestream of 40000 x 40000": _compressed_dicom(
+        "jpeg_ls.dcm", JPEGLSLossless, _jpeg_ls(40000, 40000)),
+    "JPEG bomb in frame 2 of a cine loop": _compressed_dicom(
+        "cine.dcm", JPEGBaseline8Bit, _jpeg(64, 64), _jpeg(13000, 13000), side=64),
+    "Deflate to 512 MiB": _deflated("deflate.dcm", 512 * 2**20),
 }
 LINUX_PROC = pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(),
                                 reason="needs Linux's /proc")
@@ -534,8 +464,8 @@ LINUX_PROC = pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(),
     ("JPEG bomb in frame 2 of a cine loop", 100), ("Deflate to 512 MiB", 250)])
 @LINUX_PROC
 def test_a_dicom_bomb_upload_is_refused_in_one_line_in_bounded_memory(
-        kind: str, peak_mb: float, client: TestClient) -> None:
-    data = BOMBS[kind]()
+        kind: str, peak_mb: float, client: TestClient, tmp_path: Path) -> None:
+    data = BOMBS[kind](tmp_path).read_bytes()
     assert len(data) < 2**20
     client.get("/api/health")
     _reset_peak()

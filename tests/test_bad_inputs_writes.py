@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import errno
+import hashlib
 import json
 import re
 import subprocess
@@ -353,3 +354,21 @@ def _exif_cut_short() -> bytes:
     entry = struct.pack("<HHII", 0x010F, 2, 64, 2000)  # Make: 64 ASCII bytes at offset 2000
     return b"Exif\x00\x00II*\x00" + struct.pack("<I", 8) + struct.pack("<H", 1) + entry + (
         b"\x00" * 4)
+
+
+@pytest.mark.busi
+def test_a_manifest_of_absolute_busi_paths_leaves_the_real_images_alone(
+        busi_root: Path, tmp_path: Path, checkpoint: Path, capsys: pytest.CaptureFixture) -> None:
+    """The red team's first case on real files: absolute paths of BUSI images in a CSV."""
+    images = [busi_root / "benign" / "benign (10).png", busi_root / "malignant" /
+              "malignant (10).png"]
+    before = {path: hashlib.sha256(path.read_bytes()).hexdigest() for path in images}
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("image,label\n" + "".join(f"{path},benign\n" for path in images))
+    out = tmp_path / "out"
+    code, lines = _run(["predict", checkpoint, manifest, "--out", out], capsys)
+    assert code == 0, lines
+    assert {path: hashlib.sha256(path.read_bytes()).hexdigest() for path in images} == before
+    masks = sorted(p.relative_to(out).as_posix() for p in (out / "masks").rglob("*.png"))
+    assert len(masks) == 2 and all(out / m != Path(m) for m in masks)
+    assert all("benign (10)" in m or "malignant (10)" in m for m in masks)
