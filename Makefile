@@ -23,10 +23,13 @@ demo: $(INSTALLED)
 	@if [ -d "$(BUSI)" ]; then \
 	    $(BIN)/sonocad predict '$(BUSI)/*/* (1[0-4]).png' --out demo-out/busi-predictions --overwrite; fi
 
-# The web viewer's browser test drives Debian's headless Chromium; install it where we can.
+# The web viewer's browser test drives Debian's headless Chromium, and the DICOM corpus test
+# validates what predict writes with dicom3tools' dciodvfy; install them where we can.
 test: $(INSTALLED)
-	@if [ ! -x /usr/bin/chromedriver ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	    apt-get update -qq && apt-get install -y -qq chromium chromium-driver >/dev/null; fi
+	@if { [ ! -x /usr/bin/chromedriver ] || ! command -v dciodvfy >/dev/null; } && \
+	    [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -qq && apt-get install -y -qq chromium chromium-driver dicom3tools \
+	    >/dev/null; fi
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/lint-imports
 	$(BIN)/pytest -q

@@ -127,7 +127,9 @@ def test_found_instances_are_tabled_measured_and_drawn(detector, scan, tmp_path,
     # The mask is the union of the found instances: the 0.3 one is left out.
     mask = np.array(PILImage.open(out / "masks" / "scan.png")) > 0
     assert mask.sum() == 30 * 40 + 30 * 50 and not mask[104:114, 4:14].any()
-    assert row["lesion_area_px"] == mask.sum()
+    lesions = json.loads(row["lesions"])  # each instance's region, the main one first
+    assert row["lesion_count"] == 2 and sum(lesion["area_px"] for lesion in lesions) == mask.sum()
+    assert row["lesion_area_px"] == lesions[0]["area_px"]
     overlay = np.array(PILImage.open(out / "overlays" / "scan.png"))
     box_colour = np.array(_INSTANCE_COLOURS["malignant"])
     # The malignant box's left edge shows below its label.

@@ -3,8 +3,8 @@ pydicom and highdicom: references, frame of reference, masks, codes, values, pat
 
 from __future__ import annotations
 
+import json
 import logging
-import math
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,6 +24,7 @@ from pydicom.uid import (
 
 from sonocad import __version__
 from sonocad.errors import InputError
+from sonocad.visual import PREDICTION_COLOUR
 from sonocad.workflows.dicom_out import write_dicom_results
 
 ROWS, COLUMNS = 23, 31  # frames of 713 bits: BINARY frames are not byte-aligned
@@ -93,15 +94,23 @@ def lesion_masks(frames: int) -> list[np.ndarray]:
     return masks
 
 
-def finding(frame: int | None, *, mm: bool = True, **changes: object) -> dict[str, object]:
+def lesion(number: int = 1, *, mm: bool = True) -> dict[str, object]:
+    """One entry of the table's ``lesions`` column (`sonocad.measure.Lesion.record`)."""
+    return {"number": number, "area_px": 54, "area_mm2": 1.08 if mm else None,
+            "diameter_px": 10.3, "diameter_mm": 1.9 if mm else None, "perpendicular_px": 6.0,
+            "perpendicular_mm": 1.2 if mm else None, "box": [3, 2, 12, 8],
+            "mean_probability": 0.9}
+
+
+def finding(frame: int | None, *, mm: bool = True, lesions: int = 1,
+            **changes: object) -> dict[str, object]:
     """A predictions-table row as `predict` writes it."""
     row: dict[str, object] = {
         "image_id": "case", "frame": frame, "prob_benign": 0.15, "prob_malignant": 0.8,
         "prob_normal": 0.05, "predicted_class": "malignant", "final_class": "malignant",
         "decision_reason": "", "uncertainty": 0.35, "low_confidence": 1,
-        "lesion_detected": 1, "lesion_area_px": 54.0,
-        "lesion_area_mm2": 1.08 if mm else math.nan, "lesion_diameter_px": 10.3,
-        "lesion_diameter_mm": 1.9 if mm else math.nan}
+        "lesion_detected": int(lesions > 0), "lesion_count": lesions,
+        "lesions": json.dumps([lesion(n, mm=mm) for n in range(1, lesions + 1)])}
     row.update(changes)
     return row
 
@@ -203,6 +212,16 @@ def test_segment_is_a_lesion_found_by_sonocad(tmp_path: Path) -> None:
         codes.DCM.ArtificialIntelligence.value)
 
 
+def test_series_are_named_and_the_lesion_has_the_overlays_colour(tmp_path: Path) -> None:
+    _, seg_path, sr_path = write(tmp_path)
+    seg, sr = hd.seg.segread(seg_path), dcmread(sr_path)
+    assert seg.SeriesDescription == "sonocad lesion segmentation"
+    assert sr.SeriesDescription == "sonocad findings"
+    segment = only(list(seg.SegmentSequence))
+    assert segment.RecommendedDisplayCIELabValue == list(
+        hd.color.CIELabColor.from_rgb(*PREDICTION_COLOUR).value)
+
+
 def test_seg_leaves_out_pixel_measures_without_a_slice_thickness(tmp_path: Path) -> None:
     # PixelSpacing alone is not a valid Pixel Measures item in a SEG with a frame of reference.
     _, seg_path, _ = write(tmp_path, spacing="pixel")
@@ -234,7 +253,8 @@ def test_sr_holds_the_findings(tmp_path: Path) -> None:
     assert values == pytest.approx({
         ("prob_benign", "1"): 0.15, (codes.DCM.ProbabilityOfCancer.value, "1"): 0.8,
         ("prob_normal", "1"): 0.05, (codes.SCT.Area.value, "mm2"): 1.08,
-        (codes.SCT.LongAxis.value, "mm"): 1.9, ("uncertainty", "1"): 0.35})
+        (codes.SCT.LongAxis.value, "mm"): 1.9, (codes.SCT.ShortAxis.value, "mm"): 1.2,
+        ("uncertainty", "1"): 0.35})
     evaluations = {q.name.value: q.value for q in group.get_qualitative_evaluations()}
     assert evaluations["final_class"] == codes.SCT.Malignant
     assert evaluations["low_confidence"] == codes.SCT.Yes
@@ -265,22 +285,31 @@ def test_sr_gives_sizes_in_pixels_without_spacing(tmp_path: Path) -> None:
     _, _, sr_path = write(tmp_path, spacing=None)
     group = only(measurement_groups(sr_path))
     sizes = {m.name.value: (m.value, m.unit.value) for m in group.get_measurements()
-             if m.name in (codes.SCT.Area, codes.SCT.LongAxis)}
+             if m.name in (codes.SCT.Area, codes.SCT.LongAxis, codes.SCT.ShortAxis)}
     assert sizes == {codes.SCT.Area.value: (54.0, "{pixels}"),
-                     codes.SCT.LongAxis.value: (pytest.approx(10.3), "{pixels}")}
+                     codes.SCT.LongAxis.value: (pytest.approx(10.3), "{pixels}"),
+                     codes.SCT.ShortAxis.value: (6.0, "{pixels}")}
+
+
+def test_sr_has_one_finding_per_lesion(tmp_path: Path) -> None:
+    source, seg_path, sr_path = write(tmp_path, rows=[finding(None, lesions=2)])
+    groups = measurement_groups(sr_path)
+    assert [g.tracking_identifier for g in groups] == ["lesion 1, frame 1", "lesion 2, frame 1"]
+    for group in groups:
+        axes = [m for m in group.get_measurements() if m.name == codes.SCT.LongAxis]
+        assert only(axes).value == pytest.approx(1.9)
 
 
 def test_sr_leaves_out_what_is_unknown(tmp_path: Path) -> None:
     # A model without a decision rule, and a frame without a lesion (diameter NaN).
-    row = finding(None, final_class=None, uncertainty=None, low_confidence=None,
-                  lesion_area_px=0.0, lesion_area_mm2=0.0, lesion_diameter_px=math.nan,
-                  lesion_diameter_mm=math.nan, prob_normal=0.9, prob_malignant=0.05,
-                  prob_benign=0.05, predicted_class="normal")
+    row = finding(None, final_class=None, uncertainty=None, low_confidence=None, lesions=0,
+                  prob_normal=0.9, prob_malignant=0.05, prob_benign=0.05,
+                  predicted_class="normal")
     _, _, sr_path = write(tmp_path, rows=[row])
     group = only(measurement_groups(sr_path))
+    assert group.tracking_identifier == "no lesion, frame 1"
     names = {m.name.value for m in group.get_measurements()}
-    assert names == {"prob_benign", codes.DCM.ProbabilityOfCancer.value, "prob_normal",
-                     codes.SCT.Area.value}
+    assert names == {"prob_benign", codes.DCM.ProbabilityOfCancer.value, "prob_normal"}
     evaluations = {q.name.value: q.value for q in group.get_qualitative_evaluations()}
     assert evaluations["final_class"] == codes.SCT.Normal  # the argmax where no rule decides
     assert "low_confidence" not in evaluations
@@ -360,7 +389,11 @@ def test_a_patient_value_highdicom_cannot_parse_is_named_not_quoted(tmp_path: Pa
     ({"SOPInstanceUID": None}, "no SOPInstanceUID"),
     ({"StudyInstanceUID": None}, "no StudyInstanceUID"),
     ({"Rows": None, "Columns": None}, "not an image"),
-    ({"SOPClassUID": "1.2.840.10008.5.1.4.1.1.6"}, "retired"),
+    # The retired class has its successor's name: the UID tells them apart.
+    ({"SOPClassUID": "1.2.840.10008.5.1.4.1.1.6"},
+     "Ultrasound Image Storage (1.2.840.10008.5.1.4.1.1.6) is a retired SOP class"),
+    ({"SOPClassUID": "1.2.826.0.1.3680043.9.9999.1"},
+     "1.2.826.0.1.3680043.9.9999.1 is a private SOP class"),
 ])
 def test_a_source_that_cannot_be_referenced_is_one_input_error(
         tmp_path: Path, elements: dict[str, object], reason: str) -> None:
@@ -370,6 +403,18 @@ def test_a_source_that_cannot_be_referenced_is_one_input_error(
     message = str(caught.value)
     assert "\n" not in message and reason in message
     assert "Doe" not in message and "PID-4711" not in message
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_single_frame_class_holding_frames_is_refused(tmp_path: Path) -> None:
+    # Invalid (dciodvfy: NumberOfFrames may only be 1 there), and its frames could be
+    # referenced only by numbers that the class does not allow.
+    source = write_source(tmp_path / "case.dcm", frames=2, SOPClassUID=UltrasoundImageStorage)
+    with pytest.raises(InputError, match=r"Ultrasound Image Storage \(1.2.840.10008.5.1.4.1.1.6.1\)"
+                                         r" is a single-frame SOP class, but the file holds 2 "
+                                         "frames"):
+        write_dicom_results(source, lesion_masks(2), [finding(1), finding(2)],
+                            tmp_path / "out", "case")
     assert not (tmp_path / "out").exists()
 
 

@@ -10,14 +10,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image as PILImage
-from pydicom import Dataset, FileMetaDataset, dcmread
+from pydicom import Dataset, FileMetaDataset, dcmread, dcmwrite
 from pydicom.encaps import encapsulate
 from pydicom.pixels import convert_color_space, get_decoder
 from pydicom.uid import (
+    JPEG2000,
     MPEG4HP41,
+    ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
+    JPEG2000Lossless,
     JPEGBaseline8Bit,
-    JPEGLSLossless,
+    JPEGLosslessSV1,
     RLELossless,
     UltrasoundImageStorage,
     UltrasoundMultiFrameImageStorage,
@@ -26,6 +29,7 @@ from pydicom.uid import (
 
 from sonocad.errors import InputError
 from sonocad.io import pixels
+from sonocad.io.dicom import dicom_frame_count
 from sonocad.io.images import is_image_file, iter_frames, read_image
 from sonocad.io.pixels import widen_to_16_bits
 from sonocad.transforms import to_unit_float
@@ -179,6 +183,85 @@ def test_palette_colour_goes_through_its_lookup_table(tmp_path: Path) -> None:
     assert (pixels[..., 2] == 7).all()
 
 
+@pytest.mark.parametrize(("syntax", "photometric", "irreversible"), [
+    (JPEG2000Lossless, "YBR_RCT", False), (JPEG2000, "YBR_ICT", True)])
+def test_jpeg2000_colour_transforms_decode_to_rgb(tmp_path: Path, syntax: str,
+                                                   photometric: str, irreversible: bool) -> None:
+    # How scanners write JPEG 2000 colour (US1_J2KR.dcm, US1_J2KI.dcm): the decoder undoes the
+    # transform. The reversible one gives back the RGB exactly.
+    rgb = np.random.default_rng(3).integers(0, 256, (16, 20, 3), dtype=np.uint8)
+    codestream = io.BytesIO()
+    PILImage.fromarray(rgb).save(codestream, "JPEG2000", no_jp2=True, mct=1,
+                                 irreversible=irreversible)
+    path = write_encapsulated(tmp_path / "a.dcm", syntax, codestream.getvalue(), (16, 20),
+                              photometric=photometric)
+    pixels = read_image(path).pixels
+    assert pixels.shape == rgb.shape and pixels.dtype == np.uint8
+    tolerance = 8 if irreversible else 0
+    assert np.abs(pixels.astype(int) - rgb).max() <= tolerance
+
+
+def test_jpeg2000_colour_transform_outside_jpeg2000_is_refused(tmp_path: Path) -> None:
+    path = write_dicom(tmp_path / "a.dcm", np.zeros((16, 20, 3), np.uint8), "RGB")
+    ds = dcmread(path)
+    ds.PhotometricInterpretation = "YBR_ICT"
+    ds.save_as(path)
+    with pytest.raises(InputError, match="'YBR_ICT' is for JPEG 2000 pixel data only, not "
+                                         "Explicit VR Little Endian"):
+        read_image(path)
+
+
+def as_big_endian(path: Path, pixel_data: bytes | None = None) -> Path:
+    """The file rewritten in Explicit VR Big Endian; OB/OW values keep their bytes (pydicom
+    leaves them as they are), so words in them must be given big-endian already."""
+    ds = dcmread(path)
+    ds.file_meta.TransferSyntaxUID = ExplicitVRBigEndian
+    if pixel_data is not None:
+        ds.PixelData = pixel_data
+    big = path.with_name(f"{path.stem}_expb.dcm")
+    dcmwrite(big, ds, implicit_vr=False, little_endian=False, force_encoding=True)
+    return big
+
+
+def test_big_endian_palette_reads_as_its_little_endian_twin(tmp_path: Path) -> None:
+    # pydicom 3.0.2 reads 16-bit LUT data in the machine's byte order: a big-endian file's
+    # palette came out byte-swapped (OBXXXX1A_expb.dcm reached the model 256 times too dark).
+    lut = np.arange(256, dtype=np.uint16) << 8  # 16-bit entries, as OBXXXX1A.dcm has them
+    indices = np.tile(np.array([[0, 1, 2], [10, 100, 255]], np.uint8), (8, 6))
+    twins = []
+    for order in ("<u2", ">u2"):
+        path = write_dicom(
+            tmp_path / f"{order[0] == '<'}.dcm", indices, "PALETTE COLOR",
+            RedPaletteColorLookupTableDescriptor=[256, 0, 16],
+            GreenPaletteColorLookupTableDescriptor=[256, 0, 16],
+            BluePaletteColorLookupTableDescriptor=[256, 0, 16],
+            RedPaletteColorLookupTableData=lut.astype(order).tobytes(),
+            GreenPaletteColorLookupTableData=(65280 - lut).astype(order).tobytes(),
+            BluePaletteColorLookupTableData=np.full(256, 7 << 8, order).tobytes())
+        twins.append(read_image(path if order[0] == "<" else as_big_endian(path)).pixels)
+    little, big = twins
+    assert big.dtype == np.uint16
+    np.testing.assert_array_equal(big, little)
+    np.testing.assert_array_equal(big[..., 0], indices.astype(np.uint16) << 8)
+    np.testing.assert_array_equal(big[..., 1], 65280 - (indices.astype(np.uint16) << 8))
+    assert (big[..., 2] == 7 << 8).all()
+
+
+def test_big_endian_16bit_rgb_reads_as_its_little_endian_twin(tmp_path: Path) -> None:
+    rgb = np.random.default_rng(4).integers(0, 65536, (16, 20, 3), dtype=np.uint16)
+    little = write_dicom(tmp_path / "a.dcm", rgb, "RGB", bits_stored=16)
+    big = read_image(as_big_endian(little, rgb.astype(">u2").tobytes())).pixels
+    assert big.dtype == np.uint16  # in the machine's byte order, as every image is
+    np.testing.assert_array_equal(big, rgb)
+    np.testing.assert_array_equal(big, read_image(little).pixels)
+
+
+def test_frame_count_from_the_header(tmp_path: Path) -> None:
+    cine = write_dicom(tmp_path / "cine.dcm", np.stack([GREY8] * 3))
+    assert dicom_frame_count(cine) == 3
+    assert dicom_frame_count(write_dicom(tmp_path / "one.dcm", GREY8)) == 1
+
+
 def test_multiframe_first_frame_and_every_frame(tmp_path: Path) -> None:
     frames = np.stack([GREY8, GREY8 // 2, 255 - GREY8])
     path = write_dicom(tmp_path / "cine.dcm", frames,
@@ -280,12 +363,18 @@ def test_text_named_dcm_is_not_dicom(tmp_path: Path) -> None:
 
 
 def test_compressed_without_plugin_says_what_to_install(tmp_path: Path) -> None:
-    if get_decoder(JPEGLSLossless).is_available:
-        pytest.skip("a JPEG-LS decoder is installed here")
-    path = write_encapsulated(tmp_path / "a.dcm", JPEGLSLossless, b"\xff\xd8" + b"\0" * 64,
+    # JPEG Lossless has no decoder in the core (docs/dicom.md says why).
+    if get_decoder(JPEGLosslessSV1).is_available:
+        pytest.skip("a JPEG Lossless decoder is installed here")
+    path = write_encapsulated(tmp_path / "a.dcm", JPEGLosslessSV1, b"\xff\xd8" + b"\0" * 64,
                               (8, 8), photometric="RGB")
-    with pytest.raises(InputError, match="decoder plugin that is not installed.*pylibjpeg"):
+    with pytest.raises(InputError) as caught:
         read_image(path)
+    message = str(caught.value)
+    assert message.startswith(f"{path}: JPEG Lossless") and "\n" not in message
+    assert "decoder plugin that is not installed" in message
+    # the packages as pip knows them: GDCM's is python-gdcm, not gdcm
+    assert "pylibjpeg-libjpeg" in message and "python-gdcm" in message
 
 
 def test_video_transfer_syntax_is_refused(tmp_path: Path) -> None:

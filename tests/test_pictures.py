@@ -12,7 +12,12 @@ from scipy.spatial import ConvexHull, QhullError
 from scipy.spatial.distance import pdist
 
 from sonocad.data.phantom import make_phantom
-from sonocad.measure import lesion_measurements, longest_diameter
+from sonocad.measure import (
+    Diameter,
+    lesion_measurements,
+    longest_diameter,
+    perpendicular_diameter,
+)
 from sonocad.pictures import DIAMETER_COLOUR, HEAT_MAP, caption, heatmap_picture, overlay_picture
 from sonocad.predictions import Decision, Prediction
 from sonocad.visual import PREDICTION_COLOUR, colour_table, to_rgb8
@@ -59,20 +64,21 @@ def _box(where: np.ndarray) -> tuple[int, int, int, int]:
     return rows[0], cols[0], rows[-1] + 1, cols[-1] + 1
 
 
-def _assert_drawn_along(picture: np.ndarray, start: tuple[int, int], end: tuple[int, int],
-                        reach: float) -> None:
-    """The diameter colour lies on the segment start-end, and only near it."""
-    start_, end_ = np.asarray(start, float), np.asarray(end, float)
-    length = np.linalg.norm(end_ - start_)
-    along = (end_ - start_) / length
-    for t in np.linspace(0, 1, 25):
-        row, col = np.round(start_ + t * (end_ - start_)).astype(int)
-        assert tuple(picture[row, col]) == DIAMETER_COLOUR
-    points = np.argwhere(_colour(picture, DIAMETER_COLOUR)) - start_
-    projection = points @ along
-    distance = np.abs(points @ np.array([-along[1], along[0]]))
-    assert projection.min() >= -reach and projection.max() <= length + reach
-    assert distance.max() <= reach
+def _assert_drawn_along(picture: np.ndarray, segments: list[Diameter], reach: float) -> None:
+    """The diameter colour lies on each segment start-end, and only near one of them."""
+    near = np.zeros(len(np.argwhere(_colour(picture, DIAMETER_COLOUR))), bool)
+    for segment in segments:
+        start_, end_ = np.asarray(segment.start, float), np.asarray(segment.end, float)
+        length = np.linalg.norm(end_ - start_)
+        along = (end_ - start_) / length
+        for t in np.linspace(0, 1, 25):
+            row, col = np.round(start_ + t * (end_ - start_)).astype(int)
+            assert tuple(picture[row, col]) == DIAMETER_COLOUR
+        points = np.argwhere(_colour(picture, DIAMETER_COLOUR)) - start_
+        projection = points @ along
+        distance = np.abs(points @ np.array([-along[1], along[0]]))
+        near |= ((projection >= -reach) & (projection <= length + reach) & (distance <= reach))
+    assert near.all()
 
 
 # --- the measurement ----------------------------------------------------------------------
@@ -144,8 +150,10 @@ def test_diameter_drawn_on_an_ellipse_phantom_is_the_measured_one(drawn_text) ->
     diameter = longest_diameter(mask)
     assert {diameter.start, diameter.end} == {(100, 70), (100, 190)}
     assert diameter.length_px == lesion_measurements(mask)["diameter_px"] == 120
-    _assert_drawn_along(picture, diameter.start, diameter.end, reach=8)
-    assert [text for _, text in drawn_text] == ["120 px"]
+    across = perpendicular_diameter(mask, diameter)
+    assert {across.start, across.end} == {(75, 130), (125, 130)} and across.length_px == 50
+    _assert_drawn_along(picture, [diameter, across], reach=8)
+    assert [text for _, text in drawn_text] == ["120 px", "50 px"]
     (left, top), _ = drawn_text[0]
     assert left > 190 or left < 70  # beyond one end: off the lesion
     assert _colour(picture, PREDICTION_COLOUR).sum() > 200  # the outline
@@ -153,7 +161,7 @@ def test_diameter_drawn_on_an_ellipse_phantom_is_the_measured_one(drawn_text) ->
 
     drawn_text.clear()
     overlay_picture(image, _lesion(mask), (0.1, 0.1))
-    assert [text for _, text in drawn_text] == ["12.0 mm"]
+    assert [text for _, text in drawn_text] == ["12.0 mm", "5.0 mm"]
 
 
 def test_diameter_in_mm_is_the_longest_in_mm_where_rows_and_columns_differ(drawn_text) -> None:
@@ -166,8 +174,11 @@ def test_diameter_in_mm_is_the_longest_in_mm_where_rows_and_columns_differ(drawn
     assert {diameter.start, diameter.end} == {(60, 130), (140, 130)}
     assert diameter.length_mm == pytest.approx(16.0) and diameter.length_px == 80
     assert lesion_measurements(mask, (0.2, 0.1))["diameter_mm"] == pytest.approx(16.0)
-    _assert_drawn_along(picture, diameter.start, diameter.end, reach=8)
-    assert [text for _, text in drawn_text] == ["16.0 mm"]
+    across = perpendicular_diameter(mask, diameter, (0.2, 0.1))
+    assert {across.start, across.end} == {(100, 70), (100, 190)}
+    assert across.length_mm == pytest.approx(12.0)
+    _assert_drawn_along(picture, [diameter, across], reach=8)
+    assert [text for _, text in drawn_text] == ["16.0 mm", "12.0 mm"]
 
 
 def test_caption_says_class_probability_reason_and_flag(drawn_text) -> None:
@@ -212,7 +223,8 @@ def test_lines_grow_with_the_image(side: int) -> None:
     mask = _ellipse((side, side), (side // 2, side // 2), side // 8, side // 4)
     picture = overlay_picture(_grey(side, side), _lesion(mask), None)
     width = max(1, round(side / 300))
-    top = picture[: side // 2, side // 2]  # down the middle to the line: the outline's top
+    # Down a column off the lesion's width caliper (the middle) to the line: the outline's top
+    top = picture[: side // 2, side // 2 + side // 6]
     assert _colour(top[:, None], PREDICTION_COLOUR).sum() == width
     across = picture[:, side // 2 - side // 8]  # crosses the diameter line
     assert _colour(across[:, None], DIAMETER_COLOUR).sum() == width

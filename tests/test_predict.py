@@ -87,14 +87,16 @@ def test_phantom_folder_writes_every_output_and_leaves_the_inputs_alone(
     assert row["lesion_diameter_px"] == pytest.approx(math.hypot(39, 55))
     assert math.isnan(row["lesion_area_mm2"])  # a PNG has no pixel spacing
 
-    # The overlay outlines the lesion: its rim is drawn, its longest diameter (corner to
-    # corner here) is a line, and much of its inside still shows the tissue.
+    # The overlay outlines the lesion: its rim is drawn (but where a caliper or its length
+    # covers it: on a 56 x 40 image the four length labels take much of it), its longest
+    # diameter (corner to corner here) is a line, and much of its inside still shows the tissue.
     image = np.array(PILImage.open(data / "benign" / "benign (1).png"))
     overlay = np.array(PILImage.open(out / "overlays" / "benign" / "benign (1).png"))
     assert overlay.shape == (40, 56, 3)
-    assert tuple(overlay[0, 28]) == PREDICTION_COLOUR
+    rim = np.concatenate([overlay[0], overlay[-1], overlay[:, 0], overlay[:, -1]])
+    assert (rim == PREDICTION_COLOUR).all(axis=1).mean() > 0.25
     assert tuple(overlay[0, 0]) == DIAMETER_COLOUR
-    assert (overlay[10:30, 10:46] == image[10:30, 10:46, None]).all(axis=2).mean() > 0.4
+    assert (overlay[10:30, 10:46] == image[10:30, 10:46, None]).all(axis=2).mean() > 0.1
     assert np.array(PILImage.open(out / "heatmaps" / "benign" / "benign (1).png")).shape == \
         (40, 56, 3)
 

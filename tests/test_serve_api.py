@@ -110,7 +110,8 @@ def test_phantom_png_gives_measurements_overlay_and_heatmap(client: TestClient) 
     overlay = client.get(result["overlay_url"])
     assert overlay.status_code == 200 and overlay.headers["content-type"] == "image/png"
     pixels = np.array(PILImage.open(io.BytesIO(overlay.content)))
-    assert pixels.shape == (40, 56, 3) and tuple(pixels[0, 28]) == PREDICTION_COLOUR
+    rim = np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]])
+    assert pixels.shape == (40, 56, 3) and (rim == PREDICTION_COLOUR).all(axis=1).mean() > 0.25
     # The whole image is lesion: its longest diameter runs from this corner to the opposite.
     assert tuple(pixels[0, 0]) == DIAMETER_COLOUR
     heatmap = client.get(result["heatmap_url"])

@@ -143,7 +143,7 @@ def test_page_uploads_an_image_and_shows_the_result(
         text = browser.find_element(By.TAG_NAME, "main").text
         if task == "segmentation":
             assert "Lesion detected" in text
-            assert "Lesion area" in text and "Longest diameter" in text
+            assert "Lesion area" in text and "Lesion diameters" in text
             assert f"{SIZE} × {SIZE} px" in text
             browser.find_element(By.ID, "show-heatmap").click()
             assert browser.execute_script(

@@ -1,9 +1,11 @@
 """The two pictures of a prediction that `sonocad predict` writes and the web viewer shows.
 
-- `overlay_picture`: the lesion outline, the longest diameter as a caliper line with its length
-  (mm when the pixel spacing is known, px otherwise) and a caption with the final class, its
-  probability, the decision's reason and the low-confidence flag; a detector's instances
-  each get their box, labelled with number, class and score, and their own diameter.
+- `overlay_picture`: the lesion outline; for each lesion its longest diameter and the longest
+  diameter across it as caliper lines with their lengths (mm when the pixel spacing is known,
+  px otherwise), the longest numbered "1:", "2:" ... where there is more than one lesion; and a
+  caption with the final class, its probability, the decision's reason and the low-confidence
+  flag. A detector's instances each get their box, labelled with number, class and score, and
+  their own longest diameter.
 - `heatmap_picture`: the lesion probability in a perceptual colour map (inferno), blended on
   the image with alpha growing with probability, and a colour bar.
 
@@ -101,17 +103,30 @@ def overlay_picture(pixels: np.ndarray, prediction: Prediction,
     labels = [(_draw_instance_box(draw, style, instance, label, image.size), [label])
               for instance, label in _instance_labels(instances or [])]
     taken += [box for box, _ in labels]  # the diameters' lengths keep off the labels too
-    lesions = ([instance.mask for instance in instances] if instances is not None
-               else [mask] if mask is not None else [])
-    for lesion in lesions:
-        diameter = longest_diameter(lesion, spacing_mm)
-        if diameter is not None:
-            _draw_diameter(draw, style, diameter, image.size, taken)
+    for diameter, prefix in _calipers(prediction, spacing_mm):
+        taken.append(_draw_diameter(draw, style, diameter, image.size, taken, prefix))
     for box, text in labels:  # over the lines, legible
         _draw_text_box(draw, style, text, box)
     if lines:
         _draw_text_box(draw, style, lines, taken[0])
     return np.asarray(image)
+
+
+def _calipers(prediction: Prediction, spacing_mm: tuple[float, float] | None
+              ) -> list[tuple[Diameter, str]]:
+    """(diameter, label prefix) to draw: each lesion's two diameters, or each detected
+    instance's longest (numbered by its box's label)."""
+    if prediction.instances is not None:
+        found = (longest_diameter(instance.mask, spacing_mm) for instance in prediction.instances)
+        return [(diameter, "") for diameter in found if diameter is not None]
+    lesions = prediction.lesions(spacing_mm)
+    numbered = len(lesions) > 1
+    calipers = []
+    for lesion in lesions:
+        calipers.append((lesion.diameter, f"{lesion.number}: " if numbered else ""))
+        if lesion.perpendicular is not None and lesion.perpendicular.length_px > 0:
+            calipers.append((lesion.perpendicular, ""))
+    return calipers
 
 
 def _instance_labels(instances: Sequence[Instance]) -> list[tuple[Instance, str]]:
@@ -161,9 +176,10 @@ def diameter_label(diameter: Diameter) -> str:
 
 
 def _draw_diameter(draw: ImageDraw.ImageDraw, style: _Style, diameter: Diameter,
-                   size: tuple[int, int], taken: list[Box]) -> None:
-    """A caliper: the line between the two ends with a tick across each, and the length in a
-    box beyond one end, where it covers no lesion (all of it lies between the ticks)."""
+                   size: tuple[int, int], taken: list[Box], prefix: str = "") -> Box:
+    """A caliper: the line between the two ends with a tick across each, and `prefix` and the
+    length in a box beyond one end, where it covers no lesion (all of it lies between the
+    ticks) and no box in `taken`. Returns that box."""
     start, end = _xy(diameter.start), _xy(diameter.end)
     along = _unit(end[0] - start[0], end[1] - start[1])
     across = (-along[1], along[0])
@@ -174,12 +190,13 @@ def _draw_diameter(draw: ImageDraw.ImageDraw, style: _Style, diameter: Diameter,
     for colour, width in ((_HALO, style.line + 2), (DIAMETER_COLOUR, style.line)):
         for a, b in segments:
             draw.line([a, b], fill=colour, width=width)
-    lines = [diameter_label(diameter)]
+    lines = [prefix + diameter_label(diameter)]
     text_size = _text_size(style, lines)
     options = [_beyond(end, along, text_size, tick + style.pad, size),
                _beyond(start, (-along[0], -along[1]), text_size, tick + style.pad, size)]
     box = min(options, key=lambda option: (_overlaps(option[0], taken), option[1]))[0]
     _draw_text_box(draw, style, lines, box)
+    return box
 
 
 def _beyond(point: tuple[float, float], direction: tuple[float, float],

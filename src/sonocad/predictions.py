@@ -5,10 +5,13 @@ statistic, comparison and report.
 One row builder fills the model's columns for everyone (`prediction_columns`): ``prob_<class>``
 and ``predicted_class`` (class head; a detector's best instance), the decision columns where the
 model has a rule, a detector's ``<class>_score`` / ``n_instances`` / ``instances``, and the lesion
-columns ``lesion_detected``, ``lesion_area_px``, ``lesion_area_mm2``, ``lesion_diameter_px`` and
-``lesion_diameter_mm``. `sample_columns` adds what is known of an image before a model sees it;
-evaluators add the truth and their per-image metrics. So a `predict` table and an `evaluate`
-table of the same images join on ``image_id`` (`sonocad compare`).
+columns (`lesion_columns`): ``lesion_detected``, ``lesion_count``, the main lesion's
+``lesion_area_px`` / ``_mm2``, ``lesion_diameter_px`` / ``_mm`` (longest) and
+``lesion_perpendicular_px`` / ``_mm`` (longest across it), and ``lesions``, every lesion's
+figures as JSON (`sonocad.measure.find_lesions`: main first, specks dropped).
+`sample_columns` adds what is known of an image before a model sees it; evaluators add the
+truth and their per-image metrics. So a `predict` table and an `evaluate` table of the same
+images join on ``image_id`` (`sonocad compare`).
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import io
 import json
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
@@ -28,12 +31,14 @@ from sonocad.data.sample import Sample
 from sonocad.errors import InputError
 from sonocad.io.atomic import write_json, write_text
 from sonocad.io.outputs import record_write
-from sonocad.measure import lesion_measurements
+from sonocad.measure import THRESHOLD, Diameter, Lesion, find_lesions, lesion_measurements
 
-THRESHOLD = 0.5  # lesion probability from which a pixel is lesion
 NO_LESION = "normal"  # a detector's call for an image where it found no instance
 LESION_CLASSES = ("benign", "malignant")
 
+# The main lesion's sizes (NaN without one)
+MAIN_LESION_SIZES = ("lesion_area_mm2", "lesion_diameter_px", "lesion_diameter_mm",
+                     "lesion_perpendicular_px", "lesion_perpendicular_mm")
 # Columns every table starts with; metric and probability columns follow.
 ID_COLUMNS = ("image_id", "patient_id", "source", "scanner", "label")
 
@@ -56,6 +61,8 @@ class Decision:
     reason: str  # "" when the heads agree
     uncertainty: float
     low_confidence: bool
+    p_malignant: float | None = None  # calibrated where the rule holds a scaling
+    rule_out: bool | None = None  # None: the rule has no rule-out point
 
 
 @dataclass
@@ -69,6 +76,17 @@ class Prediction:
     decision: Decision | None = None  # multitask models whose meta holds a decision rule
     instances: list[Instance] | None = None  # a detector's found lesions, best first
     top_scores: dict[str, float] | None = None  # a detector's top score per class (any score)
+    _lesions: dict[tuple[float, float] | None, list[Lesion]] = field(
+        default_factory=dict, repr=False, compare=False)
+
+    def lesions(self, spacing_mm: tuple[float, float] | None) -> list[Lesion]:
+        """Each lesion of the lesion map, main first (`sonocad.measure.find_lesions`), found
+        once per spacing: the table, the overlay and the DICOM report share them."""
+        if self.lesion_probability is None:
+            return []
+        if spacing_mm not in self._lesions:
+            self._lesions[spacing_mm] = find_lesions(self.lesion_probability, spacing_mm)
+        return self._lesions[spacing_mm]
 
     @property
     def mask(self) -> np.ndarray | None:
@@ -112,18 +130,28 @@ def prediction_columns(prediction: Prediction, spacing_mm: tuple[float, float] |
                                   spacing_mm)
         row.update({"predicted_class": prediction.predicted_class, **fields,
                     "instances": json.dumps(fields["instances"], separators=(",", ":"))})
-    mask = prediction.mask
-    if mask is not None:
-        row.update(lesion_columns(mask, spacing_mm))
+    if prediction.lesion_probability is not None:
+        row.update(lesion_columns(prediction.lesions(spacing_mm)))
     return row
 
 
-def lesion_columns(mask: np.ndarray, spacing_mm: tuple[float, float] | None) -> dict[str, Any]:
-    """Whether a lesion was outlined, and its area and longest diameter in px and mm."""
-    sizes = lesion_measurements(mask, spacing_mm)
-    return {"lesion_detected": int(mask.any()), "lesion_area_px": sizes["area_px"],
-            "lesion_area_mm2": sizes["area_mm2"], "lesion_diameter_px": sizes["diameter_px"],
-            "lesion_diameter_mm": sizes["diameter_mm"]}
+def lesion_columns(lesions: Sequence[Lesion]) -> dict[str, Any]:
+    """How many lesions, the main one's area and two diameters in px and mm (NaN without a
+    lesion or, for mm, a spacing), and every lesion's figures as JSON (`Lesion.record`)."""
+    columns: dict[str, Any] = {
+        "lesion_detected": int(bool(lesions)), "lesion_count": len(lesions),
+        "lesion_area_px": 0.0, **dict.fromkeys(MAIN_LESION_SIZES, math.nan),
+        "lesions": json.dumps([lesion.record() for lesion in lesions], separators=(",", ":"))}
+    if lesions:
+        main = lesions[0]
+        # One pixel has no width: 0, in mm too where the spacing is known.
+        cross = main.perpendicular or Diameter(0.0, main.diameter.length_mm, (0, 0), (0, 0))
+        columns.update(lesion_area_px=float(main.area_px), lesion_area_mm2=main.area_mm2,
+                       lesion_diameter_px=main.diameter.length_px,
+                       lesion_diameter_mm=main.diameter.length_mm,
+                       lesion_perpendicular_px=cross.length_px,
+                       lesion_perpendicular_mm=cross.length_mm)
+    return columns
 
 
 def decision_columns(decision: Decision | None) -> dict[str, Any]:
@@ -132,7 +160,10 @@ def decision_columns(decision: Decision | None) -> dict[str, Any]:
         return {}
     return {"final_class": decision.final_class, "decision_reason": decision.reason,
             "uncertainty": round(decision.uncertainty, 4),
-            "low_confidence": int(decision.low_confidence)}
+            "low_confidence": int(decision.low_confidence),
+            "p_malignant": None if decision.p_malignant is None
+            else round(decision.p_malignant, 4),
+            "rule_out": None if decision.rule_out is None else int(decision.rule_out)}
 
 
 def instance_records(instances: Sequence[Instance], spacing_mm: tuple[float, float] | None

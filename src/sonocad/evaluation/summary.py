@@ -18,6 +18,11 @@ def format_summary(metrics: dict[str, Any]) -> str:
         width = max(map(len, named), default=0)
         for name, value in named.items():
             lines.append(f"    {name:<{width}}  {format_ci(value)}")
+    detection = metrics.get("lesion_detection")
+    if detection:
+        lines.append("  lesion by lesion (found at IoU >= 0.1 / 0.5; made-up lesions per image)")
+        width = max(map(len, detection))
+        lines += [f"    {name:<{width}}  {format_ci(value)}" for name, value in detection.items()]
     return "\n".join(lines)
 
 

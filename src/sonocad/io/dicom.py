@@ -5,7 +5,11 @@ its offset tables) are parsed, so patient attributes are never decoded and canno
 output, a log or an error message.
 
 How stored values become output pixels:
-* RGB, YBR_FULL, YBR_FULL_422 -> RGB (pydicom converts YBR); PALETTE COLOR -> RGB via its LUT.
+* RGB, YBR_FULL, YBR_FULL_422 -> RGB (pydicom converts YBR); YBR_RCT, YBR_ICT (JPEG 2000
+  only) -> RGB (the JPEG 2000 decoder undoes the colour transform); PALETTE COLOR -> RGB via its
+  LUT, read in the file's byte order (pydicom 3.0.2 reads a big-endian file's 16-bit LUT data
+  byte-swapped, 256 times too dark: see `_little_endian_palette`). Colour comes out in the
+  machine's byte order, whatever the file's.
 * MONOCHROME1/2: the modality LUT (rescale) and then the VOI LUT or window are applied where
   the file carries them -- that is the picture the sonographer saw -- and are no-ops otherwise.
   Results within the stored range 0..2**BitsStored-1 keep their scale (the usual ultrasound
@@ -14,6 +18,12 @@ How stored values become output pixels:
   that bright is high. Output is uint8 for BitsStored <= 8, else uint16 widened from
   BitsStored to the full 16-bit range (4095 -> 65535 for 12 bits): divided by 65535 as every
   uint16 input is, a 12-bit frame would otherwise reach the model 16 times too dark.
+
+JPEG Baseline is decoded by Pillow (libjpeg-turbo), which decodes all of it, whatever else is
+installed: lossy JPEG decoders round differently (pylibjpeg's libjpeg: up to 5 levels on 2 % of a
+frame), and a model input must not change because someone installed pylibjpeg for JPEG Lossless.
+A syntax whose decoder is not installed is refused naming the packages to install
+(docs/dicom.md lists the supported syntaxes).
 
 Numbers the reading depends on (NumberOfFrames, PixelSpacing, ImagerPixelSpacing, rescale,
 window, the ultrasound regions' physical deltas) must be finite numbers: text or NaN there is
@@ -49,6 +59,7 @@ from typing import BinaryIO
 import numpy as np
 import pydicom
 from pydicom.datadict import DicomDictionary, tag_for_keyword
+from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import generate_frames
 from pydicom.errors import InvalidDicomError
@@ -64,9 +75,11 @@ from pydicom.pixels import (
     iter_pixels,
 )
 from pydicom.uid import (
+    UID,
     DeflatedExplicitVRLittleEndian,
     ExplicitVRLittleEndian,
     JPEG2000TransferSyntaxes,
+    JPEGBaseline8Bit,
     JPEGLSTransferSyntaxes,
     JPEGTransferSyntaxes,
     RLELossless,
@@ -90,7 +103,12 @@ _HEADER_TAGS = [tag for tag in DicomDictionary if tag >> 16 == 0x0028] + [
 ]
 _GREY = frozenset({"MONOCHROME1", "MONOCHROME2"})
 _COLOUR = frozenset({"RGB", "YBR_FULL", "YBR_FULL_422"})  # pydicom returns these as RGB
+# JPEG 2000's reversible and irreversible colour transforms, which its decoder undoes (RGB out);
+# the standard allows them in JPEG 2000 pixel data only.
+_J2K_COLOUR = frozenset({"YBR_RCT", "YBR_ICT"})
 _PALETTE = "PALETTE COLOR"
+_LUT_DATA = tuple(f"{colour}PaletteColorLookupTableData"
+                  for colour in ("Red", "Green", "Blue", "Alpha"))
 _CENTIMETRES = 3  # PhysicalUnitsX/YDirection code for cm (DICOM PS3.3 C.8.5.5.1.15)
 # Decimal and integer strings that decoding or measuring uses, and how many values each holds
 # (None: one or more). pydicom keeps a value it cannot parse as text, and parses "NaN": either
@@ -119,6 +137,11 @@ def read_dicom(path: Path) -> Image:
 def iter_dicom_frames(path: Path) -> Iterator[Image]:
     """Every frame of a DICOM file; the header is checked now, frames are decoded one by one."""
     return _frames(path)
+
+
+def dicom_frame_count(path: Path) -> int:
+    """How many frames the file holds, from its header (checked as for reading)."""
+    return _frame_count(path, _read_header(path, _dataset_source(path)))
 
 
 def _frames(path: Path) -> Iterator[Image]:
@@ -209,16 +232,21 @@ def _read_header(path: Path, source: Path | bytes) -> Dataset:
     if "PixelData" not in header:
         raise InputError(path, "DICOM file has no pixel data")
     interpretation = header.get("PhotometricInterpretation")
-    if interpretation not in _GREY | _COLOUR | {_PALETTE}:
+    if interpretation not in _GREY | _COLOUR | _J2K_COLOUR | {_PALETTE}:
         raise InputError(path, f"unsupported DICOM photometric interpretation {interpretation!r}")
+    if interpretation in _J2K_COLOUR and syntax not in JPEG2000TransferSyntaxes:
+        raise InputError(path, f"DICOM photometric interpretation {interpretation!r} is for "
+                               f"JPEG 2000 pixel data only, not {syntax.name}")
     try:
         decoder = get_decoder(syntax)
     except NotImplementedError:
         raise InputError(path, f"DICOM transfer syntax {syntax.name!r} is not supported") from None
     if not decoder.is_available:
-        needs = "; ".join(decoder.missing_dependencies)
+        # pydicom names GDCM by its module; the package to install is python-gdcm
+        needs = "; ".join(decoder.missing_dependencies).replace("requires gdcm",
+                                                                 "requires python-gdcm")
         raise InputError(path, f"{syntax.name} pixel data needs a decoder plugin that is not "
-                               f"installed (any of: {needs})")
+                               f"installed (any of: {needs}; docs/dicom.md)")
     for keyword in _NUMBERS:
         _finite_numbers(path, header, keyword)
     _check_frame_size(path, header)
@@ -267,8 +295,9 @@ def _shortened(text: str, limit: int = 40) -> str:
 def _stored_frames(path: Path, source: Path | bytes, header: Dataset) -> Iterator[np.ndarray]:
     """Each frame's stored values, decoded one at a time by pydicom. A compressed frame's
     codestream is split off as pydicom splits it and checked before pydicom decodes it."""
-    with closing(iter_pixels(_readable(source))) as frames:
-        if not header.file_meta.TransferSyntaxUID.is_encapsulated:
+    syntax = header.file_meta.TransferSyntaxUID
+    with closing(iter_pixels(_readable(source), decoding_plugin=_plugin(syntax))) as frames:
+        if not syntax.is_encapsulated:
             yield from frames
             return
         with closing(_codestreams(source, header)) as codestreams:
@@ -278,6 +307,13 @@ def _stored_frames(path: Path, source: Path | bytes, header: Dataset) -> Iterato
                 if frame is None:
                     return
                 yield frame
+
+
+def _plugin(syntax: UID) -> str:
+    """Pillow for JPEG Baseline (see the module's docstring), else "": pydicom's first
+    available plugin, and the next where it fails."""
+    pillow = syntax == JPEGBaseline8Bit and "pillow" in get_decoder(syntax).available_plugins
+    return "pillow" if pillow else ""
 
 
 def _codestreams(source: Path | bytes, header: Dataset) -> Iterator[bytes]:
@@ -336,12 +372,13 @@ _FRAME_SIZE_READERS: dict[str, tuple[str, Callable[[bytes], tuple[int, int] | No
 def _display_pixels(path: Path, frame: np.ndarray, header: Dataset) -> np.ndarray:
     interpretation = header.PhotometricInterpretation
     if interpretation == _PALETTE:
-        rgb = apply_color_lut(frame, header)
+        rgb = apply_color_lut(frame, _little_endian_palette(header))
         # 8-bit entries are often stored in 16-bit words, which pydicom returns as uint16
         nominal_bits = header.RedPaletteColorLookupTableDescriptor[2]
         return rgb.astype(np.uint8) if nominal_bits == 8 else rgb
-    if interpretation in _COLOUR:
-        return frame
+    if interpretation in _COLOUR | _J2K_COLOUR:
+        # 16-bit samples of a big-endian file come in its byte order; the machine's from here
+        return frame.astype(frame.dtype.newbyteorder("="), copy=False)
     bits = min(int(header.BitsStored), 16)
     dtype = np.uint8 if bits <= 8 else np.uint16
     top = 2**bits - 1
@@ -356,6 +393,31 @@ def _display_pixels(path: Path, frame: np.ndarray, header: Dataset) -> np.ndarra
     if interpretation == "MONOCHROME1":
         pixels = top - pixels
     return widen_to_16_bits(pixels, int(top).bit_length()) if dtype == np.uint16 else pixels
+
+
+def _little_endian_palette(header: Dataset) -> Dataset:
+    """`header` or, for a big-endian file with (unsegmented) Palette Color LUT data, a
+    little-endian stand-in holding its LUT. pydicom 3.0.2's apply_color_lut reads such data in
+    the machine's byte order, not the file's (segmented LUTs it reads right), so a big-endian
+    file's 16-bit entries came out byte-swapped and its picture 256 times too dark. Re-encoded
+    little-endian and declared so, the LUT reads right in a pydicom that honours the byte order
+    too."""
+    if header.file_meta.TransferSyntaxUID.is_little_endian or _LUT_DATA[0] not in header:
+        return header
+    descriptor = header["RedPaletteColorLookupTableDescriptor"]  # the one pydicom reads
+    entries = descriptor.value[0] or 2**16  # 0 means 2**16 entries
+    stand_in = Dataset()
+    stand_in.file_meta = FileMetaDataset()
+    stand_in.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    stand_in[descriptor.tag] = descriptor
+    for keyword in _LUT_DATA:
+        if keyword in header:
+            element = header[keyword]
+            data = element.value
+            if len(data) == 2 * entries:  # 16-bit entries (8-bit ones have no byte order)
+                data = np.frombuffer(data, ">u2").astype("<u2").tobytes()
+            stand_in[element.tag] = DataElement(element.tag, element.VR, data)
+    return stand_in
 
 
 # --- pixel spacing -----------------------------------------------------------------------------

@@ -45,8 +45,11 @@ def analyse(predictor: Predictor, image: Image, explainer: Explainer | None = No
         "decision_reason": prediction.decision.reason if prediction.decision else None,
         "uncertainty": prediction.decision.uncertainty if prediction.decision else None,
         "low_confidence": prediction.decision.low_confidence if prediction.decision else None,
-        "lesion_detected": None, "lesion_area_px": None, "lesion_area_mm2": None,
-        "lesion_diameter_px": None, "lesion_diameter_mm": None,
+        "p_malignant": prediction.decision.p_malignant if prediction.decision else None,
+        "rule_out": prediction.decision.rule_out if prediction.decision else None,
+        "lesion_detected": None, "lesion_count": None, "lesion_area_px": None,
+        "lesion_area_mm2": None, "lesion_diameter_px": None, "lesion_diameter_mm": None,
+        "lesion_perpendicular_px": None, "lesion_perpendicular_mm": None, "lesions": None,
     }
     images = {"overlay": _png(overlay_picture(image.pixels, prediction, image.spacing_mm))}
     mask = prediction.mask
@@ -56,10 +59,12 @@ def analyse(predictor: Predictor, image: Image, explainer: Explainer | None = No
             images["heatmap"] = _png(heatmap_picture(image.pixels, heat, heat_label(prediction)))
         return Analysis(summary, images)
     # The table's lesion columns (`sonocad.predictions`), as JSON: yes / no, whole pixels, no NaN.
-    lesion = lesion_columns(mask, image.spacing_mm)
-    summary.update({key: _known(value) for key, value in lesion.items()},
+    lesions = prediction.lesions(image.spacing_mm)
+    lesion = lesion_columns(lesions)
+    summary.update({key: _known(value) for key, value in lesion.items() if key != "lesions"},
                    lesion_detected=bool(lesion["lesion_detected"]),
-                   lesion_area_px=int(lesion["lesion_area_px"]))
+                   lesion_area_px=int(lesion["lesion_area_px"]),
+                   lesions=[found.record() for found in lesions])
     if prediction.instances is not None:
         summary.update(detection_fields(prediction.instances, prediction.top_scores or {},
                                         image.spacing_mm))

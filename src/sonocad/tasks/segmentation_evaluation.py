@@ -1,7 +1,9 @@
 """Segmentation's evaluation: per-image metrics at each image's own size, their means with
 95 % bootstrap CIs (over patients where ids exist) for all, lesion and normal images, the pooled
-pixel confusion matrix, and overlays (truth green, prediction red) of the worst, median and
-best cases. Writes predictions.csv / .json, metrics.json and overlays/ into ``out``."""
+pixel confusion matrix, lesion-level sensitivity and false lesions per image
+(`sonocad.evaluation.lesion_detection`), and overlays (truth green, prediction red) of the
+worst, median and best cases. Writes predictions.csv / .json, metrics.json and overlays/ into
+``out``."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from sonocad.data.sample import Sample
+from sonocad.evaluation.lesion_detection import lesion_detection_summary, lesion_matches
 from sonocad.evaluation.segmentation import (
     SEGMENTATION_METRICS,
     PixelCounts,
@@ -41,6 +44,7 @@ def evaluate_segmentation(model: PredictorLike, samples: list[Sample], out: Path
         truth = truth if truth is not None else np.zeros(predicted.shape, bool)
         metrics = image_metrics(truth, predicted, spacing)
         rows.append({**sample_columns(sample), "truth_lesion": int(truth.any()), **metrics,
+                     **lesion_matches(truth, prediction.lesions(spacing)),
                      **prediction_columns(prediction, spacing)})
         pooled = pooled + confusion(truth, predicted)
         cases.append((sample, metrics["dice"]))
@@ -74,6 +78,9 @@ def _segmentation_summary(rows: list[dict[str, Any]], pooled: PixelCounts,
                        group_by="patient_id" if by_patient else None)}
                    for name, group in groups.items() if group},
         "pooled_confusion": {"tp": pooled.tp, "fp": pooled.fp, "fn": pooled.fn, "tn": pooled.tn},
+        "lesion_detection": {name: dict(stat) for name, stat in lesion_detection_summary(
+            rows, groups=[r["patient_id"] for r in rows] if by_patient else None,
+            n_boot=n_boot).items()} if rows else {},
     }
 
 

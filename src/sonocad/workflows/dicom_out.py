@@ -3,13 +3,16 @@ of the findings, both in the source's study, so that they can go back to the PAC
 
 * ``<name>_seg.dcm``: a BINARY Segmentation with one segment, "lesion" (category SCT 49755003
   "Morphologically abnormal structure", type SCT 4147007 "Mass", algorithm AUTOMATIC: sonocad,
-  its version, family DCM 123110 "Artificial Intelligence"); one frame per source frame, empty
+  its version, family DCM 123110 "Artificial Intelligence"; shown in the overlays' red where a
+  viewer takes the recommended colour); one frame per source frame, empty
   frames included, each referencing its source frame; the source's frame of reference, and its
   pixel measures where it has a complete set (spacing and slice thickness).
 * ``<name>_sr.dcm``: a Comprehensive SR holding a TID 1500 Measurement Report with one planar
-  ROI measurement group per frame, referencing that SEG frame and its source frame: the final
-  class, each class probability, lesion area and longest diameter (mm where the spacing is
-  known, else UCUM ``{pixels}``), the uncertainty score and the low-confidence flag.
+  ROI measurement group per lesion of each frame (one for a frame without a lesion),
+  referencing that SEG frame and its source frame: the frame's final class, each class
+  probability, the uncertainty score and the low-confidence flag, and the lesion's area, long
+  axis (its longest diameter) and short axis (the longest diameter across it), in mm where the
+  spacing is known, else in UCUM ``{pixels}``.
 
 Patient and study data: highdicom copies the Patient, General Study, Patient Study and Clinical
 Trial modules from the source, as the standard asks of an object in the same study; nothing else
@@ -22,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
+import json
 import math
 import struct
 import threading
@@ -41,18 +45,20 @@ from pydicom.pixels import pack_bits
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 from pydicom.tag import Tag
-from pydicom.uid import UID, UltrasoundImageStorage, generate_uid
+from pydicom.uid import UID, SecondaryCaptureImageStorage, UltrasoundImageStorage, generate_uid
 from pydicom.valuerep import DA, TM
 
 from sonocad import __version__
 from sonocad.errors import InputError
 from sonocad.io.atomic import write_bytes
+from sonocad.visual import PREDICTION_COLOUR
 
 _SOFTWARE = "sonocad"
 # A software has no serial number, but Enhanced General Equipment requires one (Type 1).
 _SERIAL_NUMBER = __version__
 # Derived series sort after the scanner's in a viewer's series list.
 _SEG_SERIES_NUMBER, _SR_SERIES_NUMBER = 9001, 9002
+_SEG_SERIES, _SR_SERIES = "sonocad lesion segmentation", "sonocad findings"  # the series' names
 _SEGMENT_NUMBER = 1
 _DEVICE_UID = generate_uid(entropy_srcs=[_SOFTWARE])  # the same observer device in every SR
 
@@ -78,6 +84,10 @@ _CLASS_CODES = {"benign": codes.SCT.Benign, "malignant": codes.SCT.Malignant,
 _CLASS_PROBABILITIES = {"malignant": codes.DCM.ProbabilityOfCancer}
 _PIXELS = hd.sr.CodedConcept("{pixels}", "UCUM", "pixels")  # UCUM count annotation
 _SETTINGS_LOCK = threading.Lock()
+# SOP classes without the Multi-frame module: Ultrasound Image Storage, its retired twin, and
+# Secondary Capture.
+_SINGLE_FRAME_CLASSES = frozenset({UltrasoundImageStorage, "1.2.840.10008.5.1.4.1.1.6",
+                                   SecondaryCaptureImageStorage})
 
 
 def write_dicom_results(source: Path, masks: Sequence[np.ndarray],
@@ -86,9 +96,9 @@ def write_dicom_results(source: Path, masks: Sequence[np.ndarray],
     """Write out_dir/<name>_seg.dcm and out_dir/<name>_sr.dcm for the DICOM file `source`;
     masks: one bool (H, W) mask per frame predicted (all frames of the file, in order);
     findings: one row per frame with keys of sonocad's predictions table: final_class (or
-    predicted_class), prob_<class> for each class, lesion_area_px, lesion_area_mm2 (None when
-    unknown), lesion_diameter_px, lesion_diameter_mm, low_confidence (0/1 or None),
-    uncertainty (float or None), frame (None or 1-based). Returns the paths written. Raises
+    predicted_class), prob_<class> for each class, lesions (the JSON list of
+    `sonocad.measure.Lesion.record`), low_confidence (0/1 or None), uncertainty (float or
+    None), frame (None or 1-based). Returns the paths written. Raises
     sonocad.errors.InputError(source, "...") with a one-line reason when the source cannot
     take derived objects (e.g. missing SOP Instance UID, not an image)."""
     with _silenced():
@@ -146,8 +156,17 @@ def _check_source(path: Path, header: Dataset) -> None:
     kind = ("a private" if sop_class.is_private else "a retired" if sop_class.is_retired
             else "not a" if sop_class.type != "SOP Class" else None)
     if kind is not None:  # highdicom knows the current standard's classes only
-        raise InputError(path, f"cannot derive DICOM SEG/SR: {sop_class.name} is {kind} "
+        raise InputError(path, f"cannot derive DICOM SEG/SR: {_named(sop_class)} is {kind} "
                                f"SOP class")
+    frames = int(header.get("NumberOfFrames") or 1)
+    if frames > 1 and sop_class in _SINGLE_FRAME_CLASSES:  # a frame could not be referenced
+        raise InputError(path, f"cannot derive DICOM SEG/SR: {_named(sop_class)} is a "
+                               f"single-frame SOP class, but the file holds {frames} frames")
+
+
+def _named(uid: UID) -> str:
+    """The UID's name and the UID itself: a retired class has its successor's name."""
+    return uid if uid.name == uid else f"{uid.name} ({uid})"
 
 
 def _check_parsed_values(path: Path, header: Dataset) -> None:
@@ -180,11 +199,26 @@ def _check_predictions(header: Dataset, masks: Sequence[np.ndarray],
 
 
 def _segmentation(source: Dataset, masks: np.ndarray) -> hd.seg.Segmentation:
-    if "NumberOfFrames" not in source:
-        return _highdicom_segmentation(source, masks[0])
+    if not _multi_frame(source):
+        return _highdicom_segmentation(_without_frame_count(source), masks[0])
     if "SharedFunctionalGroupsSequence" in source:  # an enhanced image: highdicom knows it
         return _highdicom_segmentation(source, masks)
     return _cine_segmentation(source, masks)
+
+
+def _multi_frame(source: Dataset) -> bool:
+    """Whether references to `source` name a frame: only where its SOP class is a multi-frame
+    one, not where a single-frame image merely carries NumberOfFrames 1 (dciodvfy: "Shall not
+    be present for Referenced SOP Class that is not multi-frame")."""
+    return "NumberOfFrames" in source and source.SOPClassUID not in _SINGLE_FRAME_CLASSES
+
+
+def _without_frame_count(source: Dataset) -> Dataset:
+    if "NumberOfFrames" not in source:
+        return source
+    single = copy.deepcopy(source)  # a shallow copy shares the element dict
+    del single.NumberOfFrames
+    return single
 
 
 def _highdicom_segmentation(source: Dataset, pixels: np.ndarray) -> hd.seg.Segmentation:
@@ -197,6 +231,7 @@ def _highdicom_segmentation(source: Dataset, pixels: np.ndarray) -> hd.seg.Segme
         software_versions=__version__, device_serial_number=_SERIAL_NUMBER,
         content_description="Lesion predicted by sonocad",
         omit_empty_frames=False)  # one SEG frame per source frame, lesion or not
+    seg.SeriesDescription = _SEG_SERIES
     _drop_incomplete_pixel_measures(seg)
     _add_patient_orientation(seg, source)
     return seg
@@ -228,7 +263,8 @@ def _lesion_segment() -> hd.seg.SegmentDescription:
         segmented_property_type=codes.SCT.Mass,
         algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
         algorithm_identification=hd.AlgorithmIdentificationSequence(
-            name=_SOFTWARE, version=__version__, family=codes.DCM.ArtificialIntelligence))
+            name=_SOFTWARE, version=__version__, family=codes.DCM.ArtificialIntelligence),
+        display_color=hd.color.CIELabColor.from_rgb(*PREDICTION_COLOUR))
 
 
 def _cine_segmentation(source: Dataset, masks: np.ndarray) -> hd.seg.Segmentation:
@@ -283,18 +319,21 @@ def _temporal_dimension(organization_uid: str) -> Dataset:
 
 def _structured_report(source: Dataset, seg: hd.seg.Segmentation,
                        findings: Sequence[Mapping[str, Any]]) -> hd.sr.ComprehensiveSR:
-    groups = [_measurement_group(source, seg, number, row)
-              for number, row in enumerate(findings, start=1)]
+    groups = [_measurement_group(source, seg, frame, row, lesion)
+              for frame, row in enumerate(findings, start=1)
+              for lesion in (json.loads(row.get("lesions") or "[]") or [None])]
     report = hd.sr.MeasurementReport(
         observation_context=_observation_context(),
         procedure_reported=codes.SCT.UltrasonographyOfBreast, imaging_measurements=groups)
-    return hd.sr.ComprehensiveSR(
+    sr = hd.sr.ComprehensiveSR(
         evidence=[source, seg], content=report[0], series_instance_uid=hd.UID(),
         series_number=_SR_SERIES_NUMBER, sop_instance_uid=hd.UID(), instance_number=1,
         manufacturer=_SOFTWARE, manufacturer_model_name=_SOFTWARE,
         software_versions=__version__, device_serial_number=_SERIAL_NUMBER,
         is_complete=True,  # but unverified and preliminary: no one has signed it
         coding_schemes=[_CODING_SCHEME])
+    sr.SeriesDescription = _SR_SERIES
+    return sr
 
 
 def _observation_context() -> hd.sr.ObservationContext:
@@ -305,17 +344,19 @@ def _observation_context() -> hd.sr.ObservationContext:
 
 
 def _measurement_group(source: Dataset, seg: hd.seg.Segmentation, frame: int,
-                       row: Mapping[str, Any]
+                       row: Mapping[str, Any], lesion: Mapping[str, Any] | None
                        ) -> hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations:
-    """The findings of one frame; SEG frame n is the mask of source frame n."""
+    """The findings of one lesion of a frame (or of a frame without one); SEG frame n is the
+    mask of source frame n."""
+    name = f"lesion {lesion['number']}, frame {frame}" if lesion else f"no lesion, frame {frame}"
     return hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
-        tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(),
-                                                     identifier=f"lesion, frame {frame}"),
+        tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(), identifier=name),
         referenced_segment=_segment_reference(source, seg, frame),
         finding_category=codes.SCT.MorphologicallyAbnormalStructure,
         finding_type=codes.SCT.Mass, finding_sites=[hd.sr.FindingSite(codes.SCT.Breast)],
         algorithm_id=hd.sr.AlgorithmIdentification(name=_SOFTWARE, version=__version__),
-        measurements=_measurements(row), qualitative_evaluations=_evaluations(row))
+        measurements=_measurements(row, lesion or {}),
+        qualitative_evaluations=_evaluations(row))
 
 
 def _segment_reference(source: Dataset, seg: hd.seg.Segmentation, frame: int
@@ -323,7 +364,7 @@ def _segment_reference(source: Dataset, seg: hd.seg.Segmentation, frame: int
     # Not ReferencedSegmentationFrame.from_segmentation: it expects the segment number in each
     # frame's functional groups (highdicom puts a single one in the shared groups) and would
     # give a single-frame source a frame number.
-    source_frames = [frame] if "NumberOfFrames" in source else None
+    source_frames = [frame] if _multi_frame(source) else None
     reference = hd.sr.ReferencedSegmentationFrame(
         sop_class_uid=seg.SOPClassUID, sop_instance_uid=seg.SOPInstanceUID,
         frame_number=frame, segment_number=_SEGMENT_NUMBER,
@@ -335,13 +376,13 @@ def _segment_reference(source: Dataset, seg: hd.seg.Segmentation, frame: int
     return reference
 
 
-def _measurements(row: Mapping[str, Any]) -> list[hd.sr.Measurement]:
+def _measurements(row: Mapping[str, Any], lesion: Mapping[str, Any]
+                  ) -> list[hd.sr.Measurement]:
     found = [hd.sr.Measurement(_probability_concept(label), value, codes.UCUM.NoUnits)
              for label, value in _probabilities(row)]
-    found += _size(row, "lesion_area_mm2", "lesion_area_px", codes.SCT.Area,
-                   codes.UCUM.SquareMillimeter)
-    found += _size(row, "lesion_diameter_mm", "lesion_diameter_px", codes.SCT.LongAxis,
-                   codes.UCUM.Millimeter)
+    found += _size(lesion, "area", codes.SCT.Area, codes.UCUM.SquareMillimeter)
+    found += _size(lesion, "diameter", codes.SCT.LongAxis, codes.UCUM.Millimeter)
+    found += _size(lesion, "perpendicular", codes.SCT.ShortAxis, codes.UCUM.Millimeter)
     uncertainty = _number(row, "uncertainty")
     if uncertainty is not None:
         found.append(hd.sr.Measurement(_UNCERTAINTY, uncertainty, codes.UCUM.NoUnits))
@@ -358,14 +399,14 @@ def _probability_concept(label: str) -> Code | hd.sr.CodedConcept:
             or hd.sr.CodedConcept(f"prob_{label}", _SCHEME, f"Probability of {label}"))
 
 
-def _size(row: Mapping[str, Any], mm_key: str, px_key: str, concept: Code, unit_mm: Code
+def _size(lesion: Mapping[str, Any], name: str, concept: Code, unit_mm: Code
           ) -> list[hd.sr.Measurement]:
-    """In mm where the spacing is known, else in pixels; none without a lesion (the diameter
-    of no pixel is NaN)."""
-    millimetres = _number(row, mm_key)
+    """The lesion record's `name` in mm (``<name>_mm``, ``area_mm2``) where the spacing is
+    known, else in pixels (``<name>_px``); none without a lesion."""
+    millimetres = _number(lesion, f"{name}_mm2" if name == "area" else f"{name}_mm")
     if millimetres is not None:
         return [hd.sr.Measurement(concept, millimetres, unit_mm)]
-    pixels = _number(row, px_key)
+    pixels = _number(lesion, f"{name}_px")
     return [] if pixels is None else [hd.sr.Measurement(concept, pixels, _PIXELS)]
 
 

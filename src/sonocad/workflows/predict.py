@@ -312,13 +312,30 @@ def _items(sources: list[_Source], failures: list[InputError], names: UniqueName
     for source in progress(sources, "predicting"):
         stem = output_stem(source.image_id)
         try:
-            for frame, image in numbered_frames(source.path):
+            for frame, image in _numbered_frames(source):
                 name = stem if frame is None else f"{stem}_frame{frame:03d}"
                 image, origin = _with_spacing(image, source, spacing_mm)
                 yield _Item(source, frame, names.claim(name), image, origin)
         except InputError as exc:
             _report(exc)
             failures.append(exc)
+
+
+def _numbered_frames(source: _Source) -> Iterator[tuple[int | None, Image]]:
+    """`numbered_frames`, with a progress of their own for the frames of a cine loop or a
+    multi-page TIFF: the files' progress moves only when a whole file is done (a 120-frame loop
+    showed "predicting 1/1" throughout)."""
+    frames = numbered_frames(source.path)
+    first = next(frames)  # numbered_frames yields at least once, or raises
+    if first[0] is None:
+        yield first
+        return
+    total = None  # unknown for a TIFF: its pages are counted as they are read
+    if is_dicom(source.path):
+        from sonocad.io.dicom import dicom_frame_count  # pydicom: on use, as sonocad.io.images
+
+        total = dicom_frame_count(source.path)
+    yield from progress(itertools.chain([first], frames), f"frames of {source.image_id}", total)
 
 
 def _with_spacing(image: Image, source: _Source, option: tuple[float, float] | None

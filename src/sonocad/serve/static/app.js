@@ -230,11 +230,17 @@ function showMeasurements(result) {
     facts.unshift(["Lesions found", result.instances.length ? result.instances.map(
       (found, i) => `${i + 1}: ${found.label} ${found.score.toFixed(2)}`).join(", ") : "none"]);
   }
-  if (result.lesion_detected !== null) {
-    facts.unshift(
-      ["Lesion area", withMm(result.lesion_area_px, result.lesion_area_mm2, "px", "mm²")],
-      ["Longest diameter", withMm(result.lesion_diameter_px, result.lesion_diameter_mm, "px", "mm")],
-    );
+  if (result.lesions) { // each lesion on its own, main first, as numbered on the overlay
+    const many = result.lesions.length > 1;
+    facts.unshift(["Lesions", result.lesions.length ? String(result.lesions.length) : "none"],
+      ...result.lesions.flatMap((lesion) => {
+        const name = many ? `Lesion ${lesion.number}` : "Lesion";
+        return [
+          [`${name} area`, withMm(lesion.area_px, lesion.area_mm2, "px", "mm²")],
+          [`${name} diameters`, `${withMm(lesion.diameter_px, lesion.diameter_mm, "px", "mm")} × ${
+            withMm(lesion.perpendicular_px, lesion.perpendicular_mm, "px", "mm")}`],
+        ];
+      }));
   }
   $("measurements").replaceChildren(...facts.flatMap(([name, value]) => {
     const term = document.createElement("dt");
