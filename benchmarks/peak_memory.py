@@ -57,9 +57,8 @@ from pydicom.uid import (
 )
 
 from _common import machine_line
-from sonocad.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from sonocad.checkpoint import BUNDLED_MODEL, Checkpoint, load_checkpoint, save_checkpoint
 from sonocad.data.phantom import make_phantom
-from sonocad.inference.predictor import DEFAULT_MODEL
 from sonocad.io.pixels import MAX_IMAGE_PIXELS
 
 BUSI_IMAGES = 100
@@ -273,7 +272,7 @@ def input_size_checkpoint(folder: Path, side: int) -> Path:
 
 
 def _default_checkpoint() -> Checkpoint:
-    with as_file(files("sonocad").joinpath(*DEFAULT_MODEL)) as bundled:
+    with as_file(files("sonocad").joinpath(*BUNDLED_MODEL)) as bundled:
         return load_checkpoint(bundled)
 
 

@@ -43,13 +43,13 @@ from pydicom.uid import (
 )
 
 from sonocad.checkpoint import (
+    BUNDLED_MODEL,
     MAX_CLASSES,
     MAX_INPUT_SIDE,
     Checkpoint,
     load_checkpoint,
 )
 from sonocad.errors import InputError
-from sonocad.inference.predictor import DEFAULT_MODEL
 from sonocad.io import dicom
 from sonocad.io.images import iter_frames, read_image
 from sonocad.io.pixels import MAX_FRAMES
@@ -534,7 +534,7 @@ def test_a_checkpoint_asking_for_pretrained_weights_never_fetches_them(
         raise AssertionError("loading a checkpoint fetched pretrained weights")
 
     monkeypatch.setattr(efficientnet_lite, "imagenet_state_dict", fetch)
-    with as_file(files("sonocad").joinpath(*DEFAULT_MODEL)) as bundled:
+    with as_file(files("sonocad").joinpath(*BUNDLED_MODEL)) as bundled:
         asking = _edited(bundled, lambda c: c.meta["model"]["args"].update(
             pretrained="imagenet"))(tmp_path / "asking.pt")
     image = _png(tmp_path / "in" / "good.png")

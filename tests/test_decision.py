@@ -13,6 +13,7 @@ from PIL import Image as PILImage
 from sonocad.cli import main
 from sonocad.data.phantom import make_phantom
 from sonocad.evaluation.breakdown import breakdown
+from sonocad.evaluation.calibration import calibration_figures
 from sonocad.inference.decision import (
     LESION_OUTLINED,
     NO_LESION_OUTLINED,
@@ -20,10 +21,20 @@ from sonocad.inference.decision import (
     DecisionRule,
     class_margin,
     decide,
+    malignancy,
+    malignancy_ratio,
     outline_entropy,
 )
+from sonocad.inference.decision import ruled_out as ruled_out_call
 from sonocad.inference.predictor import Predictor
-from sonocad.workflows.decision_fit import MAX_FLAGGED, ImageRecord, final_classes, fit_rule
+from sonocad.workflows.decision_fit import (
+    MAX_FLAGGED,
+    ImageRecord,
+    final_classes,
+    fit_malignancy,
+    fit_rule,
+    rule_out_point,
+)
 
 RULE = DecisionRule(min_lesion_fraction=0.01, score="class_margin", flag_threshold=0.5)
 NORMAL = {"normal": 0.6, "benign": 0.3, "malignant": 0.1}
@@ -168,3 +179,101 @@ def test_the_bundled_model_carries_a_rule_that_predict_applies(tmp_path):
     assert row["final_class"] in ("normal", "benign", "malignant")
     assert row["predicted_class"] in ("normal", "benign", "malignant")
     assert 0 <= float(row["uncertainty"]) and row["low_confidence"] in ("0", "1")
+
+
+# --- calibrated malignancy and the rule-out point ------------------------------------------
+
+def _lesion_records(n: int, seed: int = 0) -> list[ImageRecord]:
+    """Lesion images whose class head is over-confident: true P(malignant) = sigmoid(z), the
+    head says sigmoid(3 z)."""
+    rng = np.random.default_rng(seed)
+    records = []
+    for _ in range(n):
+        z = rng.normal(0, 1.5)
+        malignant = rng.random() < 1 / (1 + math.exp(-z))
+        ratio = 1 / (1 + math.exp(-3 * z))
+        records.append(ImageRecord(
+            label="malignant" if malignant else "benign",
+            probabilities={"normal": 0.1, "benign": 0.9 * (1 - ratio), "malignant": 0.9 * ratio},
+            lesion_fraction=0.05, scores={"class_margin": 0.2, "outline_entropy": 0.2,
+                                          "combined": 0.2}, iou=0.8))
+    return records
+
+
+def test_platt_scaling_undoes_an_over_confident_head():
+    records = _lesion_records(3000)
+    slope, intercept = fit_malignancy(records)
+    assert slope == pytest.approx(1 / 3, abs=0.05) and abs(intercept) < 0.1
+    rule = DecisionRule(math.inf, "class_margin", math.inf, malignancy=(slope, intercept))
+    raw = malignancy_ratio(records[0].probabilities)
+    assert malignancy(rule, records[0].probabilities) == pytest.approx(
+        1 / (1 + math.exp(-(slope * math.log(raw / (1 - raw)) + intercept))))
+    truth = [r.label == "malignant" for r in records]
+    calibrated = calibration_figures(truth, [malignancy(rule, r.probabilities) for r in records],
+                                     n_boot=20)
+    raw_figures = calibration_figures(truth, [malignancy_ratio(r.probabilities)
+                                              for r in records], n_boot=20)
+    assert calibrated["calibration_slope"]["mean"] == pytest.approx(1.0, abs=0.05)
+    assert raw_figures["calibration_slope"]["mean"] == pytest.approx(1 / 3, abs=0.05)
+    assert calibrated["brier"]["mean"] < raw_figures["brier"]["mean"]
+
+
+def test_calibration_figures_agree_with_statsmodels():
+    import statsmodels.api as sm
+
+    rng = np.random.default_rng(1)
+    p = rng.uniform(0.02, 0.98, 400)
+    y = rng.random(400) < p ** 1.5
+    x = np.log(p / (1 - p))
+    slope = sm.GLM(y, sm.add_constant(x), family=sm.families.Binomial()).fit().params[1]
+    intercept = sm.GLM(y, np.ones((400, 1)), family=sm.families.Binomial(),
+                       offset=x).fit().params[0]
+    figures = calibration_figures(y, p, n_boot=50)
+    assert figures["calibration_slope"]["mean"] == pytest.approx(slope, rel=1e-6)
+    assert figures["calibration_intercept"]["mean"] == pytest.approx(intercept, rel=1e-6)
+    assert figures["brier"]["mean"] == pytest.approx(np.mean((p - y) ** 2))
+    low, high = figures["calibration_slope"]["ci_low"], figures["calibration_slope"]["ci_high"]
+    assert low < slope < high
+    assert math.isnan(calibration_figures([True] * 5, [0.9] * 5)["calibration_slope"]["mean"])
+
+
+def test_the_rule_out_point_keeps_98_percent_of_malignant_lesions_above_it():
+    records = _lesion_records(1000, seed=2)
+    rule, _ = fit_rule(records)
+    assert rule.malignancy is not None and rule.rule_out_below is not None
+    calls = final_classes(records, rule)
+    malignant = [(r, call) for r, call in zip(records, calls) if r.label == "malignant"]
+    ruled_out = [ruled_out_call(rule, call, malignancy(rule, r.probabilities))
+                 for r, call in malignant]
+    assert 0 < sum(ruled_out) <= 0.02 * len(malignant)
+    benign = [ruled_out_call(rule, call, malignancy(rule, r.probabilities))
+              for r, call in zip(records, calls) if r.label == "benign"]
+    assert sum(benign) > 0.2 * len(benign)  # it does spare some benign lesions a biopsy
+
+
+def test_a_normal_call_is_ruled_out_and_malignant_ones_called_normal_spend_the_allowance():
+    records = _lesion_records(200, seed=3)
+    rule, _ = fit_rule(records)
+    assert ruled_out_call(rule, "normal", 0.99) is True
+    # Every malignant record called normal: none may be ruled out besides them.
+    calls = ["normal" if r.label == "malignant" else "benign" for r in records]
+    assert rule_out_point(records, calls, rule) == 0.0
+    no_scaling = DecisionRule(math.inf, "class_margin", math.inf)
+    assert ruled_out_call(no_scaling, "benign", 0.01) is None
+
+
+def test_the_decision_carries_calibrated_malignancy_and_rule_out_to_the_table():
+    rule = DecisionRule(math.inf, "class_margin", math.inf, malignancy=(0.5, 0.0),
+                        rule_out_below=0.3)
+    decision = decide(rule, {"normal": 0.1, "benign": 0.8, "malignant": 0.1}, _map(0.05))
+    assert decision.p_malignant == pytest.approx(1 / (1 + math.exp(-0.5 * math.log(1 / 8))))
+    assert decision.rule_out is True  # 0.26 < 0.3
+    assert DecisionRule.from_dict(rule.to_dict()) == rule
+    rows = [{"image_id": str(i), "patient_id": None, "label": label, "final_class": label,
+             "low_confidence": 0, "p_malignant": p, "rule_out": int(p < 0.3)}
+            for i, (label, p) in enumerate([("malignant", 0.9), ("malignant", 0.2),
+                                            ("benign", 0.1), ("benign", 0.5)] * 5)]
+    figures = breakdown(rows, "source", None, n_boot=20)["groups"]["pooled"]
+    assert figures["rule_out_sensitivity"]["mean"] == pytest.approx(0.5)
+    assert figures["rule_out_specificity"]["mean"] == pytest.approx(0.5)
+    assert "calibration_slope" in figures and "brier" in figures

@@ -159,3 +159,49 @@ def test_unusable_models_are_clear_errors(exported: dict[str, tuple[Path, Path]]
     detection = Checkpoint({**load_checkpoint(checkpoint).meta, "task": "detection"}, {})
     with pytest.raises(SonocadError, match="torch back end only"):
         onnx_model_bytes(detection)
+
+
+def test_flip_averaging_is_the_mean_of_the_image_and_its_mirror_on_both_back_ends(
+        exported: dict[str, tuple[Path, Path]], tmp_path: Path) -> None:
+    checkpoint, _ = exported["efficientnet_lite0_unet"]
+    loaded = load_checkpoint(checkpoint)
+    flipped = tmp_path / "tta.pt"
+    save_checkpoint(flipped, Checkpoint({**loaded.meta, "tta": "hflip"}, loaded.state_dict))
+    plain = Predictor(checkpoint)
+    batch = torch.stack([torch.randn(3, 64, 64) for _ in range(2)])
+    lesion, classes = plain.runner(batch)
+    mirror_lesion, mirror_classes = plain.runner(batch.flip(-1))
+    for backend in ("torch", "onnx"):
+        averaged_lesion, averaged_classes = Predictor(flipped, backend=backend).runner(batch)
+        torch.testing.assert_close(averaged_lesion, (lesion + mirror_lesion.flip(-1)) / 2,
+                                   rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(averaged_classes, (classes + mirror_classes) / 2,
+                                   rtol=1e-4, atol=1e-4)
+    save_checkpoint(flipped, Checkpoint({**loaded.meta, "tta": "rot90"}, loaded.state_dict))
+    with pytest.raises(InputError, match="tta 'rot90' is not a known test-time augmentation"):
+        Predictor(flipped)
+
+
+def test_an_ensemble_averages_its_members_logits_and_exports(
+        exported: dict[str, tuple[Path, Path]], tmp_path: Path) -> None:
+    from sonocad.models.ensemble import ensemble_state_dict
+
+    checkpoint, _ = exported["efficientnet_lite0_unet"]
+    first = load_checkpoint(checkpoint)
+    torch.manual_seed(1)
+    second_state = create_model("efficientnet_lite0_unet", num_classes=3).state_dict()
+    spec = first.meta["model"]
+    joined = tmp_path / "ensemble.pt"
+    save_checkpoint(joined, Checkpoint(
+        {**first.meta, "model": {"name": "ensemble", "args": {"members": [spec, spec]}}},
+        ensemble_state_dict([first.state_dict, second_state])))
+    second = tmp_path / "second.pt"
+    save_checkpoint(second, Checkpoint(first.meta, second_state))
+    batch = torch.stack([torch.randn(3, 64, 64) for _ in range(2)])
+    outputs = [Predictor(path).runner(batch) for path in (checkpoint, second)]
+    for backend in ("torch", "onnx"):
+        lesion, classes = Predictor(joined, backend=backend).runner(batch)
+        torch.testing.assert_close(lesion, (outputs[0][0] + outputs[1][0]) / 2,
+                                   rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(classes, (outputs[0][1] + outputs[1][1]) / 2,
+                                   rtol=1e-4, atol=1e-4)

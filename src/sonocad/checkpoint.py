@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass, field
+from importlib.resources import as_file, files
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,7 @@ from sonocad.io.atomic import atomic_open
 from sonocad.transforms import TransformConfig
 
 FORMAT = "sonocad-checkpoint/1"
+BUNDLED_MODEL = ("weights", "default.pt")  # inside the sonocad package
 # Twice the largest input of a recipe (Mask R-CNN's 1024): one image at this size and a
 # ResNet-101 already takes gigabytes; 3072 drove one small image to 4.3 GB.
 MAX_INPUT_SIDE = 2048
@@ -136,6 +138,16 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     return Checkpoint(meta, weights, payload.get("training_state"), path)
 
 
+def bundled_checkpoint() -> Checkpoint:
+    """The default model bundled in the package (``sonocad/weights/default.pt``)."""
+    resource = files("sonocad").joinpath(*BUNDLED_MODEL)
+    if not resource.is_file():
+        raise SonocadError("no bundled default model (sonocad/weights/default.pt); pass a "
+                           "checkpoint")
+    with as_file(resource) as path:
+        return load_checkpoint(path)
+
+
 def check_meta(path: Path, meta: Any, kind: str = "checkpoint") -> None:
     """InputError naming `path` (a sonocad `kind`: "checkpoint", "ONNX model") and the key when
     its meta lacks a field every reader relies on, or holds a value out of the bounds above."""
@@ -146,6 +158,9 @@ def check_meta(path: Path, meta: Any, kind: str = "checkpoint") -> None:
     if problem:
         raise InputError(path, f"its meta {problem}")
 
+
+# meta["tta"]: None, or "hflip" (the Predictor averages the image and its mirror image).
+TEST_TIME_AUGMENTATIONS = (None, "hflip")
 
 # What every reader of a checkpoint relies on: key -> (type, what it must be).
 _META_FIELDS = {"task": (str, "a task name"), "model": (dict, "the model's name and args"),
@@ -179,6 +194,9 @@ def _bounds_problem(meta: dict[str, Any]) -> str | None:
     if len(meta["class_names"]) > MAX_CLASSES:
         return (f"class_names holds {len(meta['class_names']):,} classes, over the limit of "
                 f"{MAX_CLASSES:,}")
+    if meta.get("tta") not in TEST_TIME_AUGMENTATIONS:
+        return (f"tta {meta['tta']!r} is not a known test-time augmentation (known: "
+                f"{', '.join(str(t) for t in TEST_TIME_AUGMENTATIONS if t)})")
     args = meta["model"].get("args", {})
     for key in _INPUT_SIZE_ARGS:
         value = args.get(key, 0)

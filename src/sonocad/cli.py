@@ -299,6 +299,11 @@ def _add_train_command(commands) -> None:
                        help="split JSON (sonocad data split), one per --data")
     _add_output_folder(train, "run folder to write")
     train.add_argument("--resume", action="store_true", help="continue from RUN/last.pt")
+    train.add_argument("--init", metavar="CHECKPOINT",
+                       help="start from a trained model's weights: 'default' (the bundled "
+                            "model) or a checkpoint (model and classes must match the "
+                            "recipe's); a fresh optimiser and schedule (the recipe's "
+                            "model.init)")
     train.add_argument("--folds", choices=["all"],
                        help="cross-validation: train one model per fold of a K-fold --split "
                             "(each selected on its own fold), then pool their out-of-fold "
@@ -309,13 +314,19 @@ def _train(args: argparse.Namespace) -> int:
     from sonocad.engine.recipe import load_recipe
     from sonocad.engine.trainer import train
 
-    recipe = load_recipe(args.recipe, args.overrides)
+    overrides = [*args.overrides, *([f"model.init={args.init}"] if args.init else [])]
+    recipe = load_recipe(args.recipe, overrides)
     if args.folds:
         return _cross_validate(recipe, args)
     result = train(recipe, args.data, args.split, args.out, resume=args.resume,
                    overwrite=args.overwrite)
     print(f"best {result.select_metric} {result.best_value:.4f} after {result.steps} steps: "
           f"{result.best_checkpoint}")
+    if recipe.task == "multitask":  # one answer per image: the rule, on validation images
+        from sonocad.workflows.decision_fit import fit_run_decision
+
+        rule = fit_run_decision(result.best_checkpoint, recipe, args.data, args.split)
+        print(f"decision rule fitted on the {rule.chosen_on}")
     return 0
 
 
@@ -333,7 +344,9 @@ def _cross_validate(recipe: dict, args: argparse.Namespace) -> int:
 def _add_evaluate_command(commands) -> None:
     evaluate = _command(commands, "evaluate", _evaluate,
                         "score a checkpoint on a frozen subset; write the predictions table")
-    evaluate.add_argument("checkpoint", type=Path, help="a checkpoint from `sonocad train`")
+    evaluate.add_argument("checkpoint", type=Path,
+                          help="a checkpoint from `sonocad train`, or 'default' (the bundled "
+                               "model)")
     evaluate.add_argument("--data", type=Path, required=True, action="append", metavar="DIR",
                           help="dataset folder or manifest; once per data source, each with "
                                "its --split in the same order")

@@ -33,11 +33,14 @@ def _logged(items: Iterable[T], description: str, total: int | None) -> Iterator
 
 class RateLog:
     """`update(done)` prints "<what> 40/100, 12.3/s, about 5 s left" at most every
-    `every_s` seconds (and on the first call when `first` is set)."""
+    `every_s` seconds (and on the first call when `first` is set). `start`: what was done
+    before this process began (a resumed run), so the time left is paced on this process's
+    work alone."""
 
     def __init__(self, what: str, total: int | None, *, unit: str = "",
-                 every_s: float = LOG_EVERY_S, first: bool = False) -> None:
+                 every_s: float = LOG_EVERY_S, first: bool = False, start: int = 0) -> None:
         self.what, self.total, self.unit, self.every_s = what, total, unit, every_s
+        self.start = start
         self.started = time.monotonic()
         self._next = self.started if first else self.started + every_s
 
@@ -51,8 +54,9 @@ class RateLog:
         rate = (rate_items if rate_items is not None else done) / elapsed
         line = f"sonocad: {self.what} {done}" + (f"/{self.total}" if self.total else "")
         line += f", {rate:.1f}{self.unit}/s"
-        if self.total and done:
-            line += f", about {_duration(elapsed * (self.total - done) / done)} left"
+        if self.total and done > self.start:
+            pace = elapsed / (done - self.start)
+            line += f", about {_duration(pace * (self.total - done))} left"
         print(line + (f", {extra}" if extra else ""), file=sys.stderr, flush=True)
 
 

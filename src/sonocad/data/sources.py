@@ -12,6 +12,11 @@ A recipe names them under ``data.sources`` (paths relative to the directory sono
 ``weight`` is how many times, on average, each of the source's training images is drawn per
 epoch (1: once; 0.5: half of them, a different half each epoch). The command line says the
 same with ``--data DIR --split FILE`` given once per source (``--data`` overrides the recipe).
+
+``data.replay`` lists sources in the same form that are trained on but never validated on:
+fine-tuning on a hospital's images keeps a share of the original data in every epoch, so the
+model does not forget it, while the model is chosen on the hospital's validation images alone.
+They join whatever ``--data`` gives.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ class Source:
     path: Path
     split: Path
     weight: float = 1.0
+    validated: bool = True  # False: a replay source, trained on only
 
     def open(self, layout: str | None = None) -> list[Sample]:
         """The source's samples, each tagged with this source's name."""
@@ -41,9 +47,10 @@ class Source:
 
 
 def resolve_sources(recipe_sources: Sequence[Mapping[str, Any]] | None, data: DataArg = None,
-                    split: DataArg = None) -> list[Source]:
+                    split: DataArg = None, replay: Sequence[Mapping[str, Any]] | None = None
+                    ) -> list[Source]:
     """The sources to use: `data` / `split` (one split per data set) when given, else the
-    recipe's ``data.sources``."""
+    recipe's ``data.sources``; then the recipe's ``data.replay`` sources."""
     data, split = _as_list(data), _as_list(split)
     if data:
         if len(split) != len(data):
@@ -55,6 +62,8 @@ def resolve_sources(recipe_sources: Sequence[Mapping[str, Any]] | None, data: Da
     else:
         raise SonocadError("no training data: give --data DIR --split FILE, or name "
                            "data.sources in the recipe")
+    sources += [replace(_from_recipe(entry, i, "data.replay"), validated=False)
+                for i, entry in enumerate(replay or [])]
     names = [s.name for s in sources]
     if len(set(names)) != len(names):
         raise SonocadError(f"data source names must differ (got {', '.join(names)}): give "
@@ -62,13 +71,13 @@ def resolve_sources(recipe_sources: Sequence[Mapping[str, Any]] | None, data: Da
     return sources
 
 
-def _from_recipe(entry: Mapping[str, Any], index: int) -> Source:
+def _from_recipe(entry: Mapping[str, Any], index: int, key: str = "data.sources") -> Source:
     if not isinstance(entry, Mapping) or not {"path", "split"} <= set(entry):
-        raise SonocadError(f"data.sources[{index}] needs a path and a split")
+        raise SonocadError(f"{key}[{index}] needs a path and a split")
     unknown = set(entry) - {"name", "path", "split", "weight"}
     if unknown:
-        raise SonocadError(f"data.sources[{index}]: unknown key(s) {', '.join(sorted(unknown))}")
-    weight = _positive(entry.get("weight", 1.0), f"data.sources[{index}].weight")
+        raise SonocadError(f"{key}[{index}]: unknown key(s) {', '.join(sorted(unknown))}")
+    weight = _positive(entry.get("weight", 1.0), f"{key}[{index}].weight")
     path = Path(entry["path"])
     return Source(str(entry.get("name") or _default_name(path)), path, Path(entry["split"]),
                   weight)

@@ -54,6 +54,9 @@ class ModelSection(_Section):
     name: str | None = None  # required; None so that DEFAULTS can list the key
     args: dict[str, Any] = {}
     pretrained: str | None = None
+    # Start from a trained checkpoint's weights: "default" (the bundled model) or a path;
+    # pretrained is then not loaded (the checkpoint's weights replace it).
+    init: str | None = None
 
 
 class ViewsSection(_Section):
@@ -74,6 +77,7 @@ class DataSection(_Section):
     limit: Positive | None = None
     cache: bool = True
     sources: list[dict[str, Any]] | None = None  # checked by sonocad.data.sources
+    replay: list[dict[str, Any]] | None = None  # trained on, never validated on (fine-tuning)
     class_weights: dict[str, float] | None = None
     views: ViewsSection | None = None
 
@@ -113,6 +117,9 @@ class TrainSection(_Section):
     max_minutes: PositiveFloat | None = None
     tensorboard: bool = False
     channels_last: bool = False
+    # Fine-tuning: the encoder (a model's `encoder_prefixes`) learns nothing for this many
+    # epochs, so that a new head settles before the features it reads are moved.
+    freeze_encoder_epochs: Annotated[int, Field(ge=0)] = 0
 
 
 class Recipe(_Section):
@@ -154,6 +161,8 @@ KEY_DESCRIPTIONS: dict[str, str] = {
                   "`num_classes` is set from the classes",
     "model.pretrained": "weight tag to start from (`imagenet` where the model has it); "
                         "`null` or `none`: random initialisation, nothing downloaded",
+    "model.init": "start from a trained checkpoint's weights: `default` (the bundled model) "
+                  "or a path; same model, arguments and classes; `--init` sets it",
     "data": "which images train and validate, and how often each is drawn",
     "data.layout": "dataset layout of every source (`null`: detected per source)",
     "data.classes": "class names the class head predicts, in this order (classification, "
@@ -169,6 +178,9 @@ KEY_DESCRIPTIONS: dict[str, str] = {
     "data.cache": "decode every image once, before the first epoch, and keep it in memory",
     "data.sources": "data sets, each `{name, path, split, weight}`; `--data DIR --split FILE` "
                     "per source replaces them (see below)",
+    "data.replay": "data sets trained on but never validated on, each `{name, path, split, "
+                   "weight}`, joining `--data`: fine-tuning keeps a share of the original "
+                   "data in every epoch",
     "data.class_weights": "draws per epoch of each class's training images, e.g. "
                           "`{normal: 1.5}`; multiplies the source's weight (`null`: 1 each)",
     "data.views": "cut a share `p` of training items to a random window, each side a share "
@@ -230,6 +242,8 @@ KEY_DESCRIPTIONS: dict[str, str] = {
     "train.tensorboard": "also log to `RUN/tensorboard` (needs the tensorboard package)",
     "train.channels_last": "channels-last memory format (faster depthwise convolutions on a "
                            "CPU)",
+    "train.freeze_encoder_epochs": "fine-tuning: the encoder (weights and batch-norm "
+                                   "statistics) stays as it started for this many epochs",
 }
 
 

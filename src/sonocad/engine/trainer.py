@@ -51,6 +51,7 @@ from tqdm import tqdm
 
 from sonocad.checkpoint import (
     Checkpoint,
+    bundled_checkpoint,
     load_checkpoint,
     non_finite,
     non_finite_weights,
@@ -122,7 +123,7 @@ def train(recipe: Recipe, data: DataArg, split: DataArg, out: str | Path, *,
     empty, or an earlier run folder with `resume` (continue it) or `overwrite` (replace it)."""
     if resume and overwrite:
         raise SonocadError("--resume and --overwrite contradict each other: give one")
-    sources = resolve_sources(recipe.data.sources, data, split)
+    sources = resolve_sources(recipe.data.sources, data, split, recipe.data.replay)
     # Refused at once, not after the data have loaded; `run` claims the folder.
     check_output_dir(out, "train", inputs=_inputs(sources), overwrite=overwrite, resume=resume)
     world = init_world()
@@ -159,8 +160,14 @@ class _Trainer:
 
         spec = recipe.model
         self.model_args = {**spec.args, **self.task.head_args(self.class_names)}
-        self.model: nn.Module = create_model(spec.name, pretrained=spec.pretrained,
-                                             **self.model_args).to(world.device)
+        self.model: nn.Module = create_model(spec.name, pretrained=None if spec.init
+                                             else spec.pretrained, **self.model_args)
+        self.origin = (_initialise(self.model, spec.name, spec.init, self.class_names)
+                       if spec.init else None)
+        self.model.to(world.device)
+        self.encoder = (_encoder(self.model, spec.name)
+                        if self.cfg_train.freeze_encoder_epochs else [])
+        self.encoder_frozen = False
         # channels_last: depthwise convolutions train ~1.3x faster this way on a CPU.
         self.memory_format = (torch.channels_last if self.cfg_train.channels_last
                               else torch.contiguous_format)
@@ -211,11 +218,12 @@ class _Trainer:
         bar = tqdm(total=self.total_steps, initial=state.step, desc="training", unit="step",
                    disable=not (self.world.is_main and _is_tty()), dynamic_ncols=True)
         # Off a terminal: a line at the first step and every 30 s (rate over this process).
-        log = (RateLog("training step", self.total_steps, unit=" images", first=True)
-               if self.world.is_main and not _is_tty() else None)
         first_step = state.step
+        log = (RateLog("training step", self.total_steps, unit=" images", first=True,
+                       start=first_step) if self.world.is_main and not _is_tty() else None)
         stop = state.step >= self.total_steps
         while not stop and state.epoch < self.epochs:
+            self._freeze_encoder(state.epoch < self.cfg_train.freeze_encoder_epochs)
             for batch in self._loader(state):
                 loss = self._step(batch)
                 if not math.isfinite(loss):
@@ -265,8 +273,16 @@ class _Trainer:
                           pin_memory=self.world.device.type == "cuda",
                           generator=epoch_generator(seed, state.epoch))
 
+    def _freeze_encoder(self, frozen: bool) -> None:
+        for module in self.encoder:
+            module.requires_grad_(not frozen)
+        self.encoder_frozen = frozen
+
     def _step(self, batch: dict[str, Any]) -> float:
         self.trained_model.train()
+        if self.encoder_frozen:
+            for module in self.encoder:
+                module.eval()  # a frozen encoder keeps its batch-norm statistics too
         images = batch["image"].to(self.world.device, memory_format=self.memory_format)
         target = self.task.targets(batch, self.world.device)
         with self.autocast:
@@ -352,6 +368,7 @@ class _Trainer:
             "select_metric": self.select_metric,
             "epoch": state.epoch,
             "step": state.step,
+            **({"init": self.origin} if self.origin else {}),
         }
         training_state = None
         if training:
@@ -487,6 +504,41 @@ def _tensors(output: Any) -> Iterator[torch.Tensor]:
             yield from _tensors(value)
 
 
+def _initialise(model: nn.Module, name: str, init: str, class_names: list[str]
+                ) -> dict[str, Any]:
+    """Load the weights of checkpoint `init` ("default": the bundled model) into `model`, which
+    must be the same model with the same classes; what it started from, for the meta."""
+    source = bundled_checkpoint() if init == "default" else load_checkpoint(init)
+    where = "the bundled default model" if init == "default" else init
+    if source.class_names != class_names:
+        raise SonocadError(f"--init {where}: its classes {source.class_names} are not the "
+                           f"recipe's {class_names}")
+    built = source.meta["model"]
+    mismatch = SonocadError(f"--init {where}: its model {built['name']!r} "
+                            f"{built.get('args', {})} is not the recipe's {name!r} (name and "
+                            "arguments must match)")
+    if built["name"] != name:
+        raise mismatch
+    try:
+        model.load_state_dict(source.build_model().state_dict())
+    except RuntimeError:
+        raise mismatch from None
+    data = source.meta.get("data", {})
+    return {"from": init, "sonocad_version": source.meta.get("sonocad_version"),
+            "model": source.meta["model"], "epoch": source.meta.get("epoch"),
+            "sources": [{k: v for k, v in item.items() if k != "path"}
+                        for item in data.get("sources", [])]}
+
+
+def _encoder(model: nn.Module, name: str) -> list[nn.Module]:
+    """The modules a model names as its encoder (`encoder_prefixes`), for freezing."""
+    prefixes = getattr(model, "encoder_prefixes", None)
+    if not prefixes:
+        raise SonocadError(f"train.freeze_encoder_epochs: model {name!r} does not name its "
+                           "encoder (encoder_prefixes)")
+    return [model.get_submodule(prefix) for prefix in prefixes]
+
+
 def _views(recipe: Recipe, class_names: list[str]) -> ViewConfig | None:
     """The recipe's training views; a tissue view is a normal image, so the class must exist."""
     section = recipe.data.views
@@ -537,7 +589,8 @@ def _select_samples(cfg: DataSection, sources: list[Source]
         samples, split = source.open(cfg.layout), read_split(source.split)
         source_train, source_val = (_subset(samples, split, source.split, names, labels,
                                             cfg.limit)
-                                    for names in (cfg.train_subsets, [cfg.val_subset]))
+                                    for names in (cfg.train_subsets,
+                                                  [cfg.val_subset] if source.validated else []))
         train_samples += source_train
         val_samples += source_val
         draws += [source.weight * weights_by_class.get(s.label or "", 1.0)
@@ -548,7 +601,8 @@ def _select_samples(cfg: DataSection, sources: list[Source]
         described.append({"name": source.name, "path": str(source.path),
                           "split": str(source.split), "split_fingerprint": split.fingerprint,
                           "weight": source.weight, "n_train": len(source_train),
-                          "n_val": len(source_val)})
+                          "n_val": len(source_val),
+                          **({} if source.validated else {"replay": True})})
     single = described[0] if len(described) == 1 else None
     info = {"path": single["path"] if single else "+".join(d["name"] for d in described),
             "split": single["split"] if single else "+".join(d["split"] for d in described),

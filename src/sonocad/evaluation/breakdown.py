@@ -5,9 +5,12 @@ numbers whoever computes them. For each group and for all rows pooled: lesion Io
 (mean over lesion images), 3-class accuracy and macro-F1, benign-vs-malignant AUROC and the
 share of lesion images called normal, each with a 95 % bootstrap CI that resamples patients
 where a row names one and single images where not; for a model with a decision rule also the
-final (reconciled) calls' accuracy and lesions called normal, and the share of images flagged
-low-confidence, with exact binomial CIs. Per-image means pool as image-weighted means of the
-groups' means.
+final (reconciled) calls' accuracy, lesions called normal and normal images called normal,
+and the share of images flagged low-confidence, with exact binomial CIs; where the rule
+calibrates P(malignant), its calibration slope, intercept and Brier score on the benign and
+malignant images (`evaluation.calibration`), and the rule-out point's sensitivity (malignant
+images not ruled out) and specificity (benign images ruled out). Per-image means pool as
+image-weighted means of the groups' means.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+from sonocad.evaluation.calibration import calibration_figures
 from sonocad.evaluation.classification import classification_metrics
 from sonocad.evaluation.segmentation import summarise
 from sonocad.evaluation.statistics import proportion
@@ -30,7 +34,11 @@ COLUMNS = (("lesion_iou", "lesion IoU"), ("lesion_dice", "lesion Dice"),
            ("accuracy", "accuracy"), ("benign_vs_malignant_auroc", "AUROC b-vs-m"),
            ("lesion_called_normal", "lesion->normal"), ("recall_normal", "normal->normal"),
            ("final_lesion_called_normal", "final: lesion->normal"),
-           ("final_accuracy", "final: accuracy"), ("low_confidence", "flagged"))
+           ("final_recall_normal", "final: normal->normal"),
+           ("final_accuracy", "final: accuracy"), ("low_confidence", "flagged"),
+           ("calibration_slope", "P(malig.) slope"),
+           ("rule_out_sensitivity", "rule-out sens."),
+           ("rule_out_specificity", "rule-out spec."))
 
 
 def breakdown(rows: Sequence[dict[str, Any]], by: str, class_names: Sequence[str] | None,
@@ -71,18 +79,34 @@ def _figures(rows: list[dict[str, Any]], class_names: Sequence[str] | None,
                     if name in metrics and not _undefined(metrics[name]["mean"])}
     if rows and "final_class" in rows[0]:
         out |= _final_calls(rows)
+    if rows and rows[0].get("p_malignant") is not None:
+        lesion = [row for row in rows if row.get("label") in LESION_CLASSES]
+        if lesion:
+            figures = calibration_figures([row["label"] == "malignant" for row in lesion],
+                                          [row["p_malignant"] for row in lesion],
+                                          groups=[row["_unit"] for row in lesion],
+                                          n_boot=n_boot)
+            out |= {name: dict(stat) for name, stat in figures.items()}
     return out
 
 
 def _final_calls(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """Shares of the reconciled calls and of flagged images, with exact (Clopper-Pearson) CIs."""
     lesion = [row for row in rows if row.get("label") in LESION_CLASSES]
+    normal = [row for row in rows if row.get("label") == "normal"]
     counts = {
         "final_accuracy": (sum(r["final_class"] == r["label"] for r in rows), len(rows)),
         "final_lesion_called_normal": (sum(r["final_class"] == "normal" for r in lesion),
                                        len(lesion)),
+        "final_recall_normal": (sum(r["final_class"] == "normal" for r in normal), len(normal)),
         "low_confidence": (sum(int(r["low_confidence"]) for r in rows), len(rows)),
     }
+    if rows[0].get("rule_out") is not None:
+        malignant = [r for r in rows if r.get("label") == "malignant"]
+        benign = [r for r in rows if r.get("label") == "benign"]
+        counts["rule_out_sensitivity"] = (sum(not r["rule_out"] for r in malignant),
+                                          len(malignant))
+        counts["rule_out_specificity"] = (sum(bool(r["rule_out"]) for r in benign), len(benign))
     out = {}
     for name, (hits, total) in counts.items():
         if total:

@@ -13,7 +13,13 @@ meta under ``decision`` (chosen on validation data by `sonocad.workflows.decisio
 - any other lesion class with no lesion pixel keeps its call, with the reason ``no lesion
   outlined``;
 - ``uncertainty`` is the score named by ``score`` (one of `SCORES`); above ``flag_threshold``
-  (or at it) the image is flagged ``low_confidence``.
+  (or at it) the image is flagged ``low_confidence``;
+- ``p_malignant`` is the class head's malignancy belief among lesions, P(malignant) /
+  (P(benign) + P(malignant)), recalibrated by Platt scaling (``malignancy``: slope and
+  intercept on its logit, fitted on validation lesion images);
+- ``rule_out`` marks an image the model would not send to biopsy: the final call is normal, or
+  ``p_malignant`` is below ``rule_out_below`` (the validation threshold that keeps at least
+  98 % of malignant lesions above it, counting those called normal as missed).
 
 The raw class probabilities and the argmax stay beside the final decision in every table.
 """
@@ -66,6 +72,8 @@ class DecisionRule:
     flag_threshold: float  # math.inf: never flag
     chosen_on: str = ""  # what the numbers were fitted on, for the model card
     min_presence_fraction: float = 0.0  # 0: never overrule a lesion call
+    malignancy: tuple[float, float] | None = None  # Platt (slope, intercept); None: raw ratio
+    rule_out_below: float | None = None  # None: no rule-out point
 
     def __post_init__(self) -> None:
         if self.score not in SCORES:
@@ -82,9 +90,13 @@ class DecisionRule:
         def bound(key: str) -> float:
             return math.inf if data.get(key) is None else float(data[key])
 
+        platt = data.get("malignancy")
+        rule_out = data.get("rule_out_below")
         return cls(bound("min_lesion_fraction"), str(data["score"]),
                    bound("flag_threshold"), str(data.get("chosen_on", "")),
-                   float(data.get("min_presence_fraction") or 0.0))
+                   float(data.get("min_presence_fraction") or 0.0),
+                   None if platt is None else (float(platt[0]), float(platt[1])),
+                   None if rule_out is None else float(rule_out))
 
 
 def decide(rule: DecisionRule, probabilities: Mapping[str, float],
@@ -93,7 +105,38 @@ def decide(rule: DecisionRule, probabilities: Mapping[str, float],
     fraction = float((lesion > 0.5).mean()) if lesion.size else 0.0
     final, reason = final_call(rule, probabilities, fraction)
     uncertainty = SCORES[rule.score](probabilities, lesion)
-    return Decision(final, reason, uncertainty, uncertainty >= rule.flag_threshold)
+    p_malignant = malignancy(rule, probabilities)
+    return Decision(final, reason, uncertainty, uncertainty >= rule.flag_threshold,
+                    p_malignant, ruled_out(rule, final, p_malignant))
+
+
+def malignancy_ratio(probabilities: Mapping[str, float]) -> float | None:
+    """P(malignant) / (P(benign) + P(malignant)): the belief once "normal" is set aside."""
+    if "benign" not in probabilities or "malignant" not in probabilities:
+        return None
+    total = probabilities["benign"] + probabilities["malignant"]
+    return probabilities["malignant"] / total if total > 0 else 0.5
+
+
+def logit(p: float | np.ndarray) -> float | np.ndarray:
+    clipped = np.clip(p, 1e-6, 1 - 1e-6)
+    return np.log(clipped / (1 - clipped))
+
+
+def malignancy(rule: DecisionRule, probabilities: Mapping[str, float]) -> float | None:
+    """The calibrated P(malignant) of a lesion (the raw ratio where the rule has no scaling)."""
+    ratio = malignancy_ratio(probabilities)
+    if ratio is None or rule.malignancy is None:
+        return ratio
+    slope, intercept = rule.malignancy
+    return float(1 / (1 + math.exp(-(slope * float(logit(ratio)) + intercept))))
+
+
+def ruled_out(rule: DecisionRule, final: str, p_malignant: float | None) -> bool | None:
+    """Whether the model would spare this image a biopsy (None: the rule has no such point)."""
+    if rule.rule_out_below is None or p_malignant is None:
+        return None
+    return final == "normal" or p_malignant < rule.rule_out_below
 
 
 def final_call(rule: DecisionRule, probabilities: Mapping[str, float],

@@ -12,6 +12,9 @@ Two back ends share every step but the model call, which sits behind `Runner`:
   exported ``.onnx`` file, or on a checkpoint exported in memory when the Predictor is built
   (a second or so; export once with `sonocad export` to skip that on every start).
 
+A checkpoint whose meta says ``tta: hflip`` is run on each image and its mirror image, logits
+averaged (`FlipAveraged`): twice the model time for a steadier call; the back ends are unchanged.
+
 A model never makes a call out of NaN: a checkpoint whose weights are not all finite (a damaged
 file, a diverged training run) is refused when the Predictor is built, naming the file; an image
 whose model output is not finite (a model whose weights overflow on some inputs, or an ONNX
@@ -22,7 +25,6 @@ and `predict` raises it.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from importlib.resources import as_file, files
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +32,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from sonocad.checkpoint import Checkpoint, load_checkpoint, non_finite
+from sonocad.checkpoint import Checkpoint, bundled_checkpoint, load_checkpoint, non_finite
 from sonocad.errors import InputError, SonocadError
 from sonocad.inference.decision import DecisionRule, decide
 from sonocad.inference.detection import DetectionPredictor
@@ -41,7 +43,6 @@ from sonocad.tasks.detection_outputs import detected
 from sonocad.transforms import TransformConfig, restore_size, to_model_input
 
 BACKENDS = ("torch", "onnx")
-DEFAULT_MODEL = ("weights", "default.pt")  # inside the sonocad package
 
 
 class NonFiniteOutput(SonocadError):
@@ -79,12 +80,7 @@ class Predictor:
     @classmethod
     def default(cls, *, backend: str = "torch") -> Predictor:
         """The bundled default model (``sonocad/weights/default.pt``)."""
-        resource = files("sonocad").joinpath(*DEFAULT_MODEL)
-        if not resource.is_file():
-            raise SonocadError("no bundled default model (sonocad/weights/default.pt); "
-                               "pass a checkpoint")
-        with as_file(resource) as path:
-            return cls(path, backend=backend)
+        return cls(bundled_checkpoint(), backend=backend)
 
     def predict(self, images: Sequence[np.ndarray]) -> list[Prediction]:
         """Predict a batch of images (uint8/uint16 arrays, grey or RGB, any sizes); raises
@@ -143,7 +139,7 @@ def _open(source: Checkpoint | str | Path, backend: str, device: str
             raise InputError(source, "an ONNX model runs on the onnx back end, not torch")
         runner = OnnxRunner.from_file(source)
         check_task(runner.meta["task"], backend)
-        return None, runner, runner.meta
+        return None, _augmented(runner, runner.meta), runner.meta
     checkpoint = source if isinstance(source, Checkpoint) else load_checkpoint(source)
     task = check_task(checkpoint.task, backend)
     if task.detector:
@@ -152,7 +148,26 @@ def _open(source: Checkpoint | str | Path, backend: str, device: str
         runner = TorchRunner(checkpoint.build_model(), task, device)
     else:
         runner = OnnxRunner.from_checkpoint(checkpoint)
-    return checkpoint, runner, checkpoint.meta
+    return checkpoint, _augmented(runner, checkpoint.meta), checkpoint.meta
+
+
+def _augmented(runner: Runner, meta: dict[str, Any]) -> Runner:
+    return FlipAveraged(runner) if meta.get("tta") == "hflip" else runner
+
+
+class FlipAveraged:
+    """`runner` on the batch and on its left-right mirror in one call, the logits averaged (the
+    mirror's lesion map mirrored back first): breast ultrasound has no left or right, so the
+    two views are equally likely and their mean steadier than either."""
+
+    def __init__(self, runner: Runner) -> None:
+        self.runner = runner
+
+    def __call__(self, batch: Tensor) -> tuple[Tensor, ...]:
+        n = len(batch)
+        both = self.runner(torch.cat([batch, batch.flip(-1)]))
+        return tuple((out[:n] + (out[n:].flip(-1) if out.ndim == 4 else out[n:])) / 2
+                     for out in both)
 
 
 def _non_finite_images(outputs: Iterable[Tensor]) -> list[NonFiniteOutput | None]:

@@ -1,6 +1,12 @@
 """Models by name: `create_model(name, **kwargs)` is the one way in (see registry.py)."""
 
-from sonocad.models import efficientnet_lite, torchvision_models, u2net, unet  # noqa: F401  (registers the models)
+from sonocad.models import (  # noqa: F401  (registers the models)
+    efficientnet_lite,
+    ensemble,
+    torchvision_models,
+    u2net,
+    unet,
+)
 from sonocad.models.registry import (
     SegmentationOutput,
     create_model,

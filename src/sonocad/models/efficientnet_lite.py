@@ -115,6 +115,8 @@ class DecoderBlock(nn.Module):
 class EfficientNetLiteUNet(nn.Module):
     # Grad-CAM of the class head reads this layer: the 1280-channel features it pools.
     class_cam_layer = "_bn1"
+    # The ImageNet backbone, which fine-tuning may freeze (train.freeze_encoder_epochs).
+    encoder_prefixes = ("_conv_stem", "_bn0", "_blocks")
 
     def __init__(self, num_classes: int = 3, dropout: float = 0.2) -> None:
         super().__init__()

@@ -8,8 +8,7 @@ from typing import Any
 
 import torch
 
-from sonocad.checkpoint import Checkpoint, load_checkpoint
-from sonocad.inference.predictor import DEFAULT_MODEL
+from sonocad.checkpoint import BUNDLED_MODEL, Checkpoint, load_checkpoint
 from sonocad.report.html import Html, join, table, tag
 from sonocad.report.markdown import render_markdown
 from sonocad.report.sources import Run
@@ -22,7 +21,7 @@ def model_card(run: Run) -> tuple[Html, str]:
     own = run.folder / CARD_NAME
     if own.is_file():
         return render_markdown(own.read_text(encoding="utf-8")), str(own)
-    bundled = files("sonocad").joinpath(*DEFAULT_MODEL[:-1], CARD_NAME)
+    bundled = files("sonocad").joinpath(*BUNDLED_MODEL[:-1], CARD_NAME)
     if bundled.is_file() and _is_bundled_model(run.checkpoint):
         return (render_markdown(bundled.read_text(encoding="utf-8")),
                 "the bundled default model's card")
@@ -43,6 +42,7 @@ def generated_card(run: Run) -> Html:
         ("Input", describe_transform(meta.get("transform", {}))),
         *(_recipe_rows(recipe) if recipe else [("Recipe", "not recorded")]),
         *(_data_rows(data) if data else [("Training data", "not recorded")]),
+        *([("Adapted from", _origin(meta["init"]))] if meta.get("init") else []),
         ("Selection", selection(meta)),
         ("Evaluation", f"{run.evaluation.get('split', 'an unrecorded subset')}, "
                        f"{run.evaluation.get('n_images', '?')} images (results above)"),
@@ -53,6 +53,16 @@ def generated_card(run: Run) -> Html:
                           "not for diagnosis. Its numbers hold for the test data above and may "
                           "not carry over to other scanners, sites or populations.",
                      class_="small")])
+
+
+def _origin(init: dict[str, Any]) -> str:
+    """What a fine-tuned model started from (`sonocad train --init`)."""
+    start = ("the bundled default model" if init.get("from") == "default"
+             else str(init.get("from")))
+    sources = "; ".join(f"{s.get('name')} ({s.get('n_train', '?')} training images)"
+                        for s in init.get("sources", []))
+    return (f"{start} (sonocad {init.get('sonocad_version') or '?'}, epoch "
+            f"{init.get('epoch', '?')}), itself trained on " + (sources or "unrecorded data"))
 
 
 def _recipe_rows(recipe: dict[str, Any]) -> list[tuple[str, str]]:
@@ -120,7 +130,7 @@ def _pairs(args: dict[str, Any]) -> str:
 def _is_bundled_model(checkpoint: Checkpoint) -> bool:
     """True when the run's weights are the bundled default model's, tensor for tensor (in the
     bundle's precision, should it have been stored smaller)."""
-    resource = files("sonocad").joinpath(*DEFAULT_MODEL)
+    resource = files("sonocad").joinpath(*BUNDLED_MODEL)
     if not resource.is_file():
         return False
     with as_file(resource) as path:

@@ -13,9 +13,15 @@ score, lesion IoU). `fit_rule` then picks, on those validation records only:
 - the uncertainty score (of `decision.SCORES`) with the highest AUROC for a failure (lesion
   IoU < 0.5 on a lesion image, or a wrong final call), and the threshold with the highest
   Youden J among those flagging at most `MAX_FLAGGED` of the images (a flag on half of all
-  images, where the unconstrained J lands, is one nobody reads).
+  images, where the unconstrained J lands, is one nobody reads);
+- the malignancy scaling: Platt's logistic fit of "malignant" on the logit of the class head's
+  P(malignant) / (P(benign) + P(malignant)) over the validation lesion images, and the
+  rule-out point: the lowest calibrated P(malignant) that still keeps at least
+  `RULE_OUT_SENSITIVITY` of the malignant images out of rule-out (a malignant image whose final
+  call is normal is already missed, so it spends the allowance first).
 
 `failure_auroc` scores a flag on any records, e.g. a scanner the model never saw.
+`fit_run_decision` fits and stores the rule of a checkpoint `sonocad train` made.
 `score_views` adds lesion-free windows of lesion images (`sonocad.data.views`) as normal
 records: the normal images of every scanner in the validation data, where only one data set has
 whole normal images.
@@ -23,19 +29,33 @@ whole normal images.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import f1_score, roc_curve
 
+from sonocad.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from sonocad.data.sample import Sample
+from sonocad.data.sources import DataArg, resolve_sources
+from sonocad.data.split import read_split, select
 from sonocad.data.views import ViewConfig, tissue_view
+from sonocad.engine.recipe import Recipe
 from sonocad.evaluation.classification import _auroc
 from sonocad.evaluation.segmentation import confusion, overlap_metrics
-from sonocad.inference.decision import SCORES, DecisionRule, final_call
+from sonocad.inference.decision import (
+    SCORES,
+    DecisionRule,
+    final_call,
+    logit,
+    malignancy,
+    malignancy_ratio,
+)
 from sonocad.inference.predictor import Predictor
 from sonocad.predictions import LESION_CLASSES, Prediction
 from sonocad.workflows.evaluate import predict_samples
@@ -45,6 +65,7 @@ PRESENCE_FRACTIONS = (0.0, 0.0005, 0.001, 0.002, 0.005, 0.01)
 MAX_LESION_MISSED = 0.01
 FAILURE_IOU = 0.5
 MAX_FLAGGED = 0.2
+RULE_OUT_SENSITIVITY = 0.98
 
 
 @dataclass(frozen=True)
@@ -149,11 +170,68 @@ def fit_rule(records: Sequence[ImageRecord], *, min_normal_recall: float = 0.9,
     score = max(aurocs, key=lambda name: -1 if math.isnan(aurocs[name]) else aurocs[name])
     failed = failures(records, calls)
     threshold = flag_threshold(failed, np.array([r.scores[score] for r in records]))
-    rule = DecisionRule(fraction, score, threshold, chosen_on, presence)
+    rule = DecisionRule(fraction, score, threshold, chosen_on, presence,
+                        fit_malignancy(records))
+    rule = replace(rule, rule_out_below=rule_out_point(records, calls, rule))
     flagged = float(np.mean([r.scores[score] >= threshold for r in records]))
     return rule, {"fractions": table, "failure_auroc": aurocs, "n_images": len(records),
                   "n_failures": int(failed.sum()), "flagged_share": flagged}
 
 
+def fit_malignancy(records: Sequence[ImageRecord]) -> tuple[float, float] | None:
+    """Platt scaling (slope, intercept) of the malignancy ratio's logit on the benign and
+    malignant records; None without both classes or without the two class probabilities."""
+    lesions = [(r.label == "malignant", ratio) for r in records
+               if r.label in LESION_CLASSES
+               and (ratio := malignancy_ratio(r.probabilities)) is not None]
+    truth = np.array([malignant for malignant, _ in lesions])
+    if not 0 < truth.sum() < len(truth):
+        return None
+    x = np.asarray(logit(np.array([ratio for _, ratio in lesions])))[:, None]
+    fit = LogisticRegression(C=1e6).fit(x, truth)  # all but unpenalised, as Platt's
+    return float(fit.coef_[0, 0]), float(fit.intercept_[0])
+
+
+def rule_out_point(records: Sequence[ImageRecord], calls: Sequence[str],
+                   rule: DecisionRule) -> float | None:
+    """The rule-out threshold on calibrated P(malignant) (rule out below it); None without
+    malignant records or class probabilities."""
+    scores = sorted(-math.inf if call == "normal" else p
+                    for r, call in zip(records, calls, strict=True) if r.label == "malignant"
+                    and (p := malignancy(rule, r.probabilities)) is not None)
+    if not scores:
+        return None
+    allowed = math.floor((1 - RULE_OUT_SENSITIVITY) * len(scores) + 1e-9)
+    return max(scores[allowed], 0.0)  # -inf (too many missed already): rule out normal only
+
+
 def _candidate(fraction: float, presence: float) -> DecisionRule:
     return DecisionRule(fraction, "class_margin", math.inf, min_presence_fraction=presence)
+
+
+def fit_run_decision(checkpoint: Path, recipe: Recipe, data: DataArg = None,
+                     split: DataArg = None) -> DecisionRule:
+    """Fit the decision rule of a trained multitask checkpoint on the validation subsets of
+    the sources it was validated on (never a replay source, never test; with the recipe's
+    ``data.views``, lesion-free windows of their lesion images join them as normal images),
+    and write it into the checkpoint's meta (``decision``, ``decision_fit``)."""
+    sources = [s for s in resolve_sources(recipe.data.sources, data, split, recipe.data.replay)
+               if s.validated]
+    samples = [sample for source in sources for sample in select(
+        source.open(recipe.data.layout), read_split(source.split).subsets[recipe.data.val_subset])]
+    package = load_checkpoint(checkpoint)
+    predictor = Predictor(package)
+    records = score_images(predictor, samples)
+    views = recipe.data.views
+    windows = (score_views(predictor, samples,
+                           ViewConfig(1.0, 1.0, tuple(views.scale), views.margin))
+               if views is not None and views.tissue > 0 else [])
+    names = ", ".join(source.name for source in sources)
+    rule, fit = fit_rule(records + windows,
+                         chosen_on=f"validation subsets of {names}: {len(samples)} images"
+                                   + (f" and {len(windows)} lesion-free windows of their "
+                                      "lesion images" if windows else ""))
+    save_checkpoint(checkpoint, Checkpoint(
+        {**package.meta, "decision": rule.to_dict(), "decision_fit": json.loads(json.dumps(fit))},
+        package.state_dict))
+    return rule

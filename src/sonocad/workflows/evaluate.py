@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from sonocad.checkpoint import load_checkpoint
+from sonocad.checkpoint import bundled_checkpoint, load_checkpoint
 from sonocad.data.sample import Sample
 from sonocad.data.sources import DataArg, resolve_sources
 from sonocad.data.split import resolve_subset, select
@@ -30,17 +30,19 @@ def evaluate(checkpoint: str | Path, data: DataArg, split_spec: str | Sequence[s
              out: str | Path, *, layout: str | None = None, overlays: int = 6,
              batch_size: int = 8, n_boot: int = 2000,
              by: Sequence[str] = (), overwrite: bool = False) -> EvaluationResult:
-    """Score a checkpoint on one frozen subset, or on one per data source (`data` and
-    `split_spec` in the same order); `by` ("source", "scanner") adds per-group figures beside
-    the pooled ones, per source always when there are several. `overwrite` replaces an
-    earlier evaluate output in `out`."""
+    """Score a checkpoint ("default": the bundled model) on one frozen subset, or on one per
+    data source (`data` and `split_spec` in the same order); `by` ("source", "scanner") adds
+    per-group figures beside the pooled ones, per source always when there are several.
+    `overwrite` replaces an earlier evaluate output in `out`."""
     out = Path(out)
-    loaded = load_checkpoint(checkpoint)
+    bundled = str(checkpoint) == "default"
+    loaded = bundled_checkpoint() if bundled else load_checkpoint(checkpoint)
     task = get_task(loaded.task)
     specs = [split_spec] if isinstance(split_spec, str) else list(split_spec)
     samples = _subset_samples(data, specs, layout)
     data_paths = [data] if isinstance(data, (str, Path)) else list(data or [])
-    claim_output_dir(out, "evaluate", inputs=[checkpoint, *data_paths], overwrite=overwrite)
+    claim_output_dir(out, "evaluate", inputs=[*([] if bundled else [checkpoint]), *data_paths],
+                     overwrite=overwrite)
     labels = loaded.meta["data"].get("labels")
     if labels:
         samples = [s for s in samples if s.label in labels]
