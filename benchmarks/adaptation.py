@@ -12,6 +12,7 @@ point is on this machine.
 
 Usage:
   python benchmarks/adaptation.py --out runs/adaptation               # trains the base (~35 min)
+  (the base alone: sonocad train recipes/default.yaml --out runs/adaptation/base "BASE_SOURCES")
   python benchmarks/adaptation.py --out runs/adaptation --base RUN/best.pt --sizes 0,10,25
 """
 
@@ -41,6 +42,12 @@ BUSBRA = DATASETS / "busbra" / "BUSBRA"
 WITHOUT_TOSHIBA = ROOT / "benchmarks" / "splits" / "busbra_without_toshiba.json"
 TEST_IMAGES = 39  # Toshiba images kept for test: 139 held out, 100 for the largest point
 SEED = 20261206
+# The default recipe's sources, BUS-BRA without its Toshiba images (their patients held out).
+BASE_SOURCES = ("data.sources=[{name: busi, path: '%s', split: '%s'}, {name: busbra, path: '%s', "
+                "split: '%s', weight: 0.8}]" % (*BUSI, BUSBRA, WITHOUT_TOSHIBA))
+# The base is one EfficientNet-Lite0 U-Net (the fine-tuning recipe's own model is the bundled
+# ensemble).
+SINGLE = ["model.name=efficientnet_lite0_unet", "model.args={dropout: 0.2}"]
 FIGURES = (("lesion_iou", "lesion IoU"), ("benign_vs_malignant_auroc", "AUROC b-vs-m"),
            ("final_lesion_called_normal", "lesions called normal"),
            ("low_confidence", "flagged"))
@@ -102,11 +109,9 @@ def main() -> None:
     base = args.base
     if base is None:
         started = time.monotonic()
-        recipe = load_recipe(ROOT / "recipes" / "default.yaml")
-        run = train(recipe, [BUSI[0], BUSBRA], [BUSI[1], WITHOUT_TOSHIBA], out / "base",
-                    overwrite=True)
-        fit_run_decision(run.best_checkpoint, recipe, [BUSI[0], BUSBRA],
-                         [BUSI[1], WITHOUT_TOSHIBA])
+        recipe = load_recipe(ROOT / "recipes" / "default.yaml", [BASE_SOURCES])
+        run = train(recipe, None, None, out / "base", overwrite=True)
+        fit_run_decision(run.best_checkpoint, recipe)
         base = run.best_checkpoint
         print(f"base model trained without Toshiba in {(time.monotonic() - started) / 60:.0f} "
               "min")
@@ -122,7 +127,7 @@ def main() -> None:
         checkpoint = base
         if size:
             recipe = load_recipe(ROOT / "recipes" / "finetune.yaml", [
-                f"model.init={base}",
+                *SINGLE, f"model.init={base}",
                 "data.replay=[{name: busi, path: '%s', split: '%s', weight: 0.15}, "
                 "{name: others, path: '%s', split: '%s', weight: 0.1}]"
                 % (BUSI[0], BUSI[1], BUSBRA, WITHOUT_TOSHIBA)])
