@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image as PILImage
 from scipy import ndimage
 
 from sonocad.cli import main
@@ -157,7 +159,7 @@ def test_the_viewer_lists_each_lesion_with_its_diameters():
     from sonocad.io.pixels import Image
     from sonocad.serve.analysis import analyse
 
-    model = SimpleNamespace(predict=lambda images: [Prediction(_two_lesions(), None)],
+    model = SimpleNamespace(predict_images=lambda images: [Prediction(_two_lesions(), None)],
                             task=SimpleNamespace(name="segmentation"))
     image = Image(make_phantom("normal", size=(200, 300), seed=0).image, (0.1, 0.1))
     summary = analyse(model, image).summary
@@ -165,3 +167,32 @@ def test_the_viewer_lists_each_lesion_with_its_diameters():
     assert [lesion["number"] for lesion in summary["lesions"]] == [1, 2]
     assert summary["lesions"][0]["perpendicular_mm"] == pytest.approx(4.0)
     assert summary["lesion_diameter_mm"] == pytest.approx(10.0)  # the main lesion's
+
+
+def test_each_view_of_a_real_dual_view_dicom_is_analysed_and_measured_on_its_own(tmp_path):
+    """gdcm-US-ALOKA-16 (pydicom-data): two calibrated B-mode regions side by side. Every
+    lesion lies in one region, every diameter inside its region, nothing outside the regions
+    is lesion, and each region's spacing is its own."""
+    data_store = pytest.importorskip("data_store", reason="pydicom-data is not installed")
+    source = Path(data_store.DataStore().data_path) / "gdcm-US-ALOKA-16.dcm"
+    image = read_image(source)
+    assert [region.box for region in image.regions] == [(32, 24, 336, 416), (336, 24, 640, 416)]
+    assert all(region.spacing_mm == pytest.approx((0.382653, 0.382653), abs=1e-6)
+               for region in image.regions)
+    assert main(["predict", str(source), "--out", str(tmp_path / "out"),
+                 "--outputs", "mask,table"]) == 0
+    (row,) = read_predictions(tmp_path / "out" / "predictions.csv")
+    mask = np.array(PILImage.open(tmp_path / "out" / "masks" / "gdcm-US-ALOKA-16.png")) > 0
+    inside = np.zeros(mask.shape, bool)
+    for x0, y0, x1, y1 in (region.box for region in image.regions):
+        inside[y0:y1, x0:x1] = True
+    assert not (mask & ~inside).any()
+    lesions = json.loads(row["lesions"])
+    assert row["lesion_count"] == len(lesions)
+    for lesion in lesions:
+        x0, y0, x1, y1 = image.regions[lesion["region"] - 1].box
+        bx0, by0, bx1, by1 = lesion["box"]
+        assert x0 <= bx0 and bx1 <= x1 and y0 <= by0 and by1 <= y1
+        assert lesion["diameter_mm"] == pytest.approx(lesion["diameter_px"] * 0.382653, rel=0.01)
+    if lesions:
+        assert row["lesion_region"] == lesions[0]["region"]

@@ -20,7 +20,8 @@ gets the two diameters a report uses: the longest, and the longest chord perpend
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 
 import numpy as np
 from scipy import ndimage
@@ -60,6 +61,15 @@ class Lesion:
     diameter: Diameter  # the longest, in image coordinates
     perpendicular: Diameter | None  # the longest chord perpendicular to it
     mean_probability: float
+    region: int | None = None  # the image's calibrated region it lies in (1-based), if any
+
+    def shifted(self, rows: int, cols: int) -> Lesion:
+        """The same lesion in a frame `rows` lower and `cols` further right (a region's crop
+        into its image)."""
+        x0, y0, x1, y1 = self.box
+        return replace(self, box=(x0 + cols, y0 + rows, x1 + cols, y1 + rows),
+                       diameter=self.diameter.shifted(rows, cols),
+                       perpendicular=self.perpendicular and self.perpendicular.shifted(rows, cols))
 
     def record(self) -> dict[str, object]:
         """JSON-ready figures (the predictions table's ``lesions`` column)."""
@@ -73,7 +83,8 @@ class Lesion:
                 "diameter_mm": number(self.diameter.length_mm),
                 "perpendicular_px": number(cross.length_px, 1) if cross else 0.0,
                 "perpendicular_mm": number(cross.length_mm) if cross else None,
-                "box": list(self.box), "mean_probability": round(self.mean_probability, 4)}
+                "box": list(self.box), "mean_probability": round(self.mean_probability, 4),
+                **({} if self.region is None else {"region": self.region})}
 
 
 def find_lesions(probability: np.ndarray, spacing_mm: tuple[float, float] | None = None, *,
@@ -103,6 +114,20 @@ def find_lesions(probability: np.ndarray, spacing_mm: tuple[float, float] | None
             longest.shifted(top, left), cross.shifted(top, left) if cross else None,
             mass / area))
     return lesions
+
+def regional_lesions(probability: np.ndarray,
+                     regions: Sequence[tuple[tuple[int, int, int, int],
+                                             tuple[float, float] | None]],
+                     **floors: float) -> list[Lesion]:
+    """The lesions of each region (box x0, y0, x1, y1 and its spacing) found in its own crop
+    with its own spacing, so that none spans two regions; numbered together, main first."""
+    found = []
+    for index, ((x0, y0, x1, y1), spacing) in enumerate(regions, start=1):
+        found += [replace(lesion.shifted(y0, x0), region=index)
+                  for lesion in find_lesions(probability[y0:y1, x0:x1], spacing, **floors)]
+    found.sort(key=lambda lesion: -lesion.mean_probability * lesion.area_px)
+    return [replace(lesion, number=number) for number, lesion in enumerate(found, start=1)]
+
 
 def lesion_measurements(mask: np.ndarray,
                         spacing_mm: tuple[float, float] | None = None) -> dict[str, float]:

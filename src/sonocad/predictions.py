@@ -6,6 +6,7 @@ One row builder fills the model's columns for everyone (`prediction_columns`): `
 and ``predicted_class`` (class head; a detector's best instance), the decision columns where the
 model has a rule, a detector's ``<class>_score`` / ``n_instances`` / ``instances``, and the lesion
 columns (`lesion_columns`): ``lesion_detected``, ``lesion_count``, the main lesion's
+``lesion_region`` (the image's calibrated region it lies in, where the file names regions),
 ``lesion_area_px`` / ``_mm2``, ``lesion_diameter_px`` / ``_mm`` (longest) and
 ``lesion_perpendicular_px`` / ``_mm`` (longest across it), and ``lesions``, every lesion's
 figures as JSON (`sonocad.measure.find_lesions`: main first, specks dropped).
@@ -31,7 +32,15 @@ from sonocad.data.sample import Sample
 from sonocad.errors import InputError
 from sonocad.io.atomic import write_json, write_text
 from sonocad.io.outputs import record_write
-from sonocad.measure import THRESHOLD, Diameter, Lesion, find_lesions, lesion_measurements
+from sonocad.io.pixels import Region
+from sonocad.measure import (
+    THRESHOLD,
+    Diameter,
+    Lesion,
+    find_lesions,
+    lesion_measurements,
+    regional_lesions,
+)
 
 NO_LESION = "normal"  # a detector's call for an image where it found no instance
 LESION_CLASSES = ("benign", "malignant")
@@ -76,16 +85,22 @@ class Prediction:
     decision: Decision | None = None  # multitask models whose meta holds a decision rule
     instances: list[Instance] | None = None  # a detector's found lesions, best first
     top_scores: dict[str, float] | None = None  # a detector's top score per class (any score)
+    # the image's calibrated regions, each predicted on its own (nothing outside them is lesion)
+    regions: tuple[Region, ...] = ()
     _lesions: dict[tuple[float, float] | None, list[Lesion]] = field(
         default_factory=dict, repr=False, compare=False)
 
     def lesions(self, spacing_mm: tuple[float, float] | None) -> list[Lesion]:
         """Each lesion of the lesion map, main first (`sonocad.measure.find_lesions`), found
-        once per spacing: the table, the overlay and the DICOM report share them."""
+        once per spacing: the table, the overlay and the DICOM report share them. With regions,
+        each region's lesions are found in it with its own spacing (`regional_lesions`)."""
         if self.lesion_probability is None:
             return []
         if spacing_mm not in self._lesions:
-            self._lesions[spacing_mm] = find_lesions(self.lesion_probability, spacing_mm)
+            self._lesions[spacing_mm] = (
+                regional_lesions(self.lesion_probability,
+                                 [(r.box, r.spacing_mm or spacing_mm) for r in self.regions])
+                if self.regions else find_lesions(self.lesion_probability, spacing_mm))
         return self._lesions[spacing_mm]
 
     @property
@@ -140,6 +155,7 @@ def lesion_columns(lesions: Sequence[Lesion]) -> dict[str, Any]:
     lesion or, for mm, a spacing), and every lesion's figures as JSON (`Lesion.record`)."""
     columns: dict[str, Any] = {
         "lesion_detected": int(bool(lesions)), "lesion_count": len(lesions),
+        "lesion_region": lesions[0].region if lesions else None,
         "lesion_area_px": 0.0, **dict.fromkeys(MAIN_LESION_SIZES, math.nan),
         "lesions": json.dumps([lesion.record() for lesion in lesions], separators=(",", ":"))}
     if lesions:

@@ -37,6 +37,7 @@ from sonocad.errors import InputError, SonocadError
 from sonocad.inference.decision import DecisionRule, decide
 from sonocad.inference.detection import DetectionPredictor
 from sonocad.inference.logits import Runner, TorchRunner, check_task
+from sonocad.io.pixels import Image
 from sonocad.predictions import Prediction
 from sonocad.tasks import Task, get_task
 from sonocad.tasks.detection_outputs import detected
@@ -109,6 +110,25 @@ class Predictor:
                 if problem is None else problem
                 for i, (image, problem) in enumerate(zip(images, _non_finite_images(outputs)))]
 
+    def predict_images(self, images: Sequence[Image]) -> list[Prediction | NonFiniteOutput]:
+        """As `predict_each`, for images that may name calibrated regions (a DICOM dual view):
+        a lesion map model predicts each region's crop on its own, and the image's lesion map
+        is theirs pasted in place, zero outside every region; its class probabilities and
+        decision are those of the region that looks least normal (a lesion in one view is a
+        lesion). A detector, and an image without regions, is predicted whole."""
+        regional = self.task.lesion_map and not isinstance(self.runner, DetectionPredictor)
+        crops, owners = [], []
+        for index, image in enumerate(images):
+            boxes = [region.box for region in image.regions] if regional else []
+            crops += [image.pixels[y0:y1, x0:x1] for x0, y0, x1, y1 in boxes] or [image.pixels]
+            owners += [index] * max(len(boxes), 1)
+        results = self.predict_each(crops)
+        grouped: list[list[Prediction | NonFiniteOutput]] = [[] for _ in images]
+        for owner, result in zip(owners, results):
+            grouped[owner].append(result)
+        return [_joined(image, parts) if regional and image.regions else parts[0]
+                for image, parts in zip(images, grouped)]
+
     def _prediction(self, lesion_logits: Tensor | None, shape: tuple[int, int],
                     classes: np.ndarray | None) -> Prediction:
         prediction = Prediction(
@@ -168,6 +188,21 @@ class FlipAveraged:
         both = self.runner(torch.cat([batch, batch.flip(-1)]))
         return tuple((out[:n] + (out[n:].flip(-1) if out.ndim == 4 else out[n:])) / 2
                      for out in both)
+
+
+def _joined(image: Image, parts: list[Prediction | NonFiniteOutput]
+            ) -> Prediction | NonFiniteOutput:
+    """One image's prediction from its regions' (see `Predictor.predict_images`)."""
+    problem = next((part for part in parts if isinstance(part, NonFiniteOutput)), None)
+    if problem is not None:
+        return problem
+    lesion = np.zeros(image.shape, np.float32)
+    for region, part in zip(image.regions, parts):
+        x0, y0, x1, y1 = region.box
+        lesion[y0:y1, x0:x1] = part.lesion_probability
+    leading = max(parts, key=lambda part: 1 - (part.class_probabilities or {}).get("normal", 1))
+    return Prediction(lesion, leading.class_probabilities, leading.decision,
+                      regions=image.regions)
 
 
 def _non_finite_images(outputs: Iterable[Tensor]) -> list[NonFiniteOutput | None]:

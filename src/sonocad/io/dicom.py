@@ -90,6 +90,7 @@ from sonocad.io.codestreams import j2k_frame_size, jpeg_frame_size, rle_problem
 from sonocad.io.pixels import (
     MAX_IMAGE_PIXELS,
     Image,
+    Region,
     check_frame_count,
     check_size,
     stretch_to_dtype,
@@ -110,6 +111,7 @@ _PALETTE = "PALETTE COLOR"
 _LUT_DATA = tuple(f"{colour}PaletteColorLookupTableData"
                   for colour in ("Red", "Green", "Blue", "Alpha"))
 _CENTIMETRES = 3  # PhysicalUnitsX/YDirection code for cm (DICOM PS3.3 C.8.5.5.1.15)
+_MIN_REGION_SIDE = 32  # a tissue region narrower than this is a strip, not a view
 # Decimal and integer strings that decoding or measuring uses, and how many values each holds
 # (None: one or more). pydicom keeps a value it cannot parse as text, and parses "NaN": either
 # way, arithmetic would fail or go black.
@@ -148,14 +150,15 @@ def _frames(path: Path) -> Iterator[Image]:
     source = _dataset_source(path)
     header = _read_header(path, source)
     spacing = _pixel_spacing_mm(path, header)
-    return _decode(path, source, header, spacing)
+    return _decode(path, source, header, spacing, _tissue_regions(header))
 
 
 def _decode(path: Path, source: Path | bytes, header: Dataset,
-            spacing: tuple[float, float] | None) -> Iterator[Image]:
+            spacing: tuple[float, float] | None,
+            regions: tuple[Region, ...]) -> Iterator[Image]:
     try:
         for frame in _stored_frames(path, source, header):
-            yield Image(_display_pixels(path, frame, header), spacing)
+            yield Image(_display_pixels(path, frame, header), spacing, regions)
     except _DECODE_ERRORS as exc:
         raise InputError(path, f"cannot decode DICOM pixel data ({exc})") from exc
 
@@ -430,6 +433,31 @@ def _pixel_spacing_mm(path: Path, header: Dataset) -> tuple[float, float] | None
         if values and min(values) > 0:
             return values[0], values[1]
     return _ultrasound_region_spacing(path, header)
+
+
+def _tissue_regions(header: Dataset) -> tuple[Region, ...]:
+    """The 2-D tissue regions (RegionSpatialFormat 1, RegionDataType 1) of the ultrasound
+    regions, clipped to the image, each with its own spacing where it is calibrated in cm (its
+    deltas were checked by `_ultrasound_region_spacing`); () where there are none."""
+    rows, columns = int(header.Rows), int(header.Columns)
+    found = []
+    for region in header.get("SequenceOfUltrasoundRegions", []):
+        corners = [region.get(f"RegionLocation{name}") for name in
+                   ("MinX0", "MinY0", "MaxX1", "MaxY1")]
+        if (region.get("RegionSpatialFormat"), region.get("RegionDataType")) != (1, 1) or \
+                not all(isinstance(value, int) for value in corners):
+            continue
+        x0, y0 = max(corners[0], 0), max(corners[1], 0)
+        x1, y1 = min(corners[2] + 1, columns), min(corners[3] + 1, rows)  # inclusive in DICOM
+        if x1 - x0 < _MIN_REGION_SIDE or y1 - y0 < _MIN_REGION_SIDE:
+            continue
+        deltas = region.get("PhysicalDeltaY"), region.get("PhysicalDeltaX")
+        calibrated = (region.get("PhysicalUnitsXDirection") == _CENTIMETRES
+                      and region.get("PhysicalUnitsYDirection") == _CENTIMETRES
+                      and all(isinstance(d, float) and np.isfinite(d) and d for d in deltas))
+        spacing = tuple(round(abs(d) * 10, 9) for d in deltas) if calibrated else None
+        found.append(Region((x0, y0, x1, y1), spacing))
+    return tuple(found)
 
 
 def _ultrasound_region_spacing(path: Path, header: Dataset) -> tuple[float, float] | None:

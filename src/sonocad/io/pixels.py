@@ -27,12 +27,24 @@ MIN_IMAGE_SIDE = 16
 MAX_FRAMES = 10_000
 
 
+@dataclass(frozen=True)
+class Region:
+    """A part of the image the scanner calibrated on its own: one view of a dual view, the
+    tissue window of a screen (DICOM SequenceOfUltrasoundRegions, 2-D tissue regions)."""
+
+    box: tuple[int, int, int, int]  # x0, y0, x1, y1 (exclusive), inside the image
+    spacing_mm: tuple[float, float] | None  # (row, column) mm per pixel in this region
+
+
 @dataclass(frozen=True, eq=False)
 class Image:
-    """Pixels as read, plus the physical size of a pixel where the file or manifest says it."""
+    """Pixels as read, plus the physical size of a pixel where the file or manifest says it,
+    and the scanner's calibrated tissue regions where the file names them (each is analysed
+    on its own: `sonocad.inference.predictor.Predictor.predict_images`)."""
 
     pixels: np.ndarray  # (H, W) grey or (H, W, 3) RGB; uint8 or uint16
     spacing_mm: tuple[float, float] | None = None  # (row, column) mm per pixel
+    regions: tuple[Region, ...] = ()
 
     def __post_init__(self) -> None:
         if self.pixels.dtype not in (np.uint8, np.uint16):

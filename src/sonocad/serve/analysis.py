@@ -15,7 +15,7 @@ import numpy as np
 from PIL import Image as PILImage
 
 from sonocad.explain.runner import Explainer
-from sonocad.inference.predictor import Predictor
+from sonocad.inference.predictor import NonFiniteOutput, Predictor
 from sonocad.io.pixels import Image
 from sonocad.pictures import heat_label, heatmap_picture, overlay_picture
 from sonocad.predictions import detection_fields, lesion_columns
@@ -34,7 +34,9 @@ class Analysis:
 
 def analyse(predictor: Predictor, image: Image, explainer: Explainer | None = None) -> Analysis:
     """`explainer` gives a classifier its Grad-CAM heatmap; without it a classifier has none."""
-    (prediction,) = predictor.predict([image.pixels])
+    (prediction,) = predictor.predict_images([image])
+    if isinstance(prediction, NonFiniteOutput):
+        raise prediction
     summary: dict[str, Any] = {
         "width": image.width, "height": image.height,
         "pixel_spacing_mm": list(image.spacing_mm) if image.spacing_mm else None,
@@ -47,7 +49,8 @@ def analyse(predictor: Predictor, image: Image, explainer: Explainer | None = No
         "low_confidence": prediction.decision.low_confidence if prediction.decision else None,
         "p_malignant": prediction.decision.p_malignant if prediction.decision else None,
         "rule_out": prediction.decision.rule_out if prediction.decision else None,
-        "lesion_detected": None, "lesion_count": None, "lesion_area_px": None,
+        "lesion_detected": None, "lesion_count": None, "lesion_region": None,
+        "lesion_area_px": None,
         "lesion_area_mm2": None, "lesion_diameter_px": None, "lesion_diameter_mm": None,
         "lesion_perpendicular_px": None, "lesion_perpendicular_mm": None, "lesions": None,
     }
@@ -73,9 +76,9 @@ def analyse(predictor: Predictor, image: Image, explainer: Explainer | None = No
     return Analysis(summary, images)
 
 
-def _known(value: float) -> float | None:
+def _known(value: float | None) -> float | None:
     """NaN (no spacing, no lesion) as None: JSON has no NaN."""
-    return None if math.isnan(value) else value
+    return None if value is None or math.isnan(value) else value
 
 
 def _png(pixels: np.ndarray) -> bytes:

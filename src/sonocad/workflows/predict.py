@@ -137,7 +137,7 @@ def predict(inputs: Sequence[str | Path], out: str | Path, *,
     with OutputWriter(out, table, outputs=outputs, picture_format=picture_format) as writer:
         dicom = _DicomResults(out / "dicom", writer, failures) if dicom_out else None
         for batch in _batches(items, batch_size):
-            predictions = predictor.predict_each([item.image.pixels for item in batch])
+            predictions = predictor.predict_images([item.image for item in batch])
             for item, prediction in zip(batch, predictions):
                 if isinstance(prediction, NonFiniteOutput):  # no call is made of NaN
                     failure = InputError(item.source.path, str(prediction) if item.frame is None
