@@ -44,7 +44,14 @@ def bootstrap_ci(
     kept = ~np.isnan(x)
     x, labels = x[kept], labels[kept]
     resamples = bootstrap_indices(x.size, n_boot=n_boot, seed=seed, groups=labels)
-    stats = np.array([statistic(x[resample]) for resample in resamples])
+    return percentile_interval([statistic(x[resample]) for resample in resamples], ci)
+
+
+def percentile_interval(replicates: ArrayLike, ci: float = 0.95) -> tuple[float, float]:
+    """The percentile `ci` interval of a statistic's bootstrap replicates; those that are not
+    finite (undefined on that resample) are left out, and (nan, nan) where none is left."""
+    stats = np.asarray(replicates, dtype=float)
+    stats = stats[np.isfinite(stats)]
     if stats.size == 0:
         return float("nan"), float("nan")
     tail = (1 - ci) / 2

@@ -21,7 +21,7 @@ import math
 import numpy as np
 from numpy.typing import ArrayLike
 
-from sonocad.evaluation.bootstrap import bootstrap_indices
+from sonocad.evaluation.bootstrap import bootstrap_indices, percentile_interval
 from sonocad.evaluation.segmentation import MetricSummary
 
 NEWTON_STEPS = 50
@@ -43,11 +43,9 @@ def calibration_figures(truth: ArrayLike, probability: ArrayLike, *,
                           bootstrap_indices(len(y), n_boot=n_boot, seed=seed, groups=groups)])
     out: dict[str, MetricSummary] = {}
     for k, name in enumerate(FIGURES):
-        values = resampled[:, k] if resampled.size else np.array([])
-        values = values[np.isfinite(values)]
-        low, high = np.quantile(values, [0.025, 0.975]) if values.size else (math.nan,) * 2
-        out[name] = MetricSummary(mean=point[k], ci_low=float(low), ci_high=float(high),
-                                  n=len(y), n_excluded=0)
+        low, high = percentile_interval(resampled[:, k] if resampled.size else [])
+        out[name] = MetricSummary(mean=point[k], ci_low=low, ci_high=high, n=len(y),
+                                  n_excluded=0)
     return out
 
 

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from sonocad.evaluation.bootstrap import bootstrap_indices
+from sonocad.evaluation.bootstrap import bootstrap_indices, percentile_interval
 from sonocad.evaluation.segmentation import MetricSummary
 from sonocad.measure import Lesion
 
@@ -75,11 +75,9 @@ def lesion_detection_summary(rows: Sequence[dict[str, Any]], *, groups: Sequence
 
 def _summary(statistic: Any, n_rows: int, resamples: list[np.ndarray], n: int
              ) -> MetricSummary:
-    values = np.array([statistic(i) for i in resamples])
-    values = values[np.isfinite(values)]
-    low, high = np.quantile(values, [0.025, 0.975]) if values.size else (math.nan, math.nan)
-    return MetricSummary(mean=statistic(np.arange(n_rows)), ci_low=float(low),
-                         ci_high=float(high), n=n, n_excluded=0)
+    low, high = percentile_interval([statistic(i) for i in resamples])
+    return MetricSummary(mean=statistic(np.arange(n_rows)), ci_low=low, ci_high=high, n=n,
+                         n_excluded=0)
 
 
 def _ratio(numerator: float, denominator: float) -> float:

@@ -25,8 +25,10 @@ class Ensemble(nn.Module):
     def __init__(self, members: Sequence[Mapping[str, Any]],
                  num_classes: int | None = None) -> None:
         super().__init__()
-        if len(members) < 2:
-            raise SonocadError("an ensemble needs at least two members")
+        if not isinstance(members, Sequence) or len(members) < 2 or not all(
+                isinstance(spec, Mapping) and isinstance(spec.get("name"), str)
+                and isinstance(spec.get("args", {}), Mapping) for spec in members):
+            raise SonocadError("an ensemble needs at least two members, each {name, args}")
         for spec in members:
             if model_task(spec["name"]) != TASK:
                 raise SonocadError(f"ensemble members must be {TASK} models, not "
