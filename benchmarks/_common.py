@@ -1,4 +1,5 @@
-"""Shared by the benchmark scripts: the machine line every table carries, and timing."""
+"""Shared by the benchmark scripts: the machine line every table carries, timing, and the two
+public data sets with their frozen splits."""
 
 from __future__ import annotations
 
@@ -7,8 +8,21 @@ import os
 import platform
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
+
+from sonocad.data.sample import Sample
+from sonocad.data.sources import Source
+from sonocad.data.split import read_split, select
+
+ROOT = Path(__file__).resolve().parents[1]
+DATASETS = ROOT.parent / "shared" / "datasets"
+# name -> (data folder, frozen split)
+SOURCES = {"BUSI": (DATASETS / "busi" / "Dataset_BUSI_with_GT",
+                    ROOT / "benchmarks" / "splits" / "busi.json"),
+           "BUS-BRA": (DATASETS / "busbra" / "BUSBRA",
+                       ROOT / "benchmarks" / "splits" / "busbra.json")}
 
 
 def machine_line() -> str:
@@ -33,3 +47,9 @@ def best_seconds(fn: Callable[[], object], *, repeats: int = 5, warmup: int = 1)
         fn()
         times.append(time.perf_counter() - start)
     return min(times)
+
+
+def subset_samples(name: str, subset: str) -> list[Sample]:
+    """The samples of `subset` ("train", "val", "test") of the data set `name` (`SOURCES`)."""
+    data, split = SOURCES[name]
+    return select(Source(split.stem, data, split).open(), read_split(split).subsets[subset])

@@ -16,9 +16,10 @@ import torch
 from _common import best_seconds, machine_line
 from sonocad.checkpoint import Checkpoint
 from sonocad.errors import SonocadError
+from sonocad.inference.logits import TorchRunner
 from sonocad.inference.onnx_backend import OnnxRunner
-from sonocad.inference.predictor import TorchRunner
 from sonocad.models import create_model, list_models
+from sonocad.tasks import get_task
 from sonocad.transforms import TransformConfig
 
 DEFAULT, REFERENCE = "efficientnet_lite0_unet", "u2net_lite"
@@ -34,7 +35,8 @@ def runners(name: str, task: str, size: int) -> tuple[TorchRunner, OnnxRunner]:
             "transform": TransformConfig(input_size=size).to_dict(), "recipe": {}, "data": {},
             "metrics": {}}
     checkpoint = Checkpoint(meta, model.state_dict())
-    return TorchRunner(checkpoint.build_model(), task), OnnxRunner.from_checkpoint(checkpoint)
+    return (TorchRunner(checkpoint.build_model(), get_task(task)),
+            OnnxRunner.from_checkpoint(checkpoint))
 
 
 def main() -> None:
@@ -46,7 +48,7 @@ def main() -> None:
     print(f"Inference latency, batch 1, {args.size} px — {machine_line()}\n")
     print("| model | task | torch eager ms | ONNX Runtime ms | torch / ONNX |")
     print("| --- | --- | ---: | ---: | ---: |")
-    image = torch.randn(1, 3, args.size, args.size)
+    image = torch.randn(1, 3, args.size, args.size).numpy()
     times: dict[str, tuple[float, float]] = {}
     for task in ("multitask", "segmentation", "classification"):
         for name in list_models(task):

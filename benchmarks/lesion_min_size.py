@@ -16,20 +16,12 @@ from pathlib import Path
 
 import numpy as np
 
-from _common import machine_line
-from sonocad.data.sources import Source
-from sonocad.data.split import read_split, select
+from _common import SOURCES, machine_line, subset_samples
 from sonocad.evaluation.lesion_detection import lesion_matches
 from sonocad.inference.predictor import Predictor
 from sonocad.measure import find_lesions
 from sonocad.workflows.evaluate import predict_samples
 
-ROOT = Path(__file__).resolve().parents[1]
-DATASETS = ROOT.parent / "shared" / "datasets"
-SOURCES = {"busi": (DATASETS / "busi" / "Dataset_BUSI_with_GT",
-                    ROOT / "benchmarks" / "splits" / "busi.json"),
-           "busbra": (DATASETS / "busbra" / "BUSBRA", ROOT / "benchmarks" / "splits" /
-                      "busbra.json")}
 CANDIDATES = (0, 10, 25, 50, 100, 200, 400, 800)
 
 
@@ -38,9 +30,7 @@ def main() -> None:
     parser.add_argument("--checkpoint", type=Path, help="default: the bundled model")
     args = parser.parse_args()
     predictor = Predictor(args.checkpoint) if args.checkpoint else Predictor.default()
-    samples = [sample for data, split in SOURCES.values()
-               for sample in select(Source(split.stem, data, split).open(),
-                                    read_split(split).subsets["val"])]
+    samples = [sample for name in SOURCES for sample in subset_samples(name, "val")]
     images = []  # (truth, every lesion at no minimum)
     for sample, image, prediction in predict_samples(predictor, samples, 8):
         truth = sample.load_mask(image.pixels.shape[:2])

@@ -27,29 +27,19 @@ from typing import Any
 
 import numpy as np
 
-from _common import machine_line
+from _common import SOURCES, machine_line, subset_samples
 from sonocad.data.sample import Sample
-from sonocad.data.sources import Source
-from sonocad.data.split import read_split, select
 from sonocad.data.views import ViewConfig, tissue_view
 from sonocad.evaluation.statistics import proportion
 from sonocad.inference.predictor import Predictor
 from sonocad.predictions import LESION_CLASSES
 
-ROOT = Path(__file__).resolve().parents[1]
-DATASETS = ROOT.parent / "shared" / "datasets"
-SOURCES = {"BUSI": (DATASETS / "busi" / "Dataset_BUSI_with_GT",
-                    ROOT / "benchmarks" / "splits" / "busi.json"),
-           "BUS-BRA": (DATASETS / "busbra" / "BUSBRA",
-                       ROOT / "benchmarks" / "splits" / "busbra.json")}
 WINDOWS = ViewConfig(p=1.0, scale=(0.3, 0.7), margin=0.05)
 SEED = 20261206
 
 
 def lesion_samples(name: str, subset: str) -> list[Sample]:
-    data, split = SOURCES[name]
-    samples = select(Source(split.stem, data, split).open(), read_split(split).subsets[subset])
-    return [s for s in samples if s.label in LESION_CLASSES]
+    return [s for s in subset_samples(name, subset) if s.label in LESION_CLASSES]
 
 
 def calls(predictor: Predictor, samples: list[Sample]) -> list[dict[str, Any]]:

@@ -30,6 +30,7 @@ from sonocad.inference.predictor import Predictor
 from sonocad.io.pixels import Image
 from sonocad.serve import create_app, run
 from sonocad.serve.analysis import analyse
+from sonocad.serve.boxes import MAX_BOXES, unavailable
 from sonocad.serve.connections import ConnectionLimits
 from sonocad.serve.server import make_server
 from sonocad.serve.uploads import MAX_FRAMES
@@ -283,6 +284,51 @@ def _never(*args: object, **kwargs: object) -> None:
     raise AssertionError("the upload was analysed")
 
 
+# --- boxes a client draws: four finite numbers each, on the image, a few ----------------------
+
+@pytest.mark.parametrize(("kind", "body", "detail"), [
+    ("three numbers", '{"boxes": [[1, 2, 3]]}',
+     "boxes.0: List should have at least 4 items after validation, not 3"),
+    ("five numbers", '{"boxes": [[1, 2, 3, 4, 5]]}',
+     "boxes.0: List should have at most 4 items after validation, not 5"),
+    ("NaN", '{"boxes": [[1, 2, 30, NaN]]}', "boxes.0.3: Input should be a finite number"),
+    ("infinity", '{"boxes": [[1, 2, Infinity, 30]]}',
+     "boxes.0.2: Input should be a finite number"),
+    ("text", '{"boxes": [[1, 2, "3", "x"]]}',
+     "boxes.0.3: Input should be a valid number, unable to parse string as a number"),
+    ("not a list", '{"boxes": {"x0": 1}}', "boxes: Input should be a valid list"),
+    ("too many", '{"boxes": [' + ",".join(["[1, 2, 30, 30]"] * (MAX_BOXES + 1)) + "]}",
+     f"boxes: List should have at most {MAX_BOXES} items after validation, not "
+     f"{MAX_BOXES + 1}"),
+    ("outside the image", '{"boxes": [[100, 50, 140, 90]]}',
+     "box 1: box 100,50,140,90 lies outside the 56 x 40 image"),
+    ("upside down", '{"boxes": [[1, 2, 30, 30], [30, 30, 10, 10]]}',
+     "box 2: x1 must be right of x0 and y1 below y0"),
+    ("a frame the upload lacks", '{"boxes": [], "frame": 3}',
+     "frame: boxes can be drawn on frame 1 of this result"),
+    ("an unknown field", '{"boxes": [], "labels": ["x"]}',
+     "labels: Extra inputs are not permitted"),
+    ("no boxes field", "{}", "boxes: Field required"),
+    ("not JSON", '{"boxes": [[1, 2,', "body: JSON decode error"),
+])
+@pytest.mark.skipif(unavailable() is not None, reason=f"boxes unavailable: {unavailable()}")
+def test_bad_boxes_are_refused_in_one_line(kind: str, body: str, detail: str,
+                                           client: TestClient) -> None:
+    result = client.post("/api/predict", files={"file": ("a.png", _png())}).json()
+    response = client.post(f"/api/results/{result['id']}/outline", content=body.encode(),
+                           headers={"Content-Type": "application/json"})
+    assert response.status_code == 422, kind
+    assert response.json() == {"detail": detail}, kind
+
+
+def test_a_json_body_over_its_limit_is_refused_before_it_is_read(client: TestClient) -> None:
+    body = b'{"boxes": [], "padding": "' + b"x" * 70_000 + b'"}'
+    response = client.post("/api/results/AAAAAAAAAAAAAAAAAAAAAA/outline", content=body,
+                           headers={"Content-Type": "application/json"})
+    assert response.status_code == 413
+    assert response.json() == {"detail": "request too large: the limit is 65,536 bytes"}
+
+
 @pytest.mark.parametrize("host", ["localhost", "localhost:8000", "LOCALHOST.", "127.0.0.1:8000",
                                   "[::1]:8000", "viewer.lan:8000"])
 def test_loopback_names_and_named_hosts_are_answered(host: str, client: TestClient) -> None:
@@ -482,9 +528,9 @@ def test_a_dicom_bomb_upload_is_refused_in_one_line_in_bounded_memory(
 
 @LINUX_PROC
 def test_memory_a_large_upload_used_goes_back_to_the_system(client: TestClient) -> None:
-    """Four 2048 x 2048 frames: afterwards the server holds their pictures (the result store)
-    and little more (20 MB here); glibc kept about 75 MB more of freed heap before serve gave it
-    back."""
+    """Four 2048 x 2048 frames: afterwards the server holds their pictures (the result store),
+    their pixels (for boxes) and little more (20 MB here); glibc kept about 75 MB more of freed
+    heap before serve gave it back."""
     smooth = np.kron(np.random.default_rng(0).integers(0, 256, (512, 512), np.uint8),
                      np.ones((4, 4), np.uint8))
     pages = [PILImage.fromarray(np.roll(smooth, 64 * n, axis=1)) for n in range(4)]
@@ -496,6 +542,8 @@ def test_memory_a_large_upload_used_goes_back_to_the_system(client: TestClient) 
     result = client.post("/api/predict", files={"file": ("loop.tif", buffer.getvalue())}).json()
     held = _megabytes("VmRSS") - before
     kept = sum(len(client.get(frame[name]).content) for frame in result["frames"]
-               for name in ("overlay_url", "heatmap_url")) / 2**20
+               for name in ("overlay_url", "heatmap_url", "mask_url")) / 2**20
+    if unavailable() is None:  # the frames themselves, kept for boxes to be drawn on
+        kept += 4 * 2048 * 2048 / 2**20
     assert len(result["frames"]) == 4
     assert held - kept < 40, (held, kept)

@@ -17,6 +17,7 @@ from sonocad.data.phantom import make_phantom
 from sonocad.data.split import read_split, select
 from sonocad.errors import SonocadError
 from sonocad.evaluation.segmentation import confusion, overlap_metrics
+from sonocad.inference import predictor as predictor_module
 from sonocad.inference.predictor import Predictor
 
 WEIGHTS = files("sonocad").joinpath("weights")
@@ -52,6 +53,10 @@ def test_predict_without_a_checkpoint_writes_every_output(tmp_path):
 
 def test_a_missing_bundle_is_a_clear_error(monkeypatch):
     monkeypatch.setattr(checkpoint_module, "BUNDLED_MODEL", ("weights", "absent.pt"))
+    with pytest.raises(SonocadError, match="no bundled default model"):
+        Predictor.default(backend="torch")
+    assert Predictor.default().backend == "onnx"  # its ONNX twin needs no checkpoint
+    monkeypatch.setattr(predictor_module, "BUNDLED_ONNX", ("weights", "absent.onnx"))
     with pytest.raises(SonocadError, match="no bundled default model"):
         Predictor.default()
 

@@ -14,7 +14,7 @@ from PIL import Image as PILImage
 from PIL import ImageFile
 
 from sonocad.errors import InputError
-from sonocad.io import pixels
+from sonocad.io import images, pixels
 from sonocad.io.images import IMAGE_SUFFIXES, is_image_file, iter_frames, read_image
 from sonocad.io.pixels import MAX_IMAGE_PIXELS, MIN_IMAGE_SIDE, Image
 
@@ -374,7 +374,10 @@ def test_a_tiff_page_over_the_budget_refuses_the_file_on_call(
         iter_frames(path)  # before a single page is decoded
 
 
-def test_tiff_pages_are_decoded_lazily(tmp_path: Path) -> None:
+def test_tiff_pages_are_decoded_lazily(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Decoding alone: each frame's scan-area estimate has a working set of its own, a few bytes
+    # a pixel, freed before the next frame is read (tests/test_scan_area.py).
+    monkeypatch.setattr(images, "estimate_scan_area", lambda pixels: None)
     noise = RNG.integers(0, 256, (30, 256, 256), dtype=np.uint8)
     path = pages(tmp_path / "cine.tif", [PILImage.fromarray(page) for page in noise])
     tracemalloc.start()

@@ -182,6 +182,7 @@ def test_each_view_of_a_real_dual_view_dicom_is_analysed_and_measured_on_its_own
     assert main(["predict", str(source), "--out", str(tmp_path / "out"),
                  "--outputs", "mask,table"]) == 0
     (row,) = read_predictions(tmp_path / "out" / "predictions.csv")
+    assert row["scan_area"] == "dicom regions"
     mask = np.array(PILImage.open(tmp_path / "out" / "masks" / "gdcm-US-ALOKA-16.png")) > 0
     inside = np.zeros(mask.shape, bool)
     for x0, y0, x1, y1 in (region.box for region in image.regions):

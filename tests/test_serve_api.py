@@ -1,4 +1,6 @@
-"""`sonocad serve` API: uploads (sniffed, size-limited), results, DICOM privacy, tokens."""
+"""`sonocad serve` API: uploads (sniffed, size-limited), results, DICOM privacy, tokens, and
+lesions outlined from boxes drawn on an image (real LiteMedSAM; skipped, saying why, without the
+interactive extra)."""
 
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ from PIL import ImageFile
 from pydicom import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate
 from pydicom.uid import ExplicitVRLittleEndian, RLELossless, UltrasoundImageStorage, generate_uid
+from scipy import ndimage
 
 from sonocad.checkpoint import Checkpoint, save_checkpoint
 from sonocad.data.phantom import make_phantom
@@ -24,14 +27,17 @@ from sonocad.errors import SonocadError
 from sonocad.inference.predictor import Predictor
 from sonocad.io import pixels
 from sonocad.models import create_model
-from sonocad.pictures import DIAMETER_COLOUR
+from sonocad.pictures import DIAMETER_COLOUR, PROMPT_COLOUR
 from sonocad.serve import create_app, run
+from sonocad.serve.boxes import BoxTool, unavailable
 from sonocad.serve.results import ResultStore
 from sonocad.serve.server import is_loopback
 from sonocad.transforms import TransformConfig
 from sonocad.visual import PREDICTION_COLOUR
 
 TOKEN = "s3cret-token-for-tests-0123"
+BOXES_NOTE = unavailable()  # None where the interactive extra is installed
+BOXES = BOXES_NOTE is None
 PATIENT = {"PatientName": "Doe^Jane", "PatientID": "PID-4711", "PatientBirthDate": "19700101"}
 STATIC = Path(__file__).resolve().parents[1] / "src" / "sonocad" / "serve" / "static"
 LOCAL = "http://localhost"  # the server answers to loopback names, not TestClient's default
@@ -275,17 +281,22 @@ def test_result_ids_cannot_reach_anything_but_stored_results(client: TestClient,
     assert isinstance(response.json()["detail"], str)
 
 
-def test_result_names_are_only_overlay_and_heatmap(client: TestClient) -> None:
+def test_result_names_are_only_overlay_heatmap_and_mask(client: TestClient) -> None:
     result = _upload(client, _png_bytes()).json()
-    assert client.get(f"/api/results/{result['id']}/mask.png").status_code == 422
+    assert client.get(f"/api/results/{result['id']}/secret.png").status_code == 422
     assert client.get(f"/api/results/{result['id']}/overlay.png").status_code == 200
+    mask = client.get(result["mask_url"])  # the model's outline, 0/255 as predict writes it
+    assert mask.status_code == 200 and result["mask_url"].endswith("/mask.png")
+    assert np.array_equal(np.unique(np.array(PILImage.open(io.BytesIO(mask.content)))), [255])
 
 
 def test_model_description_has_no_file_paths(client: TestClient, checkpoint: Path) -> None:
     response = client.get("/api/model")
     assert response.json() == {"name": "unet", "task": "segmentation",
                                "class_names": ["background", "lesion"], "input_size": [32, 32],
-                               "lesion_threshold": 0.5, "backend": "torch"}
+                               "lesion_threshold": 0.5, "backend": "torch",
+                               "boxes": BOXES, "boxes_note": BOXES_NOTE, "max_boxes": 20,
+                               "annotate": False}
     assert checkpoint.name not in response.text and str(checkpoint.parent) not in response.text
     assert client.get("/api/health").json()["status"] == "ok"
 
@@ -403,3 +414,129 @@ def test_a_spacing_field_gives_a_png_sizes_in_mm_and_a_dicom_keeps_its_own(
     refused = upload(_png_bytes(), "-1")
     assert refused.status_code == 422 and "spacing" in refused.json()["detail"]
     assert "\n" not in refused.json()["detail"]
+
+
+# --- boxes: a lesion outlined from a box drawn on the image (LiteMedSAM) ---------------------
+
+needs_boxes = pytest.mark.skipif(not BOXES, reason=f"boxes unavailable: {BOXES_NOTE}")
+
+
+def _two_dark_ellipses() -> tuple[bytes, np.ndarray, np.ndarray]:
+    """A 160 x 200 PNG: textured tissue with two dark ellipses (a big and a small lesion), and
+    their masks."""
+    rows, cols = np.mgrid[:160, :200]
+    big = ((rows - 70) / 30) ** 2 + ((cols - 80) / 45) ** 2 <= 1
+    small = ((rows - 125) / 12) ** 2 + ((cols - 165) / 16) ** 2 <= 1
+    texture = ndimage.gaussian_filter(np.random.default_rng(0).normal(size=(160, 200)), 1.5)
+    texture /= texture.std()
+    pixels = 150 + 40 * texture
+    pixels[big | small] = 40 + 10 * texture[big | small]
+    buffer = io.BytesIO()
+    PILImage.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(buffer, "PNG")
+    return buffer.getvalue(), big, small
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> float:
+    return float((a & b).sum() / (a | b).sum())
+
+
+def _png_of(response) -> np.ndarray:
+    assert response.status_code == 200 and response.headers["content-type"] == "image/png"
+    return np.array(PILImage.open(io.BytesIO(response.content)))
+
+
+@needs_boxes
+def test_boxes_outline_each_lesion_and_measure_it_as_predict_does(client: TestClient) -> None:
+    data, big, small = _two_dark_ellipses()
+    upload = _upload(client, data).json()  # the model calls every pixel lesion
+    outline_url = f"/api/results/{upload['id']}/outline"
+    assert client.post(f"/api/results/{upload['id']}/prepare").json() == {"ready": True}
+
+    one = client.post(outline_url, json={"boxes": [[30, 35, 130, 105]]})
+    assert one.status_code == 200, one.text
+    result = one.json()
+    assert set(upload) - set(result) == {"format", "frames", "frame_limit", "frames_note"}
+    assert (result["outline_source"], result["boxes"]) == ("box", [[30, 35, 130, 105]])
+    assert (result["id"], result["frame"], result["lesion_count"]) == (upload["id"], 1, 1)
+    mask = _png_of(client.get(result["mask_url"]))
+    assert mask.shape == (160, 200) and set(np.unique(mask)) <= {0, 255}
+    assert _iou(mask > 0, big) > 0.9  # LiteMedSAM gives 0.98 on this ellipse
+    assert result["lesion_area_px"] == (mask > 0).sum() == result["lesions"][0]["area_px"]
+    overlay = _png_of(client.get(result["overlay_url"]))
+    assert (overlay == PROMPT_COLOUR).all(axis=2).sum() > 100  # the box, drawn green
+    assert result["overlay_url"] != upload["overlay_url"]  # the model's pictures stay
+
+    two = client.post(outline_url, json={"boxes": [[30, 35, 130, 105], [145, 108, 185, 142]]})
+    lesions = two.json()["lesions"]
+    assert two.json()["lesion_count"] == 2 and lesions[0]["area_px"] > lesions[1]["area_px"]
+    both = _png_of(client.get(two.json()["mask_url"])) > 0
+    assert _iou(both, big | small) > 0.85
+
+    none = client.post(outline_url, json={"boxes": []}).json()  # the person says: no lesion
+    assert (none["lesion_detected"], none["lesion_count"], none["boxes"]) == (False, 0, [])
+    assert not _png_of(client.get(none["mask_url"])).any()
+    assert (_png_of(client.get(upload["mask_url"])) == 255).all()  # the model's, unchanged
+
+
+@needs_boxes
+def test_box_routes_answer_404_for_a_result_not_kept(client: TestClient) -> None:
+    unknown = "/api/results/AAAAAAAAAAAAAAAAAAAAAA"
+    for path, body in ((f"{unknown}/outline", {"boxes": [[1, 1, 9, 9]]}),
+                       (f"{unknown}/prepare", {"frame": 1})):
+        response = client.post(path, json=body)
+        assert response.status_code == 404
+        assert response.json()["detail"].startswith("this image is no longer kept for boxes")
+    malformed = client.post(f"/api/results/{'A' * 200}/outline", json={"boxes": []})
+    assert malformed.status_code == 422 and malformed.json()["detail"].startswith("result_id: ")
+    single = _upload(client, _png_bytes()).json()
+    other_frame = client.post(f"/api/results/{single['id']}/outline",
+                              json={"boxes": [], "frame": 2})
+    assert other_frame.status_code == 422
+    assert other_frame.json() == {"detail": "frame: boxes can be drawn on frame 1 of this result"}
+
+
+def test_box_routes_keep_the_token_host_and_origin_rules(predictor: Predictor) -> None:
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    with TestClient(create_app(predictor, token=TOKEN), base_url=LOCAL) as guarded:
+        result = _upload(guarded, _png_bytes(), headers=auth).json()
+        path = f"/api/results/{result['id']}/outline"
+        no_token = guarded.post(path, json={"boxes": []})
+        no_token_prepare = guarded.post(f"/api/results/{result['id']}/prepare")
+        no_token_mask = guarded.get(result["mask_url"])
+        foreign_host = guarded.post(path, json={"boxes": []},
+                                    headers={**auth, "Host": "evil.example"})
+        cross_site = guarded.post(path, json={"boxes": []},
+                                  headers={**auth, "Origin": "http://evil.example"})
+    for response in (no_token, no_token_prepare, no_token_mask):
+        assert response.status_code == 401
+    assert foreign_host.status_code == 400 and cross_site.status_code == 403
+
+
+def test_without_the_interactive_extra_the_viewer_serves_and_says_why_no_boxes(
+        predictor: Predictor, monkeypatch: pytest.MonkeyPatch) -> None:
+    why = ('outlining from a box needs the interactive extra: pip install '
+           '"sonocad[interactive]" (timm is not installed)')
+
+    monkeypatch.setattr("sonocad.serve.boxes.missing", lambda extra: why)
+    with TestClient(create_app(predictor), base_url=LOCAL) as plain:
+        model = plain.get("/api/model").json()
+        result = _upload(plain, _png_bytes())
+        outline = plain.post(f"/api/results/{result.json()['id']}/outline", json={"boxes": []})
+    assert (model["boxes"], model["boxes_note"]) == (False, why)
+    assert result.status_code == 200 and result.json()["mask_url"] is not None
+    assert outline.status_code == 501
+    assert outline.json() == {"detail": f"boxes are not available on this server: {why}"}
+
+
+@needs_boxes
+def test_the_images_kept_for_boxes_stay_within_their_count_and_bytes() -> None:
+    def frames(count: int) -> list[pixels.Image]:
+        return [pixels.Image(np.zeros((100, 100), np.uint8)) for _ in range(count)]
+
+    tool = BoxTool(max_results=2, max_bytes=35_000)
+    for key in ("a", "b", "c"):
+        tool.hold(key, frames(1))
+    assert tool.frame("a", 1) is None and tool.frame("c", 1) is not None  # the oldest went
+    tool.hold("loop", frames(5))  # 50,000 bytes: the first three frames fit
+    assert tool.frame("loop", 3) is not None and tool.frame("loop", 4) is None
+    assert tool.frame("b", 1) is None and tool.frame("c", 1) is None  # made room for it

@@ -1,4 +1,6 @@
-"""`sonocad serve` end to end: the real server on loopback, the page in headless Chromium.
+"""`sonocad serve` end to end: the real server on loopback, the page in headless Chromium:
+uploads, boxes drawn with the mouse (real LiteMedSAM; skipped, saying why, without the
+interactive extra) and annotation mode's keys.
 
 Needs Debian's ``chromium`` and ``chromium-driver`` and the ``selenium`` package; skips, saying
 so, where any is missing. Screenshots land in the temporary folder (``serve.png`` for the
@@ -14,6 +16,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -23,10 +26,14 @@ from PIL import Image as PILImage
 from scipy import ndimage
 
 from sonocad.checkpoint import Checkpoint, save_checkpoint
-from sonocad.data.phantom import Phantom, make_phantom
+from sonocad.data.adapters import open_dataset
+from sonocad.data.check import check_dataset
+from sonocad.data.phantom import Phantom, make_phantom, write_phantom_dataset
 from sonocad.inference.predictor import Predictor
 from sonocad.models import create_model
 from sonocad.serve import create_app
+from sonocad.serve.annotate import Annotations
+from sonocad.serve.boxes import unavailable
 from sonocad.transforms import TransformConfig
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -37,7 +44,9 @@ if not (CHROMIUM.is_file() and CHROMEDRIVER.is_file()):
 webdriver = pytest.importorskip("selenium.webdriver", reason="needs selenium (pip install "
                                                             "-e '.[test]')")
 from selenium.webdriver.chrome.service import Service  # noqa: E402
+from selenium.webdriver.common.action_chains import ActionChains  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.common.keys import Keys  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
 pytestmark = pytest.mark.slow
@@ -65,8 +74,8 @@ def _segmenter(folder: Path, truth: np.ndarray) -> Predictor:
                                      create_model("unet", **args).state_dict()))
     predictor = Predictor(path)
     soft = ndimage.gaussian_filter(truth.astype(np.float32), 4)
-    logits = torch.from_numpy(12 * (soft - 0.5))[None, None]  # 0.5 contour = the lesion's edge
-    predictor.runner = lambda batch: (logits.expand(len(batch), -1, -1, -1),)
+    logits = (12 * (soft - 0.5))[None, None]  # 0.5 contour = the lesion's edge
+    predictor.runner = lambda batch: (np.repeat(logits, len(batch), axis=0),)
     return predictor
 
 
@@ -84,10 +93,12 @@ def _classifier(folder: Path) -> Predictor:
 
 
 @contextmanager
-def _serving(predictor: Predictor) -> Iterator[str]:
-    """The app under uvicorn on a free loopback port, in a thread; yields its address."""
+def _serving(predictor: Predictor, **options: Any) -> Iterator[str]:
+    """The app (`create_app(predictor, **options)`) under uvicorn on a free loopback port, in
+    a thread; yields its address."""
     listener = socket.create_server(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(create_app(predictor), log_level="warning"))
+    server = uvicorn.Server(uvicorn.Config(create_app(predictor, **options),
+                                           log_level="warning"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [listener]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30
@@ -207,3 +218,134 @@ def test_page_steps_through_the_frames_of_a_multi_page_tiff(
             lambda d: d.find_element(By.ID, "frame-number").text == "3"
             and d.execute_script(OVERLAY_SHOWN) == SIZE - 64)
         assert f"{SIZE - 64} × {SIZE} px" in browser.find_element(By.ID, "measurements").text
+
+
+needs_boxes = pytest.mark.skipif(unavailable() is not None,
+                                 reason=f"boxes unavailable: {unavailable()}")
+BOXES_READY = """return !document.getElementById("busy").hidden ? null :
+document.getElementById("box-count").textContent;"""
+
+
+def _drag_box(browser: webdriver.Chrome, box: tuple[float, float, float, float]) -> None:
+    """Drag the mouse over the shown image from (x0, y0) to (x1, y1), in the image's pixels:
+    the image is scaled to fit its element and centred (object-fit: contain)."""
+    image = browser.find_element(By.ID, "overlay")
+    width, height, natural_width, natural_height = browser.execute_script(
+        "const r = arguments[0].getBoundingClientRect();"
+        "return [r.width, r.height, arguments[0].naturalWidth, arguments[0].naturalHeight];",
+        image)
+    scale = min(width / natural_width, height / natural_height)
+
+    def offset(x: float, y: float) -> tuple[int, int]:  # from the element's centre
+        return round((x - natural_width / 2) * scale), round((y - natural_height / 2) * scale)
+
+    x0, y0, x1, y1 = box
+    (ActionChains(browser).move_to_element_with_offset(image, *offset(x0, y0)).click_and_hold()
+     .move_to_element_with_offset(image, *offset((x0 + x1) / 2, (y0 + y1) / 2))
+     .move_to_element_with_offset(image, *offset(x1, y1)).release().perform())
+
+
+def _lesion_box(mask: np.ndarray, pad: int = 6) -> tuple[float, float, float, float]:
+    rows, cols = np.nonzero(mask)
+    return (cols.min() - pad, rows.min() - pad, cols.max() + 1 + pad, rows.max() + 1 + pad)
+
+
+def test_page_lists_each_lesion_with_its_own_measurements(
+        browser: webdriver.Chrome, tmp_path: Path, phantom: Phantom) -> None:
+    """Issue 29: a model that outlines two separate regions; the page lists two lesions, each
+    with its own area and diameters, as the table's `lesions` column does."""
+    image = tmp_path / "phantom.png"
+    PILImage.fromarray(phantom.image).save(image)
+    two = np.zeros_like(phantom.mask)
+    two[30:80, 30:90] = True  # 50 x 60
+    two[170:200, 150:230] = True  # 30 x 80
+    with _serving(_segmenter(tmp_path, two)) as url:
+        _upload_through_the_page(browser, url, image)
+        facts = browser.find_element(By.ID, "measurements").text
+    assert "Lesions\n2" in facts
+    areas = sorted(int(facts.split(f"Lesion {n} area\n")[1].split(" px")[0].replace(",", ""))
+                   for n in (1, 2))
+    assert areas[0] == pytest.approx(30 * 80, rel=0.2) and areas[1] == pytest.approx(
+        50 * 60, rel=0.2)
+    for n in (1, 2):
+        longest = float(facts.split(f"Lesion {n} diameters\n")[1].split(" px")[0])
+        assert longest < 90  # each its own lesion's, none spanning both (about 230 px)
+
+
+@needs_boxes
+def test_a_box_drawn_on_the_image_outlines_the_lesion_and_measures_it(
+        browser: webdriver.Chrome, tmp_path: Path, phantom: Phantom) -> None:
+    image = tmp_path / "phantom.png"
+    PILImage.fromarray(phantom.image).save(image)
+    model_says_nothing = np.zeros_like(phantom.mask)  # the model missed the lesion
+    with _serving(_segmenter(tmp_path, model_says_nothing)) as url:
+        _upload_through_the_page(browser, url, image)
+        assert "No lesion detected" in browser.find_element(By.ID, "finding").text
+        model_overlay = browser.find_element(By.ID, "overlay").get_attribute("src")
+        _drag_box(browser, _lesion_box(phantom.mask))
+
+        wait = WebDriverWait(browser, 60)
+        wait.until(lambda d: d.execute_script(BOXES_READY) == "1"
+                   and d.find_element(By.ID, "overlay").get_attribute("src") != model_overlay)
+        assert not browser.find_element(By.ID, "error").is_displayed()
+        assert "Lesion detected" in browser.find_element(By.ID, "finding").text
+        facts = browser.find_element(By.ID, "measurements").text
+        assert "Lesion area" in facts and "Lesion diameters" in facts
+        area = int(facts.split("Lesion area")[1].split("px")[0].replace(",", "").strip())
+        assert 0.5 < area / phantom.mask.sum() < 2  # LiteMedSAM's outline of this lesion
+        assert browser.find_element(By.ID, "use-boxes").get_attribute("aria-pressed") == "true"
+        assert browser.execute_script(OVERLAY_SHOWN) == SIZE
+        assert browser.find_element(By.ID, "download-mask").is_enabled()
+        browser.save_screenshot(str(Path(tempfile.gettempdir()) / "serve_boxes.png"))
+
+        browser.find_element(By.ID, "undo-box").click()  # no box left: no lesion, says the person
+        wait.until(lambda d: d.execute_script(BOXES_READY) == "0"
+                   and "No lesion detected" in d.find_element(By.ID, "finding").text)
+        browser.find_element(By.ID, "use-model").click()
+        assert browser.find_element(By.ID, "use-model").get_attribute("aria-pressed") == "true"
+        assert browser.find_element(By.ID, "overlay").get_attribute("src") == model_overlay
+
+
+@needs_boxes
+def test_annotation_mode_steps_through_a_folder_with_the_keyboard(
+        browser: webdriver.Chrome, tmp_path: Path) -> None:
+    """0 / 1 / 2 choose the class, a box outlines the lesion, Enter saves and goes on."""
+    images = tmp_path / "hospital"
+    write_phantom_dataset(images, per_class=1, size=(SIZE, SIZE), seed=7)
+    benign_mask = np.array(PILImage.open(images / "benign" / "benign (1)_mask.png")) > 0
+    dataset = tmp_path / "dataset"
+    with _serving(_segmenter(tmp_path, np.zeros((SIZE, SIZE), bool)),
+                  annotations=Annotations(dataset, images)) as url:
+        browser.get(url)
+        wait = WebDriverWait(browser, 60)
+        wait.until(lambda d: d.find_element(By.ID, "item-name").text == "benign/benign (1).png"
+                   and d.execute_script(OVERLAY_SHOWN) == SIZE
+                   and d.find_element(By.ID, "busy").get_attribute("hidden"))
+        assert not browser.find_element(By.ID, "open-button").is_displayed()
+        assert browser.find_element(By.ID, "item-position").text == "1 of 3 · 0 saved"
+        body = browser.find_element(By.TAG_NAME, "body")
+        body.send_keys("1")
+        _drag_box(browser, _lesion_box(benign_mask))
+        wait.until(lambda d: d.execute_script(BOXES_READY) == "1")
+        body.send_keys(Keys.ENTER)
+        wait.until(lambda d: d.find_element(By.ID, "item-name").text
+                   == "malignant/malignant (1).png"
+                   and d.find_element(By.ID, "busy").get_attribute("hidden"))
+        body.send_keys(Keys.ARROW_RIGHT)  # the malignant one later: first the normal one
+        wait.until(lambda d: d.find_element(By.ID, "item-name").text == "normal/normal (1).png"
+                   and d.find_element(By.ID, "busy").get_attribute("hidden"))
+        body.send_keys("0")
+        browser.find_element(By.ID, "patient-input").send_keys("P-7", Keys.ENTER)
+        wait.until(lambda d: "2 saved" in d.find_element(By.ID, "item-position").text)
+        assert not browser.find_element(By.ID, "error").is_displayed()
+        browser.save_screenshot(str(Path(tempfile.gettempdir()) / "serve_annotate.png"))
+        done = [item.text for item in browser.find_elements(By.CSS_SELECTOR, "#item-list .done")]
+        assert done == ["benign/benign (1).png · benign", "normal/normal (1).png · normal"]
+
+    rows = open_dataset(dataset / "manifest.csv")
+    assert [(row.image_id, row.label, row.patient_id) for row in rows] == [
+        ("images/benign/benign (1).png", "benign", None),
+        ("images/normal/normal (1).png", "normal", "P-7")]
+    assert check_dataset(dataset, rows).errors == []
+    saved = np.array(PILImage.open(rows[0].mask_paths[0])) > 0
+    assert (saved & benign_mask).sum() / (saved | benign_mask).sum() > 0.6

@@ -473,7 +473,8 @@ def _add_inference_commands(commands) -> None:
                          help="continue an earlier predict into --out (after a crash, say): "
                               "only inputs missing from its predictions.csv are predicted")
     predict.add_argument("--backend", choices=["torch", "onnx"],
-                         help="inference engine (default: onnx for a .onnx model, else torch)")
+                         help="inference engine (default: onnx for a .onnx model and for the "
+                              "bundled model where ONNX Runtime is installed, else torch)")
     predict.add_argument("--batch-size", type=int, default=8,
                          help="images per model call (8; fewer for very large images)")
     predict.add_argument("--outputs", default="mask,overlay,heatmap,table",
@@ -491,6 +492,27 @@ def _add_inference_commands(commands) -> None:
                               "file and manifest row give none, e.g. PNG or JPEG: lesion sizes "
                               "in mm")
 
+    outline = _command(commands, "outline", _outline,
+                       "outline lesions from boxes drawn around them (LiteMedSAM; the "
+                       "interactive extra): mask, overlay with diameters, a predictions row, "
+                       "SEG + SR for DICOM")
+    outline.add_argument("image", type=Path, help="an image file (PNG, JPEG, ..., or DICOM)")
+    outline.add_argument("--box", action="append", required=True, metavar="X0,Y0,X1,Y1",
+                         help="a box around one lesion, in pixels (x right, y down); repeat "
+                              "for several lesions")
+    _add_output_folder(outline, "folder to write")
+    outline.add_argument("--model", type=Path, metavar="CKPT",
+                         help="the model whose class call the row carries (default: the "
+                              "bundled model)")
+    outline.add_argument("--frame", type=int, metavar="N",
+                         help="the frame of a cine loop or multi-page TIFF (default: the first)")
+    outline.add_argument("--spacing", metavar="MM[,MM]",
+                         help="pixel spacing in mm (one value, or ROW,COLUMN) for an image whose "
+                              "file gives none: lesion sizes in mm")
+    outline.add_argument("--dicom-out", action="store_true",
+                         help="for a single-frame DICOM image, also a DICOM Segmentation and a "
+                              "Structured Report in DIR/dicom (docs/dicom.md)")
+
     explain = _command(commands, "explain", _explain,
                        "heatmaps of where a model looked: Grad-CAM for classifiers, the lesion "
                        "probability for segmentation models, both for multitask models (the "
@@ -505,23 +527,43 @@ def _add_inference_commands(commands) -> None:
     export.add_argument("checkpoint", type=Path, help="a checkpoint from `sonocad train`")
     export.add_argument("--format", choices=["onnx"], default="onnx", help="onnx (the only one)")
     export.add_argument("--out", type=Path, help="file to write (default: beside the checkpoint)")
+    export.add_argument("--half", action="store_true",
+                        help="store the weights in half precision (half the file; the same "
+                             "values where the checkpoint was saved in half precision)")
 
 
 def _predict(args: argparse.Namespace) -> int:
     from sonocad.workflows.predict import predict
 
     checkpoint, inputs = _split_checkpoint(args.inputs)
-    backend = args.backend or ("onnx" if checkpoint and checkpoint.suffix == ".onnx" else "torch")
     if args.overwrite and args.resume:
         raise SonocadError("--overwrite and --resume contradict each other: give one")
     from sonocad.workflows.writer import parse_outputs
 
-    result = predict(inputs, args.out, checkpoint=checkpoint, backend=backend,
+    result = predict(inputs, args.out, checkpoint=checkpoint, backend=args.backend,
                      batch_size=args.batch_size, overwrite=args.overwrite, resume=args.resume,
                      outputs=parse_outputs(args.outputs), picture_format=args.pictures,
                      spacing_mm=_spacing(args.spacing), dicom_out=args.dicom_out)
     print(f"predicted {len(result.rows)} images into {result.out_dir}")
     return _batch_status(result.failures)
+
+
+def _outline(args: argparse.Namespace) -> int:
+    from sonocad.workflows.outline import outline, parse_box
+
+    try:
+        boxes = [parse_box(text) for text in args.box]
+    except ValueError as exc:
+        raise SonocadError(f"--{exc}") from None
+    result = outline(args.image, boxes, args.out, checkpoint=args.model,
+                     spacing_mm=_spacing(args.spacing), frame=args.frame,
+                     dicom_out=args.dicom_out, overwrite=args.overwrite)
+    row = result.row
+    size = (f"{row['lesion_diameter_mm']:.1f} mm" if row["spacing_mm"] is not None
+            else f"{row['lesion_diameter_px']:.0f} px")
+    print(f"outlined {row['lesion_count']} lesion(s) in {args.image} (main: longest diameter "
+          f"{size}) into {result.out_dir}")
+    return 0
 
 
 def _batch_status(failures: Sequence[object]) -> int:
@@ -533,7 +575,7 @@ def _batch_status(failures: Sequence[object]) -> int:
 
 def _spacing(text: str | None) -> tuple[float, float] | None:
     """--spacing 0.1 or 0.1,0.2 -> (row, column) mm; anything else is a usage error."""
-    from sonocad.io.images import parse_spacing
+    from sonocad.io.spacing import parse_spacing
 
     if text is None:
         return None
@@ -568,7 +610,7 @@ def _export(args: argparse.Namespace) -> int:
     require("onnx")
     from sonocad.inference.export import export_onnx
 
-    print(f"wrote {export_onnx(args.checkpoint, args.out)}")
+    print(f"wrote {export_onnx(args.checkpoint, args.out, half_weights=args.half)}")
     return 0
 
 
@@ -586,19 +628,32 @@ def _add_serve_command(commands) -> None:
     serve.add_argument("--token", default=os.environ.get("SONOCAD_TOKEN"),
                        help="require 'Authorization: Bearer TOKEN' (default: $SONOCAD_TOKEN)")
     serve.add_argument("--backend", choices=["torch", "onnx"],
-                       help="default: onnx for a .onnx model, else torch")
+                       help="default: onnx for a .onnx model and for the bundled model where "
+                            "ONNX Runtime is installed, else torch")
     serve.add_argument("--allow-host", action="append", default=[], metavar="NAME",
                        help="also answer requests addressed to NAME (a name or address this "
                             "machine is reached by, e.g. on the LAN or behind a proxy; "
                             "repeatable; loopback names and --host are always answered)")
+    serve.add_argument("--annotate", type=Path, metavar="DATASET_DIR",
+                       help="annotation mode: step through the images of --images, accept or "
+                            "correct each outline, set its class, and save into DATASET_DIR "
+                            "(images/, masks/, manifest.csv, as `data check` reads; the "
+                            "originals are never changed); the same DATASET_DIR again resumes "
+                            "(docs/annotation.md)")
+    serve.add_argument("--images", type=Path, metavar="DIR",
+                       help="with --annotate: the folder of images to annotate (searched as "
+                            "predict searches a folder)")
 
 
 def _serve(args: argparse.Namespace) -> int:
+    if (args.annotate is None) != (args.images is None):
+        raise SonocadError("--annotate DATASET_DIR and --images DIR go together: the data set "
+                           "to save into and the images to annotate")
     from sonocad.serve import run
 
-    backend = args.backend or ("onnx" if args.model and args.model.suffix == ".onnx" else "torch")
-    run(args.model, host=args.host, port=args.port, token=args.token, backend=backend,
-        allowed_hosts=args.allow_host)
+    run(args.model, host=args.host, port=args.port, token=args.token, backend=args.backend,
+        allowed_hosts=args.allow_host,
+        annotate=None if args.annotate is None else (args.annotate, args.images))
     return 0
 
 

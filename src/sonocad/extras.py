@@ -2,12 +2,14 @@
 
 The core install (data, train, evaluate, predict and explain on the torch back end, report)
 needs none of them. `sonocad serve` needs the serve extra; `sonocad export` and the onnx back
-end need the onnx extra. Call `require(extra)` just before importing the modules that use it.
+end need the onnx extra; outlines from boxes (`outline`, the viewer's boxes) need the interactive
+extra. Call `require(extra)` just before importing the modules that use it.
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.util
 
 from sonocad.errors import SonocadError, _one_line
 
@@ -15,11 +17,24 @@ from sonocad.errors import SonocadError, _one_line
 EXTRAS: dict[str, tuple[str, tuple[str, ...]]] = {
     "serve": ("sonocad serve", ("fastapi", "uvicorn", "python_multipart")),
     "onnx": ("ONNX (sonocad export, the onnx back end)", ("onnx", "onnxruntime")),
+    "interactive": ("outlining from a box (sonocad outline, the viewer's boxes)",
+                    ("timm", "segment_anything")),  # the weights: io.wheel_assets
 }
 
 
 class MissingExtraError(SonocadError):
     """An optional extra (a `pip install "sonocad[extra]"`) is not installed."""
+
+
+def missing(extra: str) -> str | None:
+    """Why `extra` is not installed, as `require` says it, or None; its modules are found, not
+    imported (importing the interactive extra's would load torch)."""
+    needed_by, modules = EXTRAS[extra]
+    absent = next((module for module in modules if importlib.util.find_spec(module) is None),
+                  None)
+    return None if absent is None else (f'{needed_by} needs the {extra} extra: '
+                                        f'pip install "sonocad[{extra}]" ({absent} is not '
+                                        f'installed)')
 
 
 def require(extra: str) -> None:

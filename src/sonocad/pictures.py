@@ -1,11 +1,11 @@
 """The two pictures of a prediction that `sonocad predict` writes and the web viewer shows.
 
-- `overlay_picture`: the lesion outline; for each lesion its longest diameter and the longest
-  diameter across it as caliper lines with their lengths (mm when the pixel spacing is known,
-  px otherwise), the longest numbered "1:", "2:" ... where there is more than one lesion; and a
-  caption with the final class, its probability, the decision's reason and the low-confidence
-  flag. A detector's instances each get their box, labelled with number, class and score, and
-  their own longest diameter.
+- `overlay_picture`: the lesion outline (and the boxes a person drew, when it came from them); for
+  each lesion its longest diameter and the longest diameter across it as caliper lines with their
+  lengths (mm when the pixel spacing is known, px otherwise), the longest numbered "1:", "2:" ...
+  where there is more than one lesion; and a caption with the final class, its probability, the
+  decision's reason and the low-confidence flag. A detector's instances each get their box, labelled
+  with number, class and score, and their own longest diameter.
 - `heatmap_picture`: the lesion probability in a perceptual colour map (inferno), blended on
   the image with alpha growing with probability, and a colour bar.
 
@@ -39,6 +39,7 @@ _VISIBLE = 0.25  # the probability from which the heat shows: a box should not c
 _TEXT = (255, 255, 255)
 _INSTANCE_COLOURS = {"malignant": (255, 96, 96), "benign": (96, 200, 255)}  # box outlines
 _BOX = (0, 0, 0)
+PROMPT_COLOUR = (0, 230, 118)  # green: a box a person drew, apart from the red outline
 _HALO = (0, 0, 0)  # under the diameter line, so it stands out on bright tissue
 _TICKS = (0.0, 0.5, 1.0)
 # Where a caption may break when it is too wide, best first: between its parts, before the
@@ -96,6 +97,8 @@ def overlay_picture(pixels: np.ndarray, prediction: Prediction,
     instances = prediction.instances
     lines = (_wrap(caption(prediction), _fits(style, image.width))
              if prediction.class_probabilities or instances is not None else [])
+    for x0, y0, x1, y1 in prediction.prompt_boxes:
+        draw.rectangle((x0, y0, x1 - 1, y1 - 1), outline=PROMPT_COLOUR, width=style.line)
     taken: list[Box] = []
     if lines:  # placed first, so the diameter's label keeps off it; drawn last, over all
         taken.append(_corner(image.size, _text_size(style, lines), mask, style.pad,

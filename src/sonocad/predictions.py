@@ -5,14 +5,16 @@ statistic, comparison and report.
 One row builder fills the model's columns for everyone (`prediction_columns`): ``prob_<class>``
 and ``predicted_class`` (class head; a detector's best instance), the decision columns where the
 model has a rule, a detector's ``<class>_score`` / ``n_instances`` / ``instances``, and the lesion
-columns (`lesion_columns`): ``lesion_detected``, ``lesion_count``, the main lesion's
-``lesion_region`` (the image's calibrated region it lies in, where the file names regions),
-``lesion_area_px`` / ``_mm2``, ``lesion_diameter_px`` / ``_mm`` (longest) and
+columns: ``scan_area`` (what the lesion map was predicted on: `scan_area`), then
+`lesion_columns`' ``lesion_detected``, ``lesion_count``, the main lesion's ``lesion_region``
+(the image's region it lies in, where the image has regions), ``lesion_area_px`` / ``_mm2``,
+``lesion_diameter_px`` / ``_mm`` (longest) and
 ``lesion_perpendicular_px`` / ``_mm`` (longest across it), and ``lesions``, every lesion's
-figures as JSON (`sonocad.measure.find_lesions`: main first, specks dropped).
-`sample_columns` adds what is known of an image before a model sees it; evaluators add the
-truth and their per-image metrics. So a `predict` table and an `evaluate` table of the same
-images join on ``image_id`` (`sonocad compare`).
+figures as JSON (`sonocad.measure.find_lesions`: main first, specks dropped). An outline from
+boxes a person drew (`sonocad outline`, the viewer) adds ``outline_source`` ("box") and
+``boxes`` (JSON, [x0, y0, x1, y1] each). `sample_columns` adds what is known of an image
+before a model sees it; evaluators add the truth and their per-image metrics. So a `predict`
+table and an `evaluate` table of the same images join on ``image_id`` (`sonocad compare`).
 """
 
 from __future__ import annotations
@@ -85,8 +87,11 @@ class Prediction:
     decision: Decision | None = None  # multitask models whose meta holds a decision rule
     instances: list[Instance] | None = None  # a detector's found lesions, best first
     top_scores: dict[str, float] | None = None  # a detector's top score per class (any score)
-    # the image's calibrated regions, each predicted on its own (nothing outside them is lesion)
+    # the image's regions (calibrated, or a capture's estimated scan area), each predicted on
+    # its own (nothing outside them is lesion)
     regions: tuple[Region, ...] = ()
+    # boxes (x0, y0, x1, y1) a person drew, each outlined by LiteMedSAM into the lesion map
+    prompt_boxes: tuple[tuple[float, float, float, float], ...] = ()
     _lesions: dict[tuple[float, float] | None, list[Lesion]] = field(
         default_factory=dict, repr=False, compare=False)
 
@@ -146,8 +151,22 @@ def prediction_columns(prediction: Prediction, spacing_mm: tuple[float, float] |
         row.update({"predicted_class": prediction.predicted_class, **fields,
                     "instances": json.dumps(fields["instances"], separators=(",", ":"))})
     if prediction.lesion_probability is not None:
+        row["scan_area"] = scan_area(prediction.regions)
         row.update(lesion_columns(prediction.lesions(spacing_mm)))
+    if prediction.prompt_boxes:
+        row.update(outline_source="box", boxes=json.dumps(
+            [[round(v, 1) for v in box] for box in prediction.prompt_boxes],
+            separators=(",", ":")))
     return row
+
+
+def scan_area(regions: Sequence[Region]) -> str | None:
+    """What the lesion map was predicted on: "dicom regions" (the file's calibrated regions),
+    "estimated" (a screen capture's scan area, `sonocad.io.scan_area`) or None (the whole
+    image)."""
+    if not regions:
+        return None
+    return "estimated" if any(region.estimated for region in regions) else "dicom regions"
 
 
 def lesion_columns(lesions: Sequence[Lesion]) -> dict[str, Any]:

@@ -20,7 +20,6 @@ normalised away. All randomness comes from torch's global generator: seed it to 
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,15 +32,22 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
 from sonocad.errors import SonocadError
+from sonocad.model_input import (
+    DESPECKLE_FILTERS,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    LUMA,
+    MIN_STD,
+    NORMALIZATIONS,
+    InputSpec,
+    enhance,
+    fit_geometry,
+    to_unit_float,
+)
 
-NORMALIZATIONS = ("zscore", "imagenet", "unit")
-DESPECKLE_FILTERS = ("median", "gaussian")
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-# ITU-R 601-2 luma, as PIL's "L" mode and torchvision's rgb_to_grayscale.
-LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
-# A spread below one 8-bit grey level is a flat image: do not blow its noise up to unit std.
-MIN_STD = 1.0 / 255
+__all__ = ["AUGMENTATIONS", "DESPECKLE_FILTERS", "IMAGENET_MEAN", "IMAGENET_STD", "LUMA",
+           "NORMALIZATIONS", "SonoTransform", "TransformConfig", "build_transform",
+           "fit_geometry", "restore_size", "to_model_input", "to_unit_float"]
 
 
 class _RandomGamma(v2.Transform):
@@ -158,78 +164,17 @@ DEFAULT_P = 0.5
 
 
 @dataclass
-class TransformConfig:
-    """How images become model input; the recipe's ``transform`` section.
+class TransformConfig(InputSpec):
+    """How images become model input; the recipe's ``transform`` section: the inference half
+    (`sonocad.model_input.InputSpec`) and `augment`, which maps names from `AUGMENTATIONS` to
+    their parameters and probability ``p`` (default 0.5); ``true`` takes the defaults and
+    ``null``/``false`` leaves the augmentation out."""
 
-    `input_size` is an int (square) or (height, width). `augment` maps names from
-    `AUGMENTATIONS` to their parameters and probability ``p`` (default 0.5); ``true`` takes
-    the defaults and ``null``/``false`` leaves the augmentation out. `despeckle_size` is the
-    filter width in pixels of the original image; `clahe_tiles` is tiles per side.
-    """
-
-    input_size: int | tuple[int, int] = 256
-    grayscale: bool = True
-    normalize: str = "zscore"
-    despeckle: str | None = None
-    despeckle_size: int = 5
-    clahe: bool = False
-    clahe_clip_limit: float = 2.0
-    clahe_tiles: int = 8
-    keep_aspect: bool = True
     augment: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if isinstance(self.input_size, Sequence) and not isinstance(self.input_size, str):
-            self.input_size = tuple(self.input_size)
-        size = (self.input_size,) * 2 if isinstance(self.input_size, int) else self.input_size
-        if not isinstance(size, tuple) or len(size) != 2 or not all(
-                isinstance(s, int) and s > 0 for s in size):
-            raise SonocadError(f"transform input_size must be a positive int or [height, width], "
-                               f"got {self.input_size!r}")
-        for name in ("grayscale", "clahe", "keep_aspect"):
-            if not isinstance(getattr(self, name), bool):
-                raise SonocadError(f"transform {name} must be true or false")
-        _check_choice("normalize", self.normalize, NORMALIZATIONS)
-        if self.despeckle is not None:
-            _check_choice("despeckle", self.despeckle, DESPECKLE_FILTERS)
-        if not (isinstance(self.despeckle_size, int) and self.despeckle_size >= 3
-                and self.despeckle_size % 2):
-            raise SonocadError("transform despeckle_size must be an odd int >= 3, got "
-                               f"{self.despeckle_size!r}")
-        if not (isinstance(self.clahe_clip_limit, (int, float)) and self.clahe_clip_limit > 0
-                and isinstance(self.clahe_tiles, int) and self.clahe_tiles > 0):
-            raise SonocadError("transform clahe_clip_limit and clahe_tiles must be positive")
+        super().__post_init__()
         self.augment = _normalize_augment(self.augment)
-
-    @property
-    def size(self) -> tuple[int, int]:
-        """(height, width) of the model input."""
-        size = self.input_size
-        return (size, size) if isinstance(size, int) else size
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> TransformConfig:
-        """A config from a recipe section or a checkpoint; unknown keys are errors."""
-        if not isinstance(d, Mapping):
-            raise SonocadError(f"the transform section must be a mapping, got {type(d).__name__}")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise SonocadError(f"unknown transform key(s): {', '.join(map(str, unknown))} "
-                               f"(known: {', '.join(sorted(known))})")
-        return cls(**d)
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain YAML/JSON data, with augmentation defaults filled in, for the checkpoint."""
-        d = dataclasses.asdict(self)
-        if isinstance(self.input_size, tuple):
-            d["input_size"] = list(self.input_size)
-        return d
-
-
-def _check_choice(name: str, value: Any, choices: Sequence[str]) -> None:
-    if value not in choices:
-        raise SonocadError(f"transform {name} must be one of {', '.join(choices)}, got {value!r}")
 
 
 def _normalize_augment(augment: Any) -> dict[str, dict[str, Any]]:
@@ -295,18 +240,6 @@ class _Letterbox(v2.Transform):
         return self._call_kernel(F.pad, resized, params["padding"], fill=0)
 
 
-def fit_geometry(shape: Sequence[int], size: tuple[int, int],
-                 keep_aspect: bool) -> tuple[tuple[int, int], tuple[int, int]]:
-    """Where an image of `shape` (H, W) lands in the model input: ((h, w), (top, left))."""
-    height, width = int(shape[0]), int(shape[1])
-    if not keep_aspect:
-        return size, (0, 0)
-    scale = min(size[0] / height, size[1] / width)
-    h = min(size[0], max(1, round(height * scale)))
-    w = min(size[1], max(1, round(width * scale)))
-    return (h, w), ((size[0] - h) // 2, (size[1] - w) // 2)
-
-
 class SonoTransform:
     """``transform(pixels, mask=None, boxes=None)`` -> ``(image, mask)`` or, with boxes,
     ``(image, mask, boxes)``.
@@ -329,7 +262,7 @@ class SonoTransform:
         cfg = self.config
         array = to_unit_float(pixels, grayscale=cfg.grayscale)
         if cfg.despeckle or cfg.clahe:
-            array = _enhance(array, cfg)
+            array = enhance(array, cfg)
         height, width = array.shape[-2:]
         image = tv_tensors.Image(torch.from_numpy(np.ascontiguousarray(array)))
         mask_in = None if mask is None else _as_mask(mask, (height, width))
@@ -351,40 +284,6 @@ class SonoTransform:
         if boxes_out is None:
             return image, mask_out
         return image, mask_out, boxes_out.as_subclass(Tensor).float()
-
-
-def to_unit_float(pixels: np.ndarray, *, grayscale: bool = True) -> np.ndarray:
-    """uint8/uint16 (H, W) or (H, W, 3) pixels as float32 (C, H, W) in [0, 1], C = 1 or 3."""
-    scale = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}.get(pixels.dtype)
-    if scale is None:
-        raise SonocadError(f"image pixels must be uint8 or uint16, got {pixels.dtype}")
-    if not (pixels.ndim == 2 or (pixels.ndim == 3 and pixels.shape[2] == 3)):
-        raise SonocadError(f"image pixels must be (H, W) or (H, W, 3), got {pixels.shape}")
-    array = pixels.astype(np.float32) / np.float32(scale)
-    if array.ndim == 2:
-        return array[None]
-    if grayscale:
-        return (array @ LUMA)[None]
-    return array.transpose(2, 0, 1)
-
-
-def _enhance(array: np.ndarray, cfg: TransformConfig) -> np.ndarray:
-    """Despeckle, then CLAHE, on (C, H, W) float in [0, 1]; each channel on its own."""
-    import cv2  # a 200 ms import that only these options need
-
-    # OpenCV's median filter (beyond 5 px) and CLAHE work on 8-bit grey levels.
-    channels = list(np.rint(array * 255).astype(np.uint8))
-    k = cfg.despeckle_size
-    if cfg.despeckle == "median":
-        channels = [cv2.medianBlur(c, k) for c in channels]
-    elif cfg.despeckle == "gaussian":
-        channels = [cv2.GaussianBlur(c, (k, k), 0) for c in channels]  # sigma from k
-    if cfg.clahe:
-        # Made per call: OpenCV objects do not pickle into DataLoader workers.
-        tiles = (cfg.clahe_tiles, cfg.clahe_tiles)
-        clahe = cv2.createCLAHE(clipLimit=cfg.clahe_clip_limit, tileGridSize=tiles)
-        channels = [clahe.apply(c) for c in channels]
-    return np.stack(channels).astype(np.float32) / np.float32(255)
 
 
 def _as_mask(mask: np.ndarray, shape: tuple[int, int]) -> tv_tensors.Mask:

@@ -10,7 +10,6 @@ from collections.abc import Iterator
 from functools import lru_cache
 
 import numpy as np
-from matplotlib import colormaps
 from scipy import ndimage
 
 TRUTH_COLOUR = (0, 220, 0)
@@ -75,6 +74,8 @@ def colour_map_blend(pixels: np.ndarray, values: np.ndarray, colour_map: str = "
 @lru_cache(maxsize=4)
 def colour_table(colour_map: str) -> np.ndarray:
     """The colour map's 256 colours, uint8 (256, 3): looked up, no matplotlib call per image."""
+    from matplotlib import colormaps  # a third of a second: only pictures with heat need it
+
     levels = np.linspace(0, 1, 256)
     table = (colormaps[colour_map](levels)[:, :3] * 255).round().astype(np.uint8)
     table.flags.writeable = False  # shared by every caller through the cache
@@ -82,6 +83,8 @@ def colour_table(colour_map: str) -> np.ndarray:
 
 
 def _blend(base: np.ndarray, probability: np.ndarray, alpha: float) -> np.ndarray:
+    from matplotlib import colormaps
+
     colours = colormaps["jet"](np.clip(probability, 0, 1))[:, :, :3] * 255
     weight = alpha * np.clip(probability, 0.15, 1.0)[:, :, None]
     return (base.astype(np.float32) * (1 - weight) + colours * weight).round().astype(np.uint8)

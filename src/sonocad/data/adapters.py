@@ -21,7 +21,6 @@ without its probe frequency, a manifest's ``scanner`` column, BUSI's published s
 from __future__ import annotations
 
 import csv
-import math
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -30,6 +29,7 @@ from sonocad.data.sample import CLASS_NAMES, Sample
 from sonocad.errors import InputError, SonocadError
 from sonocad.io.annotations import MaskFormat
 from sonocad.io.images import is_image_file
+from sonocad.io.spacing import parse_spacing
 
 _MASK_STEM = re.compile(r"^(?P<stem>.+?)_mask(_\d+)?$")
 
@@ -261,13 +261,10 @@ def _parse_spacing(text: str | None, csv_path: Path, line: int) -> tuple[float, 
     if not text or not text.strip():
         return None
     try:
-        values = [float(v) for v in re.split(r"[;x, ]+", text.strip()) if v]
+        return parse_spacing(text)
     except ValueError:
-        values = []
-    if len(values) not in (1, 2) or not all(math.isfinite(v) and v > 0 for v in values):
         raise InputError(csv_path, f"line {line}: pixel_spacing_mm {text!r} is not one or two "
-                                   "positive numbers")
-    return (values[0], values[-1])
+                                   "positive numbers") from None
 
 
 def _voc_label(mask: Path, class_names: list[str] | None) -> str | None:

@@ -10,6 +10,7 @@ import numpy as np
 from sonocad.io.annotations import MaskFormat, read_mask
 from sonocad.io.images import read_image
 from sonocad.io.pixels import Image
+from sonocad.io.spacing import resolve_spacing
 
 # Class names in the order models see them; a dataset may use a subset.
 CLASS_NAMES: tuple[str, ...] = ("normal", "benign", "malignant")
@@ -40,10 +41,10 @@ class Sample:
         return self.patient_id or self.image_id
 
     def load_image(self) -> Image:
+        """The image, with its spacing by `resolve_spacing`: its file's own calibration first
+        (a DICOM's), then the sample's (a manifest's)."""
         image = read_image(self.image_path)
-        if self.pixel_spacing_mm is not None:
-            image = image.with_spacing(self.pixel_spacing_mm)
-        return image
+        return image.with_spacing(resolve_spacing(image.spacing_mm, self.pixel_spacing_mm)[0])
 
     def load_mask(self, shape: tuple[int, int]) -> np.ndarray | None:
         """The lesion mask (bool, `shape`), or None when the sample has no annotation."""

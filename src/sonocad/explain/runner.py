@@ -36,10 +36,10 @@ from sonocad.inference.predictor import Predictor
 from sonocad.io.atomic import save_png
 from sonocad.io.images import numbered_frames
 from sonocad.io.outputs import UniqueNames, claim_output_dir, output_stem
+from sonocad.model_input import model_input, restore_size
 from sonocad.pictures import overlay_picture
 from sonocad.predictions import Prediction
 from sonocad.progress import progress
-from sonocad.transforms import restore_size, to_model_input
 from sonocad.visual import heatmap
 
 LESION_PROBABILITY = "lesion_probability"  # the "method" of a segmentation model's heatmap
@@ -120,11 +120,11 @@ class Explainer:
         if label not in self.predictor.class_names:
             raise SonocadError(f"unknown class {label!r} (the model's classes: "
                                f"{', '.join(self.predictor.class_names)})")
-        config = self.predictor.transform_config
-        cam = grad_cam(model, to_model_input(pixels, config)[None], layer=layer,
+        spec = self.predictor.transform_config
+        cam = grad_cam(model, torch.from_numpy(model_input(pixels, spec))[None], layer=layer,
                        target_class=self.predictor.class_names.index(label), method=self.method)
-        heat = restore_size(torch.from_numpy(cam)[None], pixels.shape[:2], config)[0]
-        return Explanation(heat.clamp(0, 1).numpy(), self.method, label,
+        heat = restore_size(cam, pixels.shape[:2], spec)
+        return Explanation(np.clip(heat, 0, 1), self.method, label,
                            prediction.class_probabilities[label])
 
 

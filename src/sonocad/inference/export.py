@@ -16,7 +16,9 @@ import json
 import warnings
 from pathlib import Path
 
+import numpy as np
 import onnx
+import onnx.numpy_helper
 import torch
 
 from sonocad.checkpoint import Checkpoint, load_checkpoint
@@ -24,25 +26,31 @@ from sonocad.errors import SonocadError
 from sonocad.inference.logits import LogitsOnly, check_task
 from sonocad.io.atomic import write_bytes
 from sonocad.io.outputs import claim_output_file
+from sonocad.meta import META_KEY
 from sonocad.transforms import TransformConfig
 
-META_KEY = "sonocad_meta"
 INPUT_NAME = "image"
 DEFAULT_OPSET = 17
 
 
 def export_onnx(checkpoint_path: str | Path, out_path: str | Path | None = None, *,
-                opset: int = DEFAULT_OPSET) -> Path:
-    """Write `checkpoint_path` as ONNX to `out_path` (default: beside it, suffix .onnx)."""
+                opset: int = DEFAULT_OPSET, half_weights: bool = False) -> Path:
+    """Write `checkpoint_path` as ONNX to `out_path` (default: beside it, suffix .onnx);
+    `half_weights` stores the weights in half precision (`onnx_model_bytes`)."""
     checkpoint_path = Path(checkpoint_path)
     out_path = checkpoint_path.with_suffix(".onnx") if out_path is None else Path(out_path)
     claim_output_file(out_path, inputs=[checkpoint_path])
-    write_bytes(out_path, onnx_model_bytes(load_checkpoint(checkpoint_path), opset=opset))
+    write_bytes(out_path, onnx_model_bytes(load_checkpoint(checkpoint_path), opset=opset,
+                                           half_weights=half_weights))
     return out_path
 
 
-def onnx_model_bytes(checkpoint: Checkpoint, *, opset: int = DEFAULT_OPSET) -> bytes:
-    """The serialised, checked ONNX model of `checkpoint`, its meta in the metadata."""
+def onnx_model_bytes(checkpoint: Checkpoint, *, opset: int = DEFAULT_OPSET,
+                     half_weights: bool = False) -> bytes:
+    """The serialised, checked ONNX model of `checkpoint`, its meta in the metadata. With
+    `half_weights` its float weights are stored in half precision, each cast to float32 as the
+    graph starts (ONNX Runtime folds the casts when it loads the file): half the bytes, the
+    same arithmetic, and the same values as a checkpoint already saved in half precision."""
     task = check_task(checkpoint.task, "onnx")
     size = TransformConfig.from_dict(checkpoint.meta["transform"]).size
     module = LogitsOnly(checkpoint.build_model(), task)
@@ -53,7 +61,10 @@ def onnx_model_bytes(checkpoint: Checkpoint, *, opset: int = DEFAULT_OPSET) -> b
             # The TorchScript-based exporter warns that it is deprecated; the torch.export-based
             # one needs onnxscript, which sonocad does not depend on.
             warnings.simplefilter("ignore", DeprecationWarning)
+            # Folding batch norm into the convolutions here would make weights that half
+            # precision rounds; ONNX Runtime folds them itself, in float32, when it loads.
             torch.onnx.export(module, (torch.zeros(1, 3, *size),), buffer, dynamo=False,
+                              do_constant_folding=not half_weights,
                               opset_version=opset, input_names=[INPUT_NAME],
                               output_names=outputs,
                               dynamic_axes={name: {0: "batch"} for name in [INPUT_NAME, *outputs]})
@@ -63,6 +74,22 @@ def onnx_model_bytes(checkpoint: Checkpoint, *, opset: int = DEFAULT_OPSET) -> b
         raise SonocadError(f"cannot export model {checkpoint.meta['model']['name']!r} "
                            f"to ONNX: {reason}") from exc
     model = onnx.load_model_from_string(buffer.getvalue())
+    if half_weights:
+        _store_half(model.graph)
     onnx.helper.set_model_props(model, {META_KEY: json.dumps(checkpoint.meta)})
     onnx.checker.check_model(model, full_check=True)
     return model.SerializeToString()
+
+
+def _store_half(graph: onnx.GraphProto) -> None:
+    """Every float32 weight of `graph` stored as float16 and cast back where the graph starts."""
+    casts = []
+    for weight in graph.initializer:
+        if weight.data_type != onnx.TensorProto.FLOAT:
+            continue
+        name, values = weight.name, onnx.numpy_helper.to_array(weight).astype(np.float16)
+        weight.CopyFrom(onnx.numpy_helper.from_array(values, f"{name}::half"))
+        casts.append(onnx.helper.make_node("Cast", [weight.name], [name],
+                                           to=onnx.TensorProto.FLOAT))
+    for position, cast in enumerate(casts):
+        graph.node.insert(position, cast)

@@ -1,22 +1,15 @@
-"""The model call behind every back end: a checkpoint's module returning only its task's logits
-(`LogitsOnly`, what ONNX export traces too), and the check that a back end can run a task."""
+"""The torch model call: a checkpoint's module returning only its task's logits (`LogitsOnly`,
+what ONNX export traces too) behind the Predictor's `Runner` interface (numpy in and out), and
+the check that a back end can run a task."""
 
 from __future__ import annotations
 
-from typing import Protocol
-
+import numpy as np
 import torch
 from torch import Tensor, nn
 
 from sonocad.errors import SonocadError
 from sonocad.tasks import Task, get_task
-
-
-class Runner(Protocol):
-    """The model call: a float32 batch (N, 3, H, W) of preprocessed images in, a tuple of
-    float32 CPU logits out (see `LogitsOnly`)."""
-
-    def __call__(self, batch: Tensor) -> tuple[Tensor, ...]: ...
 
 
 class LogitsOnly(nn.Module):
@@ -37,8 +30,9 @@ class TorchRunner:
         self.module = LogitsOnly(model, task).to(self.device).eval()
 
     @torch.no_grad()
-    def __call__(self, batch: Tensor) -> tuple[Tensor, ...]:
-        return tuple(t.float().cpu() for t in self.module(batch.to(self.device)))
+    def __call__(self, batch: np.ndarray) -> tuple[np.ndarray, ...]:
+        outputs = self.module(torch.from_numpy(batch).to(self.device))
+        return tuple(t.float().cpu().numpy() for t in outputs)
 
 
 def check_task(name: str, backend: str = "torch") -> Task:

@@ -1,26 +1,28 @@
 """The ONNX Runtime back end: one InferenceSession behind the Predictor's `Runner` interface.
 
 It runs a ``.onnx`` file from `sonocad export` (its meta comes from the file's metadata, checked
-as a checkpoint's is: `sonocad.checkpoint.check_meta`) or a checkpoint, exported in memory
-first. It uses as many threads as torch does, so the two back ends share one CPU budget, with
-every graph optimisation on.
+as a checkpoint's is: `sonocad.meta.check_meta`) without importing torch, or a checkpoint,
+exported in memory first. It uses as many threads as torch does where torch is loaded (the two
+back ends share one CPU budget), else ONNX Runtime's default (the physical cores), with every
+graph optimisation on.
 """
 
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnxruntime as ort
-import torch
 from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
-from torch import Tensor
 
-from sonocad.checkpoint import Checkpoint, check_meta
 from sonocad.errors import InputError
-from sonocad.inference.export import META_KEY, onnx_model_bytes
+from sonocad.meta import META_KEY, check_meta
+
+if TYPE_CHECKING:
+    from sonocad.checkpoint import Checkpoint
 
 # What ONNX Runtime raises for a file that is not a usable model (they derive from Exception).
 _LOAD_ERRORS = (ort_errors.InvalidProtobuf, ort_errors.InvalidGraph, ort_errors.Fail,
@@ -54,16 +56,19 @@ class OnnxRunner:
 
     @classmethod
     def from_checkpoint(cls, checkpoint: Checkpoint) -> OnnxRunner:
+        from sonocad.inference.export import onnx_model_bytes  # torch: a checkpoint needs it
+
         return cls(_session(onnx_model_bytes(checkpoint)), checkpoint.meta)
 
-    def __call__(self, batch: Tensor) -> tuple[Tensor, ...]:
-        feed = np.ascontiguousarray(batch.numpy(), dtype=np.float32)
-        return tuple(torch.from_numpy(t) for t in self.session.run(None, {self.input_name: feed}))
+    def __call__(self, batch: np.ndarray) -> tuple[np.ndarray, ...]:
+        feed = np.ascontiguousarray(batch, dtype=np.float32)
+        return tuple(self.session.run(None, {self.input_name: feed}))
 
 
 def _session(model: str | bytes) -> ort.InferenceSession:
     options = ort.SessionOptions()
-    options.intra_op_num_threads = torch.get_num_threads()
+    if "torch" in sys.modules:  # share torch's thread budget (a user may have set it)
+        options.intra_op_num_threads = sys.modules["torch"].get_num_threads()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     # Idle threads sleep rather than spin: spinning steals a shared CPU from the rest of the
     # run (preprocessing, writing outputs, torch) and from other processes.

@@ -18,6 +18,11 @@ PNG or a multi-picture JPEG gives its first picture only). Sizes are checked aga
 a file of more than `MAX_FRAMES` frames or pages is refused. A TIFF's pages are walked one by
 one, at most one past that limit, never counted whole: Pillow's page count reads every page
 header, in a time that grows with the square of their number (367 s for 100,000 pages).
+
+`iter_frames` (what `predict`, `outline` and `serve` read) also finds where the scan lies in a
+non-DICOM screen capture (`sonocad.io.scan_area`) and gives each such frame that area as its
+one region, marked estimated; `read_image` (training and `evaluate`) gives pixels alone, as the
+data sets' masks are drawn on whole images.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import stat
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -43,6 +49,7 @@ from sonocad.io.pixels import (
     stretch_to_dtype,
     widen_to_16_bits,
 )
+from sonocad.io.scan_area import estimate_scan_area
 
 _PIL_FORMATS = ("PNG", "JPEG", "BMP", "TIFF")
 _DICOM_SUFFIXES = frozenset({".dcm"})
@@ -69,7 +76,9 @@ def iter_frames(path: str | Path) -> Iterator[Image]:
 
     The header (every page's, for a TIFF) is checked on call, so a file that is not an image,
     is too large or has too many frames fails at once; pixels are decoded one frame at a time as
-    they are asked for, so memory does not grow with the number of frames.
+    they are asked for, so memory does not grow with the number of frames. A screen capture's
+    frames (PNG, JPEG, BMP, TIFF) carry its estimated scan area, where one is found, as their
+    region.
     """
     path = _checked_file(path)
     if is_dicom(path):
@@ -78,14 +87,6 @@ def iter_frames(path: str | Path) -> Iterator[Image]:
         return iter_dicom_frames(path)
     _check_pages(path)
     return _pillow_pages(path)
-
-
-def parse_spacing(text: str) -> tuple[float, float]:
-    """'0.1' or '0.1,0.2' (row, column mm per pixel) -> (0.1, 0.2); else a `ValueError`."""
-    values = [float(value) for value in text.replace(" ", "").split(",")]
-    if len(values) not in (1, 2) or not all(np.isfinite(v) and v > 0 for v in values):
-        raise ValueError(f"{text!r} is not one or two positive numbers of mm per pixel")
-    return values[0], values[-1]
 
 
 def numbered_frames(path: str | Path) -> Iterator[tuple[int | None, Image]]:
@@ -168,7 +169,8 @@ def _pillow_pages(path: Path) -> Iterator[Image]:
                 if not _seek_page(image, index):
                     return
                 page = _decoded_page(path, image)
-            yield page
+            area = estimate_scan_area(page.pixels)
+            yield page if area is None else replace(page, regions=(area,))
 
 
 def _seek_page(image: PILImage.Image, index: int) -> bool:

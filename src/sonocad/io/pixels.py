@@ -29,18 +29,22 @@ MAX_FRAMES = 10_000
 
 @dataclass(frozen=True)
 class Region:
-    """A part of the image the scanner calibrated on its own: one view of a dual view, the
-    tissue window of a screen (DICOM SequenceOfUltrasoundRegions, 2-D tissue regions)."""
+    """A part of the image analysed on its own: one view of a dual view, the tissue window of a
+    screen, as the scanner calibrated it (DICOM SequenceOfUltrasoundRegions, 2-D tissue
+    regions), or the scan area of a screen capture, estimated from its pixels
+    (`sonocad.io.scan_area`)."""
 
     box: tuple[int, int, int, int]  # x0, y0, x1, y1 (exclusive), inside the image
     spacing_mm: tuple[float, float] | None  # (row, column) mm per pixel in this region
+    estimated: bool = False  # found from the pixels, not named by the file
 
 
 @dataclass(frozen=True, eq=False)
 class Image:
     """Pixels as read, plus the physical size of a pixel where the file or manifest says it,
-    and the scanner's calibrated tissue regions where the file names them (each is analysed
-    on its own: `sonocad.inference.predictor.Predictor.predict_images`)."""
+    and the regions analysed on their own (`sonocad.inference.predictor.Predictor.
+    predict_images`): the scanner's calibrated tissue regions where the file names them, or
+    a screen capture's estimated scan area (`sonocad.io.images.iter_frames`)."""
 
     pixels: np.ndarray  # (H, W) grey or (H, W, 3) RGB; uint8 or uint16
     spacing_mm: tuple[float, float] | None = None  # (row, column) mm per pixel

@@ -2,6 +2,8 @@
 
 Measurements and pictures are the ones `sonocad predict` writes (`sonocad.predictions`'
 lesion columns, `sonocad.pictures`), so the viewer and the batch command agree on every image.
+An outline from boxes a person drew (`sonocad.serve.boxes`) is described the same way
+(`describe`), with ``outline_source`` "box" and its ``boxes``.
 """
 
 from __future__ import annotations
@@ -9,22 +11,25 @@ from __future__ import annotations
 import io
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image as PILImage
 
-from sonocad.explain.runner import Explainer
 from sonocad.inference.predictor import NonFiniteOutput, Predictor
 from sonocad.io.pixels import Image
 from sonocad.pictures import heat_label, heatmap_picture, overlay_picture
-from sonocad.predictions import detection_fields, lesion_columns
+from sonocad.predictions import Prediction, detection_fields, lesion_columns, scan_area
+
+if TYPE_CHECKING:  # the explainer needs torch: imported by the app only for a checkpoint
+    from sonocad.explain.runner import Explainer
 
 
 @dataclass(frozen=True)
 class Analysis:
     summary: dict[str, Any]  # JSON-ready; None where a value does not apply or is unknown
-    images: dict[str, bytes]  # "overlay" (always) and "heatmap" (when there is one) as PNG
+    # "overlay" (always), "heatmap" (when there is one) and "mask" (with a lesion map), PNG
+    images: dict[str, bytes]
 
     @property
     def size(self) -> int:
@@ -37,6 +42,13 @@ def analyse(predictor: Predictor, image: Image, explainer: Explainer | None = No
     (prediction,) = predictor.predict_images([image])
     if isinstance(prediction, NonFiniteOutput):
         raise prediction
+    return describe(predictor, image, prediction, explainer)
+
+
+def describe(predictor: Predictor, image: Image, prediction: Prediction,
+             explainer: Explainer | None = None, *, from_boxes: bool = False) -> Analysis:
+    """The summary and pictures of `prediction`; `from_boxes`: its lesion map is the outline
+    of boxes a person drew (none: "no lesion", in their word)."""
     summary: dict[str, Any] = {
         "width": image.width, "height": image.height,
         "pixel_spacing_mm": list(image.spacing_mm) if image.spacing_mm else None,
@@ -53,6 +65,7 @@ def analyse(predictor: Predictor, image: Image, explainer: Explainer | None = No
         "lesion_area_px": None,
         "lesion_area_mm2": None, "lesion_diameter_px": None, "lesion_diameter_mm": None,
         "lesion_perpendicular_px": None, "lesion_perpendicular_mm": None, "lesions": None,
+        "outline_source": None, "boxes": None, "scan_area": None,
     }
     images = {"overlay": _png(overlay_picture(image.pixels, prediction, image.spacing_mm))}
     mask = prediction.mask
@@ -67,12 +80,16 @@ def analyse(predictor: Predictor, image: Image, explainer: Explainer | None = No
     summary.update({key: _known(value) for key, value in lesion.items() if key != "lesions"},
                    lesion_detected=bool(lesion["lesion_detected"]),
                    lesion_area_px=int(lesion["lesion_area_px"]),
-                   lesions=[found.record() for found in lesions])
+                   lesions=[found.record() for found in lesions],
+                   outline_source="box" if from_boxes else "model",
+                   scan_area=scan_area(prediction.regions),
+                   boxes=[[round(value, 1) for value in box] for box in prediction.prompt_boxes])
     if prediction.instances is not None:
         summary.update(detection_fields(prediction.instances, prediction.top_scores or {},
                                         image.spacing_mm))
     images["heatmap"] = _png(heatmap_picture(image.pixels, prediction.lesion_probability,
                                              heat_label(prediction)))
+    images["mask"] = _png(mask.astype(np.uint8) * 255)  # 0/255, as predict's masks/
     return Analysis(summary, images)
 
 

@@ -7,7 +7,17 @@
                                           optional "spacing": mm per pixel ("0.1", "0.1,0.2")
   GET  /api/results/{id}/overlay.png      the image with the predicted lesion outlined
   GET  /api/results/{id}/heatmap.png      lesion probability over the image (segmentation)
+  GET  /api/results/{id}/mask.png         the lesion outline, 0/255 at the image's size
   GET  /api/results/{id}/overlay-2.png    ... of frame 2 of a cine loop (up to MAX_FRAMES)
+  POST /api/results/{id}/outline          JSON {"boxes": [[x0, y0, x1, y1], ...], "frame": 1}:
+                                          each box one lesion outlined by LiteMedSAM (none:
+                                          no lesion); answers as /api/predict does, for the
+                                          drawn outline, with its own picture URLs
+  POST /api/results/{id}/prepare          JSON {"frame": 1}: embed the image for boxes now
+  /api/annotate/...                       annotation mode (`sonocad.serve.annotation_api`)
+
+Boxes need the interactive extra; without it /api/model says "boxes": false and why
+("boxes_note"), and the box routes answer 501.
 
 Only requests naming a loopback name or an allowed host in their Host header are answered
 (400 otherwise), and a POST from another site's page (its Origin) is refused (403):
@@ -21,18 +31,15 @@ logged; DICOM is read through `sonocad.io.dicom`, which never decodes patient at
 
 from __future__ import annotations
 
-import asyncio
-import ctypes
-import ctypes.util
 import re
 import secrets
 from collections.abc import AsyncIterator, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager, closing
 from pathlib import Path
-from typing import Annotated, Any, BinaryIO
+from typing import TYPE_CHECKING, Annotated, Any, BinaryIO
 
-from fastapi import FastAPI, Form, HTTPException, Request, UploadFile
+from fastapi import Body, FastAPI, Form, HTTPException, Request, UploadFile
 from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
@@ -41,19 +48,28 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from sonocad import __version__
 from sonocad.errors import SonocadError
-from sonocad.explain.runner import Explainer, grad_cam_explainer
 from sonocad.inference.predictor import NonFiniteOutput, Predictor
-from sonocad.io.images import parse_spacing
 from sonocad.io.pixels import Image
+from sonocad.io.spacing import parse_spacing, resolve_spacing
 from sonocad.predictions import THRESHOLD
-from sonocad.serve.analysis import Analysis, analyse
+from sonocad.serve.analysis import Analysis, analyse, describe
+from sonocad.serve.annotate import Annotations
+from sonocad.serve.annotation_api import add_annotation_routes
+from sonocad.serve.boxes import MAX_BOXES, BoxTool, FrameRequest, OutlineRequest
 from sonocad.serve.hosts import HostGuard
 from sonocad.serve.results import ID_PATTERN, MAX_BYTES, ResultStore
-from sonocad.serve.uploads import MAX_FRAMES, UploadLimit, read_upload
+from sonocad.serve.uploads import MAX_FRAMES, UploadLimit, read_upload, size_text
+from sonocad.serve.viewer import Viewer, over_budget
+
+if TYPE_CHECKING:  # needs torch: imported only for a checkpoint (`_explainer`)
+    from sonocad.explain.runner import Explainer
 
 MAX_UPLOAD_BYTES = 20 * 2**20
+MAX_JSON_BYTES = 64 * 2**10  # twenty boxes and a few fields take a few hundred bytes
 STATIC = Path(__file__).parent / "static"
-IMAGE_NAME_PATTERN = r"^(overlay|heatmap)(-[0-9]{1,3})?$"  # see `image_name`
+IMAGE_NAME_PATTERN = r"^(overlay|heatmap|mask)(-[0-9]{1,3})?$"  # see `viewer.image_name`
+# The routes that take a JSON body.
+JSON_ROUTES = re.compile(r"/api/(results/[^/]*/(outline|prepare)|annotate/items/[^/]*)")
 # Visible ASCII without spaces (it travels in a header), long enough not to be guessed.
 TOKEN_PATTERN = re.compile(r"[!-~]{16,}")
 # The page loads nothing from elsewhere, and no other site may frame or script it.
@@ -67,16 +83,16 @@ _PAGE_HEADERS = {
 
 def create_app(predictor: Predictor, *, token: str | None = None,
                max_upload_bytes: int = MAX_UPLOAD_BYTES, allowed_hosts: Iterable[str] = (),
-               result_bytes: int = MAX_BYTES) -> FastAPI:
+               result_bytes: int = MAX_BYTES, annotations: Annotations | None = None
+               ) -> FastAPI:
     """The viewer's web app around `predictor`; `token` None leaves the API open. It answers
-    to loopback names and `allowed_hosts`; `result_bytes` bounds the pictures it keeps."""
+    to loopback names and `allowed_hosts`; `result_bytes` bounds the pictures it keeps. With
+    `annotations`, the page steps through their images (annotation mode)."""
     if token is not None and not TOKEN_PATTERN.fullmatch(token):
         raise SonocadError("the token must be at least 16 visible ASCII characters without "
                            "spaces, e.g. from: python -c 'import secrets; "
                            "print(secrets.token_urlsafe())'")
-    # Every image goes through this one thread: one at a time, as the model already uses
-    # every core, and always the same thread, so glibc keeps one malloc arena for the model's
-    # working memory instead of one per request thread: memory stays flat under load.
+    # Every image goes through this one thread (`sonocad.serve.viewer`).
     worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sonocad-model")
 
     @asynccontextmanager
@@ -90,13 +106,16 @@ def create_app(predictor: Predictor, *, token: str | None = None,
     # Added last runs first: the host, then the token are checked before a byte of an upload
     # is read.
     app.add_middleware(UploadLimit, path="/api/predict", max_bytes=max_upload_bytes)
+    app.add_middleware(UploadLimit, path=JSON_ROUTES, max_bytes=MAX_JSON_BYTES, what="request")
     if token is not None:
         app.add_middleware(BearerToken, token=token)
     app.add_middleware(HostGuard, allowed_hosts=allowed_hosts)
-    _add_error_handlers(app, max_upload_bytes)
+    _add_error_handlers(app)
     store = ResultStore(max_bytes=result_bytes)
-    model_info = describe_model(predictor)
-    explainer = grad_cam_explainer(predictor)
+    viewer = Viewer(predictor, _explainer(predictor), worker, store, BoxTool())
+    model_info = {**describe_model(predictor), "boxes": viewer.boxes.available,
+                  "boxes_note": viewer.boxes.note, "max_boxes": MAX_BOXES,
+                  "annotate": annotations is not None}
 
     @app.get("/api/health")
     async def health() -> dict[str, str]:
@@ -113,19 +132,39 @@ def create_app(predictor: Predictor, *, token: str | None = None,
         cine loop or multi-page TIFF, as far as their pictures fit the store) in "frames",
         numbered from 1 as predict names them."""
         spacing_mm = _spacing_field(spacing)
-        file_format, analyses, frames_note = await asyncio.get_running_loop().run_in_executor(
-            worker, _analysed_upload, predictor, explainer, file.file, spacing_mm,
-            store.max_bytes)
-        result_id = store.add({image_name(name, number): data
-                               for number, analysis in enumerate(analyses, start=1)
-                               for name, data in analysis.images.items()})
-        several = len(analyses) > 1
-        frames = [{"frame": number if several else None, **analysis.summary,
-                   **{f"{name}_url": f"/api/results/{result_id}/{image_name(name, number)}.png"
-                      if name in analysis.images else None for name in ("overlay", "heatmap")}}
-                  for number, analysis in enumerate(analyses, start=1)]
+        file_format, analyses, images, frames_note = await viewer.on_model(
+            _read_and_analyse, predictor, viewer.explainer, file.file, spacing_mm,
+            store.max_bytes, viewer.boxes.max_bytes if viewer.boxes.available else 0)
+        result_id, frames = viewer.keep(analyses)
+        viewer.boxes.hold(result_id, images)
         return {"id": result_id, "format": file_format, **frames[0], "frames": frames,
                 "frame_limit": MAX_FRAMES, "frames_note": frames_note}
+
+    @app.post("/api/results/{result_id}/prepare")
+    async def prepare(result_id: Annotated[str, PathParam(pattern=ID_PATTERN)],
+                      request: Annotated[FrameRequest | None, Body()] = None
+                      ) -> dict[str, bool]:
+        """Embed the image for boxes now, while the person looks at it: the first box drawn
+        then costs only the mask decoder."""
+        viewer.need_boxes()
+        frame = (request or FrameRequest()).frame
+        if not await viewer.on_model(_prepared, viewer.boxes, result_id, frame):
+            raise HTTPException(404, _not_held(viewer))
+        return {"ready": True}
+
+    @app.post("/api/results/{result_id}/outline")
+    async def outline(result_id: Annotated[str, PathParam(pattern=ID_PATTERN)],
+                      request: OutlineRequest) -> dict[str, Any]:
+        """The lesions outlined from the boxes (every box drawn so far: the page sends them
+        all; none: no lesion) with the model's call retaken on them, as /api/predict answers;
+        its pictures are a result of their own."""
+        viewer.need_boxes()
+        analysis = await viewer.on_model(_outlined, viewer, result_id, request.frame,
+                                         request.boxes)
+        if analysis is None:
+            raise HTTPException(404, _not_held(viewer))
+        _, (frame,) = viewer.keep([analysis])
+        return {"id": result_id, **frame, "frame": request.frame}
 
     @app.get("/api/results/{result_id}/{name}.png")
     async def result_image(result_id: Annotated[str, PathParam(pattern=ID_PATTERN)],
@@ -138,12 +177,25 @@ def create_app(predictor: Predictor, *, token: str | None = None,
         return Response(data, media_type="image/png",
                         headers={"Cache-Control": "private, max-age=3600"})
 
+    if annotations is not None:
+        add_annotation_routes(app, viewer, annotations)
+
     @app.get("/")
     async def page() -> FileResponse:
         return FileResponse(STATIC / "index.html", headers=_PAGE_HEADERS)
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     return app
+
+
+def _explainer(predictor: Predictor) -> Explainer | None:
+    """A classifier's Grad-CAM (`grad_cam_explainer`), which needs its torch model: an ONNX
+    model, the bundled default's twin included, never loads torch for it."""
+    if predictor.checkpoint is None:
+        return None
+    from sonocad.explain.runner import grad_cam_explainer
+
+    return grad_cam_explainer(predictor)
 
 
 def _spacing_field(text: str | None) -> tuple[float, float] | None:
@@ -157,71 +209,75 @@ def _spacing_field(text: str | None) -> tuple[float, float] | None:
         raise HTTPException(422, f"spacing: {exc}") from None
 
 
-def _analysed_upload(*args: Any) -> tuple[str, list[Analysis], str | None]:
-    """`_read_and_analyse`; then, its frames and working arrays freed, the memory they took
-    goes back to the system, whether it succeeded or not."""
-    try:
-        return _read_and_analyse(*args)
-    finally:
-        _release_freed_memory()
-
-
 def _read_and_analyse(predictor: Predictor, explainer: Explainer | None, stream: BinaryIO,
-                      spacing_mm: tuple[float, float] | None, max_bytes: int
-                      ) -> tuple[str, list[Analysis], str | None]:
-    """(format, its frames analysed in turn while their pictures fit in `max_bytes`, a note
-    on frames left out or None). 422 when the first frame's pictures alone are over it."""
+                      spacing_mm: tuple[float, float] | None, max_bytes: int, hold_bytes: int
+                      ) -> tuple[str, list[Analysis], list[Image], str | None]:
+    """(format, its frames analysed in turn while their pictures fit in `max_bytes`, the
+    first of them whose pixels fit in `hold_bytes` (kept for boxes), a note on frames left out
+    or None). 422 when the first frame's pictures alone are over it."""
     file_format, frames = read_upload(stream)
     analyses: list[Analysis] = []
+    images: list[Image] = []
     size = 0
     with closing(frames):  # the temporary copy goes as soon as the last frame is read
         for image in frames:
+            image = _spaced(image, spacing_mm)
             try:
-                analysis = analyse(predictor, _spaced(image, spacing_mm), explainer)
+                analysis = analyse(predictor, image, explainer)
             except NonFiniteOutput as exc:  # a damaged model makes no call
                 raise HTTPException(422, f"cannot analyse this image: {exc}") from None
             size += analysis.size
             if size > max_bytes:
                 if not analyses:
-                    raise HTTPException(422, f"this image's pictures ({_size_text(size)}) are "
-                                             f"over the viewer's result budget "
-                                             f"({_size_text(max_bytes)})")
-                return file_format, analyses, (
+                    raise HTTPException(422, over_budget(size, max_bytes))
+                return file_format, analyses, images, (
                     f"the viewer shows the first {len(analyses)} frames: more would not fit "
-                    f"its result budget ({_size_text(max_bytes)})")
+                    f"its result budget ({size_text(max_bytes)})")
             analyses.append(analysis)
+            if len(images) == len(analyses) - 1 and sum(
+                    i.pixels.nbytes for i in images) + image.pixels.nbytes <= hold_bytes:
+                images.append(image)
     limited = len(analyses) == MAX_FRAMES
-    return file_format, analyses, (f"the viewer shows the first {MAX_FRAMES} frames"
-                                   if limited else None)
-
-
-def _glibc_malloc_trim() -> Any:
-    """glibc's malloc_trim, or None where the C library is another."""
-    try:
-        return ctypes.CDLL(ctypes.util.find_library("c")).malloc_trim
-    except (OSError, AttributeError, TypeError):
-        return None
-
-
-_MALLOC_TRIM = _glibc_malloc_trim()
-
-
-def _release_freed_memory() -> None:
-    # glibc keeps freed heap memory for reuse: after a large upload (decoded frames, model
-    # activations, pictures) the server held 100 MB or more it no longer used.
-    if _MALLOC_TRIM is not None:
-        _MALLOC_TRIM(0)
+    return file_format, analyses, images, (f"the viewer shows the first {MAX_FRAMES} frames"
+                                           if limited else None)
 
 
 def _spaced(image: Image, spacing_mm: tuple[float, float] | None) -> Image:
-    if image.spacing_mm is None and spacing_mm is not None:
-        return image.with_spacing(spacing_mm)
-    return image
+    return image.with_spacing(resolve_spacing(image.spacing_mm, option=spacing_mm)[0])
 
 
-def image_name(name: str, frame: int) -> str:
-    """A result's picture: "overlay" for the first frame, "overlay-2" for the second, ..."""
-    return name if frame == 1 else f"{name}-{frame}"
+def _not_held(viewer: Viewer) -> str:
+    return (f"this image is no longer kept for boxes (the viewer keeps the latest "
+            f"{viewer.boxes.max_results}); open it again")
+
+
+def _prepared(boxes: BoxTool, result_id: str, frame: int) -> bool:
+    try:
+        return boxes.prepare(result_id, frame)
+    except ValueError as exc:  # a frame not kept
+        raise HTTPException(422, str(exc)) from None
+    except SonocadError as exc:  # the weights are missing or damaged
+        raise HTTPException(503, str(exc)) from None
+
+
+def _outlined(viewer: Viewer, result_id: str, frame: int,
+              boxes: list[list[float]]) -> Analysis | None:
+    """The outline of `boxes` on a held frame, described; None when it is not held."""
+    try:
+        outcome = viewer.boxes.outline(viewer.predictor, result_id, frame, boxes)
+    except ValueError as exc:  # a frame not kept, a box upside down or outside the image
+        raise HTTPException(422, str(exc)) from None
+    except NonFiniteOutput as exc:
+        raise HTTPException(422, f"cannot analyse this image: {exc}") from None
+    except SonocadError as exc:  # the weights are missing or damaged
+        raise HTTPException(503, str(exc)) from None
+    if outcome is None:
+        return None
+    image, prediction = outcome
+    analysis = describe(viewer.predictor, image, prediction, from_boxes=True)
+    if analysis.size > viewer.store.max_bytes:
+        raise HTTPException(422, over_budget(analysis.size, viewer.store.max_bytes))
+    return analysis
 
 
 def describe_model(predictor: Predictor) -> dict[str, Any]:
@@ -260,17 +316,20 @@ class BearerToken:
         return path == "/" or path.startswith("/static/")  # the page holds no data
 
 
-def _add_error_handlers(app: FastAPI, max_upload_bytes: int) -> None:
+def _add_error_handlers(app: FastAPI) -> None:
     """Every error as JSON {"detail": one line}; no traceback ever reaches a client."""
 
     async def too_large(request: Request, exc: Exception) -> JSONResponse:
-        return JSONResponse({"detail": f"upload too large: the limit is "
-                                       f"{_size_text(max_upload_bytes)}"}, 413)
+        return JSONResponse({"detail": getattr(exc, "detail", "request too large")}, 413)
 
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         error = exc.errors()[0]
-        field = error["loc"][-1] if error.get("loc") else "request"
-        return JSONResponse({"detail": f"{field}: {error['msg']}"}, 422)
+        # ("body", "boxes", 0, 2) -> "boxes.0.2"; a whole body that is not JSON: "body"
+        loc = [str(part) for part in error.get("loc", ())]
+        where = loc[1:] or loc or ["request"]
+        if error.get("type") == "json_invalid":
+            where = ["body"]
+        return JSONResponse({"detail": f"{'.'.join(where)}: {error['msg']}"}, 422)
 
     async def internal(request: Request, exc: Exception) -> JSONResponse:
         # The traceback goes to the server log (uvicorn); the client gets one line.
@@ -279,7 +338,3 @@ def _add_error_handlers(app: FastAPI, max_upload_bytes: int) -> None:
     app.add_exception_handler(413, too_large)
     app.add_exception_handler(RequestValidationError, invalid)
     app.add_exception_handler(Exception, internal)
-
-
-def _size_text(size: int) -> str:
-    return f"{size / 2**20:g} MiB" if size >= 2**20 else f"{size:,} bytes"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+import sys
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -12,28 +13,40 @@ import uvicorn
 from fastapi import FastAPI
 
 from sonocad.errors import SonocadError
-from sonocad.inference.predictor import Predictor
+from sonocad.inference.predictor import Predictor, natural_backend
+from sonocad.serve.annotate import Annotations
 from sonocad.serve.app import create_app
 from sonocad.serve.connections import ConnectionLimits, protocol_class
 
 
 def run(model: str | Path | None, host: str = "127.0.0.1", port: int = 8000,
-        token: str | None = None, backend: str = "torch",
-        allowed_hosts: Iterable[str] = ()) -> None:
+        token: str | None = None, backend: str | None = None,
+        allowed_hosts: Iterable[str] = (),
+        annotate: tuple[str | Path, str | Path] | None = None) -> None:
     """Serve `model` (a checkpoint, or a .onnx file with backend "onnx"; None: the bundled
     default model) at http://host:port/ until interrupted. Port 0 picks a free port; the
     address is printed either way. Any host but loopback needs a token. Requests may name
-    (in their Host header) a loopback name, `host` itself or one of `allowed_hosts`."""
+    (in their Host header) a loopback name, `host` itself or one of `allowed_hosts`.
+    `annotate`: (data set folder, images folder) for annotation mode
+    (`sonocad.serve.annotate`)."""
     if token is None and not is_loopback(host):
         raise SonocadError(f"serving on {host} exposes the API to the network: pass a token "
                            "(clients send it as 'Authorization: Bearer <token>'), or serve on "
                            "127.0.0.1")
     predictor = Predictor.default(backend=backend) if model is None else Predictor(
-        model, backend=backend)
-    app = create_app(predictor, token=token, allowed_hosts=[host, *allowed_hosts])
+        model, backend=backend or natural_backend(model))
+    annotations = None if annotate is None else Annotations(*annotate)
+    app = create_app(predictor, token=token, allowed_hosts=[host, *allowed_hosts],
+                     annotations=annotations)
     listener = _listen(host, port)
     bound_port = listener.getsockname()[1]
     shown_host = f"[{host}]" if ":" in host else host
+    if annotations is not None:
+        for skipped in annotations.skipped:
+            print(f"sonocad: skipped {skipped}", file=sys.stderr)
+        listing = annotations.listing()
+        print(f"sonocad: annotating {listing['count']} images into {annotations.root} "
+              f"({listing['done']} saved already)", flush=True)
     print(f"sonocad: serving {predictor.meta['model']['name']} ({predictor.task.name}) at "
           f"http://{shown_host}:{bound_port}/ (Ctrl+C stops)", flush=True)
     make_server(app).run(sockets=[listener])

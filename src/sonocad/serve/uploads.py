@@ -11,6 +11,7 @@ Every frame of a cine loop or multi-page TIFF is read, up to `MAX_FRAMES`, as pr
 from __future__ import annotations
 
 import asyncio
+import re
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
@@ -36,18 +37,25 @@ MAX_FRAMES = 32
 
 
 class UploadLimit:
-    """413 for a request to `path` whose body is over `max_bytes`: at once when its
-    Content-Length says so, else as soon as the bytes streamed in pass the limit, so an
-    oversize upload is never held in full (in memory or in a temporary file). 408 when the
-    body stalls for `read_timeout_s`: a slow client cannot hold a connection open for ever."""
+    """413 for a request to `path` (a path, or a pattern the whole path must match) whose body
+    is over `max_bytes`: at once when its Content-Length says so, else as soon as the bytes
+    streamed in pass the limit, so an oversize upload is never held in full (in memory or in a
+    temporary file). 408 when the body stalls for `read_timeout_s`: a slow client cannot hold a
+    connection open for ever. `what` names the body in the 413's one line."""
 
-    def __init__(self, app: ASGIApp, path: str, max_bytes: int,
-                 read_timeout_s: float = 30.0) -> None:
+    def __init__(self, app: ASGIApp, path: str | re.Pattern[str], max_bytes: int,
+                 read_timeout_s: float = 30.0, what: str = "upload") -> None:
         self.app, self.path, self.max_bytes = app, path, max_bytes
         self.read_timeout_s = read_timeout_s
+        self.too_large = f"{what} too large: the limit is {size_text(max_bytes)}"
+
+    def _limits(self, path: str) -> bool:
+        if isinstance(self.path, str):
+            return path == self.path
+        return self.path.fullmatch(path) is not None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] != self.path:
+        if scope["type"] != "http" or not self._limits(scope["path"]):
             await self.app(scope, receive, send)
             return
         length = Headers(scope=scope).get("content-length", "")
@@ -59,7 +67,7 @@ class UploadLimit:
         async def counted() -> Message:
             nonlocal received
             if announced > self.max_bytes:
-                raise HTTPException(status.HTTP_413_CONTENT_TOO_LARGE)
+                raise HTTPException(status.HTTP_413_CONTENT_TOO_LARGE, self.too_large)
             try:
                 message = await asyncio.wait_for(receive(), self.read_timeout_s)
             except TimeoutError:
@@ -68,10 +76,15 @@ class UploadLimit:
                                     "s)") from None
             received += len(message.get("body", b""))
             if received > self.max_bytes:
-                raise HTTPException(status.HTTP_413_CONTENT_TOO_LARGE)
+                raise HTTPException(status.HTTP_413_CONTENT_TOO_LARGE, self.too_large)
             return message
 
         await self.app(scope, counted, send)
+
+
+def size_text(size: int) -> str:
+    """A byte count as a person reads it: "20 MiB", "10,000 bytes"."""
+    return f"{size / 2**20:g} MiB" if size >= 2**20 else f"{size:,} bytes"
 
 
 def sniff_format(head: bytes) -> str | None:

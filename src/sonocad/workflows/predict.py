@@ -46,18 +46,19 @@ from typing import TYPE_CHECKING, Any
 
 from tqdm import tqdm
 
-from sonocad.checkpoint import Checkpoint
 from sonocad.data.adapters import annotated_stem, read_manifest
 from sonocad.errors import InputError, SonocadError
-from sonocad.inference.predictor import NonFiniteOutput, Predictor
+from sonocad.inference.predictor import NonFiniteOutput, Predictor, natural_backend
 from sonocad.io.images import IMAGE_SUFFIXES, is_dicom, is_image_file, numbered_frames
 from sonocad.io.outputs import MARKER, UniqueNames, claim_output_dir, output_stem
 from sonocad.io.pixels import MAX_IMAGE_PIXELS, Image
+from sonocad.io.spacing import resolve_spacing, spacing_text
 from sonocad.predictions import Prediction, PredictionsStream, prediction_columns
 from sonocad.progress import progress
 from sonocad.workflows.writer import OUTPUTS, OutputWriter
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # at run time only for checkpoints: torch
+    from sonocad.checkpoint import Checkpoint
     from sonocad.explain.runner import Explainer
 
 OUTPUT_FOLDERS = ("masks", "overlays", "heatmaps")
@@ -90,24 +91,26 @@ class _Item:
     frame: int | None  # 1-based frame of a multi-frame file; None for a single image
     name: str  # output file name without suffix, unique in the run
     image: Image  # with the spacing the measurements use
-    spacing_source: str | None  # where that spacing came from (SPACING_SOURCES)
+    spacing_source: str | None  # where that spacing came from (`io.spacing.SPACING_SOURCES`)
 
 
 def predict(inputs: Sequence[str | Path], out: str | Path, *,
-            checkpoint: str | Path | Checkpoint | None = None, backend: str = "torch",
+            checkpoint: str | Path | Checkpoint | None = None, backend: str | None = None,
             batch_size: int = 8, overwrite: bool = False, resume: bool = False,
             outputs: Iterable[str] = OUTPUTS, picture_format: str = "png",
             spacing_mm: tuple[float, float] | None = None,
             dicom_out: bool = False) -> PredictResult:
     """Predict every image in `inputs`; write masks, overlays, heatmaps and the table to `out`.
 
-    `checkpoint` None means the bundled default model; with ``backend="onnx"`` it may also be
-    a ``.onnx`` file from `sonocad export`. `overwrite` replaces an earlier predict output in
-    `out`; `resume` continues it, predicting only the inputs its table does not have yet.
-    `outputs` chooses among mask, overlay, heatmap and table; `picture_format` is "png"
-    (lossless) or "jpeg" for overlays and heatmaps. `spacing_mm` (row, column mm per pixel)
-    sizes the lesions of images whose file and manifest row give no spacing. `dicom_out`
-    adds a DICOM Segmentation and Structured Report of each DICOM input to ``out/dicom``.
+    `checkpoint` None means the bundled default model (on ONNX Runtime where it is installed,
+    without torch); with ``backend="onnx"`` it may also be a ``.onnx`` file from `sonocad
+    export`. `backend` None: onnx for a ``.onnx`` file, torch for a checkpoint. `overwrite`
+    replaces an earlier predict output in `out`; `resume` continues it, predicting only the
+    inputs its table does not have yet. `outputs` chooses among mask, overlay, heatmap and
+    table; `picture_format` is "png" (lossless) or "jpeg" for overlays and heatmaps.
+    `spacing_mm` (row, column mm per pixel) sizes the lesions of images whose file and manifest
+    row give no spacing. `dicom_out` adds a DICOM Segmentation and Structured Report of each
+    DICOM input to ``out/dicom``.
     """
     out, outputs = Path(out), frozenset(outputs)
     if batch_size < 1:
@@ -117,7 +120,7 @@ def predict(inputs: Sequence[str | Path], out: str | Path, *,
     if out.exists() and not out.is_dir():
         raise InputError(out, "the output path exists and is not a folder")
     predictor = (Predictor.default(backend=backend) if checkpoint is None
-                 else Predictor(checkpoint, backend=backend))
+                 else Predictor(checkpoint, backend=backend or natural_backend(checkpoint)))
     sources, failures = collect_inputs(inputs)
     folders = [Path(given) for given in inputs if Path(given).is_dir()]
     claim_output_dir(out, "predict", inputs=[*folders, *(source.path for source in sources)],
@@ -340,13 +343,9 @@ def _numbered_frames(source: _Source) -> Iterator[tuple[int | None, Image]]:
 
 def _with_spacing(image: Image, source: _Source, option: tuple[float, float] | None
                   ) -> tuple[Image, str | None]:
-    """The file's own spacing (DICOM) first, then the manifest's, then the option's."""
-    if image.spacing_mm is not None:
-        return image, "dicom"
-    for spacing, origin in ((source.spacing_mm, "manifest"), (option, "option")):
-        if spacing is not None:
-            return image.with_spacing(spacing), origin
-    return image, None
+    """The image with the spacing `resolve_spacing` gives it, and where that came from."""
+    spacing, origin = resolve_spacing(image.spacing_mm, source.spacing_mm, option)
+    return image.with_spacing(spacing), origin
 
 
 def _batches(items: Iterable[_Item], size: int) -> Iterator[list[_Item]]:
@@ -373,14 +372,6 @@ def _row(item: _Item, prediction: Prediction) -> dict[str, Any]:
             "width": image.width, "height": image.height,
             "spacing_mm": spacing_text(image.spacing_mm), "spacing_source": item.spacing_source,
             **prediction_columns(prediction, image.spacing_mm)}
-
-
-def spacing_text(spacing: tuple[float, float] | None) -> float | str | None:
-    """0.1 for square pixels, "0.1 x 0.2" (row x column mm) otherwise, None when unknown."""
-    if spacing is None:
-        return None
-    row, column = spacing
-    return row if row == column else f"{row:g} x {column:g}"
 
 
 def _report(error: InputError) -> None:
