@@ -55,7 +55,8 @@ from sonocad.predictions import THRESHOLD
 from sonocad.serve.analysis import Analysis, analyse, describe
 from sonocad.serve.annotate import Annotations
 from sonocad.serve.annotation_api import add_annotation_routes
-from sonocad.serve.boxes import MAX_BOXES, BoxTool, FrameRequest, OutlineRequest
+from sonocad.serve.boxes import MAX_BOXES, BoxTool, DicomRequest, FrameRequest, OutlineRequest
+from sonocad.serve.dicom_export import seg_and_sr_zip
 from sonocad.serve.hosts import HostGuard
 from sonocad.serve.results import ID_PATTERN, MAX_BYTES, ResultStore
 from sonocad.serve.uploads import MAX_FRAMES, UploadLimit, read_upload, size_text
@@ -69,7 +70,7 @@ MAX_JSON_BYTES = 64 * 2**10  # twenty boxes and a few fields take a few hundred 
 STATIC = Path(__file__).parent / "static"
 IMAGE_NAME_PATTERN = r"^(overlay|heatmap|mask)(-[0-9]{1,3})?$"  # see `viewer.image_name`
 # The routes that take a JSON body.
-JSON_ROUTES = re.compile(r"/api/(results/[^/]*/(outline|prepare)|annotate/items/[^/]*)")
+JSON_ROUTES = re.compile(r"/api/(results/[^/]*/(outline|prepare|dicom)|annotate/items/[^/]*)")
 # Visible ASCII without spaces (it travels in a header), long enough not to be guessed.
 TOKEN_PATTERN = re.compile(r"[!-~]{16,}")
 # The page loads nothing from elsewhere, and no other site may frame or script it.
@@ -134,9 +135,9 @@ def create_app(predictor: Predictor, *, token: str | None = None,
         spacing_mm = _spacing_field(spacing)
         file_format, analyses, images, frames_note = await viewer.on_model(
             _read_and_analyse, predictor, viewer.explainer, file.file, spacing_mm,
-            store.max_bytes, viewer.boxes.max_bytes if viewer.boxes.available else 0)
+            store.max_bytes, viewer.boxes.max_bytes)
         result_id, frames = viewer.keep(analyses)
-        viewer.boxes.hold(result_id, images)
+        viewer.boxes.hold(result_id, images, _dicom_file(file.file, file_format, analyses))
         return {"id": result_id, "format": file_format, **frames[0], "frames": frames,
                 "frame_limit": MAX_FRAMES, "frames_note": frames_note}
 
@@ -165,6 +166,17 @@ def create_app(predictor: Predictor, *, token: str | None = None,
             raise HTTPException(404, _not_held(viewer))
         _, (frame,) = viewer.keep([analysis])
         return {"id": result_id, **frame, "frame": request.frame}
+
+    @app.post("/api/results/{result_id}/dicom")
+    async def dicom(result_id: Annotated[str, PathParam(pattern=ID_PATTERN)],
+                    request: DicomRequest) -> Response:
+        """A single-frame DICOM upload's outline (the boxes', or the model's for null) as a
+        DICOM Segmentation and Structured Report, zipped."""
+        archive = await viewer.on_model(seg_and_sr_zip, viewer, result_id, request.boxes)
+        if archive is None:
+            raise HTTPException(404, _not_held(viewer))
+        return Response(archive, media_type="application/zip", headers={
+            "Content-Disposition": 'attachment; filename="sonocad_seg_sr.zip"'})
 
     @app.get("/api/results/{result_id}/{name}.png")
     async def result_image(result_id: Annotated[str, PathParam(pattern=ID_PATTERN)],
@@ -240,6 +252,14 @@ def _read_and_analyse(predictor: Predictor, explainer: Explainer | None, stream:
     limited = len(analyses) == MAX_FRAMES
     return file_format, analyses, images, (f"the viewer shows the first {MAX_FRAMES} frames"
                                            if limited else None)
+
+
+def _dicom_file(stream: BinaryIO, file_format: str, analyses: list[Analysis]) -> bytes | None:
+    """The upload's bytes when it is a single-frame DICOM (its SEG and SR can be asked for)."""
+    if file_format != "DICOM" or len(analyses) != 1:
+        return None
+    stream.seek(0)
+    return stream.read()
 
 
 def _spaced(image: Image, spacing_mm: tuple[float, float] | None) -> Image:

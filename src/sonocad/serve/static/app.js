@@ -16,6 +16,7 @@ let view = "outline";
 let resultId = null; // the shown upload's (or annotation image's) result
 let frameNumber = 1;
 let imageName = "image"; // the shown file's name without its suffix: the mask's download name
+let dicomUpload = false; // a single-frame DICOM upload: its SEG and SR can be downloaded
 let boxesOn = false; // the server can outline boxes (the interactive extra)
 let maxBoxes = 20;
 // The boxes drawn on the shown frame (image pixels), whose outline is shown when source is
@@ -106,6 +107,7 @@ async function analyse(file) {
     if (spacing) body.append("spacing", spacing);
     const result = await (await api("/api/predict", { method: "POST", body })).json();
     imageName = file.name.replace(/\.[^.]*$/, "") || "image";
+    dicomUpload = result.format === "DICOM" && result.frames.length === 1;
     $("image-info").textContent = `${result.format} · ${result.width} × ${result.height} px`;
     await showAnalysis(result);
   } catch (error) {
@@ -315,6 +317,7 @@ function showBoxControls() {
   $("box-count").textContent = String(boxes.length);
   $("undo-box").disabled = !boxes.length;
   $("download-mask").disabled = !currentResult().mask_url;
+  $("download-dicom").hidden = !dicomUpload || items !== null;
   $("box-hint").textContent = !boxesOn ? "" : boxes.length >= maxBoxes
     ? `At most ${maxBoxes} boxes` : "Drag a box around a lesion to outline it";
 }
@@ -453,6 +456,7 @@ function wireBoxes() {
   $("use-boxes").addEventListener("click", useBoxes);
   $("undo-box").addEventListener("click", undoBox);
   $("download-mask").addEventListener("click", () => downloadMask().catch(showError));
+  $("download-dicom").addEventListener("click", () => downloadDicom().catch(showError));
 }
 
 async function downloadMask() {
@@ -462,6 +466,20 @@ async function downloadMask() {
   const link = document.createElement("a");
   link.href = URL.createObjectURL(blob);
   link.download = `${imageName}${frames.length > 1 ? `_frame${frameNumber}` : ""}_mask.png`;
+  link.click();
+  setTimeout(() => URL.revokeObjectURL(link.href), 1000);
+}
+
+// The outline shown (the boxes', or the model's) as a DICOM Segmentation and Structured Report
+// in the upload's study, zipped: what `sonocad outline --dicom-out` writes.
+async function downloadDicom() {
+  const response = await api(`/api/results/${resultId}/dicom`, {
+    method: "POST", body: JSON.stringify({ boxes: source === "box" ? boxes : null }),
+    headers: { "Content-Type": "application/json" },
+  });
+  const link = document.createElement("a");
+  link.href = URL.createObjectURL(await response.blob());
+  link.download = `${imageName}_seg_sr.zip`;
   link.click();
   setTimeout(() => URL.revokeObjectURL(link.href), 1000);
 }
