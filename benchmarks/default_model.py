@@ -40,7 +40,7 @@ import torch
 
 from _common import best_seconds, machine_line
 from sonocad.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from sonocad.data.sample import Sample
+from sonocad.data.sample import LESION_CLASSES, Sample
 from sonocad.data.sources import Source
 from sonocad.data.split import read_split, select
 from sonocad.engine.recipe import load_recipe
@@ -54,7 +54,7 @@ from sonocad.inference.predictor import Predictor
 from sonocad.io.atomic import write_bytes
 from sonocad.models import create_model
 from sonocad.models.ensemble import ensemble_state_dict
-from sonocad.predictions import LESION_CLASSES, read_predictions
+from sonocad.predictions import read_predictions
 from sonocad.tasks import get_task
 from sonocad.workflows.decision_fit import (
     failure_auroc,

@@ -28,11 +28,10 @@ from typing import Any
 import numpy as np
 
 from _common import SOURCES, machine_line, subset_samples
-from sonocad.data.sample import Sample
+from sonocad.data.sample import LESION_CLASSES, Sample
 from sonocad.data.views import ViewConfig, tissue_view
 from sonocad.evaluation.statistics import proportion
 from sonocad.inference.predictor import Predictor
-from sonocad.predictions import LESION_CLASSES
 
 WINDOWS = ViewConfig(p=1.0, scale=(0.3, 0.7), margin=0.05)
 SEED = 20261206

@@ -44,3 +44,12 @@ def _release_output_claims():
 
     yield
     release_claims()
+
+
+@pytest.fixture(autouse=True)
+def _progress_lines_at_the_old_pace(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No progress line within a test's first 30 s (FIRST_LOG_S is 2 s), so that a test's
+    stderr does not depend on the machine's speed; tests/test_progress_units.py sets its own."""
+    from sonocad import progress
+
+    monkeypatch.setattr(progress, "FIRST_LOG_S", progress.LOG_EVERY_S)

@@ -451,7 +451,7 @@ def test_data_split_shows_progress_through_every_stage_of_the_duplicate_search(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
     stages = []
 
-    def recording(items, description: str, total: int | None = None):
+    def recording(items, description: str, total: int | None = None, **_: object):
         stages.append(description)
         return iter(items)
 

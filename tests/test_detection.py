@@ -18,7 +18,7 @@ from sonocad.data.instances import mask_instances
 from sonocad.data.phantom import write_phantom_dataset
 from sonocad.data.split import SplitFile, make_split, read_split, write_split
 from sonocad.data.torch_dataset import SampleDataset, collate
-from sonocad.evaluation.detection import ImageInstances, detection_ap, score_image, top_score
+from sonocad.evaluation.detection import ImageInstances, detection_ap, score_image
 from sonocad.tasks import get_task
 from sonocad.transforms import build_transform
 
@@ -105,12 +105,6 @@ def test_map_averages_iou_thresholds_and_classes():
     assert result["per_class"]["benign"]["map"] == pytest.approx(0.5)
     assert result["map"] == pytest.approx((0.5 + 1.0) / 2)
     assert result["ap50"] == 1.0
-
-
-def test_the_image_malignancy_score_is_the_top_malignant_instance():
-    predicted = _instances([[0, 0, 5, 5]] * 3, [1, 2, 2], [0.95, 0.4, 0.7])
-    assert top_score(predicted, 2) == pytest.approx(0.7)
-    assert top_score(_instances([[0, 0, 5, 5]], [1], [0.9]), 2) == 0.0
 
 
 # --- dataset, training, evaluation on phantoms ----------------------------------------------

@@ -119,9 +119,9 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Run:
     shown: list[tuple[str, int | None]] = []
     real_progress = predict_module.progress
 
-    def recorded(items: Any, description: str, total: int | None = None) -> Any:
+    def recorded(items: Any, description: str, total: int | None = None, **options: Any) -> Any:
         shown.append((description, total))
-        return real_progress(items, description, total)
+        return real_progress(items, description, total, **options)
 
     stderr = io.StringIO()
     with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stderr(stderr):

@@ -22,8 +22,8 @@ from sonocad.explain import Explainer, default_target_layer, explain, grad_cam
 from sonocad.explain import runner as runner_module
 from sonocad.inference.predictor import Predictor
 from sonocad.models import create_model
+from sonocad.pictures import heatmap_picture
 from sonocad.transforms import TransformConfig, to_model_input
-from sonocad.visual import heatmap
 
 CLASSES = ["normal", "benign", "malignant"]
 
@@ -271,7 +271,11 @@ def test_explain_writes_a_heatmap_per_image_and_reports_bad_inputs(
     assert row["predicted_class"] == "malignant"
     assert row["probability"] == pytest.approx(expected.class_probabilities["malignant"])
     written = np.asarray(PILImage.open(row["heatmap"]))
-    assert written.shape == (48, 80, 3)
+    pixels = np.asarray(PILImage.open(first))
+    caption = f"Grad-CAM of malignant ({row['probability']:.2f})"
+    np.testing.assert_array_equal(
+        written, heatmap_picture(pixels, Explainer(classifier)(pixels).heat, caption))
+    assert result.pictures == 2
 
 
 def test_classifier_map_is_taken_back_from_the_letterboxed_input_to_the_image(
@@ -305,7 +309,8 @@ def test_segmentation_heatmap_is_the_lesion_probability(tmp_path: Path) -> None:
     (row,) = result.rows
     assert row["method"] == "lesion_probability" and "predicted_class" not in row
     pixels = np.asarray(PILImage.open(image))
-    expected = heatmap(pixels, np.full(pixels.shape, 1 / (1 + np.exp(-1.0)), np.float32))
+    expected = heatmap_picture(pixels, np.full(pixels.shape, 1 / (1 + np.exp(-1.0)), np.float32),
+                               "lesion probability")
     np.testing.assert_array_equal(np.asarray(PILImage.open(row["heatmap"])), expected)
 
 

@@ -23,11 +23,11 @@ from sonocad.io.annotations import (
     read_qupath_geojson,
     read_voc_classes,
     read_voc_mask,
-    save_mask_png,
     save_voc_mask,
     voc_palette,
     write_labelme,
 )
+from sonocad.io.atomic import save_png
 
 H, W = 20, 30
 
@@ -89,16 +89,16 @@ def test_binary_mask_ignores_alpha_only_pixels(tmp_path: Path) -> None:
 def test_read_mask_merges_files(tmp_path: Path, lesion: np.ndarray) -> None:
     second = np.zeros_like(lesion)
     second[12:15, 1:4] = True
-    save_mask_png(tmp_path / "a_mask.png", lesion)
-    save_mask_png(tmp_path / "a_mask_1.png", second)
+    save_png(tmp_path / "a_mask.png", lesion)
+    save_png(tmp_path / "a_mask_1.png", second)
     merged = read_mask([tmp_path / "a_mask.png", tmp_path / "a_mask_1.png"], (H, W),
                        MaskFormat.BINARY)
     np.testing.assert_array_equal(merged, lesion | second)
     assert merged.sum() == lesion.sum() + second.sum() == 28 + 9
 
 
-def test_save_mask_png_is_0_255_grayscale(tmp_path: Path, lesion: np.ndarray) -> None:
-    save_mask_png(tmp_path / "m.png", lesion)
+def test_a_saved_mask_is_0_255_grayscale(tmp_path: Path, lesion: np.ndarray) -> None:
+    save_png(tmp_path / "m.png", lesion)
     with Image.open(tmp_path / "m.png") as image:
         assert image.mode == "L"
         assert set(np.unique(np.asarray(image)).tolist()) == {0, 255}

@@ -177,7 +177,8 @@ def _data_check(args: argparse.Namespace) -> int:
     samples = open_dataset(args.dataset, args.layout)
     if args.json:
         claim_output_file(args.json, inputs=_dataset_files(args.dataset, samples))
-    report = check_dataset(args.dataset, samples, progress=lambda it: progress(it, "checking"))
+    report = check_dataset(args.dataset, samples,
+                           progress=lambda it: progress(it, "checking", unit="images"))
     print(format_report(report))
     if args.json:
         write_json(args.json, report.to_dict())
@@ -188,6 +189,7 @@ def _data_split(args: argparse.Namespace) -> int:
     from sonocad.data.adapters import open_dataset
     from sonocad.data.duplicates import find_duplicate_groups
     from sonocad.data.split import (
+        check_scanner,
         hold_out_scanner,
         make_folds,
         make_split,
@@ -197,6 +199,8 @@ def _data_split(args: argparse.Namespace) -> int:
 
     samples = open_dataset(args.dataset, args.layout)
     claim_output_file(args.out, inputs=_dataset_files(args.dataset, samples))
+    if args.hold_out_scanner:
+        check_scanner(samples, args.hold_out_scanner)
     groups = [group.image_ids for group in find_duplicate_groups(samples)]
     if args.folds:
         split = make_folds(samples, groups, k=args.folds, seed=args.seed,
@@ -517,8 +521,9 @@ def _add_inference_commands(commands) -> None:
                        "heatmaps of where a model looked: Grad-CAM for classifiers, the lesion "
                        "probability for segmentation models, both for multitask models (the "
                        "default model: lesion probability and Grad-CAM of its class call)")
-    explain.add_argument("checkpoint", type=Path, help="a checkpoint from `sonocad train`")
-    explain.add_argument("inputs", nargs="+", type=Path, metavar="IMAGE", help="image files")
+    explain.add_argument("inputs", nargs="+", metavar="IMAGE",
+                         help="image files, after an optional checkpoint (.pt; default: the "
+                              "bundled model)")
     _add_output_folder(explain, "folder to write")
     explain.add_argument("--method", choices=["gradcam", "gradcam++"], default="gradcam",
                          help="class activation method for classifiers (gradcam)")
@@ -586,22 +591,22 @@ def _spacing(text: str | None) -> tuple[float, float] | None:
                            "pixel (ROW,COLUMN)") from None
 
 
-def _split_checkpoint(items: list[str]) -> tuple[Path | None, list[str]]:
+def _split_checkpoint(items: list[str], verb: str = "predict") -> tuple[Path | None, list[str]]:
     """`predict [CKPT] INPUTS...`: the first item is a checkpoint when it is a .pt/.onnx file."""
     first = Path(items[0])
     if first.suffix in (".pt", ".onnx") and len(items) > 1:
         return first, items[1:]
     if first.suffix in (".pt", ".onnx"):
-        raise SonocadError(f"{first}: a checkpoint was given but no images to predict")
+        raise SonocadError(f"{first}: a checkpoint was given but no images to {verb}")
     return None, items
 
 
 def _explain(args: argparse.Namespace) -> int:
     from sonocad.explain import explain
 
-    result = explain(args.checkpoint, args.inputs, args.out, method=args.method,
-                     overwrite=args.overwrite)
-    print(f"wrote {len(result.rows)} heatmaps to {result.out_dir}")
+    checkpoint, inputs = _split_checkpoint(args.inputs, "explain")
+    result = explain(checkpoint, inputs, args.out, method=args.method, overwrite=args.overwrite)
+    print(f"wrote {result.pictures} pictures of {len(result.rows)} images to {result.out_dir}")
     return _batch_status(result.failures)
 
 
@@ -609,8 +614,11 @@ def _export(args: argparse.Namespace) -> int:
     from sonocad.extras import require
     require("onnx")
     from sonocad.inference.export import export_onnx
+    from sonocad.progress import waiting
 
-    print(f"wrote {export_onnx(args.checkpoint, args.out, half_weights=args.half)}")
+    with waiting(f"exporting {args.checkpoint} to ONNX (tracing and checking the model)"):
+        written = export_onnx(args.checkpoint, args.out, half_weights=args.half)
+    print(f"wrote {written}")
     return 0
 
 

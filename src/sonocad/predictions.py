@@ -45,7 +45,6 @@ from sonocad.measure import (
 )
 
 NO_LESION = "normal"  # a detector's call for an image where it found no instance
-LESION_CLASSES = ("benign", "malignant")
 
 # The main lesion's sizes (NaN without one)
 MAIN_LESION_SIZES = ("lesion_area_mm2", "lesion_diameter_px", "lesion_diameter_mm",

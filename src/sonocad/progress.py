@@ -1,48 +1,98 @@
 """Progress for every long loop: a bar on a terminal; elsewhere (CI, pipes, log files) one
-line every `LOG_EVERY_S` seconds with count, rate and time left, so a log shows a job alive."""
+line once a loop has run `FIRST_LOG_S` seconds, then every `LOG_EVERY_S` seconds, with count,
+unit, rate and time left, so a log shows a job alive and no wait is silent. Every line reads
+"sonocad: <what> 40/100, 12.3 images/s, about 5 s left"."""
 
 from __future__ import annotations
 
+import contextlib
 import sys
+import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import TypeVar
 
 from tqdm import tqdm
 
 T = TypeVar("T")
 LOG_EVERY_S = 30.0
+FIRST_LOG_S = 2.0  # a shorter loop prints nothing; a longer one says so early
 
 
-def progress(items: Iterable[T], description: str, total: int | None = None) -> Iterator[T]:
-    """Wrap `items` in a bar on stderr, or in periodic log lines when it is not a terminal."""
-    if sys.stderr.isatty():
-        return iter(tqdm(items, desc=description, total=total, leave=False,
-                         dynamic_ncols=True))
-    if total is None and hasattr(items, "__len__"):
+def progress(items: Iterable[T], description: str, total: int | None = None, *,
+             unit: str = "items", size: Callable[[T], int] | None = None) -> Iterator[T]:
+    """Wrap `items` in a bar on stderr, or in periodic log lines when it is not a terminal.
+
+    `unit` names what is counted (images, files, folds); `size` says how many of them an
+    item holds (the images of a batch) when it is not one, and `total` then counts units."""
+    if total is None and size is None and hasattr(items, "__len__"):
         total = len(items)  # type: ignore[arg-type]
-    return _logged(items, description, total)
+    count = size or _one
+    if sys.stderr.isatty():
+        return _bar(items, description, total, unit, count)
+    return _logged(items, description, total, unit, count)
 
 
-def _logged(items: Iterable[T], description: str, total: int | None) -> Iterator[T]:
-    log = RateLog(description, total)
-    for count, item in enumerate(items, start=1):
+def _one(_: object) -> int:
+    return 1
+
+
+def _bar(items: Iterable[T], description: str, total: int | None, unit: str,
+         size: Callable[[T], int]) -> Iterator[T]:
+    with tqdm(desc=description, total=total, unit=f" {unit}", leave=False,
+              dynamic_ncols=True) as bar:
+        for item in items:
+            yield item
+            bar.update(size(item))
+
+
+def _logged(items: Iterable[T], description: str, total: int | None, unit: str,
+            size: Callable[[T], int]) -> Iterator[T]:
+    log = RateLog(description, total, unit=f" {unit}", every_s=LOG_EVERY_S,
+                  first_after_s=FIRST_LOG_S)
+    done = 0
+    for item in items:
         yield item
-        log.update(count)
+        done += size(item)
+        log.update(done)
+
+
+@contextlib.contextmanager
+def waiting(description: str) -> Iterator[None]:
+    """For one long call with nothing to count (an export, a fit): "sonocad: <description>,
+    3 s so far" on stderr once it has taken `FIRST_LOG_S`, then every `LOG_EVERY_S`; a call
+    that ends sooner prints nothing."""
+    started, finished = time.monotonic(), threading.Event()
+
+    def report(wait: float) -> None:
+        while not finished.wait(wait):
+            print(f"sonocad: {description}, {_duration(time.monotonic() - started)} so far",
+                  file=sys.stderr, flush=True)
+            wait = LOG_EVERY_S
+
+    reporter = threading.Thread(target=report, args=(FIRST_LOG_S,), daemon=True)
+    reporter.start()
+    try:
+        yield
+    finally:
+        finished.set()
+        reporter.join()
 
 
 class RateLog:
     """`update(done)` prints "<what> 40/100, 12.3/s, about 5 s left" at most every
-    `every_s` seconds (and on the first call when `first` is set). `start`: what was done
-    before this process began (a resumed run), so the time left is paced on this process's
-    work alone."""
+    `every_s` seconds, the first time after `first_after_s` (default: `every_s`; on the first
+    call when `first` is set). `start`: what was done before this process began (a resumed
+    run), so the time left is paced on this process's work alone."""
 
     def __init__(self, what: str, total: int | None, *, unit: str = "",
-                 every_s: float = LOG_EVERY_S, first: bool = False, start: int = 0) -> None:
+                 every_s: float = LOG_EVERY_S, first: bool = False,
+                 first_after_s: float | None = None, start: int = 0) -> None:
         self.what, self.total, self.unit, self.every_s = what, total, unit, every_s
         self.start = start
         self.started = time.monotonic()
-        self._next = self.started if first else self.started + every_s
+        wait = 0.0 if first else every_s if first_after_s is None else first_after_s
+        self._next = self.started + wait
 
     def update(self, done: int, rate_items: int | None = None, extra: str = "") -> None:
         """`rate_items`: what the rate counts (images, say) when it is not `done`."""

@@ -45,14 +45,6 @@ def draw_outlines(pixels: np.ndarray, masks: list[tuple[np.ndarray, tuple[int, i
     return canvas
 
 
-def heatmap(pixels: np.ndarray, probability: np.ndarray, alpha: float = 0.45) -> np.ndarray:
-    """Blend a [0, 1] probability map (colour map 'jet') over the image, stronger where higher."""
-    canvas = _canvas(pixels)
-    for rows in _row_blocks(*canvas.shape[:2]):
-        canvas[rows] = _blend(canvas[rows], probability[rows], alpha)
-    return canvas
-
-
 def colour_map_blend(pixels: np.ndarray, values: np.ndarray, colour_map: str = "inferno",
                      max_alpha: float = 0.75) -> np.ndarray:
     """Blend [0, 1] `values` in `colour_map` over the image with alpha `max_alpha * value`, so
@@ -80,14 +72,6 @@ def colour_table(colour_map: str) -> np.ndarray:
     table = (colormaps[colour_map](levels)[:, :3] * 255).round().astype(np.uint8)
     table.flags.writeable = False  # shared by every caller through the cache
     return table
-
-
-def _blend(base: np.ndarray, probability: np.ndarray, alpha: float) -> np.ndarray:
-    from matplotlib import colormaps
-
-    colours = colormaps["jet"](np.clip(probability, 0, 1))[:, :, :3] * 255
-    weight = alpha * np.clip(probability, 0.15, 1.0)[:, :, None]
-    return (base.astype(np.float32) * (1 - weight) + colours * weight).round().astype(np.uint8)
 
 
 def _canvas(pixels: np.ndarray) -> np.ndarray:

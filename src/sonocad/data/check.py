@@ -20,11 +20,10 @@ from PIL import ExifTags
 from PIL import Image as PILImage
 
 from sonocad.data.duplicates import ImageHashes, find_duplicate_groups, hash_image
-from sonocad.data.sample import CLASS_NAMES, Sample
+from sonocad.data.sample import CLASS_NAMES, LESION_CLASSES, Sample
 from sonocad.errors import InputError
 from sonocad.io.annotations import MaskFormat, MaskSizeError
 
-LESION_CLASSES = ("benign", "malignant")
 # A lesion outline filling its whole frame covers at most about pi/4 = 79 % of it (an ellipse);
 # the largest of BUSI's and BUS-BRA's 2,655 masks cover 56 % and 58 %. A mask over this is no
 # outline: all white, or a grey or white background that reads as lesion.

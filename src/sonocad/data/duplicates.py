@@ -106,7 +106,8 @@ def hash_images(samples: Iterable[Sample],
                 ) -> dict[str, ImageHashes]:
     """`hash_image` of every sample's image, by image id; `progress` wraps the samples (a
     progress bar by default)."""
-    shown = progress(samples) if progress else show_progress(samples, "reading images")
+    shown = (progress(samples) if progress
+             else show_progress(samples, "reading images", unit="images"))
     return {s.image_id: hash_image(s.load_image().pixels) for s in shown}
 
 
@@ -152,7 +153,7 @@ def candidate_pairs(hashes: Sequence[ImageHashes], max_distance: int) -> list[tu
     starts = range(0, len(views), _BLOCK)
     blocks = [(top, left) for top in starts for left in starts if left >= top]  # i < j only
     firsts, seconds, distances = [], [], []
-    for top, left in show_progress(blocks, "finding duplicate candidates"):
+    for top, left in show_progress(blocks, "finding duplicate candidates", unit="blocks"):
         closest = _closest_bits(views[top:top + _BLOCK], views[left:left + _BLOCK])
         rows, cols = np.nonzero(closest <= max_distance)
         keep = rows + top < cols + left
@@ -209,7 +210,8 @@ def correlations(hashes: Sequence[ImageHashes], pairs: Sequence[tuple[int, int]]
     kept: dict[int, _Searchable] = {}
     kept_bytes = 0
     templates: dict[int, np.ndarray] = {}
-    for zoom in show_progress(_ZOOMS, "comparing duplicate candidates at each zoom"):
+    for zoom in show_progress(_ZOOMS, "comparing duplicate candidates at each zoom",
+                              unit="zooms"):
         templates.clear()  # the last zoom's go before this zoom's are made
         templates.update((i, _template(hashes[i].thumbnail, zoom)) for i in partners)
         for i, others in partners.items():

@@ -14,6 +14,7 @@ from sonocad.io.spacing import resolve_spacing
 
 # Class names in the order models see them; a dataset may use a subset.
 CLASS_NAMES: tuple[str, ...] = ("normal", "benign", "malignant")
+LESION_CLASSES = CLASS_NAMES[1:]  # the classes of an image with a lesion
 
 
 @dataclass(frozen=True)

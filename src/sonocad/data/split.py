@@ -154,10 +154,7 @@ def hold_out_scanner(split: SplitFile, samples: Sequence[Sample],
     group, leave their subsets for a new ``held_out`` subset; the rest stay where they were."""
     in_split = set(split.image_ids)
     ordered = sorted((s for s in samples if s.image_id in in_split), key=lambda s: s.image_id)
-    scanners = sorted({s.scanner for s in ordered if s.scanner})
-    if scanner not in scanners:
-        raise SonocadError(f"no image of scanner {scanner!r} in the split (scanners: "
-                           f"{', '.join(scanners) or 'none named'})")
+    check_scanner(ordered, scanner, "the split")
     units = _units(ordered, groups)
     held_units = {u for s, u in zip(ordered, units) if s.scanner == scanner}
     held = {s.image_id for s, u in zip(ordered, units) if u in held_units}
@@ -167,6 +164,14 @@ def hold_out_scanner(split: SplitFile, samples: Sequence[Sample],
                      f"{scanner!r} (and its patients' and duplicates') moved to held_out",
                      subsets, fractions=split.fractions, k=split.k,
                      test_fraction=split.test_fraction)
+
+
+def check_scanner(samples: Iterable[Sample], scanner: str, where: str = "the data set") -> None:
+    """Refuse a scanner no image of `samples` names (before minutes of hashing, not after)."""
+    scanners = sorted({s.scanner for s in samples if s.scanner})
+    if scanner not in scanners:
+        raise SonocadError(f"no image of scanner {scanner!r} in {where} (scanners: "
+                           f"{', '.join(scanners) or 'none named'})")
 
 
 def _check_fractions(fractions: Sequence[float]) -> tuple[float, ...]:

@@ -48,7 +48,8 @@ class SampleDataset(Dataset):
         self.views = views
         self._cache: list[tuple[np.ndarray, np.ndarray | None]] | None = None
         if cache:
-            self._cache = [self._load(i) for i in progress(range(len(self.samples)), "loading")]
+            self._cache = [self._load(i) for i in progress(range(len(self.samples)), "loading",
+                                                                   unit="images")]
 
     def __len__(self) -> int:
         return len(self.samples)

@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader
 
 from sonocad.data.torch_dataset import SampleDataset, collate
 from sonocad.engine.distributed import World, gather_lists
+from sonocad.progress import progress
 from sonocad.tasks import Task
 
 
@@ -30,7 +31,11 @@ def validate(model: nn.Module, dataset: SampleDataset, task: Task,
     loader = DataLoader(torch.utils.data.Subset(dataset, indices), batch_size=batch_size,
                         collate_fn=collate)
     rows: list[tuple[str | None, Any]] = []
-    for batch in loader:
+    # Rank 0 alone shows its share: one line, not one per process.
+    shown = (progress(loader, "validating", len(indices), unit="images",
+                      size=lambda batch: len(batch["index"]))
+             if world.is_main else loader)
+    for batch in shown:
         sources = [dataset.samples[i].source for i in batch["index"].tolist()]
         rows += zip(sources, task.validation_rows(model, batch, loss_fn, world.device))
     model.train(was_training)

@@ -19,11 +19,11 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+from sonocad.data.sample import LESION_CLASSES
 from sonocad.evaluation.calibration import calibration_figures
 from sonocad.evaluation.classification import classification_metrics
 from sonocad.evaluation.segmentation import summarise
 from sonocad.evaluation.statistics import proportion
-from sonocad.predictions import LESION_CLASSES
 
 POOLED = "pooled"
 SEGMENTATION_FIGURES = ("iou", "dice")

@@ -75,17 +75,12 @@ def fit_combined(kind: str, image_score: ArrayLike, clinical_score: ArrayLike,
     x = _inputs(image_score, clinical_score)
     y = np.asarray(malignant, dtype=int)
     called_benign = x[:, 0] < threshold
-    # Nested cross-validation (out-of-fold probabilities around the hyper-parameter search)
-    # needs about two folds' worth of each class.
-    needed = 2 * folds
-    if min(np.bincount(y[called_benign], minlength=2)) >= needed:
+    check_lesion_counts(y, folds)
+    if min(np.bincount(y[called_benign], minlength=2)) >= 2 * folds:
         rows, fitted_on = called_benign, "training lesions the image model called benign"
-    elif min(np.bincount(y, minlength=2)) >= needed:
+    else:
         rows, fitted_on = np.ones_like(called_benign), (
             "all training lesions (too few of a class among those called benign)")
-    else:
-        raise SonocadError(f"combined models need at least {needed} benign and {needed} "
-                           "malignant training lesions")
     cv = StratifiedKFold(folds, shuffle=True, random_state=seed)
     estimator = _estimator(kind, cv, seed)
     out_of_fold = cross_val_predict(estimator, x[rows], y[rows], cv=cv,
@@ -94,6 +89,18 @@ def fit_combined(kind: str, image_score: ArrayLike, clinical_score: ArrayLike,
     estimator.fit(x[rows], y[rows])
     return CombinedModel(kind, estimator, float(threshold), float(operating),
                          f"{fitted_on} (n={int(rows.sum())})")
+
+
+def check_lesion_counts(malignant: ArrayLike, folds: int) -> None:
+    """Refuse fitting rows with too few of a class, saying how many there are: nested
+    cross-validation (out-of-fold probabilities around the hyper-parameter search) needs
+    about two folds' worth of each class."""
+    benign, malignant_count = np.bincount(np.asarray(malignant, dtype=int), minlength=2)[:2]
+    needed = 2 * folds
+    if min(benign, malignant_count) < needed:
+        raise SonocadError(f"combined models need at least {needed} benign and {needed} "
+                           f"malignant training lesions; the fitting table has {benign} "
+                           f"benign and {malignant_count} malignant")
 
 
 def _estimator(kind: str, cv: StratifiedKFold, seed: int) -> BaseEstimator:

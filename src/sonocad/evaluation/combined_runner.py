@@ -34,10 +34,12 @@ import numpy as np
 from sklearn.model_selection import StratifiedKFold
 
 from sonocad.data.clinical_synth import SOURCE_COLUMN, SYNTHETIC
-from sonocad.errors import InputError, SonocadError
+from sonocad.data.sample import LESION_CLASSES
+from sonocad.errors import InputError
 from sonocad.evaluation.combined import (
     COMBINED_KINDS,
     RATES,
+    check_lesion_counts,
     fit_combined,
     format_qims_table,
     image_threshold,
@@ -48,9 +50,9 @@ from sonocad.io.atomic import write_json, write_text
 from sonocad.io.outputs import claim_output_dir
 from sonocad.models.clinical import ClinicalRecord, fit_clinical_model, parse_clinical
 from sonocad.predictions import read_predictions, write_predictions
+from sonocad.progress import progress
 
 IMAGE_MODEL = "image_model"
-LESION_LABELS = ("benign", "malignant")
 SCORE_COLUMN = "malignant_score"  # the detector's image-level malignancy score
 
 
@@ -75,12 +77,12 @@ def run_combined(fit_table: str | Path, test_table: str | Path, clinical_table: 
     y_fit, y_test = _malignant(fit_rows), _malignant(test_rows)
     image_fit, image_test = _scores(fit_rows), _scores(test_rows)
 
+    check_lesion_counts(y_fit, folds)  # before minutes of fitting, not after
     threshold = image_threshold(y_fit, image_fit)
-    clinical_fit = _out_of_fold_clinical(fit_records, y_fit, folds, seed)
-    clinical_test = fit_clinical_model(fit_records, y_fit, seed=seed).predict_proba(test_records)
+    clinical_fit, clinical_test = _clinical_scores(fit_records, y_fit, test_records, folds, seed)
     predictions = {IMAGE_MODEL: image_test >= threshold}
     models = {}
-    for kind in COMBINED_KINDS:
+    for kind in progress(COMBINED_KINDS, "fitting the combined models", unit="models"):
         models[kind] = fit_combined(kind, image_fit, clinical_fit, y_fit, threshold,
                                     folds=folds, seed=seed)
         predictions[kind] = models[kind].predict(image_test, clinical_test)
@@ -128,7 +130,7 @@ def _table_rows(rows: list[dict[str, Any]], predicted: np.ndarray, probability: 
         malignant = bool(predicted[i])
         table.append({
             "image_id": row["image_id"], "patient_id": row.get("patient_id"),
-            "label": row["label"], "predicted_class": LESION_LABELS[int(malignant)],
+            "label": row["label"], "predicted_class": LESION_CLASSES[int(malignant)],
             "prob_benign": 1 - float(probability[i]), "prob_malignant": float(probability[i]),
             "correct": int(malignant == (row["label"] == "malignant")),
             SCORE_COLUMN: float(image_score[i]), "clinical_score": float(clinical_score[i]),
@@ -157,7 +159,7 @@ def read_clinical_table(path: Path) -> tuple[dict[str, dict[str, str]], str]:
 
 
 def _lesions(path: Path) -> list[dict[str, Any]]:
-    rows = [r for r in read_predictions(path) if r.get("label") in LESION_LABELS]
+    rows = [r for r in read_predictions(path) if r.get("label") in LESION_CLASSES]
     if not rows:
         raise InputError(path, "has no benign or malignant rows")
     if SCORE_COLUMN not in rows[0]:
@@ -183,15 +185,19 @@ def _scores(rows: list[dict[str, Any]]) -> np.ndarray:
     return np.array([float(r[SCORE_COLUMN] or 0.0) for r in rows])
 
 
-def _out_of_fold_clinical(records: list[ClinicalRecord], malignant: np.ndarray, folds: int,
-                          seed: int) -> np.ndarray:
-    """Each fitting row's clinical score from an MLP that did not see it."""
-    if min(np.bincount(malignant, minlength=2)) < folds:
-        raise SonocadError(f"the clinical model needs at least {folds} benign and {folds} "
-                           "malignant fitting lesions")
-    scores = np.zeros(len(records))
+def _clinical_scores(records: list[ClinicalRecord], malignant: np.ndarray,
+                     test_records: list[ClinicalRecord], folds: int,
+                     seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each fitting row's clinical score from an MLP that did not see it, and the test rows'
+    from one fitted on every fitting row: `folds` + 1 fits (`check_lesion_counts` saw to
+    enough rows of each class for the folds)."""
     splits = StratifiedKFold(folds, shuffle=True, random_state=seed).split(records, malignant)
-    for train, held_out in splits:
+    fits = [*splits, (np.arange(len(records)), None)]  # None: the final fit, on every row
+    fit_scores, test_scores = np.zeros(len(records)), np.zeros(len(test_records))
+    for train, held_out in progress(fits, "fitting the clinical model", unit="fits"):
         model = fit_clinical_model([records[i] for i in train], malignant[train], seed=seed)
-        scores[held_out] = model.predict_proba([records[i] for i in held_out])
-    return scores
+        if held_out is None:
+            test_scores = model.predict_proba(test_records)
+        else:
+            fit_scores[held_out] = model.predict_proba([records[i] for i in held_out])
+    return fit_scores, test_scores

@@ -244,16 +244,3 @@ def box_and_mask_ap(images: Sequence[ScoredImage],
     lesion_classes = {i: name for i, name in enumerate(class_names) if i}
     return (detection_ap(images, lesion_classes, iou="box"),
             detection_ap(images, lesion_classes, iou="mask"))
-
-
-def top_score(instances: ImageInstances, label: int) -> float:
-    """The highest score of the image's `label` instances, 0 without one: with the malignant
-    class this is the image-level malignancy score of QIMS 2023."""
-    chosen = instances.labels == label
-    return float(np.max(_scores(instances)[chosen])) if chosen.any() else 0.0
-
-
-def _scores(instances: ImageInstances) -> np.ndarray:
-    if instances.scores is None:
-        raise ValueError("predictions need scores")
-    return np.asarray(instances.scores, dtype=float)

@@ -9,7 +9,10 @@ instances are drawn (boxes, outlines, class and score) in ``out/<stem>_detection
 on Mask R-CNN's box head is left out, since its pooled region features have no spatial map
 over the image that the gradients could weigh. Outputs: ``out/<stem>_heatmap.png`` (``_2``,
 ``_3``, ... added when two inputs share a stem), the heatmap blended over the image at its own
-size, and for a multitask model ``out/<stem>_class_heatmap.png``. Every frame of a DICOM cine
+size in predict's colours (`sonocad.pictures.heatmap_picture`: inferno, with a colour bar titled
+with what it shows, e.g. "Grad-CAM of malignant (0.91)"), for a multitask model
+``out/<stem>_class_heatmap.png``, and ``out/provenance.json`` (`sonocad.provenance`). Without
+a checkpoint the bundled default model is explained. Every frame of a DICOM cine
 loop or multi-page TIFF is explained, as `sonocad predict` predicts them:
 ``<stem>_frameNNN_heatmap.png`` (from 001).
 Unreadable inputs are reported on stderr, one line each, skipped and listed in
@@ -29,7 +32,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from sonocad.checkpoint import Checkpoint
+from sonocad.checkpoint import Checkpoint, bundled_checkpoint
 from sonocad.errors import InputError, SonocadError
 from sonocad.explain.gradcam import METHODS, Method, grad_cam
 from sonocad.inference.predictor import Predictor
@@ -37,13 +40,15 @@ from sonocad.io.atomic import save_png
 from sonocad.io.images import numbered_frames
 from sonocad.io.outputs import UniqueNames, claim_output_dir, output_stem
 from sonocad.model_input import model_input, restore_size
-from sonocad.pictures import overlay_picture
+from sonocad.pictures import heatmap_picture, overlay_picture
 from sonocad.predictions import Prediction
 from sonocad.progress import progress
-from sonocad.visual import heatmap
+from sonocad.provenance import predictor_record, write_provenance
 
 LESION_PROBABILITY = "lesion_probability"  # the "method" of a segmentation model's heatmap
 INSTANCE_SCORE = "instance_score"  # a detector's
+_PICTURES = ("heatmap", "class_heatmap", "detections")  # the picture files of a result row
+_METHOD_NAMES = {"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++"}
 
 
 @dataclass(frozen=True)
@@ -52,6 +57,15 @@ class Explanation:
     method: str  # "gradcam", "gradcam++" or LESION_PROBABILITY
     predicted_class: str | None = None  # classification
     probability: float | None = None  # of the predicted class
+
+    @property
+    def label(self) -> str:
+        """What the heatmap shows, for its colour bar: 'Grad-CAM of malignant (0.91)',
+        'lesion probability' or 'instance score'."""
+        if self.method in _METHOD_NAMES:
+            return (f"{_METHOD_NAMES[self.method]} of {self.predicted_class} "
+                    f"({self.probability:.2f})")
+        return self.method.replace("_", " ")
 
 
 @dataclass(frozen=True)
@@ -63,6 +77,11 @@ class ExplainResult:
     @property
     def ok(self) -> bool:
         return not self.failures
+
+    @property
+    def pictures(self) -> int:
+        """How many picture files were written (an image may have two or three)."""
+        return sum(key in row for row in self.rows for key in _PICTURES)
 
 
 class Explainer:
@@ -160,17 +179,23 @@ def _class_head(predictor: Predictor) -> tuple[nn.Module | None, str | None]:
     return ClassLogits(model), (f"model.{layer}" if layer else None)
 
 
-def explain(checkpoint_path: str | Path, inputs: Sequence[str | Path], out: str | Path, *,
-            method: Method = "gradcam", overwrite: bool = False) -> ExplainResult:
-    """Write ``out/<stem>_heatmap.png`` for every image file in `inputs`; `overwrite` replaces
-    an earlier explain output in `out`."""
+def explain(checkpoint_path: str | Path | None, inputs: Sequence[str | Path], out: str | Path,
+            *, method: Method = "gradcam", overwrite: bool = False) -> ExplainResult:
+    """Write ``out/<stem>_heatmap.png`` for every image file in `inputs`, and
+    ``out/provenance.json``; `checkpoint_path` None explains the bundled default model (its
+    checkpoint: Grad-CAM needs torch's gradients). `overwrite` replaces an earlier explain
+    output in `out`."""
     out = Path(out)
-    explainer = Explainer(checkpoint_path, method=method)
-    claim_output_dir(out, "explain", inputs=[checkpoint_path, *inputs], overwrite=overwrite)
+    given = [] if checkpoint_path is None else [checkpoint_path]
+    explainer = Explainer(Predictor(bundled_checkpoint()) if checkpoint_path is None
+                          else checkpoint_path, method=method)
+    claim_output_dir(out, "explain", inputs=[*given, *inputs], overwrite=overwrite)
+    write_provenance(out, [predictor_record(explainer.predictor, checkpoint_path)],
+                     explainer.predictor.backend)
     rows: list[dict[str, Any]] = []
     failures: list[InputError] = []
     names = UniqueNames()
-    for path in progress(inputs, "explaining"):
+    for path in progress(inputs, "explaining", unit="files"):
         try:
             for frame, image in numbered_frames(path):  # every frame, as predict does
                 stem = output_stem(Path(path).name)
@@ -185,11 +210,12 @@ def explain(checkpoint_path: str | Path, inputs: Sequence[str | Path], out: str 
 
 def _explain_one(explainer: Explainer, pixels: np.ndarray, out: Path, name: str,
                  row: dict[str, Any]) -> dict[str, Any]:
-    """Write one frame's heatmap(s); its row of the result."""
+    """Write one frame's heatmap(s), in predict's colours with a colour bar naming what they
+    show; its row of the result."""
     (prediction,) = explainer.predictor.predict([pixels])
     explanation = explainer(pixels, prediction)
     row.update(heatmap=str(out / f"{name}_heatmap.png"), method=explanation.method)
-    save_png(Path(row["heatmap"]), heatmap(pixels, explanation.heat))
+    _save_heatmap(Path(row["heatmap"]), pixels, explanation)
     if prediction.instances is not None:
         row["detections"] = str(out / f"{name}_detections.png")
         save_png(Path(row["detections"]), overlay_picture(pixels, prediction, None))
@@ -198,7 +224,11 @@ def _explain_one(explainer: Explainer, pixels: np.ndarray, out: Path, name: str,
         called = explainer.explain_class(pixels, prediction)
         row.update(class_heatmap=str(out / f"{name}_class_heatmap.png"),
                    class_method=called.method)
-        save_png(Path(row["class_heatmap"]), heatmap(pixels, called.heat))
+        _save_heatmap(Path(row["class_heatmap"]), pixels, called)
     if called is not None:
         row.update(predicted_class=called.predicted_class, probability=called.probability)
     return row
+
+
+def _save_heatmap(path: Path, pixels: np.ndarray, explanation: Explanation) -> None:
+    save_png(path, heatmap_picture(pixels, explanation.heat, explanation.label))

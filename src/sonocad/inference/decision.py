@@ -33,7 +33,8 @@ from typing import Any
 
 import numpy as np
 
-from sonocad.predictions import LESION_CLASSES, Decision
+from sonocad.data.sample import LESION_CLASSES
+from sonocad.predictions import Decision
 
 LESION_OUTLINED = "lesion outlined"
 NO_LESION_OUTLINED = "no lesion outlined"

@@ -24,7 +24,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageOps
 
 from sonocad.errors import InputError
-from sonocad.io.atomic import atomic_open, save_png, write_json
+from sonocad.io.atomic import atomic_open, write_json
 from sonocad.io.pixels import check_size
 
 
@@ -170,14 +170,6 @@ def read_voc_mask(path: str | Path, shape: tuple[int, int]) -> np.ndarray:
     classes = read_voc_classes(path)
     _check_size(path, (classes.shape[1], classes.shape[0]), shape)
     return (classes != 0) & (classes != VOID_CLASS)
-
-
-def save_mask_png(path: str | Path, mask: np.ndarray) -> None:
-    """Write a mask as an 8-bit grayscale PNG of 0 and 255, atomically."""
-    mask = np.asarray(mask)
-    if mask.ndim != 2:
-        raise ValueError(f"a mask is 2-D; got shape {mask.shape}")
-    save_png(path, mask != 0)
 
 
 def save_voc_mask(path: str | Path, classes: np.ndarray, class_names: Sequence[str]) -> None:

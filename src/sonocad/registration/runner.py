@@ -161,7 +161,7 @@ def register_batch(csv_path: str | Path, out: str | Path,
     csv_path, out = Path(csv_path), Path(out)
     claim_dataset(out, [csv_path], overwrite)
     registered, failures, used = [], [], {}
-    for line, row in progress(_read_rows(csv_path), "registering"):
+    for line, row in progress(_read_rows(csv_path), "registering", unit="biopsies"):
         try:
             fields = merge_fields(defaults or {}, _resolve_paths(row, csv_path.parent))
             biopsy = parse_biopsy(fields)

@@ -18,9 +18,10 @@ import numpy as np
 from sonocad.data.sample import Sample
 from sonocad.errors import InputError
 from sonocad.explain.runner import Explainer
+from sonocad.pictures import heatmap_picture
 from sonocad.report.figures import side_by_side
 from sonocad.report.sources import Run
-from sonocad.visual import heatmap, to_rgb8
+from sonocad.visual import to_rgb8
 
 
 @dataclass(frozen=True)
@@ -49,7 +50,8 @@ def explain_examples(run: Run, samples: dict[str, Sample], data: Path,
                         f"(p = {explanation.probability:.2f})")
         if row.get("dice") is not None:
             caption += f", Dice {row['dice']:.2f}"
-        picture = side_by_side([to_rgb8(pixels), heatmap(pixels, explanation.heat)])
+        picture = side_by_side([to_rgb8(pixels),
+                                heatmap_picture(pixels, explanation.heat, explanation.label)])
         examples.append(Example(picture, caption, explanation.method))
     return examples
 

@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from sonocad.data.sample import CLASS_NAMES
+from sonocad.data.sample import CLASS_NAMES, LESION_CLASSES
 from sonocad.errors import InputError, SonocadError
 from sonocad.io.atomic import atomic_open, save_png, write_text
 from sonocad.io.images import read_image
@@ -47,7 +47,6 @@ COMMAND = "annotate"  # the output marker's command: an annotation folder is res
 MANIFEST = "manifest.csv"
 COLUMNS = ("image", "mask", "label", "patient_id", "pixel_spacing_mm", "outline_source",
            "boxes")
-LESION_LABELS = ("benign", "malignant")
 MAX_PATIENT_ID = 64
 
 
@@ -120,7 +119,7 @@ class Annotations:
         replacing any saved before; a one-line ValueError for a label that cannot be saved."""
         if label not in CLASS_NAMES:
             raise ValueError(f"label: choose one of {', '.join(CLASS_NAMES)}")
-        if label in LESION_LABELS and not mask.any():
+        if label in LESION_CLASSES and not mask.any():
             raise ValueError(f"a {label} image needs its lesion outlined: accept the model's "
                              "outline or draw a box around the lesion")
         item = self.items[index]
@@ -131,7 +130,7 @@ class Annotations:
                     atomic_open(self.root / item.image_cell, "wb") as copy:
                 shutil.copyfileobj(original, copy)
             mask_cell = ""
-            if label in LESION_LABELS:
+            if label in LESION_CLASSES:
                 mask_cell = earlier_mask or self._new_mask_cell(item)
                 save_png(self.root / mask_cell, mask)
             elif earlier_mask:  # now normal: its earlier mask (sonocad's) goes
@@ -141,10 +140,10 @@ class Annotations:
                 **earlier, "image": item.image_cell, "mask": mask_cell, "label": label,
                 "patient_id": patient_id or "",
                 "pixel_spacing_mm": "" if spacing_mm is None else str(spacing_text(spacing_mm)),
-                "outline_source": source if label in LESION_LABELS else "",
+                "outline_source": source if label in LESION_CLASSES else "",
                 "boxes": json.dumps([[round(v, 1) for v in box] for box in boxes],
                                     separators=(",", ":"))
-                if label in LESION_LABELS and source == "box" else ""}
+                if label in LESION_CLASSES and source == "box" else ""}
             write_text(self.root / MANIFEST, _csv_text(self._columns, self._rows))
 
     def _new_mask_cell(self, item: Item) -> str:

@@ -139,7 +139,8 @@ def predict_samples(model: PredictorLike, samples: list[Sample],
                     batch_size: int) -> Iterator[Predicted]:
     """Stream (sample, image, prediction) in batches; memory stays flat."""
     for start in progress(range(0, len(samples), batch_size), "evaluating",
-                          total=-(-len(samples) // batch_size)):
+                          len(samples), unit="images",
+                          size=lambda start: min(batch_size, len(samples) - start)):
         chunk = samples[start:start + batch_size]
         images = [sample.load_image() for sample in chunk]
         yield from zip(chunk, images, model.predict([image.pixels for image in images]))

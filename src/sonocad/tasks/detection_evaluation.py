@@ -32,7 +32,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from sonocad.data.instances import class_instances
-from sonocad.data.sample import Sample
+from sonocad.data.sample import LESION_CLASSES, Sample
 from sonocad.errors import SonocadError
 from sonocad.evaluation.detection import (
     ImageInstances,
@@ -67,7 +67,8 @@ def evaluate_detection(model: PredictorLike, samples: list[Sample], out: str | P
     scored: list[ScoredImage] = []
     instances: dict[str, list[dict[str, Any]]] = {}
     for start in progress(range(0, len(samples), batch_size), "evaluating",
-                          total=-(-len(samples) // batch_size)):
+                          len(samples), unit="images",
+                          size=lambda start: min(batch_size, len(samples) - start)):
         chunk = samples[start:start + batch_size]
         images = [sample.load_image() for sample in chunk]
         found = model.predict([image.pixels for image in images])
@@ -163,7 +164,7 @@ def _summary(rows: list[dict[str, Any]], scored: list[ScoredImage],
         low, high = intervals[kind][name]
         return {"mean": value, "ci_low": low, "ci_high": high}
 
-    lesion_rows = [r for r in rows if r["label"] in ("benign", "malignant")]
+    lesion_rows = [r for r in rows if r["label"] in LESION_CLASSES]
     auroc = delong_auroc([int(r["label"] == "malignant") for r in lesion_rows],
                          [r.get("malignant_score", 0.0) for r in lesion_rows])
     return {

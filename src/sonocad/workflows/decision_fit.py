@@ -41,7 +41,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import f1_score, roc_curve
 
 from sonocad.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from sonocad.data.sample import Sample
+from sonocad.data.sample import LESION_CLASSES, Sample
 from sonocad.data.sources import DataArg, resolve_sources
 from sonocad.data.split import read_split, select
 from sonocad.data.views import ViewConfig, tissue_view
@@ -57,7 +57,7 @@ from sonocad.inference.decision import (
     malignancy_ratio,
 )
 from sonocad.inference.predictor import Predictor
-from sonocad.predictions import LESION_CLASSES, Prediction
+from sonocad.predictions import Prediction
 from sonocad.workflows.evaluate import predict_samples
 
 FRACTIONS = (0.0, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, math.inf)

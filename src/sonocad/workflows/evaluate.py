@@ -23,6 +23,7 @@ from sonocad.inference.detection import DetectionPredictor
 from sonocad.inference.predictor import Predictor
 from sonocad.io.atomic import write_json
 from sonocad.io.outputs import claim_output_dir
+from sonocad.provenance import model_record, write_provenance
 from sonocad.tasks import EvaluationResult, Predicted, get_task, predict_samples
 
 
@@ -47,6 +48,7 @@ def evaluate(checkpoint: str | Path, data: DataArg, split_spec: str | Sequence[s
     if labels:
         samples = [s for s in samples if s.label in labels]
     model = DetectionPredictor(loaded) if task.detector else Predictor(loaded)
+    write_provenance(out, [model_record(loaded.meta, loaded.path, bundled=bundled)], "torch")
     result = task.evaluate(model, samples, out, " + ".join(specs), overlays=overlays,
                            batch_size=batch_size, n_boot=n_boot, checkpoint=checkpoint)
     keys = list(dict.fromkeys([*(["source"] if len(specs) > 1 else []), *by]))
@@ -84,6 +86,7 @@ def evaluate_out_of_fold(checkpoints: Sequence[str | Path], data: str | Path,
     if labels:
         folds = [[s for s in samples if s.label in labels] for samples in folds]
     claim_output_dir(out, "evaluate", inputs=[*checkpoints, data], overwrite=overwrite)
+    write_provenance(out, [model_record(c.meta, c.path) for c in loaded], "torch")
 
     def out_of_fold() -> Iterator[Predicted]:
         for checkpoint, samples in zip(loaded, folds):  # one model in memory at a time

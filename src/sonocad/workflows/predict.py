@@ -16,6 +16,7 @@ sonocad's own output folders; it names anything else it cannot read. Outputs, al
                          predicted class (classification, torch checkpoints), or the score of
                          the instances covering each pixel (detection)
   predictions.csv/.json  one row per image or frame
+  provenance.json        the model (name, file, SHA-256), back end, version, command line
 
 `out` is claimed through `sonocad.io.outputs` (a new or empty folder, or an earlier predict
 output with ``overwrite`` / ``resume``; never a folder that holds an input). The table is
@@ -55,6 +56,7 @@ from sonocad.io.pixels import MAX_IMAGE_PIXELS, Image
 from sonocad.io.spacing import resolve_spacing, spacing_text
 from sonocad.predictions import Prediction, PredictionsStream, prediction_columns
 from sonocad.progress import progress
+from sonocad.provenance import predictor_record, write_provenance
 from sonocad.workflows.writer import OUTPUTS, OutputWriter
 
 if TYPE_CHECKING:  # at run time only for checkpoints: torch
@@ -128,6 +130,7 @@ def predict(inputs: Sequence[str | Path], out: str | Path, *,
     if dicom_out and not predictor.task.lesion_map:
         raise SonocadError("--dicom-out writes a Segmentation: the model must outline lesions")
     explainer = _grad_cam(predictor) if "heatmap" in outputs else None
+    write_provenance(out, [predictor_record(predictor, checkpoint)], predictor.backend)
     for failure in failures:
         _report(failure)
     table = PredictionsStream(out / "predictions", resume=resume) if "table" in outputs else None
@@ -312,7 +315,7 @@ def _items(sources: list[_Source], failures: list[InputError], names: UniqueName
            spacing_mm: tuple[float, float] | None = None) -> Iterator[_Item]:
     """Every image and frame, named; a file that fails is reported, recorded and skipped.
     `spacing_mm` (``--spacing``) applies where neither the file nor a manifest gives one."""
-    for source in progress(sources, "predicting"):
+    for source in progress(sources, "predicting", unit="files"):
         stem = output_stem(source.image_id)
         try:
             for frame, image in _numbered_frames(source):
@@ -338,7 +341,8 @@ def _numbered_frames(source: _Source) -> Iterator[tuple[int | None, Image]]:
         from sonocad.io.dicom import dicom_frame_count  # pydicom: on use, as sonocad.io.images
 
         total = dicom_frame_count(source.path)
-    yield from progress(itertools.chain([first], frames), f"frames of {source.image_id}", total)
+    yield from progress(itertools.chain([first], frames), f"frames of {source.image_id}", total,
+                          unit="frames")
 
 
 def _with_spacing(image: Image, source: _Source, option: tuple[float, float] | None
