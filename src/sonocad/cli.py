@@ -383,11 +383,14 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 def _add_compare_command(commands) -> None:
     compare = _command(commands, "compare", _compare,
-                       "compare two evaluations of the same images: paired statistics at "
-                       "participant level (JMIR 2026 and QIMS 2023 Table 2 layouts)")
+                       "compare two models on the same images: paired statistics at "
+                       "participant level (JMIR 2026 and QIMS 2023 Table 2 layouts) and "
+                       "paired differences B - A with 95 % CIs")
     for name in ("eval_a", "eval_b"):
         compare.add_argument(name, type=Path, metavar=name.upper(),
-                             help="a `sonocad evaluate` folder or its predictions.csv")
+                             help="a `sonocad evaluate` or `sonocad predict` folder, or its "
+                                  "predictions.csv; rows are joined on image_id, else file "
+                                  "path, path suffix or file content (docs/evaluation.md)")
     compare.add_argument("--out", type=Path, metavar="FILE.json",
                          help="also write every number as JSON")
 

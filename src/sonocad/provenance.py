@@ -9,7 +9,6 @@ The predictions table keeps its own format; this file sits beside it.
 
 from __future__ import annotations
 
-import hashlib
 import sys
 from collections.abc import Sequence
 from importlib.resources import as_file, files
@@ -19,22 +18,13 @@ from typing import TYPE_CHECKING, Any
 from sonocad import __version__
 from sonocad.inference.predictor import BUNDLED_ONNX
 from sonocad.io.atomic import write_json
+from sonocad.io.digest import file_sha256
+from sonocad.io.outputs import PROVENANCE
 
 if TYPE_CHECKING:  # at run time not needed, and it would import torch
     from sonocad.checkpoint import Checkpoint
     from sonocad.inference.predictor import Predictor
 
-PROVENANCE = "provenance.json"
-_CHUNK = 1 << 20
-
-
-def file_sha256(path: str | Path) -> str:
-    """The SHA-256 of a file, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def model_record(meta: dict[str, Any], path: str | Path | None, *,

@@ -49,6 +49,7 @@ except ImportError:  # Windows: no advisory locks; the other rules still hold
     fcntl = None  # type: ignore[assignment]
 
 MARKER = ".sonocad-output.json"
+PROVENANCE = "provenance.json"  # what made a folder's results (`sonocad.provenance`)
 WRITTEN_LOG = ".sonocad-written"
 LOCK = ".sonocad-lock"
 _OWN_FILES = frozenset({MARKER, WRITTEN_LOG, LOCK})

@@ -4,12 +4,12 @@ anything reads a byte of them. Nothing is ever downloaded."""
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 
 from sonocad.errors import SonocadError
+from sonocad.io.digest import file_sha256
 
 
 class WeightsError(SonocadError):
@@ -42,15 +42,12 @@ class WheelAsset:
             if size != self.size:
                 raise WeightsError(f"{path}: {size:,} bytes, not the {self.size:,} of the tested "
                                    f"{self.what}; {reinstall}")
-            digest = hashlib.sha256()
-            with path.open("rb") as stream:
-                for block in iter(lambda: stream.read(2**20), b""):
-                    digest.update(block)
+            digest = file_sha256(path)
         except OSError as exc:
             raise WeightsError(f"{path}: cannot read the {self.what} "
                                f"({exc.strerror or exc})") from None
-        if digest.hexdigest() != self.sha256:
-            raise WeightsError(f"{path}: SHA-256 {digest.hexdigest()[:12]}... is not that of the "
+        if digest != self.sha256:
+            raise WeightsError(f"{path}: SHA-256 {digest[:12]}... is not that of the "
                                f"tested {self.what} ({self.sha256[:12]}...): the file is damaged "
                                f"or replaced; {reinstall}")
 
