@@ -18,7 +18,7 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image as PILImage
 
-from conftest import BUSI_ROOT
+from conftest import BUSI_ROOT, CLS_CLASSES, unet_checkpoint, write_checkpoint
 from sonocad.cli import main
 from sonocad.data.adapters import open_dataset
 from sonocad.data.check import check_dataset
@@ -29,7 +29,6 @@ from sonocad.io.outputs import release_claims
 from sonocad.serve import create_app
 from sonocad.serve.annotate import Annotations
 from sonocad.serve.boxes import unavailable
-from test_predict import _unet_checkpoint
 
 LOCAL = "http://localhost"
 TOKEN = "annotation-token-0123456789"
@@ -59,7 +58,7 @@ def images(tmp_path: Path) -> Path:
 @pytest.fixture
 def predictor(tmp_path: Path) -> Predictor:
     """A model that finds no lesion anywhere: outlines come from boxes or not at all."""
-    return Predictor(_unet_checkpoint(tmp_path / "none.pt", -5.0))
+    return Predictor(unet_checkpoint(tmp_path / "none.pt", -5.0))
 
 
 def _fingerprints(folder: Path) -> dict[Path, tuple[str, int]]:
@@ -248,17 +247,11 @@ def test_the_command_line_wants_both_folders(capsys: pytest.CaptureFixture) -> N
 
 def test_a_model_without_a_lesion_map_saves_normal_images(tmp_path: Path, images: Path) -> None:
     """A classifier draws no outline: normal images save without a mask all the same."""
-    from sonocad.checkpoint import Checkpoint, save_checkpoint
     from sonocad.models import create_model
-    from sonocad.transforms import TransformConfig
 
-    model = create_model("resnet34", num_classes=3)
-    path = tmp_path / "cls.pt"
-    save_checkpoint(path, Checkpoint({
-        "task": "classification", "model": {"name": "resnet34", "args": {"num_classes": 3}},
-        "class_names": ["normal", "benign", "malignant"],
-        "transform": TransformConfig(input_size=32).to_dict(), "recipe": {}, "data": {},
-        "metrics": {}}, model.state_dict()))
+    path = write_checkpoint(tmp_path / "cls.pt", "classification", "resnet34",
+                            {"num_classes": 3}, CLS_CLASSES,
+                            create_model("resnet34", num_classes=3).state_dict())
     with TestClient(create_app(Predictor(path),
                                annotations=Annotations(tmp_path / "dataset", images)),
                     base_url=LOCAL) as client:

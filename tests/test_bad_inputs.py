@@ -29,30 +29,22 @@ from pydicom.uid import (
     generate_uid,
 )
 
-from sonocad.checkpoint import FORMAT, Checkpoint, load_checkpoint, save_checkpoint
+from conftest import (
+    EXIT_FATAL,
+    EXIT_SOME_FAILED,
+    assert_one_fatal_line_each,
+    edited,
+    png,
+    predict_beside_a_good_image,
+    run_cli,
+    tree_digest,
+)
+from sonocad.checkpoint import FORMAT, Checkpoint, load_checkpoint
 from sonocad.cli import main
 from sonocad.errors import InputError
 from sonocad.inference.predictor import Predictor
 from sonocad.serve import create_app
 from sonocad.serve.uploads import UploadLimit
-from test_predict import _png, _tree_digest, _unet_checkpoint
-
-EXIT_SOME_FAILED, EXIT_FATAL = 1, 2
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return _unet_checkpoint(tmp_path_factory.mktemp("ckpt") / "all.pt", 5.0)
-
-
-def _run(argv: list[object], capsys: pytest.CaptureFixture) -> tuple[int, list[str]]:
-    """The exit code and stderr's lines of `sonocad ARGV`: never a traceback or an internal
-    error."""
-    code = main([str(a) for a in argv])
-    err = capsys.readouterr().err
-    assert "Traceback" not in err and "a bug in sonocad" not in err, err
-    return code, [line for line in err.splitlines() if line.strip()]
-
 
 # --- image files: predict skips them, names them, and predicts the good image beside them -----
 
@@ -83,7 +75,7 @@ def _image(name: str, pixels: np.ndarray, **save) -> Callable[[Path], Path]:
 
 
 def _truncated_png(folder: Path) -> Path:
-    whole = _png(folder / "whole.tmpimg.png", seed=3).read_bytes()
+    whole = png(folder / "whole.tmpimg.png", seed=3).read_bytes()
     (folder / "whole.tmpimg.png").unlink()
     return _write("truncated.png", whole[: len(whole) // 2])(folder)
 
@@ -198,27 +190,21 @@ IMAGE_CASES: dict[str, tuple[Callable[[Path], Path], str]] = {
 def test_predict_skips_a_bad_image_in_one_line_and_carries_on(
         kind: str, tmp_path: Path, checkpoint: Path, capsys: pytest.CaptureFixture) -> None:
     make, problem = IMAGE_CASES[kind]
-    folder = tmp_path / "in"
-    _png(folder / "good.png")
-    bad = make(folder)
-    before = _tree_digest(folder)
-    code, lines = _run(["predict", checkpoint, folder, "--out", tmp_path / "out"], capsys)
+    code, lines, bad = predict_beside_a_good_image(make, tmp_path, checkpoint, capsys)
     assert code == EXIT_SOME_FAILED
     skipped = [line for line in lines if line.startswith("sonocad: skipped")]
     assert len(skipped) == 1, lines
     assert all(part in skipped[0] for part in re.split(r"[\x00-\x1f]", bad.name))
     assert re.search(problem, skipped[0]), skipped[0]
-    assert (tmp_path / "out" / "masks" / "good.png").is_file()  # the batch carried on
-    assert _tree_digest(folder) == before
 
 
 def test_predict_names_inputs_that_are_no_files(
         tmp_path: Path, checkpoint: Path, capsys: pytest.CaptureFixture) -> None:
-    good = _png(tmp_path / "good.png")
+    good = png(tmp_path / "good.png")
     (tmp_path / "loop.png").symlink_to(tmp_path / "loop.png")
     (tmp_path / "folder.png").mkdir()
-    before = _tree_digest(tmp_path)
-    code, lines = _run(["predict", checkpoint, good, tmp_path / "loop.png",
+    before = tree_digest(tmp_path)
+    code, lines = run_cli(["predict", checkpoint, good, tmp_path / "loop.png",
                         tmp_path / "folder.png", tmp_path / "missing.png",
                         str(tmp_path / "none*.png"), "--out", tmp_path / "out"], capsys)
     assert code == EXIT_SOME_FAILED
@@ -229,7 +215,7 @@ def test_predict_names_inputs_that_are_no_files(
         assert any(name in line and re.search(problem, line)
                    for line in problems), (name, problems)
     assert (tmp_path / "out" / "masks" / "good.png").is_file()
-    after = _tree_digest(tmp_path)
+    after = tree_digest(tmp_path)
     assert all(after[name] == digest for name, digest in before.items())
 
 
@@ -245,15 +231,6 @@ def _raw(data: bytes) -> Callable[[Path], Path]:
 def _save_payload(payload: object) -> Callable[[Path], Path]:
     def make(path: Path) -> Path:
         torch.save(payload, path)
-        return path
-    return make
-
-
-def _edited(source: Path, edit: Callable[[Checkpoint], None]) -> Callable[[Path], Path]:
-    def make(path: Path) -> Path:
-        loaded = load_checkpoint(source)
-        edit(loaded)
-        save_checkpoint(path, loaded)
         return path
     return make
 
@@ -274,37 +251,29 @@ def _checkpoint_cases(good: Path) -> dict[str, tuple[Callable[[Path], Path], str
         "a bare tensor": (_save_payload(torch.zeros(3)), "not a sonocad checkpoint"),
         "meta without a task": (_save_payload({"meta": {"format": FORMAT}, "state_dict": {}}),
                                 "damaged sonocad checkpoint"),
-        "weights not tensors": (_edited(good, lambda c: c.state_dict.update(x=[1, 2])),
+        "weights not tensors": (edited(good, lambda c: c.state_dict.update(x=[1, 2])),
                                 "damaged sonocad checkpoint"),
-        "weights of another model": (_edited(good, rename_weight), "do not fit"),
-        "weights of another size": (_edited(good, reshape_weight), "do not fit"),
-        "unknown model": (_edited(good, lambda c: c.meta["model"].update(name="nonesuch")),
+        "weights of another model": (edited(good, rename_weight), "do not fit"),
+        "weights of another size": (edited(good, reshape_weight), "do not fit"),
+        "unknown model": (edited(good, lambda c: c.meta["model"].update(name="nonesuch")),
                           "cannot build its model"),
-        "unknown model argument": (_edited(good, lambda c: c.meta["model"]["args"].update(
+        "unknown model argument": (edited(good, lambda c: c.meta["model"]["args"].update(
             wings=2)), "cannot build its model"),
     }
 
 
 def test_bad_checkpoints_are_one_line_fatal_errors(
         tmp_path: Path, checkpoint: Path, capsys: pytest.CaptureFixture) -> None:
-    image = _png(tmp_path / "in" / "good.png")
     cases = _checkpoint_cases(checkpoint)
     assert len(cases) == 10
-    for number, (kind, (make, problem)) in enumerate(sorted(cases.items())):
-        bad = make(tmp_path / f"bad{number}.pt")
-        digest = bad.read_bytes()
-        code, lines = _run(["predict", bad, image, "--out", tmp_path / f"out{number}"], capsys)
-        assert code == EXIT_FATAL, kind
-        assert len(lines) == 1 and lines[0].startswith(f"sonocad: error: {bad}: "), (kind, lines)
-        assert problem in lines[0], (kind, lines[0])
-        assert bad.read_bytes() == digest
+    assert_one_fatal_line_each(cases, tmp_path, capsys)
 
 
 # --- data check, data split, evaluate --------------------------------------------------------
 
 def _manifest(folder: Path, rows: list[str], header: str = "image,label,patient_id") -> Path:
     for i in range(12):
-        _png(folder / f"i{i}.png", seed=i)
+        png(folder / f"i{i}.png", seed=i)
     path = folder / "manifest.csv"
     path.write_text("\n".join([header, *rows]) + "\n")
     return path
@@ -321,33 +290,33 @@ def test_data_check_names_the_line_of_a_bad_spacing(spacing: str, tmp_path: Path
                                                     capsys: pytest.CaptureFixture) -> None:
     manifest = _manifest(tmp_path, _rows(spacing=spacing),
                          header="image,label,patient_id,pixel_spacing_mm")
-    before = _tree_digest(tmp_path)
-    code, lines = _run(["data", "check", manifest], capsys)
+    before = tree_digest(tmp_path)
+    code, lines = run_cli(["data", "check", manifest], capsys)
     assert code == EXIT_FATAL
     assert lines == [f"sonocad: error: {manifest}: line 2: pixel_spacing_mm {spacing!r} is not "
                      "one or two positive numbers"]
-    assert _tree_digest(tmp_path) == before
+    assert tree_digest(tmp_path) == before
 
 
 def test_data_check_lists_each_bad_file_and_carries_on(tmp_path: Path,
                                                        capsys: pytest.CaptureFixture) -> None:
     manifest = _manifest(tmp_path, [*_rows(10), "missing.png,benign,p10", "i11.png,benign,p11"])
     (tmp_path / "i11.png").write_bytes(b"garbage")
-    before = _tree_digest(tmp_path)
+    before = tree_digest(tmp_path)
     code = main(["data", "check", str(manifest)])
     out = capsys.readouterr()
     assert code == EXIT_SOME_FAILED and "Traceback" not in out.err
     assert "missing.png" in out.out and "i11.png" in out.out
-    assert _tree_digest(tmp_path) == before
+    assert tree_digest(tmp_path) == before
 
 
 def test_data_split_of_too_few_patients_is_one_line(tmp_path: Path,
                                                     capsys: pytest.CaptureFixture) -> None:
     manifest = _manifest(tmp_path, _rows(3))
-    code, lines = _run(["data", "split", manifest, "--out", tmp_path / "split.json"], capsys)
+    code, lines = run_cli(["data", "split", manifest, "--out", tmp_path / "split.json"], capsys)
     assert code == EXIT_FATAL and len(lines) == 1 and "too few" in lines[0]
     assert not (tmp_path / "split.json").exists()
-    code, lines = _run(["data", "split", manifest, "--folds", "5", "--out",
+    code, lines = run_cli(["data", "split", manifest, "--folds", "5", "--out",
                         tmp_path / "split.json"], capsys)
     assert code == EXIT_FATAL and len(lines) == 1 and "cannot make 5 folds" in lines[0]
 
@@ -356,7 +325,7 @@ def test_data_split_warns_when_a_subset_lacks_a_class(tmp_path: Path,
                                                       capsys: pytest.CaptureFixture) -> None:
     rows = [f"i{i}.png,{'malignant' if i == 0 else 'benign'},p{i}" for i in range(12)]
     manifest = _manifest(tmp_path, rows)
-    code, lines = _run(["data", "split", manifest, "--out", tmp_path / "split.json"], capsys)
+    code, lines = run_cli(["data", "split", manifest, "--out", tmp_path / "split.json"], capsys)
     assert code == 0
     assert sum("warning: subset" in line and "no malignant image" in line for line in lines) == 2
 
@@ -372,7 +341,7 @@ def test_evaluate_refuses_a_bad_split_file_in_one_line(
     manifest = _manifest(tmp_path / "data", _rows())
     split = tmp_path / "split.json"
     split.write_text(text)
-    code, lines = _run(["evaluate", checkpoint, "--data", manifest, "--split", f"{split}:test",
+    code, lines = run_cli(["evaluate", checkpoint, "--data", manifest, "--split", f"{split}:test",
                         "--out", tmp_path / "eval"], capsys)
     assert code == EXIT_FATAL and len(lines) == 1, (kind, lines)
     assert lines[0].startswith("sonocad: error: ") and problem in lines[0], (kind, lines)
@@ -384,7 +353,7 @@ def test_evaluate_names_a_missing_subset(tmp_path: Path, checkpoint: Path,
     manifest = _manifest(tmp_path / "data", _rows())
     assert main(["data", "split", str(manifest), "--out", str(tmp_path / "split.json")]) == 0
     capsys.readouterr()
-    code, lines = _run(["evaluate", checkpoint, "--data", manifest, "--split",
+    code, lines = run_cli(["evaluate", checkpoint, "--data", manifest, "--split",
                         f"{tmp_path / 'split.json'}:tset", "--out", tmp_path / "eval"], capsys)
     assert code == EXIT_FATAL and len(lines) == 1 and "tset" in lines[0], lines
 
@@ -400,7 +369,7 @@ def test_train_into_an_earlier_run_needs_resume_or_overwrite(
     run = tmp_path / "run"
     run.mkdir()
     (run / "best.pt").write_bytes(b"an earlier run's weights")
-    code, lines = _run(["train", "recipes/default.yaml", "--out", run, "max_steps=1"], capsys)
+    code, lines = run_cli(["train", "recipes/default.yaml", "--out", run, "max_steps=1"], capsys)
     assert code == EXIT_FATAL and len(lines) == 1 and "not empty" in lines[0], lines
     assert (run / "best.pt").read_bytes() == b"an earlier run's weights"
 

@@ -22,6 +22,7 @@ import pytest
 from PIL import ExifTags
 from PIL import Image as PILImage
 
+from conftest import EXIT_OK, EXIT_SOME_FAILED, tree_digest
 from sonocad.cli import main
 from sonocad.data import duplicates
 from sonocad.data.adapters import open_dataset
@@ -29,9 +30,7 @@ from sonocad.data.duplicates import ImageHashes, candidate_pairs, correlations
 from sonocad.data.phantom import make_phantom
 from sonocad.data.sample import Sample
 from sonocad.data.split import SplitFile, hold_out_scanner, make_split
-from test_predict import _tree_digest
 
-EXIT_OK, EXIT_SOME_FAILED = 0, 1
 SIZE = (48, 64)  # height, width of every image (not square: a quarter turn changes its size)
 
 Pixels = Callable[[np.ndarray], np.ndarray]  # lesion (bool H x W) -> the mask file's pixels
@@ -190,14 +189,14 @@ def test_a_mask_that_marks_everything_lesion_is_one_error(
         kind: str, write: Callable[[Path, np.ndarray], None], said: str, tmp_path: Path,
         capsys: pytest.CaptureFixture) -> None:
     root, _ = _folder(tmp_path / "data", write)
-    before = _tree_digest(root)
+    before = tree_digest(root)
     code, lines, report = _check(root, capsys)
     [bad] = [p for p in (root / "masks").iterdir() if p.stem == "bad"]
     assert code == EXIT_SOME_FAILED, kind
     assert lines == [f"error: {bad}: {report['problems'][0]['message']}"], (kind, lines)
     assert "more than any lesion outline" in lines[0] and said in lines[0], (kind, lines[0])
     assert report["n_images"] == 2 and report["n_errors"] == 1  # the good image carried on
-    assert _tree_digest(root) == before
+    assert tree_digest(root) == before
 
 
 @pytest.mark.parametrize("layout", ["labelme", "voc"])
@@ -206,12 +205,12 @@ def test_an_annotation_over_the_whole_image_is_one_error(layout: str, tmp_path: 
     root = tmp_path / layout
     root.mkdir()
     bad = _labelme_everything(root) if layout == "labelme" else _voc_everything(root)
-    before = _tree_digest(root)
+    before = tree_digest(root)
     code, lines, _ = _check(root, capsys)
     assert code == EXIT_SOME_FAILED
     assert lines == [f"error: {bad}: mask marks 100% of the image as lesion, more than any "
                      "lesion outline"]
-    assert _tree_digest(root) == before
+    assert tree_digest(root) == before
 
 
 def test_several_masks_that_cover_the_image_together_are_one_error_on_the_image(
@@ -277,12 +276,12 @@ def test_a_transparent_background_is_background_for_check_and_training(
         kind: str, write: Callable[[Path, np.ndarray], None], tmp_path: Path,
         capsys: pytest.CaptureFixture) -> None:
     root, lesion = _folder(tmp_path / "data", write)
-    before = _tree_digest(root)
+    before = tree_digest(root)
     code, lines, _ = _check(root, capsys)
     assert (code, lines) == (EXIT_OK, []), kind
     bad = next(s for s in open_dataset(root) if s.image_id == "benign/bad.png")
     np.testing.assert_array_equal(bad.load_mask(SIZE), lesion)  # what training reads
-    assert _tree_digest(root) == before
+    assert tree_digest(root) == before
 
 
 def test_a_mask_transparent_everywhere_is_an_empty_mask_not_a_full_one(
@@ -341,12 +340,12 @@ def test_an_image_and_mask_turned_differently_get_one_line(
         capsys: pytest.CaptureFixture) -> None:
     root, _ = _folder(tmp_path / "data", write, image_name=image_name,
                       image_orientation=orientation, size=size)
-    before = _tree_digest(root)
+    before = tree_digest(root)
     code, lines, _ = _check(root, capsys)
     assert code == (EXIT_SOME_FAILED if severity == "error" else EXIT_OK), kind
     assert len(lines) == 1 and lines[0].startswith(f"{severity}: {root / 'masks' / 'bad.png'}: ")
     assert said in lines[0], (kind, lines[0])
-    assert _tree_digest(root) == before
+    assert tree_digest(root) == before
 
 
 @pytest.mark.parametrize(("image_name", "orientation"), [

@@ -7,12 +7,10 @@ were, and the bombs stay within a memory limit."""
 
 from __future__ import annotations
 
-import io
 import json
 import re
 import shutil
 import struct
-import zlib
 from collections.abc import Callable
 from importlib.resources import as_file, files
 from pathlib import Path
@@ -21,27 +19,39 @@ import numpy as np
 import PIL.TiffImagePlugin
 import pytest
 import torch
-from PIL import Image as PILImage
-from pydicom import Dataset, FileMetaDataset, dcmread
+from pydicom import Dataset, dcmread
 from pydicom.data import get_testdata_file
 from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataelem import RawDataElement
-from pydicom.encaps import encapsulate
-from pydicom.filebase import DicomBytesIO
-from pydicom.filewriter import write_dataset, write_file_meta_info
 from pydicom.tag import Tag
 from pydicom.uid import (
     DeflatedExplicitVRLittleEndian,
-    ExplicitVRLittleEndian,
     JPEG2000Lossless,
     JPEGBaseline8Bit,
     JPEGLSLossless,
     RLELossless,
-    UltrasoundImageStorage,
-    UltrasoundMultiFrameImageStorage,
-    generate_uid,
 )
 
+from conftest import (
+    EXIT_FATAL,
+    EXIT_SOME_FAILED,
+    HEADER_SIDE,
+    assert_one_fatal_line_each,
+    compressed_dicom,
+    deflated_dicom,
+    dicom_header,
+    edited,
+    grey,
+    jpeg,
+    jpeg_ls,
+    megabytes,
+    pillow_codestream,
+    png,
+    predict_beside_a_good_image,
+    reset_peak,
+    run_cli,
+    tree_digest,
+)
 from sonocad.checkpoint import (
     BUNDLED_MODEL,
     MAX_CLASSES,
@@ -53,50 +63,13 @@ from sonocad.errors import InputError
 from sonocad.io import dicom
 from sonocad.io.images import iter_frames, read_image
 from sonocad.io.pixels import MAX_FRAMES
-from test_bad_inputs import EXIT_FATAL, EXIT_SOME_FAILED, _edited, _run
-from test_predict import _png, _tree_digest, _unet_checkpoint
-
-HEADER_SIDE = 256  # what every bomb's header says: 256 x 256 grey, 8 bits
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return _unet_checkpoint(tmp_path_factory.mktemp("ckpt") / "all.pt", 5.0)
-
 
 # --- compressed frames whose codestream says another size (item 6) ------------------------------
-
-def _grey(side: int = 64) -> np.ndarray:
-    return np.random.default_rng(0).integers(0, 255, (side, side), dtype=np.uint8)
-
-
-def _pillow_codestream(format: str, **save: object) -> bytes:
-    buffer = io.BytesIO()
-    PILImage.fromarray(_grey()).save(buffer, format, **save)
-    return buffer.getvalue()
-
-
-def _jpeg(width: int, height: int, fill: bytes = b"") -> bytes:
-    """A real 64 x 64 baseline JPEG whose frame header (SOF0) says width x height; `fill`
-    (0xFF bytes) before that marker, which decoders skip."""
-    stream = _pillow_codestream("JPEG")
-    at = stream.index(b"\xff\xc0")
-    sof = stream[at:at + 5] + struct.pack(">HH", height, width)
-    return stream[:at] + fill + sof + stream[at + 9:]
-
-
-def _jpeg_ls(width: int, height: int) -> bytes:
-    """An 11.5 KB JPEG-LS codestream whose frame header (SOF55) says width x height: only the
-    header matters, decoding must be refused before it starts."""
-    sof = b"\xff\xf7" + struct.pack(">HBHHB", 11, 8, height, width, 1) + b"\x01\x11\x00"
-    sos = b"\xff\xda" + struct.pack(">HB", 8, 1) + b"\x01\x00" + b"\x00\x00\x00"
-    return b"\xff\xd8" + sof + sos + bytes(11_500) + b"\xff\xd9"
-
 
 def _j2k(width: int, height: int, jp2: bool = False) -> bytes:
     """A real 64 x 64 JPEG 2000 codestream whose SIZ segment says width x height; `jp2`: inside
     the boxes of a JP2 file, as some writers store it."""
-    stream = bytearray(_pillow_codestream("JPEG2000", no_jp2=not jp2))
+    stream = bytearray(pillow_codestream("JPEG2000", no_jp2=not jp2))
     siz = stream.index(b"\xff\x4f\xff\x51")
     stream[siz + 8:siz + 16] = struct.pack(">II", width, height)
     return bytes(stream)
@@ -108,55 +81,33 @@ def _rle(runs: int) -> bytes:
     return struct.pack("<16I", 1, 64, *[0] * 14) + segment
 
 
-def _compressed_dicom(name: str, syntax: str, *frames: bytes,
-                      side: int = HEADER_SIDE) -> Callable[[Path], Path]:
-    def make(folder: Path) -> Path:
-        ds = Dataset()
-        ds.file_meta = FileMetaDataset()
-        ds.file_meta.TransferSyntaxUID = syntax
-        ds.SOPClassUID = UltrasoundMultiFrameImageStorage if len(frames) > 1 \
-            else UltrasoundImageStorage
-        ds.SOPInstanceUID = generate_uid()
-        ds.Rows = ds.Columns = side
-        if len(frames) > 1:
-            ds.NumberOfFrames = len(frames)
-        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
-        ds.PixelData = encapsulate(list(frames))
-        ds["PixelData"].VR = "OB"
-        path = folder / name
-        ds.save_as(path, enforce_file_format=True)
-        return path
-    return make
-
-
 CODESTREAM_CASES: dict[str, tuple[Callable[[Path], Path], str]] = {
     "JPEG-LS codestream of 40000 x 40000 in a 256 x 256 header": (
-        _compressed_dicom("jls.dcm", JPEGLSLossless, _jpeg_ls(40_000, 40_000)),
+        compressed_dicom("jls.dcm", JPEGLSLossless, jpeg_ls(40_000, 40_000)),
         "image too large: frame 1's JPEG-LS codestream is 40000 x 40000 pixels"),
     "baseline JPEG codestream of 13000 x 13000": (
-        _compressed_dicom("jpeg.dcm", JPEGBaseline8Bit, _jpeg(13_000, 13_000)),
+        compressed_dicom("jpeg.dcm", JPEGBaseline8Bit, jpeg(13_000, 13_000)),
         "image too large: frame 1's JPEG codestream is 13000 x 13000 pixels"),
     "JPEG frame header behind fill bytes": (
-        _compressed_dicom("fill.dcm", JPEGBaseline8Bit, _jpeg(13_000, 13_000, b"\xff" * 3)),
+        compressed_dicom("fill.dcm", JPEGBaseline8Bit, jpeg(13_000, 13_000, b"\xff" * 3)),
         "image too large: frame 1's JPEG codestream is 13000 x 13000"),
     "JPEG 2000 codestream of 40000 x 40000": (
-        _compressed_dicom("j2k.dcm", JPEG2000Lossless, _j2k(40_000, 40_000)),
+        compressed_dicom("j2k.dcm", JPEG2000Lossless, _j2k(40_000, 40_000)),
         "image too large: frame 1's JPEG 2000 codestream is 40000 x 40000"),
     "JPEG 2000 in a JP2 file of 40000 x 40000": (
-        _compressed_dicom("jp2.dcm", JPEG2000Lossless, _j2k(40_000, 40_000, jp2=True)),
+        compressed_dicom("jp2.dcm", JPEG2000Lossless, _j2k(40_000, 40_000, jp2=True)),
         "image too large: frame 1's JPEG 2000 codestream is 40000 x 40000"),
     "JPEG codestream smaller than its header": (
-        _compressed_dicom("small.dcm", JPEGBaseline8Bit, _jpeg(64, 64)),
+        compressed_dicom("small.dcm", JPEGBaseline8Bit, jpeg(64, 64)),
         "JPEG codestream is 64 x 64 pixels, but the header says 256 x 256"),
     "JPEG frame without a frame header": (
-        _compressed_dicom("nosof.dcm", JPEGBaseline8Bit, b"\xff\xd8\xff\xd9"),
+        compressed_dicom("nosof.dcm", JPEGBaseline8Bit, b"\xff\xd8\xff\xd9"),
         "no JPEG frame header"),
     "RLE segment decoding to 64 x its size": (
-        _compressed_dicom("rle.dcm", RLELossless, _rle(100_000)),
+        compressed_dicom("rle.dcm", RLELossless, _rle(100_000)),
         "frame 1: RLE segment 1 decodes to more than Rows x Columns bytes"),
     "JPEG bomb in frame 2 of a cine loop": (
-        _compressed_dicom("cine.dcm", JPEGBaseline8Bit, _jpeg(64, 64), _jpeg(13_000, 13_000),
+        compressed_dicom("cine.dcm", JPEGBaseline8Bit, jpeg(64, 64), jpeg(13_000, 13_000),
                           side=64),
         "frame 2's JPEG codestream is 13000 x 13000"),
 }
@@ -164,50 +115,14 @@ CODESTREAM_CASES: dict[str, tuple[Callable[[Path], Path], str]] = {
 
 # --- Deflated Explicit VR Little Endian (items 8 and 32) ----------------------------------------
 
-def _header(syntax: str = ExplicitVRLittleEndian) -> Dataset:
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = syntax
-    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID = UltrasoundImageStorage
-    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID = generate_uid()
-    ds.Rows = ds.Columns = HEADER_SIDE
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
-    return ds
-
-
-def _deflated(name: str, inflated: int, deflate: bool = True) -> Callable[[Path], Path]:
-    """A Deflated DICOM whose data set inflates to about `inflated` bytes of zero pixel data
-    (compressed a MiB at a time, never held); `deflate=False`: random bytes in its place."""
-    def make(folder: Path) -> Path:
-        ds = _header(DeflatedExplicitVRLittleEndian)
-        meta, body = DicomBytesIO(), DicomBytesIO()
-        for stream in (meta, body):
-            stream.is_little_endian, stream.is_implicit_VR = True, False
-        write_file_meta_info(meta, ds.file_meta)
-        del ds.file_meta
-        write_dataset(body, ds)
-        body.write(struct.pack("<HH2sHI", 0x7FE0, 0x0010, b"OB", 0, inflated))
-        compressor = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)  # raw, as A.5 says
-        parts = [compressor.compress(body.getvalue())]
-        zeros = bytes(2**20)
-        parts += [compressor.compress(zeros) for _ in range(inflated // len(zeros))]
-        parts.append(compressor.compress(bytes(inflated % len(zeros))) + compressor.flush())
-        data = b"".join(parts) if deflate else np.random.default_rng(0).bytes(4096)
-        path = folder / name
-        path.write_bytes(bytes(128) + b"DICM" + meta.getvalue() + data)
-        return path
-    return make
-
-
 BOMB = dicom.MAX_INFLATED_BYTES + 2**20  # a MiB past the limit: about 100 KB on disk
 
 DEFLATE_CASES: dict[str, tuple[Callable[[Path], Path], str]] = {
-    "Deflate bomb": (_deflated("bomb.dcm", BOMB),
+    "Deflate bomb": (deflated_dicom("bomb.dcm", BOMB),
                      "its Deflated DICOM data set inflates to more than"),
-    "Deflated data that is not deflate": (_deflated("garbage.dcm", 1000, deflate=False),
+    "Deflated data that is not deflate": (deflated_dicom("garbage.dcm", 1000, deflate=False),
                                           "cannot inflate its Deflated DICOM data set"),
-    "Deflated data set cut short": (_deflated("short.dcm", HEADER_SIDE**2 - 100),
+    "Deflated data set cut short": (deflated_dicom("short.dcm", HEADER_SIDE**2 - 100),
                                     "cannot decode DICOM pixel data"),
 }
 
@@ -218,8 +133,8 @@ def _deflated_copy(folder: Path) -> Path:
 
 
 def _deflated_scan(folder: Path) -> Path:
-    ds = _header()
-    ds.PixelData = _grey(HEADER_SIDE).tobytes()
+    ds = dicom_header()
+    ds.PixelData = grey(HEADER_SIDE).tobytes()
     ds.PixelSpacing = [0.1, 0.2]
     path = folder / "scan.dcm"
     ds.save_as(path, enforce_file_format=True)
@@ -245,11 +160,11 @@ def test_predict_reads_a_valid_deflated_dicom(make: Callable[[Path], Path], tmp_
                                               capsys: pytest.CaptureFixture) -> None:
     (tmp_path / "in").mkdir()
     image = make(tmp_path / "in")
-    before = _tree_digest(tmp_path / "in")
-    code, lines = _run(["predict", checkpoint, image, "--out", tmp_path / "out"], capsys)
+    before = tree_digest(tmp_path / "in")
+    code, lines = run_cli(["predict", checkpoint, image, "--out", tmp_path / "out"], capsys)
     assert code == 0 and not any(line.startswith("sonocad:") for line in lines), lines
     assert (tmp_path / "out" / "masks" / f"{image.stem}.png").is_file()
-    assert _tree_digest(tmp_path / "in") == before
+    assert tree_digest(tmp_path / "in") == before
 
 
 # --- text and non-finite DICOM attributes (items 16, 17, 29) -----------------------------------
@@ -257,7 +172,7 @@ def test_predict_reads_a_valid_deflated_dicom(make: Callable[[Path], Path], tmp_
 def _attributes(name: str, **raw: str) -> Callable[[Path], Path]:
     """A 48 x 48 grey DICOM holding each attribute's text exactly as given, valid or not."""
     def make(folder: Path) -> Path:
-        ds = _header()
+        ds = dicom_header()
         ds.Rows = ds.Columns = 48
         ds.PixelData = np.full((48, 48), 90, np.uint8).tobytes()
         for keyword, text in raw.items():
@@ -273,7 +188,7 @@ def _attributes(name: str, **raw: str) -> Callable[[Path], Path]:
 
 def _region(name: str, delta_x_cm: float) -> Callable[[Path], Path]:
     def make(folder: Path) -> Path:
-        ds = _header()
+        ds = dicom_header()
         ds.Rows = ds.Columns = 48
         ds.PixelData = np.full((48, 48), 90, np.uint8).tobytes()
         region = Dataset()
@@ -396,17 +311,11 @@ IMAGE_CASES = {**CODESTREAM_CASES, **DEFLATE_CASES, **ATTRIBUTE_CASES, **TIFF_CA
 def test_predict_skips_a_file_over_a_decode_budget_in_one_line(
         kind: str, tmp_path: Path, checkpoint: Path, capsys: pytest.CaptureFixture) -> None:
     make, problem = IMAGE_CASES[kind]
-    folder = tmp_path / "in"
-    _png(folder / "good.png")
-    bad = make(folder)
-    before = _tree_digest(folder)
-    code, lines = _run(["predict", checkpoint, folder, "--out", tmp_path / "out"], capsys)
+    code, lines, bad = predict_beside_a_good_image(make, tmp_path, checkpoint, capsys)
     assert code == EXIT_SOME_FAILED, lines
     skipped = [line for line in lines if line.startswith("sonocad: skipped")]
     assert len(skipped) == 1 and skipped[0].startswith(f"sonocad: skipped {bad}: "), lines
     assert re.search(problem, skipped[0]), skipped[0]
-    assert (tmp_path / "out" / "masks" / "good.png").is_file()  # the batch carried on
-    assert _tree_digest(folder) == before
 
 
 def _never_decoded(*args: object, **kwargs: object):
@@ -433,13 +342,6 @@ def test_frames_before_a_bomb_in_a_cine_loop_are_read(tmp_path: Path) -> None:
         next(frames)
 
 
-def _megabytes(field: str) -> float:
-    """VmRSS, or VmHWM (the peak since `_reset_peak`), of this process in MB."""
-    line = next(line for line in Path("/proc/self/status").read_text().splitlines()
-                if line.startswith(field))
-    return int(line.split()[1]) / 1024
-
-
 # Without the budgets the red team measured 4.27 GB (JPEG-LS), 2.8 GB (JPEG) and 4.19 GB
 # (Deflate) at peak. The Deflate bomb inflates to the limit (97 MiB) before it is refused.
 @pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="needs Linux's /proc")
@@ -453,11 +355,11 @@ def _megabytes(field: str) -> float:
 def test_a_bomb_is_refused_in_bounded_memory(kind: str, peak_mb: float, tmp_path: Path) -> None:
     path = IMAGE_CASES[kind][0](tmp_path)
     read_image(_deflated_scan(tmp_path))  # imports and first allocations done
-    Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS
-    before = _megabytes("VmRSS")
+    reset_peak()
+    before = megabytes("VmRSS")
     with pytest.raises(InputError):
         list(iter_frames(path))
-    assert _megabytes("VmHWM") - before < peak_mb
+    assert megabytes("VmHWM") - before < peak_mb
 
 
 # --- checkpoint and ONNX meta (items 22 and 31) ------------------------------------------------
@@ -467,41 +369,33 @@ def _meta_cases(good: Path) -> dict[str, tuple[Callable[[Path], Path], str]]:
         return lambda c: c.meta["transform"].update(values)
 
     return {
-        "input_size 3072": (_edited(good, transform(input_size=3072)),
+        "input_size 3072": (edited(good, transform(input_size=3072)),
                             f"its meta transform.input_size 3072 is over the limit of "
                             f"{MAX_INPUT_SIDE} pixels a side"),
-        "input_size [64, 4096]": (_edited(good, transform(input_size=[64, 4096])),
+        "input_size [64, 4096]": (edited(good, transform(input_size=[64, 4096])),
                                   "its meta transform.input_size [64, 4096] is over the limit"),
-        "input_size 'big'": (_edited(good, transform(input_size="big")),
+        "input_size 'big'": (edited(good, transform(input_size="big")),
                              "its meta transform cannot be used (transform input_size must be"),
-        "CLAHE tiles over the limit": (_edited(good, transform(clahe=True, clahe_tiles=100_000)),
+        "CLAHE tiles over the limit": (edited(good, transform(clahe=True, clahe_tiles=100_000)),
                                        "its meta transform.clahe_tiles 100000 is over the limit"),
         "despeckle filter over the limit": (
-            _edited(good, transform(despeckle="gaussian", despeckle_size=100_001)),
+            edited(good, transform(despeckle="gaussian", despeckle_size=100_001)),
             "its meta transform.despeckle_size 100001 is over the limit"),
         "class count over the limit": (
-            _edited(good, lambda c: c.meta.update(class_names=["c"] * (MAX_CLASSES + 1))),
+            edited(good, lambda c: c.meta.update(class_names=["c"] * (MAX_CLASSES + 1))),
             f"its meta class_names holds {MAX_CLASSES + 1:,} classes, over the limit"),
         "detector resize over the limit": (
-            _edited(good, lambda c: c.meta["model"]["args"].update(max_size=8192)),
+            edited(good, lambda c: c.meta["model"]["args"].update(max_size=8192)),
             "its meta model.args.max_size 8192 is not a size within the limit"),
         "model args sizing other tensors": (
-            _edited(good, lambda c: c.meta["model"]["args"].update(base_width=512)),
+            edited(good, lambda c: c.meta["model"]["args"].update(base_width=512)),
             "its weights do not fit model 'unet' (stem"),
     }
 
 
 def test_checkpoint_meta_out_of_bounds_is_a_one_line_fatal_error(
         tmp_path: Path, checkpoint: Path, capsys: pytest.CaptureFixture) -> None:
-    image = _png(tmp_path / "in" / "good.png")
-    for number, (kind, (make, problem)) in enumerate(sorted(_meta_cases(checkpoint).items())):
-        bad = make(tmp_path / f"bad{number}.pt")
-        digest = bad.read_bytes()
-        code, lines = _run(["predict", bad, image, "--out", tmp_path / f"out{number}"], capsys)
-        assert code == EXIT_FATAL, kind
-        assert len(lines) == 1 and lines[0].startswith(f"sonocad: error: {bad}: "), (kind, lines)
-        assert problem in lines[0], (kind, lines[0])
-        assert bad.read_bytes() == digest
+    assert_one_fatal_line_each(_meta_cases(checkpoint), tmp_path, capsys)
 
 
 def test_a_model_is_sized_on_the_meta_device_before_it_is_built(
@@ -535,10 +429,10 @@ def test_a_checkpoint_asking_for_pretrained_weights_never_fetches_them(
 
     monkeypatch.setattr(efficientnet_lite, "imagenet_state_dict", fetch)
     with as_file(files("sonocad").joinpath(*BUNDLED_MODEL)) as bundled:
-        asking = _edited(bundled, lambda c: c.meta["model"]["args"].update(
+        asking = edited(bundled, lambda c: c.meta["model"]["args"].update(
             pretrained="imagenet"))(tmp_path / "asking.pt")
-    image = _png(tmp_path / "in" / "good.png")
-    code, lines = _run(["predict", asking, image, "--out", tmp_path / "out"], capsys)
+    image = png(tmp_path / "in" / "good.png")
+    code, lines = run_cli(["predict", asking, image, "--out", tmp_path / "out"], capsys)
     assert code == 0 and not lines, lines
 
 
@@ -554,8 +448,8 @@ def test_onnx_meta_out_of_bounds_is_a_one_line_fatal_error(
     entry.value = json.dumps(meta)
     bad = tmp_path / "bad.onnx"
     onnx.save(model, bad)
-    image = _png(tmp_path / "in" / "good.png")
-    code, lines = _run(["predict", bad, image, "--backend", "onnx", "--out", tmp_path / "out"],
+    image = png(tmp_path / "in" / "good.png")
+    code, lines = run_cli(["predict", bad, image, "--backend", "onnx", "--out", tmp_path / "out"],
                        capsys)
     assert code == EXIT_FATAL
     assert lines == [f"sonocad: error: {bad}: its meta transform.input_size 3072 is over the "

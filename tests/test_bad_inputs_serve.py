@@ -10,10 +10,9 @@ import http.client
 import io
 import socket
 import struct
-import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import AbstractContextManager, ExitStack
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +25,7 @@ from pydicom.uid import (
     JPEGLSLossless,
 )
 
+from conftest import compressed_dicom, deflated_dicom, jpeg, jpeg_ls, megabytes, reset_peak, serving
 from sonocad.inference.predictor import Predictor
 from sonocad.io.pixels import Image
 from sonocad.serve import create_app, run
@@ -34,8 +34,6 @@ from sonocad.serve.boxes import MAX_BOXES, unavailable
 from sonocad.serve.connections import ConnectionLimits
 from sonocad.serve.server import make_server
 from sonocad.serve.uploads import MAX_FRAMES
-from test_bad_inputs_decode import _compressed_dicom, _deflated, _jpeg, _jpeg_ls, _megabytes
-from test_predict import _unet_checkpoint
 
 LOCAL = "http://localhost"
 # Small caps and timeouts, so each case takes a second or two. "Patient": the timeouts are far
@@ -45,28 +43,14 @@ STRICT = ConnectionLimits(total=6, per_client=3, header_timeout_s=0.6, idle_time
 
 
 @pytest.fixture(scope="module")
-def predictor(tmp_path_factory: pytest.TempPathFactory) -> Predictor:
-    return Predictor(_unet_checkpoint(tmp_path_factory.mktemp("ckpt") / "all.pt", 5.0))
+def predictor(lesion_everywhere: Path) -> Predictor:
+    return Predictor(lesion_everywhere)
 
 
-@contextmanager
-def _serving(app: FastAPI, limits: ConnectionLimits) -> Iterator[int]:
+def _serving(app: FastAPI, limits: ConnectionLimits) -> AbstractContextManager[int]:
     """`app` under `make_server` (what `sonocad serve` runs) on a free loopback port, in a
     thread; yields the port."""
-    listener = socket.create_server(("127.0.0.1", 0))
-    server = make_server(app, limits, log_level="warning")
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [listener]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
-        time.sleep(0.02)
-    try:
-        yield listener.getsockname()[1]
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
-        listener.close()
+    return serving(make_server(app, limits, log_level="warning"))
 
 
 @pytest.fixture
@@ -486,19 +470,15 @@ def test_a_tiff_of_thousands_of_pages_is_answered_in_seconds(pages: int, status:
 
 # --- item 7: decompression bombs go through the readers' budgets, and memory comes back -------
 
-def _reset_peak() -> None:
-    Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS
-
-
-# The decode tests' own bombs (tests/test_bad_inputs_decode.py), uploaded instead of read.
+# The decode tests' own bombs (tests/conftest.py), uploaded instead of read.
 BOMBS: dict[str, Callable[[Path], Path]] = {
-    "JPEG codestream of 13000 x 13000": _compressed_dicom(
-        "jpeg.dcm", JPEGBaseline8Bit, _jpeg(13000, 13000)),
-    "JPEG-LS codestream of 40000 x 40000": _compressed_dicom(
-        "jpeg_ls.dcm", JPEGLSLossless, _jpeg_ls(40000, 40000)),
-    "JPEG bomb in frame 2 of a cine loop": _compressed_dicom(
-        "cine.dcm", JPEGBaseline8Bit, _jpeg(64, 64), _jpeg(13000, 13000), side=64),
-    "Deflate to 512 MiB": _deflated("deflate.dcm", 512 * 2**20),
+    "JPEG codestream of 13000 x 13000": compressed_dicom(
+        "jpeg.dcm", JPEGBaseline8Bit, jpeg(13000, 13000)),
+    "JPEG-LS codestream of 40000 x 40000": compressed_dicom(
+        "jpeg_ls.dcm", JPEGLSLossless, jpeg_ls(40000, 40000)),
+    "JPEG bomb in frame 2 of a cine loop": compressed_dicom(
+        "cine.dcm", JPEGBaseline8Bit, jpeg(64, 64), jpeg(13000, 13000), side=64),
+    "Deflate to 512 MiB": deflated_dicom("deflate.dcm", 512 * 2**20),
 }
 LINUX_PROC = pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(),
                                 reason="needs Linux's /proc")
@@ -514,15 +494,15 @@ def test_a_dicom_bomb_upload_is_refused_in_one_line_in_bounded_memory(
     data = BOMBS[kind](tmp_path).read_bytes()
     assert len(data) < 2**20
     client.get("/api/health")
-    _reset_peak()
-    before = _megabytes("VmRSS")
+    reset_peak()
+    before = megabytes("VmRSS")
     response = client.post("/api/predict", files={"file": ("scan.dcm", data)})
 
     assert response.status_code == 422, (kind, response.text)
     detail = response.json()["detail"]
     assert detail.startswith("cannot read this image: ") and "\n" not in detail
-    assert _megabytes("VmHWM") - before < peak_mb, kind
-    assert _megabytes("VmRSS") - before < 50, kind  # nothing held afterwards
+    assert megabytes("VmHWM") - before < peak_mb, kind
+    assert megabytes("VmRSS") - before < 50, kind  # nothing held afterwards
     assert client.post("/api/predict", files={"file": ("a.png", _png())}).status_code == 200
 
 
@@ -538,9 +518,9 @@ def test_memory_a_large_upload_used_goes_back_to_the_system(client: TestClient) 
     pages[0].save(buffer, "TIFF", save_all=True, append_images=pages[1:], compression="jpeg",
                   quality=5)
     client.get("/api/health")
-    before = _megabytes("VmRSS")
+    before = megabytes("VmRSS")
     result = client.post("/api/predict", files={"file": ("loop.tif", buffer.getvalue())}).json()
-    held = _megabytes("VmRSS") - before
+    held = megabytes("VmRSS") - before
     kept = sum(len(client.get(frame[name]).content) for frame in result["frames"]
                for name in ("overlay_url", "heatmap_url", "mask_url")) / 2**20
     if unavailable() is None:  # the frames themselves, kept for boxes to be drawn on

@@ -22,18 +22,23 @@ import torch
 from onnx import numpy_helper
 from PIL import Image as PILImage
 
+from conftest import (
+    EXIT_FATAL,
+    EXIT_SOME_FAILED,
+    SEG_CLASSES,
+    UNET_ARGS,
+    checkpoint_meta,
+    png,
+    training_inputs,
+    tree_digest,
+    write_checkpoint,
+)
 from sonocad.checkpoint import Checkpoint, load_checkpoint, non_finite_weights, save_checkpoint
 from sonocad.cli import main
-from sonocad.data.adapters import open_dataset
-from sonocad.data.phantom import write_phantom_dataset
-from sonocad.data.split import make_split, write_split
 from sonocad.inference.export import export_onnx
 from sonocad.inference.predictor import NonFiniteOutput, Predictor
 from sonocad.models import create_model
 from sonocad.tasks import get_task
-from test_predict import SEG_CLASSES, _meta, _png, _tree_digest
-
-EXIT_SOME_FAILED, EXIT_FATAL = 1, 2
 
 # 6 training images in batches of 2: 3 steps an epoch, last.pt after every step.
 TINY_RECIPE = """\
@@ -50,14 +55,7 @@ _PROGRESS = re.compile(r"^sonocad: training step ")  # the run's progress lines 
 
 @pytest.fixture(scope="module")
 def phantoms(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
-    root = tmp_path_factory.mktemp("phantoms")
-    data = root / "data"
-    write_phantom_dataset(data, per_class=4, size=(48, 48), seed=3)
-    split = root / "split.json"
-    write_split(split, make_split(open_dataset(data), [], fractions=(0.5, 0.25, 0.25), seed=0))
-    recipe = root / "tiny.yaml"
-    recipe.write_text(TINY_RECIPE)
-    return data, split, recipe
+    return training_inputs(tmp_path_factory.mktemp("phantoms"), TINY_RECIPE, 4, (48, 48), seed=3)
 
 
 def _train(phantoms: tuple[Path, Path, Path], run: Path, *extra: str) -> list[str]:
@@ -131,7 +129,7 @@ def test_divergent_training_stops_with_one_line_naming_the_step(
         kind: str, phantoms: tuple[Path, Path, Path], tmp_path: Path,
         capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
     overrides, breaks, expected = DIVERGING[kind]
-    inputs = _tree_digest(phantoms[0].parent)
+    inputs = tree_digest(phantoms[0].parent)
     breaks(monkeypatch)
     run = tmp_path / "run"
     code, lines = _run(_train(phantoms, run, *overrides), capsys)
@@ -141,7 +139,7 @@ def test_divergent_training_stops_with_one_line_naming_the_step(
     assert not (run / "summary.json").exists()
     for saved in run.glob("*.pt"):  # whatever was saved is a model made of numbers
         assert non_finite_weights(load_checkpoint(saved).state_dict) is None, saved.name
-    assert _tree_digest(phantoms[0].parent) == inputs
+    assert tree_digest(phantoms[0].parent) == inputs
 
 
 @pytest.mark.parametrize("kind", ["loss_inf_at_step_5", "loss_nan_at_step_5"])
@@ -180,7 +178,7 @@ def test_a_validation_that_scores_nan_never_beats_one_that_scored_a_number() -> 
 
 def _unet_state(damage: Callable[[dict[str, torch.Tensor]], None]) -> dict[str, torch.Tensor]:
     torch.manual_seed(0)
-    state = create_model("unet", base_width=4, depth=2).state_dict()
+    state = create_model("unet", **UNET_ARGS).state_dict()
     with torch.no_grad():
         damage(state)
     return state
@@ -207,10 +205,8 @@ def _overflowing(state: dict[str, torch.Tensor]) -> None:
 
 
 def _checkpoint(path: Path, damage: Callable[[dict[str, torch.Tensor]], None]) -> Path:
-    args = {"base_width": 4, "depth": 2}
-    save_checkpoint(path, Checkpoint(_meta("segmentation", "unet", args, SEG_CLASSES),
-                                     _unet_state(damage)))
-    return path
+    return write_checkpoint(path, "segmentation", "unet", UNET_ARGS, SEG_CLASSES,
+                            _unet_state(damage))
 
 
 def _default_model_with_nan(path: Path) -> Path:
@@ -247,8 +243,8 @@ def test_a_checkpoint_with_non_finite_weights_is_refused_when_loaded(
     backend, make, held = DAMAGED_WEIGHTS[kind]
     checkpoint = make(tmp_path / "damaged.pt")
     images = tmp_path / "images"
-    _png(images / "a.png", seed=1)
-    before = _tree_digest(tmp_path)
+    png(images / "a.png", seed=1)
+    before = tree_digest(tmp_path)
     code, lines = _run(["predict", checkpoint, images, "--out", tmp_path / "out", "--backend",
                         backend], capsys)
     assert code == EXIT_FATAL and len(lines) == 1, lines
@@ -256,7 +252,7 @@ def test_a_checkpoint_with_non_finite_weights_is_refused_when_loaded(
         lines[0]
     assert re.search(rf"\d+ of \d+ tensors hold {held}", lines[0]), lines[0]
     assert not (tmp_path / "out" / "predictions.csv").exists()
-    assert {k: v for k, v in _tree_digest(tmp_path).items() if not k.startswith("out/")} \
+    assert {k: v for k, v in tree_digest(tmp_path).items() if not k.startswith("out/")} \
         == before
 
 
@@ -291,8 +287,8 @@ def test_an_image_whose_output_is_not_finite_is_skipped_and_the_batch_carries_on
     images = tmp_path / "images"
     images.mkdir()
     PILImage.fromarray(np.full((40, 56), 90, np.uint8)).save(images / "a_flat.png")
-    _png(images / "b_texture.png", seed=2)
-    before = _tree_digest(tmp_path)
+    png(images / "b_texture.png", seed=2)
+    before = tree_digest(tmp_path)
     out = tmp_path / "out"
     code, lines = _run(["predict", model, images, "--out", out, "--backend", backend], capsys)
     assert code == EXIT_SOME_FAILED
@@ -307,14 +303,14 @@ def test_an_image_whose_output_is_not_finite_is_skipped_and_the_batch_carries_on
     assert predicted == [n for n in ("a_flat.png", "b_texture.png") if n not in refused]
     assert sorted(p.name for p in (out / "masks").glob("*.png")) == \
         [f"{Path(n).stem}.png" for n in predicted]
-    assert {k: v for k, v in _tree_digest(tmp_path).items() if not k.startswith("out/")} \
+    assert {k: v for k, v in tree_digest(tmp_path).items() if not k.startswith("out/")} \
         == before
 
 
 @pytest.mark.parametrize("backend", ["torch", "onnx"])
 def test_the_predictor_never_makes_a_call_of_a_non_finite_output(backend: str) -> None:
-    args = {"base_width": 4, "depth": 2}
-    predictor = Predictor(Checkpoint(_meta("segmentation", "unet", args, SEG_CLASSES),
+    predictor = Predictor(Checkpoint(checkpoint_meta("segmentation", "unet", UNET_ARGS,
+                                                     SEG_CLASSES),
                                      _unet_state(_overflowing)), backend=backend)
     flat = np.full((40, 56), 90, np.uint8)
     texture = np.random.default_rng(0).integers(0, 255, (40, 56), dtype=np.uint8)
@@ -364,14 +360,14 @@ def test_resume_with_a_changed_recipe_is_refused_naming_the_keys(
         kind: str, phantoms: tuple[Path, Path, Path], stopped_run: Path,
         capsys: pytest.CaptureFixture) -> None:
     overrides, named = CHANGED[kind]
-    before = _tree_digest(stopped_run)
+    before = tree_digest(stopped_run)
     code, lines = _run(_train(phantoms, stopped_run, "--resume", "max_steps=2", *overrides),
                        capsys)
     assert code == EXIT_FATAL and len(lines) == 1, lines
     assert lines[0] == (f"sonocad: error: {stopped_run / 'last.pt'}: the recipe differs from "
                         f"the run's in {named}; resume with the run's recipe "
                         f"({stopped_run / 'recipe.yaml'}) or train a new run"), lines[0]
-    assert _tree_digest(stopped_run) == before  # recipe.yaml, last.pt, metrics.csv untouched
+    assert tree_digest(stopped_run) == before  # recipe.yaml, last.pt, metrics.csv untouched
 
 
 # The run's cosine was built for 2 steps: loaded as it was it would be back at half the lr at

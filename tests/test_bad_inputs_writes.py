@@ -19,21 +19,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import EXIT_FATAL, png, run_cli, tree_digest
 from sonocad.data.phantom import write_phantom_dataset
 from sonocad.errors import SonocadError
 from sonocad.io.atomic import write_text
 from sonocad.io.outputs import LOCK, claim_output_dir, output_stem
 from sonocad.predictions import read_predictions
-from test_bad_inputs import _run
-from test_predict import _png, _tree_digest, _unet_checkpoint
-
-EXIT_SOME_FAILED, EXIT_FATAL = 1, 2
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return _unet_checkpoint(tmp_path_factory.mktemp("ckpt") / "all.pt", 5.0)
-
 
 # --- names made from ids stay inside --out ---------------------------------------------------
 
@@ -54,18 +45,18 @@ MANIFEST_IDS = {
 def test_a_manifest_id_never_names_a_file_outside_out(
         kind: str, tmp_path: Path, checkpoint: Path, capsys: pytest.CaptureFixture) -> None:
     data = tmp_path / "data"
-    _png(data / "x.png")
+    png(data / "x.png")
     cell = MANIFEST_IDS[kind](data)
     manifest = tmp_path / "lists" / "m.csv"
     manifest.parent.mkdir()
     manifest.write_text(f"image,label\n{cell},benign\n")
     if not (manifest.parent / cell).resolve().is_file():  # relative cells are from the CSV
         pytest.fail(f"the case's cell {cell!r} does not name the image")
-    before = _tree_digest(tmp_path)
+    before = tree_digest(tmp_path)
     out = tmp_path / "out"
-    code, lines = _run(["predict", checkpoint, manifest, "--out", out], capsys)
+    code, lines = run_cli(["predict", checkpoint, manifest, "--out", out], capsys)
     assert code == 0, lines
-    after = _tree_digest(tmp_path)
+    after = tree_digest(tmp_path)
     assert all(after[name] == digest for name, digest in before.items())  # inputs untouched
     assert all(name.startswith("out/") for name in after.keys() - before.keys())
     (mask,) = (out / "masks").rglob("*.png")
@@ -74,14 +65,14 @@ def test_a_manifest_id_never_names_a_file_outside_out(
 
 def test_a_glob_that_climbs_stays_inside_out(tmp_path: Path, checkpoint: Path,
                                             capsys: pytest.CaptureFixture) -> None:
-    _png(tmp_path / "data" / "a" / "keep.png")
-    _png(tmp_path / "x" / "victim.png")
-    before = _tree_digest(tmp_path)
+    png(tmp_path / "data" / "a" / "keep.png")
+    png(tmp_path / "x" / "victim.png")
+    before = tree_digest(tmp_path)
     out = tmp_path / "data" / "out"
     pattern = str(tmp_path / "data" / "*" / ".." / ".." / "x" / "*.png")
-    code, lines = _run(["predict", checkpoint, pattern, "--out", tmp_path / "out"], capsys)
+    code, lines = run_cli(["predict", checkpoint, pattern, "--out", tmp_path / "out"], capsys)
     assert code == 0, lines
-    after = _tree_digest(tmp_path)
+    after = tree_digest(tmp_path)
     assert all(after[name] == digest for name, digest in before.items())
     assert not out.exists()
     assert [p.relative_to(tmp_path / "out").as_posix()
@@ -104,8 +95,8 @@ def test_output_stem_keeps_an_ids_own_folders_and_nothing_else(image_id: str,
 def test_a_file_name_near_the_limit_is_predicted_with_a_bounded_stable_name(
         tmp_path: Path, checkpoint: Path, capsys: pytest.CaptureFixture) -> None:
     long_name = "s" * 245 + ".png"  # 249 bytes: legal; with a temporary suffix it was not
-    image = _png(tmp_path / "in" / long_name)
-    code, lines = _run(["predict", checkpoint, image, "--out", tmp_path / "out"], capsys)
+    image = png(tmp_path / "in" / long_name)
+    code, lines = run_cli(["predict", checkpoint, image, "--out", tmp_path / "out"], capsys)
     assert code == 0, lines
     (mask,) = (tmp_path / "out" / "masks").iterdir()
     assert len(mask.name.encode()) <= 255 and mask.stem == output_stem(long_name)
@@ -129,9 +120,9 @@ def test_a_link_swapped_in_after_the_claim_is_not_written_through(tmp_path: Path
 def _earlier_output(tmp_path: Path, checkpoint: Path, capsys) -> tuple[Path, Path]:
     inputs = tmp_path / "in"
     for i in range(3):
-        _png(inputs / f"i{i}.png", seed=i)
+        png(inputs / f"i{i}.png", seed=i)
     out = tmp_path / "out"
-    assert _run(["predict", checkpoint, inputs, "--out", out], capsys)[0] == 0
+    assert run_cli(["predict", checkpoint, inputs, "--out", out], capsys)[0] == 0
     return inputs, out
 
 
@@ -167,11 +158,11 @@ def test_an_output_folder_holding_a_link_is_refused(
     plant, flag = LINK_CASES[kind]
     inputs, out = _earlier_output(tmp_path, checkpoint, capsys)
     plant(out, inputs)
-    before = _tree_digest(inputs)
-    code, lines = _run(["predict", checkpoint, inputs, "--out", out, flag], capsys)
+    before = tree_digest(inputs)
+    code, lines = run_cli(["predict", checkpoint, inputs, "--out", out, flag], capsys)
     assert code == EXIT_FATAL and len(lines) == 1, lines
     assert "symbolic link" in lines[0] and "sonocad: error: " in lines[0]
-    assert _tree_digest(inputs) == before
+    assert tree_digest(inputs) == before
     assert not (tmp_path / "created-outside.csv").exists()
 
 
@@ -189,14 +180,14 @@ def test_a_folder_another_command_holds_is_refused_at_once(
     try:
         assert holder.stdout.readline().strip() == "held"
         for flag in ("--resume", "--overwrite"):
-            code, lines = _run(["predict", checkpoint, inputs, "--out", out, flag], capsys)
+            code, lines = run_cli(["predict", checkpoint, inputs, "--out", out, flag], capsys)
             assert code == EXIT_FATAL and len(lines) == 1 and "in use" in lines[0], lines
         assert (out / "predictions.csv").read_bytes() == table
     finally:
         holder.kill()
         holder.wait()
     started = time.monotonic()
-    code, lines = _run(["predict", checkpoint, inputs, "--out", out, "--resume"], capsys)
+    code, lines = run_cli(["predict", checkpoint, inputs, "--out", out, "--resume"], capsys)
     assert code == 0 and time.monotonic() - started < 60  # the lock died with its holder
     assert len(read_predictions(out / "predictions.csv")) == 3
 
@@ -205,7 +196,7 @@ def test_a_folder_another_command_holds_is_refused_at_once(
 
 def _manifest_dataset(folder: Path) -> Path:
     for i in range(12):
-        _png(folder / f"i{i}.png", seed=i)
+        png(folder / f"i{i}.png", seed=i)
     manifest = folder / "m.csv"
     manifest.write_text("image,label,patient_id\n" + "".join(
         f"i{i}.png,{('benign', 'malignant')[i % 2]},p{i}\n" for i in range(12)))
@@ -237,23 +228,23 @@ def test_a_command_never_writes_over_its_own_input(kind: str, tmp_path: Path,
                                                   capsys: pytest.CaptureFixture) -> None:
     manifest = _manifest_dataset(tmp_path / "data")
     argv = OWN_INPUT_CASES[kind](manifest)
-    before = _tree_digest(tmp_path)
-    code, lines = _run(argv, capsys)
+    before = tree_digest(tmp_path)
+    code, lines = run_cli(argv, capsys)
     assert code == EXIT_FATAL and len(lines) == 1 and lines[0].startswith("sonocad: error: ")
     assert re.search("input|not empty", lines[0]), lines
-    assert _tree_digest(tmp_path) == before
+    assert tree_digest(tmp_path) == before
 
 
 def test_data_phantom_into_its_own_earlier_output_needs_overwrite(
         tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     out = tmp_path / "phantoms"
-    assert _run(["data", "phantom", out, "--per-class", "1"], capsys)[0] == 0
-    before = _tree_digest(out)
-    code, lines = _run(["data", "phantom", out, "--per-class", "1", "--seed", "3"], capsys)
-    assert code == EXIT_FATAL and "--overwrite" in lines[0] and _tree_digest(out) == before
-    code, _ = _run(["data", "phantom", out, "--per-class", "1", "--seed", "3", "--overwrite"],
+    assert run_cli(["data", "phantom", out, "--per-class", "1"], capsys)[0] == 0
+    before = tree_digest(out)
+    code, lines = run_cli(["data", "phantom", out, "--per-class", "1", "--seed", "3"], capsys)
+    assert code == EXIT_FATAL and "--overwrite" in lines[0] and tree_digest(out) == before
+    code, _ = run_cli(["data", "phantom", out, "--per-class", "1", "--seed", "3", "--overwrite"],
                    capsys)
-    assert code == 0 and _tree_digest(out) != before
+    assert code == 0 and tree_digest(out) != before
 
 
 # --- what lands in the table -----------------------------------------------------------------
@@ -262,8 +253,8 @@ def test_data_phantom_into_its_own_earlier_output_needs_overwrite(
 def test_ids_that_look_like_formulas_are_escaped_in_the_csv_and_read_back(
         prefix: str, tmp_path: Path, checkpoint: Path, capsys: pytest.CaptureFixture) -> None:
     name = f"{prefix}cmd(1).png"
-    _png(tmp_path / "in" / name)
-    code, _ = _run(["predict", checkpoint, tmp_path / "in", "--out", tmp_path / "out"], capsys)
+    png(tmp_path / "in" / name)
+    code, _ = run_cli(["predict", checkpoint, tmp_path / "in", "--out", tmp_path / "out"], capsys)
     assert code == 0
     with open(tmp_path / "out" / "predictions.csv", newline="", encoding="utf-8") as handle:
         (row,) = csv.DictReader(handle)
@@ -280,8 +271,8 @@ def _strict_json(path: Path) -> object:
 @pytest.mark.parametrize("spacing", ["1e200", "1e300,1e-300"])
 def test_an_absurd_spacing_never_writes_infinity_into_json(
         spacing: str, tmp_path: Path, checkpoint: Path, capsys: pytest.CaptureFixture) -> None:
-    image = _png(tmp_path / "in" / "a.png")
-    code, _ = _run(["predict", checkpoint, image, "--out", tmp_path / "out", "--spacing",
+    image = png(tmp_path / "in" / "a.png")
+    code, _ = run_cli(["predict", checkpoint, image, "--out", tmp_path / "out", "--spacing",
                     spacing], capsys)
     assert code == 0
     (row,) = _strict_json(tmp_path / "out" / "predictions.json")  # the model outlines it all
@@ -305,12 +296,12 @@ def test_a_full_or_read_only_disk_is_named_as_such(
         raise OSError(code_, said, str(tmp_path / "out" / "masks" / "a.png"))
 
     monkeypatch.setattr(atomic.os, "fsync", fails)
-    image = _png(tmp_path / "in" / "a.png")
-    before = _tree_digest(tmp_path / "in")
-    code, lines = _run(["predict", checkpoint, image, "--out", tmp_path / "out"], capsys)
+    image = png(tmp_path / "in" / "a.png")
+    before = tree_digest(tmp_path / "in")
+    code, lines = run_cli(["predict", checkpoint, image, "--out", tmp_path / "out"], capsys)
     assert code == EXIT_FATAL and len(lines) == 1, lines
     assert said in lines[0] and hint in lines[0] and "a.png" in lines[0]
-    assert _tree_digest(tmp_path / "in") == before
+    assert tree_digest(tmp_path / "in") == before
 
 
 def test_a_library_warning_is_one_line_once(tmp_path: Path, checkpoint: Path,
@@ -327,8 +318,8 @@ def test_a_library_warning_is_one_line_once(tmp_path: Path, checkpoint: Path,
 
     monkeypatch.setattr(predict_module, "numbered_frames", warns)
     for i in range(3):
-        _png(tmp_path / "in" / f"{i}.png", seed=i)
-    code, lines = _run(["predict", checkpoint, tmp_path / "in", "--out", tmp_path / "out"],
+        png(tmp_path / "in" / f"{i}.png", seed=i)
+    code, lines = run_cli(["predict", checkpoint, tmp_path / "in", "--out", tmp_path / "out"],
                        capsys)
     assert code == 0
     assert lines == ["sonocad: warning: Possibly corrupt EXIF data. Expecting to read 12 bytes"]
@@ -342,7 +333,7 @@ def test_a_real_pillow_exif_warning_is_one_line(tmp_path: Path, checkpoint: Path
     path = tmp_path / "in" / "cut_exif.jpg"
     path.parent.mkdir()
     PILImage.fromarray(np.full((40, 40), 90, np.uint8)).save(path, exif=_exif_cut_short())
-    code, lines = _run(["predict", checkpoint, path, "--out", tmp_path / "out"], capsys)
+    code, lines = run_cli(["predict", checkpoint, path, "--out", tmp_path / "out"], capsys)
     assert code == 0
     assert len(lines) == 1 and re.match("sonocad: warning: .*tag", lines[0], re.I), lines
 
@@ -366,7 +357,7 @@ def test_a_manifest_of_absolute_busi_paths_leaves_the_real_images_alone(
     manifest = tmp_path / "m.csv"
     manifest.write_text("image,label\n" + "".join(f"{path},benign\n" for path in images))
     out = tmp_path / "out"
-    code, lines = _run(["predict", checkpoint, manifest, "--out", out], capsys)
+    code, lines = run_cli(["predict", checkpoint, manifest, "--out", out], capsys)
     assert code == 0, lines
     assert {path: hashlib.sha256(path.read_bytes()).hexdigest() for path in images} == before
     masks = sorted(p.relative_to(out).as_posix() for p in (out / "masks").rglob("*.png"))

@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from conftest import checkpoint_meta
 from sonocad.checkpoint import Checkpoint, save_checkpoint
 from sonocad.data.adapters import open_dataset
 from sonocad.data.phantom import write_phantom_dataset
@@ -24,7 +25,6 @@ from sonocad.inference.predictor import Predictor
 from sonocad.models import list_models, register_model
 from sonocad.predictions import read_predictions
 from sonocad.tasks.classification_evaluation import evaluate_classification
-from sonocad.transforms import TransformConfig
 from sonocad.workflows.evaluate import evaluate
 
 CLASSES = ["normal", "benign", "malignant"]
@@ -46,9 +46,8 @@ def checkpoint_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     model = tiny_classifier()
     with torch.no_grad():  # large weights, so predictions spread over classes and confidences
         model[2].weight.mul_(40)
-    meta = {"task": "classification", "model": {"name": TINY, "args": {"num_classes": 3}},
-            "class_names": CLASSES, "transform": TransformConfig(input_size=32).to_dict(),
-            "data": {"labels": None}, "metrics": {}, "recipe": {}}
+    meta = {**checkpoint_meta("classification", TINY, {"num_classes": 3}, CLASSES),
+            "data": {"labels": None}}
     path = tmp_path_factory.mktemp("run") / "best.pt"
     save_checkpoint(path, Checkpoint(meta, model.state_dict()))
     return path

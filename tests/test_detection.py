@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import phantom_dataset
 from sonocad.checkpoint import load_checkpoint
 from sonocad.cli import main
 from sonocad.data.adapters import open_dataset
 from sonocad.data.instances import mask_instances
-from sonocad.data.phantom import write_phantom_dataset
-from sonocad.data.split import SplitFile, make_split, read_split, write_split
+from sonocad.data.split import SplitFile, read_split, write_split
 from sonocad.data.torch_dataset import SampleDataset, collate
 from sonocad.evaluation.detection import ImageInstances, detection_ap, score_image
 from sonocad.tasks import get_task
@@ -111,12 +111,7 @@ def test_map_averages_iou_thresholds_and_classes():
 
 @pytest.fixture(scope="module")
 def phantoms(tmp_path_factory) -> tuple[Path, Path]:
-    root = tmp_path_factory.mktemp("detection")
-    data = root / "data"
-    write_phantom_dataset(data, per_class=4, size=(64, 64), seed=7)
-    split = root / "split.json"
-    write_split(split, make_split(open_dataset(data), [], fractions=(0.5, 0.25, 0.25), seed=0))
-    return data, split
+    return phantom_dataset(tmp_path_factory.mktemp("detection"), 4, (64, 64), seed=7)
 
 
 def test_the_dataset_yields_instance_targets_and_collate_keeps_them_a_list(phantoms):

@@ -11,6 +11,7 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image as PILImage
 
+from conftest import phantom_dataset
 from sonocad.cli import main
 from sonocad.data.adapters import open_dataset
 from sonocad.data.phantom import make_phantom, write_phantom_dataset
@@ -40,10 +41,7 @@ CLASSES = ["background", "benign", "malignant"]
 def detector(tmp_path_factory) -> Path:
     """A Mask R-CNN trained for two steps on phantoms, from the shipped recipe."""
     root = tmp_path_factory.mktemp("detector")
-    data = root / "data"
-    write_phantom_dataset(data, per_class=4, size=(64, 64), seed=2)
-    split = root / "split.json"
-    write_split(split, make_split(open_dataset(data), [], fractions=(0.5, 0.25, 0.25), seed=0))
+    data, split = phantom_dataset(root, 4, (64, 64), seed=2)
     run = root / "run"
     assert main(["train", str(RECIPE), "--data", str(data), "--split", str(split), "--out",
                  str(run), *TINY, "max_steps=2"]) == 0

@@ -15,7 +15,7 @@ from PIL import Image as PILImage
 from scipy import ndimage
 from torch import nn
 
-from sonocad.checkpoint import Checkpoint, save_checkpoint
+from conftest import png, unet_checkpoint, write_checkpoint
 from sonocad.data.phantom import make_phantom
 from sonocad.errors import SonocadError
 from sonocad.explain import Explainer, default_target_layer, explain, grad_cam
@@ -227,12 +227,6 @@ def test_trained_classifier_heatmap_is_on_the_lesion() -> None:
 
 # --- explain: checkpoints and files -------------------------------------------------------
 
-def _meta(task: str, name: str, args: dict, class_names: list[str], input_size: int) -> dict:
-    return {"task": task, "model": {"name": name, "args": args}, "class_names": class_names,
-            "transform": TransformConfig(input_size=input_size).to_dict(), "recipe": {},
-            "data": {}, "metrics": {}}
-
-
 @pytest.fixture(scope="module")
 def classifier(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """ResNet-34 (random weights) whose head bias makes "malignant" the prediction."""
@@ -242,15 +236,12 @@ def classifier(tmp_path_factory: pytest.TempPathFactory) -> Path:
         model.fc.weight.mul_(1e-3)
         model.fc.bias.copy_(torch.tensor([0.0, 0.0, 4.0]))
     path = tmp_path_factory.mktemp("ckpt") / "cls.pt"
-    save_checkpoint(path, Checkpoint(_meta("classification", "resnet34", {"num_classes": 3},
-                                           CLASSES, 64), model.state_dict()))
-    return path
+    return write_checkpoint(path, "classification", "resnet34", {"num_classes": 3}, CLASSES,
+                            model.state_dict(), input_size=64)
 
 
 def _png(path: Path, size: tuple[int, int] = (48, 80), seed: int = 0) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    PILImage.fromarray(make_phantom("malignant", size=size, seed=seed).image).save(path)
-    return path
+    return png(path, seed, size, label="malignant")
 
 
 def test_explain_writes_a_heatmap_per_image_and_reports_bad_inputs(
@@ -295,14 +286,8 @@ def test_classifier_map_is_taken_back_from_the_letterboxed_input_to_the_image(
 
 
 def test_segmentation_heatmap_is_the_lesion_probability(tmp_path: Path) -> None:
-    args = {"base_width": 4, "depth": 2}
-    model = create_model("unet", **args)
-    nn.init.zeros_(model.head.weight)
-    nn.init.constant_(model.head.bias, 1.0)  # every pixel: lesion probability sigmoid(1)
-    checkpoint = tmp_path / "seg.pt"
-    save_checkpoint(checkpoint, Checkpoint(_meta("segmentation", "unet", args,
-                                                 ["background", "lesion"], 32),
-                                           model.state_dict()))
+    # every pixel: lesion probability sigmoid(1)
+    checkpoint = unet_checkpoint(tmp_path / "seg.pt", 1.0)
     image = _png(tmp_path / "in" / "y.png")
     result = explain(checkpoint, [image], tmp_path / "out", method="gradcam++")
 

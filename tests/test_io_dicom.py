@@ -27,6 +27,7 @@ from pydicom.uid import (
     generate_uid,
 )
 
+from conftest import traced_peak_of_refusals
 from sonocad.errors import InputError
 from sonocad.io import pixels
 from sonocad.io.dicom import dicom_frame_count
@@ -413,16 +414,7 @@ def test_an_11000_x_11000_dicom_is_refused_before_decoding(
         raise AssertionError("decoded pixel data over the budget")
 
     monkeypatch.setattr("sonocad.io.dicom.iter_pixels", never)
-    tracemalloc.start()
-    try:
-        for read in (read_image, iter_frames):
-            with pytest.raises(InputError) as caught:
-                read(path)
-            assert str(caught.value) == (f"{path}: image too large (11000 x 11000 pixels; the "
-                                         "limit is 16,777,216 pixels per image or frame)")
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
+    peak = traced_peak_of_refusals(path, "11000 x 11000")
     assert peak < 2_000_000  # one decoded frame would be 121 MB
 
 

@@ -13,6 +13,7 @@ import pytest
 from PIL import Image as PILImage
 from PIL import ImageFile
 
+from conftest import traced_peak_of_refusals
 from sonocad.errors import InputError
 from sonocad.io import images, pixels
 from sonocad.io.images import IMAGE_SUFFIXES, is_image_file, iter_frames, read_image
@@ -301,16 +302,7 @@ def test_a_97_kb_10000_x_10000_png_is_refused_before_decoding(
         raise AssertionError("decoded an image over the pixel budget")
 
     monkeypatch.setattr(ImageFile.ImageFile, "load", never)
-    tracemalloc.start()
-    try:
-        for read in (read_image, iter_frames):
-            with pytest.raises(InputError) as caught:
-                read(bomb)
-            assert str(caught.value) == (f"{bomb}: image too large (10000 x 10000 pixels; the "
-                                         "limit is 16,777,216 pixels per image or frame)")
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
+    peak = traced_peak_of_refusals(bomb, "10000 x 10000")
     assert peak < 2_000_000  # decoding would take 100 MB
 
 

@@ -10,24 +10,13 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import TINY_MULTITASK_RECIPE, training_inputs
 from sonocad.cli import main
-from sonocad.data.adapters import open_dataset
-from sonocad.data.phantom import make_phantom, write_phantom_dataset
-from sonocad.data.split import make_split, write_split
+from sonocad.data.phantom import make_phantom
 from sonocad.errors import SonocadError
 from sonocad.inference.predictor import Predictor
 from sonocad.models import create_model, efficientnet_lite
 from sonocad.models.efficientnet_lite import imagenet_state_dict
-
-TINY_MULTITASK = """\
-task: multitask
-model: {name: efficientnet_lite0_unet}
-data: {classes: [normal, benign, malignant]}
-transform: {input_size: 64, normalize: imagenet, augment: {hflip: {p: 0.5}}}
-loss: {name: bce_dice, classification: {weight: 0.5, args: {label_smoothing: 0.1}}}
-optimizer: {name: adamw, lr: 0.001}
-train: {batch_size: 4, epochs: 1, max_steps: 2, channels_last: true}
-"""
 
 
 @pytest.mark.parametrize("shape", [(64, 64), (64, 96)])
@@ -73,12 +62,7 @@ def test_no_convolution_runs_at_full_resolution():
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> tuple[Path, Path, Path]:
     root = tmp_path_factory.mktemp("multitask")
-    data = root / "data"
-    write_phantom_dataset(data, per_class=4, size=(64, 64), seed=5)
-    split = root / "split.json"
-    write_split(split, make_split(open_dataset(data), [], fractions=(0.5, 0.25, 0.25), seed=0))
-    recipe = root / "tiny.yaml"
-    recipe.write_text(TINY_MULTITASK)
+    data, split, recipe = training_inputs(root, TINY_MULTITASK_RECIPE, 4, (64, 64), seed=5)
     run = root / "run"
     assert main(["train", str(recipe), "--data", str(data), "--split", str(split),
                  "--out", str(run)]) == 0

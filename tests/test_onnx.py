@@ -11,6 +11,7 @@ import pytest
 import torch
 from PIL import Image as PILImage
 
+from conftest import write_checkpoint
 from sonocad.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from sonocad.data.phantom import make_phantom
 from sonocad.errors import InputError, SonocadError
@@ -18,7 +19,6 @@ from sonocad.inference.export import META_KEY, export_onnx, onnx_model_bytes
 from sonocad.inference.predictor import Predictor
 from sonocad.model_input import InputSpec
 from sonocad.models import create_model
-from sonocad.transforms import TransformConfig
 from sonocad.workflows.predict import predict
 
 MODELS = {  # name -> (task, builder args, class names)
@@ -34,11 +34,8 @@ def _checkpoint(path: Path, name: str) -> Path:
     task, args, class_names = MODELS[name]
     torch.manual_seed(0)
     model = create_model(name, **args)
-    meta = {"task": task, "model": {"name": name, "args": args}, "class_names": class_names,
-            "transform": TransformConfig(input_size=64).to_dict(), "recipe": {}, "data": {},
-            "metrics": {}}
-    save_checkpoint(path, Checkpoint(meta, model.state_dict()))
-    return path
+    return write_checkpoint(path, task, name, args, class_names, model.state_dict(),
+                            input_size=64)
 
 
 @pytest.fixture(scope="module")

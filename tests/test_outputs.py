@@ -12,23 +12,18 @@ from pathlib import Path
 
 import pytest
 
+from conftest import png, tree_digest
 from sonocad.cli import main
 from sonocad.errors import InputError
 from sonocad.io.atomic import write_text
 from sonocad.io.outputs import LOCK, MARKER, claim_output_dir, output_of
 from sonocad.workflows.predict import predict
 from sonocad.workflows.writer import OutputWriter
-from test_predict import _png, _tree_digest, _unet_checkpoint
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return _unet_checkpoint(tmp_path_factory.mktemp("ckpt") / "all.pt", 5.0)
 
 
 def _images(folder: Path, n: int) -> Path:
     for i in range(n):
-        _png(folder / f"img{i:02d}.png", seed=i)
+        png(folder / f"img{i:02d}.png", seed=i)
     return folder
 
 
@@ -76,7 +71,7 @@ def test_overwrite_stops_at_a_file_someone_else_put_in_the_folder(tmp_path: Path
 
 
 def test_an_output_folder_holding_or_inside_an_input_is_refused(tmp_path: Path) -> None:
-    image = _png(tmp_path / "d" / "images" / "a.png")
+    image = png(tmp_path / "d" / "images" / "a.png")
     with pytest.raises(InputError, match="holds the input"):
         claim_output_dir(tmp_path / "d", "predict", inputs=[image])
     with pytest.raises(InputError, match="lies inside the input folder"):
@@ -88,13 +83,13 @@ def test_predict_never_replaces_a_users_ground_truth(tmp_path: Path, checkpoint:
                                                      capsys: pytest.CaptureFixture) -> None:
     """The issue's case: `predict d/images --out d` replaced d/masks/a.png."""
     data = tmp_path / "d"
-    _png(data / "images" / "a.png")
-    _png(data / "masks" / "a.png", seed=9)
-    before = _tree_digest(data)
+    png(data / "images" / "a.png")
+    png(data / "masks" / "a.png", seed=9)
+    before = tree_digest(data)
     for out in (data, data / "images"):
         code = main(["predict", str(checkpoint), str(data / "images"), "--out", str(out)])
         assert code == 2
-        assert _tree_digest(data) == before
+        assert tree_digest(data) == before
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 2 and all(line.startswith("sonocad: error: ") for line in lines)
 
@@ -145,7 +140,7 @@ def test_an_interrupted_predict_leaves_a_valid_table_and_resume_completes_it(
     assert not stale.exists()
     assert [row["image_id"] for row in resumed.rows] == [r["image_id"] for r in straight.rows]
     assert _table(out) == _table(tmp_path / "straight")
-    assert _tree_digest(out / "masks") == _tree_digest(tmp_path / "straight" / "masks")
+    assert tree_digest(out / "masks") == tree_digest(tmp_path / "straight" / "masks")
 
 
 def test_a_sigkilled_predict_resumes_to_the_same_table(tmp_path: Path, checkpoint: Path) -> None:

@@ -2,79 +2,33 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image as PILImage
 from pydicom import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, UltrasoundMultiFrameImageStorage
 
-from sonocad.checkpoint import Checkpoint, save_checkpoint
+from conftest import benign_classifier_checkpoint, png, tree_digest
 from sonocad.data.phantom import make_phantom, write_phantom_dataset
 from sonocad.errors import SonocadError
-from sonocad.models import create_model
 from sonocad.pictures import DIAMETER_COLOUR
 from sonocad.predictions import read_predictions
-from sonocad.transforms import TransformConfig
 from sonocad.visual import PREDICTION_COLOUR
 from sonocad.workflows.predict import predict
-
-SEG_CLASSES = ["background", "lesion"]
-CLS_CLASSES = ["normal", "benign", "malignant"]
-
-
-def _meta(task: str, name: str, args: dict, class_names: list[str]) -> dict:
-    return {"task": task, "model": {"name": name, "args": args}, "class_names": class_names,
-            "transform": TransformConfig(input_size=32).to_dict(), "recipe": {}, "data": {},
-            "metrics": {}}
-
-
-def _unet_checkpoint(path: Path, lesion_logit: float) -> Path:
-    """A tiny U-Net whose head ignores its features: every pixel gets `lesion_logit`, so the
-    predicted mask is all lesion (> 0) or all background (< 0) whatever the image."""
-    args = {"base_width": 4, "depth": 2}
-    model = create_model("unet", **args)
-    torch.nn.init.zeros_(model.head.weight)
-    torch.nn.init.constant_(model.head.bias, lesion_logit)
-    save_checkpoint(path, Checkpoint(_meta("segmentation", "unet", args, SEG_CLASSES),
-                                     model.state_dict()))
-    return path
-
-
-@pytest.fixture(scope="module")
-def lesion_everywhere(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return _unet_checkpoint(tmp_path_factory.mktemp("ckpt") / "all.pt", 5.0)
-
-
-@pytest.fixture(scope="module")
-def no_lesion(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return _unet_checkpoint(tmp_path_factory.mktemp("ckpt") / "none.pt", -5.0)
-
-
-def _png(path: Path, seed: int = 0, size: tuple[int, int] = (40, 56)) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    PILImage.fromarray(make_phantom("benign", size=size, seed=seed).image).save(path)
-    return path
-
-
-def _tree_digest(root: Path) -> dict[str, str]:
-    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 def test_phantom_folder_writes_every_output_and_leaves_the_inputs_alone(
         tmp_path: Path, lesion_everywhere: Path) -> None:
     data = tmp_path / "data"
     write_phantom_dataset(data, per_class=1, size=(40, 56))
-    before = _tree_digest(data)
+    before = tree_digest(data)
     result = predict([data], tmp_path / "out", checkpoint=lesion_everywhere, batch_size=2)
 
-    assert result.ok and _tree_digest(data) == before
+    assert result.ok and tree_digest(data) == before
     images = sorted(name for name in before if "_mask" not in name)  # masks are skipped
     assert sorted(r["image_id"] for r in result.rows) == images
     out = tmp_path / "out"
@@ -106,7 +60,7 @@ def test_phantom_folder_writes_every_output_and_leaves_the_inputs_alone(
 
 
 def test_no_lesion_gives_empty_masks_and_blank_sizes(tmp_path: Path, no_lesion: Path) -> None:
-    result = predict([_png(tmp_path / "x.png")], tmp_path / "out", checkpoint=no_lesion)
+    result = predict([png(tmp_path / "x.png")], tmp_path / "out", checkpoint=no_lesion)
     (row,) = result.rows
     assert row["lesion_detected"] == 0 and row["lesion_area_px"] == 0
     assert math.isnan(row["lesion_diameter_px"])
@@ -117,7 +71,7 @@ def test_no_lesion_gives_empty_masks_and_blank_sizes(tmp_path: Path, no_lesion: 
 def test_unreadable_file_is_reported_and_the_rest_predicted(
         tmp_path: Path, lesion_everywhere: Path, capsys: pytest.CaptureFixture[str]) -> None:
     folder = tmp_path / "in"
-    _png(folder / "good.png")
+    png(folder / "good.png")
     (folder / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
     result = predict([folder], tmp_path / "out", checkpoint=lesion_everywhere)
 
@@ -163,8 +117,8 @@ def test_every_frame_of_a_dicom_cine_loop_is_predicted_in_mm(
 
 def test_inputs_with_the_same_stem_get_their_own_outputs(
         tmp_path: Path, lesion_everywhere: Path) -> None:
-    first = _png(tmp_path / "a" / "x.png", seed=1, size=(40, 40))
-    second = _png(tmp_path / "b" / "x.png", seed=2, size=(48, 32))
+    first = png(tmp_path / "a" / "x.png", seed=1, size=(40, 40))
+    second = png(tmp_path / "b" / "x.png", seed=2, size=(48, 32))
     result = predict([first, second, first], tmp_path / "out", checkpoint=lesion_everywhere)
 
     assert [r["output_name"] for r in result.rows] == ["x", "x_2"]  # `first` once only
@@ -176,8 +130,8 @@ def test_inputs_with_the_same_stem_get_their_own_outputs(
 
 def test_glob_inputs_are_expanded_relative_to_their_root(
         tmp_path: Path, lesion_everywhere: Path) -> None:
-    _png(tmp_path / "scans" / "left" / "a.png")
-    _png(tmp_path / "scans" / "right" / "b.png")
+    png(tmp_path / "scans" / "left" / "a.png")
+    png(tmp_path / "scans" / "right" / "b.png")
     (tmp_path / "scans" / "notes.txt").write_text("not an image")
     result = predict([str(tmp_path / "scans" / "**" / "*"), str(tmp_path / "none*.png")],
                      tmp_path / "out", checkpoint=lesion_everywhere)
@@ -192,7 +146,7 @@ def test_an_earlier_output_folder_is_never_read_back_as_input(
     """Contract changed (issue 16): an output folder inside an input folder is refused, and a
     folder walk or glob leaves out any sonocad output folder it meets."""
     folder = tmp_path / "in"
-    _png(folder / "a.png")
+    png(folder / "a.png")
     with pytest.raises(SonocadError, match="lies inside the input folder"):
         predict([folder], folder / "pred", checkpoint=lesion_everywhere)
     predict([folder], tmp_path / "pred", checkpoint=lesion_everywhere)
@@ -210,7 +164,7 @@ def test_annotations_are_not_predicted(tmp_path: Path, lesion_everywhere: Path) 
     for name in ("benign/x.png", "benign/x_mask.png", "benign/x_mask_1.png",
                  "benign/y_mask.png", "voc/JPEGImages/v.png", "voc/SegmentationClass/v.png",
                  "voc/SegmentationObject/v.png", "folder/images/f.png", "folder/masks/f.png"):
-        _png(tmp_path / "data" / name)
+        png(tmp_path / "data" / name)
     result = predict([tmp_path / "data"], tmp_path / "pred", checkpoint=lesion_everywhere)
     assert [r["image_id"] for r in result.rows] == [
         "benign/x.png", "folder/images/f.png", "voc/JPEGImages/v.png"]
@@ -218,15 +172,8 @@ def test_annotations_are_not_predicted(tmp_path: Path, lesion_everywhere: Path) 
 
 def test_classifier_writes_probabilities_a_captioned_overlay_and_grad_cam(
         tmp_path: Path) -> None:
-    model = create_model("resnet34", num_classes=3)
-    torch.nn.init.zeros_(model.fc.weight)
-    with torch.no_grad():
-        model.fc.bias.copy_(torch.tensor([0.0, 2.0, 0.0]))
-    checkpoint = tmp_path / "cls.pt"
-    save_checkpoint(checkpoint, Checkpoint(_meta("classification", "resnet34",
-                                                 {"num_classes": 3}, CLS_CLASSES),
-                                           model.state_dict()))
-    image = _png(tmp_path / "in" / "x.png", size=(64, 80))
+    checkpoint = benign_classifier_checkpoint(tmp_path / "cls.pt")
+    image = png(tmp_path / "in" / "x.png", size=(64, 80))
     result = predict([image], tmp_path / "out", checkpoint=checkpoint)
 
     (row,) = result.rows
@@ -273,8 +220,8 @@ def test_a_batch_never_holds_more_pixels_than_one_image_at_the_limit(
 
 def test_spacing_comes_from_the_file_then_the_manifest_then_the_option(
         tmp_path: Path, lesion_everywhere: Path) -> None:
-    plain = _png(tmp_path / "in" / "plain.png", size=(40, 50))
-    _png(tmp_path / "in" / "listed.png", size=(40, 50))
+    plain = png(tmp_path / "in" / "plain.png", size=(40, 50))
+    png(tmp_path / "in" / "listed.png", size=(40, 50))
     loop = _cine_loop(tmp_path / "in" / "loop.dcm", 1, (36, 48), (0.1, 0.2))
     manifest = tmp_path / "in" / "manifest.csv"
     manifest.write_text("image,patient_id,pixel_spacing_mm\nlisted.png,P7,0.05\n")
@@ -302,7 +249,7 @@ def test_dicom_out_writes_a_segmentation_and_a_report_for_dicom_inputs(
 
     from sonocad.cli import main
 
-    _png(tmp_path / "in" / "plain.png")
+    png(tmp_path / "in" / "plain.png")
     loop = _cine_loop(tmp_path / "in" / "loop.dcm", 2, (36, 48), (0.1, 0.2))
     ds = dcmread(loop)
     ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
@@ -310,7 +257,7 @@ def test_dicom_out_writes_a_segmentation_and_a_report_for_dicom_inputs(
     ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
     ds.save_as(loop)
     _cine_loop(tmp_path / "in" / "anonymous.dcm", 1, (36, 48), (0.1, 0.2))
-    before = _tree_digest(tmp_path / "in")
+    before = tree_digest(tmp_path / "in")
     code = main(["predict", str(lesion_everywhere), str(tmp_path / "in"), "--out",
                  str(tmp_path / "out"), "--dicom-out"])
     assert code == 1  # the DICOM without UIDs cannot take derived objects; the rest go on
@@ -325,4 +272,4 @@ def test_dicom_out_writes_a_segmentation_and_a_report_for_dicom_inputs(
     table = read_predictions(tmp_path / "out" / "predictions.csv")
     assert sorted(row["image_id"] for row in table) == ["anonymous.dcm", "loop.dcm",
                                                         "loop.dcm", "plain.png"]
-    assert _tree_digest(tmp_path / "in") == before
+    assert tree_digest(tmp_path / "in") == before

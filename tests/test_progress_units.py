@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import TINY_UNET_RECIPE
 from sonocad import progress as progress_module
 from sonocad.cli import main
 from sonocad.data import duplicates
@@ -121,12 +122,11 @@ def test_combine_counts_the_lesions_before_fitting_anything(
 def test_validation_after_training_shows_its_progress_in_images(
         every_update: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from sonocad.data.split import make_split, write_split
-    from test_trainer import TINY_RECIPE
 
     data, split, recipe = tmp_path / "data", tmp_path / "split.json", tmp_path / "tiny.yaml"
     write_phantom_dataset(data, per_class=2, size=(32, 32))
     write_split(split, make_split(open_dataset(data), [], fractions=(0.5, 0.5, 0.0)))
-    recipe.write_text(TINY_RECIPE)
+    recipe.write_text(TINY_UNET_RECIPE)
     assert main(["train", str(recipe), "max_steps=1", "--data", str(data), "--split",
                  str(split), "--out", str(tmp_path / "run")]) == 0
     validating = [line for line in _lines(capsys) if line.startswith("sonocad: validating")]

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import png, unet_checkpoint
 from sonocad import __version__
 from sonocad.data.adapters import open_dataset
 from sonocad.data.phantom import write_phantom_dataset
@@ -19,7 +20,6 @@ from sonocad.predictions import read_predictions
 from sonocad.provenance import PROVENANCE
 from sonocad.workflows.evaluate import evaluate
 from sonocad.workflows.predict import predict
-from test_predict import _png, _unet_checkpoint
 
 
 def _provenance(out: Path) -> dict:
@@ -32,9 +32,9 @@ def _sha256(path: Path) -> str:
 
 def test_predict_records_the_model_file_back_end_version_and_command_line(
         tmp_path: Path) -> None:
-    checkpoint = _unet_checkpoint(tmp_path / "seg.pt", 5.0)
+    checkpoint = unet_checkpoint(tmp_path / "seg.pt", 5.0)
     out = tmp_path / "out"
-    result = predict([_png(tmp_path / "in" / "a.png")], out, checkpoint=checkpoint)
+    result = predict([png(tmp_path / "in" / "a.png")], out, checkpoint=checkpoint)
 
     provenance = _provenance(out)
     assert provenance["models"] == [{
@@ -52,7 +52,7 @@ def test_predict_records_the_model_file_back_end_version_and_command_line(
                     reason="the bundled model runs on ONNX Runtime only with the onnx extra")
 def test_the_bundled_models_onnx_twin_is_the_recorded_file(tmp_path: Path) -> None:
     out = tmp_path / "out"
-    predict([_png(tmp_path / "in" / "a.png", size=(64, 80))], out)
+    predict([png(tmp_path / "in" / "a.png", size=(64, 80))], out)
 
     provenance = _provenance(out)
     (model,) = provenance["models"]
@@ -66,7 +66,7 @@ def test_evaluate_records_the_checkpoint_it_scored(tmp_path: Path) -> None:
     write_phantom_dataset(data, per_class=3, size=(40, 56))
     split = tmp_path / "split.json"
     write_split(split, make_split(open_dataset(data), [], fractions=(0.34, 0.33, 0.33)))
-    checkpoint = _unet_checkpoint(tmp_path / "seg.pt", 5.0)
+    checkpoint = unet_checkpoint(tmp_path / "seg.pt", 5.0)
     out = tmp_path / "eval"
     evaluate(checkpoint, data, f"{split}:test", out, overlays=0, n_boot=20)
 

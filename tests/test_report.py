@@ -21,7 +21,8 @@ import numpy as np
 import pytest
 from PIL import Image as PILImage
 
-from sonocad.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from conftest import CLS_CLASSES, TINY_MULTITASK_RECIPE, write_checkpoint
+from sonocad.checkpoint import load_checkpoint
 from sonocad.cli import main
 from sonocad.data.adapters import open_dataset
 from sonocad.data.phantom import write_phantom_dataset
@@ -31,9 +32,7 @@ from sonocad.report import build_report, card
 from sonocad.report.card import model_card
 from sonocad.report.markdown import render_markdown
 from sonocad.report.sources import load_run
-from sonocad.transforms import TransformConfig
 from sonocad.workflows.evaluate import evaluate
-from test_multitask import TINY_MULTITASK
 
 CHROMIUM = Path(os.environ.get("SONOCAD_CHROMIUM", "/usr/bin/chromium"))
 CARD = """\
@@ -65,7 +64,7 @@ def runs(tmp_path_factory) -> Runs:
     data, split, recipe = root / "data", root / "split.json", root / "tiny.yaml"
     write_phantom_dataset(data, per_class=4, size=(64, 64), seed=5)
     write_split(split, make_split(open_dataset(data), [], fractions=(0.5, 0.25, 0.25), seed=0))
-    recipe.write_text(TINY_MULTITASK)
+    recipe.write_text(TINY_MULTITASK_RECIPE)
     a, b = root / "a", root / "b"
     assert main(["train", str(recipe), "--data", str(data), "--split", str(split), "--out",
                  str(a), "train.epochs=2", "train.max_steps=4"]) == 0
@@ -153,11 +152,9 @@ def test_without_data_the_heatmaps_give_way_to_a_note(runs, tmp_path):
 
 def test_a_classifier_gets_grad_cam_examples_and_no_curves_without_a_log(runs, tmp_path):
     run = tmp_path / "classifier"  # an untrained ResNet34 with only best.pt: no training log
-    meta = {"task": "classification", "model": {"name": "resnet34", "args": {"num_classes": 3}},
-            "class_names": ["normal", "benign", "malignant"], "recipe": {}, "data": {},
-            "transform": TransformConfig(input_size=64).to_dict(), "metrics": {}}
-    save_checkpoint(run / "best.pt",
-                    Checkpoint(meta, create_model("resnet34", num_classes=3).state_dict()))
+    write_checkpoint(run / "best.pt", "classification", "resnet34", {"num_classes": 3},
+                     CLS_CLASSES, create_model("resnet34", num_classes=3).state_dict(),
+                     input_size=64)
     evaluate(run / "best.pt", runs.data, f"{runs.split}:test", run / "eval", n_boot=20)
     out = build_report([run], tmp_path / "classifier.html", data=runs.data, examples=2)
     html = out.read_text(encoding="utf-8")

@@ -6,22 +6,17 @@ from __future__ import annotations
 import io
 import json
 import tracemalloc
-from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image as PILImage
 from PIL import ImageDraw, ImageFont
 
-from sonocad.checkpoint import Checkpoint, save_checkpoint
 from sonocad.cli import main
 from sonocad.data.phantom import make_phantom
 from sonocad.io.images import iter_frames, read_image
 from sonocad.io.scan_area import estimate_scan_area
-from sonocad.models import create_model
 from sonocad.predictions import read_predictions
-from sonocad.transforms import TransformConfig
 
 SCREEN = (600, 800)  # height, width
 AT = (150, 100)  # where the scan's top-left corner is pasted (x, y)
@@ -157,21 +152,6 @@ def test_only_iter_frames_reads_the_scan_area(tmp_path):
     (region,) = next(iter_frames(path)).regions
     assert region.estimated and _close(region.box, _pasted(scan), 1)
     assert read_image(path).regions == ()
-
-
-@pytest.fixture(scope="module")
-def lesion_everywhere(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny U-Net whose every pixel is lesion, whatever the image."""
-    args = {"base_width": 4, "depth": 2}
-    model = create_model("unet", **args)
-    torch.nn.init.zeros_(model.head.weight)
-    torch.nn.init.constant_(model.head.bias, 5.0)
-    meta = {"task": "segmentation", "model": {"name": "unet", "args": args},
-            "class_names": ["background", "lesion"], "recipe": {}, "data": {}, "metrics": {},
-            "transform": TransformConfig(input_size=32).to_dict()}
-    path = tmp_path_factory.mktemp("ckpt") / "all.pt"
-    save_checkpoint(path, Checkpoint(meta, model.state_dict()))
-    return path
 
 
 def test_predict_outlines_nothing_outside_the_estimated_scan_area(tmp_path, lesion_everywhere):

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from fastapi.testclient import TestClient
 from PIL import Image as PILImage
 from PIL import ImageFile
@@ -21,18 +20,16 @@ from pydicom.encaps import encapsulate
 from pydicom.uid import ExplicitVRLittleEndian, RLELossless, UltrasoundImageStorage, generate_uid
 from scipy import ndimage
 
-from sonocad.checkpoint import Checkpoint, save_checkpoint
+from conftest import benign_classifier_checkpoint
 from sonocad.data.phantom import make_phantom
 from sonocad.errors import SonocadError
 from sonocad.inference.predictor import Predictor
 from sonocad.io import pixels
-from sonocad.models import create_model
 from sonocad.pictures import DIAMETER_COLOUR, PROMPT_COLOUR
 from sonocad.serve import create_app, run
 from sonocad.serve.boxes import BoxTool, unavailable
 from sonocad.serve.results import ResultStore
 from sonocad.serve.server import is_loopback
-from sonocad.transforms import TransformConfig
 from sonocad.visual import PREDICTION_COLOUR
 
 TOKEN = "s3cret-token-for-tests-0123"
@@ -41,25 +38,6 @@ BOXES = BOXES_NOTE is None
 PATIENT = {"PatientName": "Doe^Jane", "PatientID": "PID-4711", "PatientBirthDate": "19700101"}
 STATIC = Path(__file__).resolve().parents[1] / "src" / "sonocad" / "serve" / "static"
 LOCAL = "http://localhost"  # the server answers to loopback names, not TestClient's default
-
-
-def _meta(task: str, name: str, args: dict, class_names: list[str]) -> dict:
-    return {"task": task, "model": {"name": name, "args": args}, "class_names": class_names,
-            "transform": TransformConfig(input_size=32).to_dict(), "recipe": {}, "data": {},
-            "metrics": {}}
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny U-Net that calls every pixel lesion, so sizes are known exactly."""
-    args = {"base_width": 4, "depth": 2}
-    model = create_model("unet", **args)
-    torch.nn.init.zeros_(model.head.weight)
-    torch.nn.init.constant_(model.head.bias, 5.0)
-    path = tmp_path_factory.mktemp("ckpt") / "lesion.pt"
-    save_checkpoint(path, Checkpoint(_meta("segmentation", "unet", args,
-                                           ["background", "lesion"]), model.state_dict()))
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -302,14 +280,7 @@ def test_model_description_has_no_file_paths(client: TestClient, checkpoint: Pat
 
 
 def test_classifier_gives_probabilities_and_a_grad_cam_heatmap(tmp_path: Path) -> None:
-    model = create_model("resnet34", num_classes=3)
-    torch.nn.init.zeros_(model.fc.weight)
-    with torch.no_grad():
-        model.fc.bias.copy_(torch.tensor([0.0, 2.0, 0.0]))
-    names = ["normal", "benign", "malignant"]
-    path = tmp_path / "cls.pt"
-    save_checkpoint(path, Checkpoint(_meta("classification", "resnet34", {"num_classes": 3},
-                                           names), model.state_dict()))
+    path = benign_classifier_checkpoint(tmp_path / "cls.pt")
     with TestClient(create_app(Predictor(path)), base_url=LOCAL) as cls_client:
         result = _upload(cls_client, _png_bytes()).json()
         heatmap = cls_client.get(f"/api/results/{result['id']}/heatmap.png")

@@ -9,10 +9,7 @@ segmentation model, ``serve_classification.png``) for a person to look at.
 
 from __future__ import annotations
 
-import socket
 import tempfile
-import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,12 +17,11 @@ from typing import Any
 
 import numpy as np
 import pytest
-import torch
 import uvicorn
 from PIL import Image as PILImage
 from scipy import ndimage
 
-from sonocad.checkpoint import Checkpoint, save_checkpoint
+from conftest import SEG_CLASSES, UNET_ARGS, benign_classifier_checkpoint, serving, write_checkpoint
 from sonocad.data.adapters import open_dataset
 from sonocad.data.check import check_dataset
 from sonocad.data.phantom import Phantom, make_phantom, write_phantom_dataset
@@ -34,7 +30,6 @@ from sonocad.models import create_model
 from sonocad.serve import create_app
 from sonocad.serve.annotate import Annotations
 from sonocad.serve.boxes import unavailable
-from sonocad.transforms import TransformConfig
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
@@ -58,20 +53,11 @@ OVERLAY_SHOWN = """const img = document.getElementById("overlay");
 return !img.hidden && img.complete && img.naturalWidth > 0 ? img.naturalWidth : 0;"""
 
 
-def _meta(task: str, name: str, args: dict, class_names: list[str]) -> dict:
-    return {"task": task, "model": {"name": name, "args": args}, "class_names": class_names,
-            "transform": TransformConfig(input_size=SIZE).to_dict(), "recipe": {},
-            "data": {}, "metrics": {}}
-
-
 def _segmenter(folder: Path, truth: np.ndarray) -> Predictor:
     """A U-Net checkpoint whose model call answers with the phantom's true lesion, softened:
     the page then shows what a trained model's outline and heatmap look like."""
-    args = {"base_width": 4, "depth": 2}
-    path = folder / "unet.pt"
-    save_checkpoint(path, Checkpoint(_meta("segmentation", "unet", args,
-                                           ["background", "lesion"]),
-                                     create_model("unet", **args).state_dict()))
+    path = write_checkpoint(folder / "unet.pt", "segmentation", "unet", UNET_ARGS, SEG_CLASSES,
+                            create_model("unet", **UNET_ARGS).state_dict(), input_size=SIZE)
     predictor = Predictor(path)
     soft = ndimage.gaussian_filter(truth.astype(np.float32), 4)
     logits = (12 * (soft - 0.5))[None, None]  # 0.5 contour = the lesion's edge
@@ -81,36 +67,17 @@ def _segmenter(folder: Path, truth: np.ndarray) -> Predictor:
 
 def _classifier(folder: Path) -> Predictor:
     """A ResNet34 checkpoint that calls every image benign with probability e^2 / (2 + e^2)."""
-    model = create_model("resnet34", num_classes=3)
-    torch.nn.init.zeros_(model.fc.weight)
-    with torch.no_grad():
-        model.fc.bias.copy_(torch.tensor([0.0, 2.0, 0.0]))
-    path = folder / "resnet34.pt"
-    save_checkpoint(path, Checkpoint(_meta("classification", "resnet34", {"num_classes": 3},
-                                           ["normal", "benign", "malignant"]),
-                                     model.state_dict()))
-    return Predictor(path)
+    return Predictor(benign_classifier_checkpoint(folder / "resnet34.pt", input_size=SIZE))
 
 
 @contextmanager
 def _serving(predictor: Predictor, **options: Any) -> Iterator[str]:
     """The app (`create_app(predictor, **options)`) under uvicorn on a free loopback port, in
     a thread; yields its address."""
-    listener = socket.create_server(("127.0.0.1", 0))
     server = uvicorn.Server(uvicorn.Config(create_app(predictor, **options),
                                            log_level="warning"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [listener]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
-        time.sleep(0.05)
-    try:
-        yield f"http://127.0.0.1:{listener.getsockname()[1]}/"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
-        listener.close()
+    with serving(server) as port:
+        yield f"http://127.0.0.1:{port}/"
 
 
 @pytest.fixture(scope="module")

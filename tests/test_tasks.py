@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 
 import sonocad
+from conftest import phantom_dataset
 from sonocad.cli import main
 from sonocad.data.adapters import open_dataset
-from sonocad.data.phantom import write_phantom_dataset
-from sonocad.data.split import SplitFile, make_split, write_split
+from sonocad.data.split import SplitFile, write_split
 from sonocad.engine.recipe import load_recipe
 from sonocad.errors import InputError
 from sonocad.predictions import read_predictions
@@ -46,12 +46,7 @@ def fifth_task(monkeypatch: pytest.MonkeyPatch) -> MacroF1Classification:
 
 @pytest.fixture(scope="module")
 def phantoms(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    root = tmp_path_factory.mktemp("tasks")
-    data = root / "data"
-    write_phantom_dataset(data, per_class=4, size=(48, 48), seed=3)
-    split = root / "split.json"
-    write_split(split, make_split(open_dataset(data), [], fractions=(0.5, 0.25, 0.25), seed=0))
-    return data, split
+    return phantom_dataset(tmp_path_factory.mktemp("tasks"), 4, (48, 48), seed=3)
 
 
 def test_a_fifth_task_trains_evaluates_and_predicts(fifth_task, phantoms, tmp_path) -> None:

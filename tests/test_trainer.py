@@ -13,37 +13,16 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import TINY_UNET_RECIPE, training_inputs
 from sonocad.checkpoint import load_checkpoint
 from sonocad.cli import main
-from sonocad.data.adapters import open_dataset
-from sonocad.data.phantom import write_phantom_dataset
-from sonocad.data.split import make_split, read_split, write_split
-
-TINY_RECIPE = """\
-task: segmentation
-model: {name: unet, args: {base_width: 8, depth: 2, norm: group}}
-transform:
-  input_size: 32
-  normalize: zscore
-  keep_aspect: false
-  augment: {hflip: {p: 0.5}, rotation: {degrees: 10, p: 0.5}, brightness: {p: 0.5}}
-loss: {name: bce_dice}
-optimizer: {name: adamw, lr: 0.003}
-scheduler: {name: cosine}
-train: {batch_size: 4, epochs: 4, select_metric: dice, eval_batch_size: 8}
-"""
+from sonocad.data.split import read_split
 
 
 @pytest.fixture(scope="module")
 def phantoms(tmp_path_factory) -> tuple[Path, Path, Path]:
-    root = tmp_path_factory.mktemp("phantoms")
-    data = root / "data"
-    write_phantom_dataset(data, per_class=6, size=(64, 64), seed=3)
-    split = root / "split.json"
-    write_split(split, make_split(open_dataset(data), [], fractions=(0.5, 0.25, 0.25), seed=0))
-    recipe = root / "tiny.yaml"
-    recipe.write_text(TINY_RECIPE)
-    return data, split, recipe
+    return training_inputs(tmp_path_factory.mktemp("phantoms"), TINY_UNET_RECIPE, 6, (64, 64),
+                           seed=3)
 
 
 def _train_args(phantoms, out: Path, *extra: str) -> list[str]:
