@@ -124,3 +124,28 @@ def test_evaluate_reports_each_source_and_the_image_weighted_pool(
     rows = read_predictions(out / "predictions.csv")
     assert Counter(r["source"] for r in rows) == {"busi": 10, "busbra": 10}
     assert all(r["scanner"] for r in rows)
+
+
+def test_evaluate_reports_any_clinical_field_by_group(busbra_root, tmp_path, capsys):
+    """Issue 30: BUS-BRA's BI-RADS reaches the predictions table and `--by birads` reports
+    each category with CIs; a field the images lack is refused before any prediction."""
+    busbra = _first_test_images(SPLITS / "busbra.json", tmp_path / "busbra.json", 12)
+    out = tmp_path / "eval"
+    assert main(["evaluate", "default", "--data", str(busbra_root), "--split",
+                 f"{busbra}:test", "--out", str(out), "--by", "birads", "--overlays", "0"]) == 0
+    printed = capsys.readouterr().out
+    rows = read_predictions(out / "predictions.csv")
+    categories = {str(row["birads"]) for row in rows}
+    assert categories and all(row.get("histology") for row in rows)
+    assert "by birads" in printed
+    import json
+
+    groups = json.loads((out / "metrics.json").read_text())["breakdowns"]["birads"]["groups"]
+    assert set(groups) == categories | {"pooled"}
+    assert sum(groups[name]["n_images"] for name in categories) == 12
+    code = main(["evaluate", "default", "--data", str(busbra_root), "--split", f"{busbra}:test",
+                 "--out", str(tmp_path / "refused"), "--by", "bi-rads"])
+    error = capsys.readouterr().err.strip()
+    assert code != 0 and error.count("\n") == 0
+    assert "--by bi-rads: no such field in these images" in error and "birads" in error
+    assert not (tmp_path / "refused").exists()

@@ -356,9 +356,11 @@ def _add_evaluate_command(commands) -> None:
                                "its --split in the same order")
     evaluate.add_argument("--split", required=True, action="append", metavar="FILE:SUBSET",
                           help="split JSON and subset, e.g. benchmarks/splits/busi.json:test")
-    evaluate.add_argument("--by", action="append", choices=["source", "scanner"], default=[],
-                          help="also report each source / scanner apart, with CIs, beside the "
-                               "pooled figures (per source always with several --data)")
+    evaluate.add_argument("--by", action="append", default=[], metavar="FIELD",
+                          help="also report each group of a field apart, with CIs, beside the "
+                               "pooled figures: source, scanner, label or a clinical field "
+                               "(BUS-BRA's birads, histology, side; a manifest's own columns); "
+                               "repeatable (per source always with several --data)")
     _add_output_folder(evaluate, "folder to write")
     evaluate.add_argument("--layout", help="dataset layout (default: detect)")
     evaluate.add_argument("--overlays", type=int, default=6,

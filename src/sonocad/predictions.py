@@ -131,9 +131,15 @@ class Prediction:
 
 
 def sample_columns(sample: Sample) -> dict[str, Any]:
-    """What the table says about an image before any model has seen it."""
-    return {"image_id": sample.image_id, "patient_id": sample.patient_id,
-            "source": sample.source, "scanner": sample.scanner, "label": sample.label}
+    """What the table says about an image before any model has seen it: its ids, source,
+    scanner and label, then the clinical fields its data set gives (BUS-BRA's ``birads``,
+    ``histology`` and ``side``; a manifest's extra columns), which `evaluate --by` and a
+    researcher's own statistics read."""
+    fixed = {"image_id": sample.image_id, "patient_id": sample.patient_id,
+             "source": sample.source, "scanner": sample.scanner, "label": sample.label}
+    clinical = {name: value or None for name, value in sample.clinical.items()
+                if name not in fixed}
+    return {**fixed, **clinical}
 
 
 def prediction_columns(prediction: Prediction, spacing_mm: tuple[float, float] | None

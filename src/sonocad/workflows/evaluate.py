@@ -32,7 +32,8 @@ def evaluate(checkpoint: str | Path, data: DataArg, split_spec: str | Sequence[s
              batch_size: int = 8, n_boot: int = 2000,
              by: Sequence[str] = (), overwrite: bool = False) -> EvaluationResult:
     """Score a checkpoint ("default": the bundled model) on one frozen subset, or on one per
-    data source (`data` and `split_spec` in the same order); `by` ("source", "scanner") adds
+    data source (`data` and `split_spec` in the same order); `by` (any field of the images:
+    "source", "scanner", "label" or a clinical field such as BUS-BRA's "birads") adds
     per-group figures beside the pooled ones, per source always when there are several.
     `overwrite` replaces an earlier evaluate output in `out`."""
     out = Path(out)
@@ -41,6 +42,7 @@ def evaluate(checkpoint: str | Path, data: DataArg, split_spec: str | Sequence[s
     task = get_task(loaded.task)
     specs = [split_spec] if isinstance(split_spec, str) else list(split_spec)
     samples = _subset_samples(data, specs, layout)
+    _check_fields(samples, by)
     data_paths = [data] if isinstance(data, (str, Path)) else list(data or [])
     claim_output_dir(out, "evaluate", inputs=[*([] if bundled else [checkpoint]), *data_paths],
                      overwrite=overwrite)
@@ -97,6 +99,16 @@ def evaluate_out_of_fold(checkpoints: Sequence[str | Path], data: str | Path,
                          " + ".join(split_specs), predictions=out_of_fold(), overlays=0,
                          batch_size=batch_size, n_boot=n_boot,
                          checkpoint=", ".join(map(str, checkpoints)))
+
+
+def _check_fields(samples: Sequence[Sample], fields: Sequence[str]) -> None:
+    """A one-line error, before any image is predicted, for a `--by` field no image has."""
+    known = {"source", "scanner", "label", "patient_id",
+             *(name for sample in samples for name in sample.clinical)}
+    for field in fields:
+        if field not in known:
+            raise SonocadError(f"--by {field}: no such field in these images (they have: "
+                               f"{', '.join(sorted(known))})")
 
 
 def _subset_samples(data: DataArg, specs: list[str], layout: str | None) -> list[Sample]:
