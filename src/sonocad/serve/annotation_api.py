@@ -28,11 +28,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from sonocad.errors import InputError, SonocadError
 from sonocad.inference.predictor import NonFiniteOutput
 from sonocad.io.pixels import Image
-from sonocad.io.spacing import parse_spacing
 from sonocad.serve.analysis import Analysis, analyse
 from sonocad.serve.annotate import MAX_PATIENT_ID, Annotations, patient_text
 from sonocad.serve.boxes import BoxList
-from sonocad.serve.viewer import Viewer, over_budget
+from sonocad.serve.viewer import Viewer, over_budget, spacing_field
 
 Index = Annotated[int, PathParam(ge=0, le=10**7)]
 
@@ -81,21 +80,12 @@ def add_annotation_routes(app: FastAPI, viewer: Viewer, annotations: Annotations
             patient = patient_text(request.patient_id)
         except ValueError as exc:
             raise HTTPException(422, str(exc)) from None
-        spacing = _spacing(request.pixel_spacing_mm)
+        spacing = spacing_field(request.pixel_spacing_mm, "pixel_spacing_mm")
         await viewer.on_model(_saved, viewer, annotations, index, shown.get(index), request,
                               patient, spacing)
         listing = annotations.listing()
         return {"item": _record(annotations, index), "count": listing["count"],
                 "done": listing["done"], "next": listing["next"]}
-
-
-def _spacing(text: str | None) -> tuple[float, float] | None:
-    if text is None or not text.strip():
-        return None
-    try:
-        return parse_spacing(text)
-    except ValueError as exc:
-        raise HTTPException(422, f"pixel_spacing_mm: {exc}") from None
 
 
 def _record(annotations: Annotations, index: int) -> dict[str, Any]:

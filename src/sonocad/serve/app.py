@@ -50,7 +50,7 @@ from sonocad import __version__
 from sonocad.errors import SonocadError
 from sonocad.inference.predictor import NonFiniteOutput, Predictor
 from sonocad.io.pixels import Image
-from sonocad.io.spacing import parse_spacing, resolve_spacing
+from sonocad.io.spacing import resolve_spacing
 from sonocad.predictions import THRESHOLD
 from sonocad.serve.analysis import Analysis, analyse, describe
 from sonocad.serve.annotate import Annotations
@@ -60,7 +60,7 @@ from sonocad.serve.dicom_export import seg_and_sr_zip
 from sonocad.serve.hosts import HostGuard
 from sonocad.serve.results import ID_PATTERN, MAX_BYTES, ResultStore
 from sonocad.serve.uploads import MAX_FRAMES, UploadLimit, read_upload, size_text
-from sonocad.serve.viewer import Viewer, over_budget
+from sonocad.serve.viewer import Viewer, over_budget, spacing_field
 
 if TYPE_CHECKING:  # needs torch: imported only for a checkpoint (`_explainer`)
     from sonocad.explain.runner import Explainer
@@ -132,7 +132,7 @@ def create_app(predictor: Predictor, *, token: str | None = None,
         """The first frame's results at the top level; every frame's (up to MAX_FRAMES of a
         cine loop or multi-page TIFF, as far as their pictures fit the store) in "frames",
         numbered from 1 as predict names them."""
-        spacing_mm = _spacing_field(spacing)
+        spacing_mm = spacing_field(spacing, "spacing")  # a DICOM file's own wins
         file_format, analyses, images, frames_note = await viewer.on_model(
             _read_and_analyse, predictor, viewer.explainer, file.file, spacing_mm,
             store.max_bytes, viewer.boxes.max_bytes)
@@ -208,17 +208,6 @@ def _explainer(predictor: Predictor) -> Explainer | None:
     from sonocad.explain.runner import grad_cam_explainer
 
     return grad_cam_explainer(predictor)
-
-
-def _spacing_field(text: str | None) -> tuple[float, float] | None:
-    """The optional form field "spacing" (mm per pixel: "0.1" or "0.1,0.2"), for images whose
-    file carries none (PNG, JPEG); a DICOM file's own spacing wins."""
-    if text is None or not text.strip():
-        return None
-    try:
-        return parse_spacing(text)
-    except ValueError as exc:
-        raise HTTPException(422, f"spacing: {exc}") from None
 
 
 def _read_and_analyse(predictor: Predictor, explainer: Explainer | None, stream: BinaryIO,

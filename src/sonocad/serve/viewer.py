@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from fastapi import HTTPException
 
 from sonocad.inference.predictor import Predictor
+from sonocad.io.spacing import parse_spacing
 from sonocad.serve.analysis import Analysis
 from sonocad.serve.boxes import BoxTool
 from sonocad.serve.results import ResultStore
@@ -101,3 +102,14 @@ def _release_freed_memory() -> None:
     # activations, pictures) the server held 100 MB or more it no longer used.
     if _MALLOC_TRIM is not None:
         _MALLOC_TRIM(0)
+
+
+def spacing_field(text: str | None, field: str) -> tuple[float, float] | None:
+    """An optional pixel-spacing field of a request (mm per pixel: "0.1", "0.1,0.2" or
+    "0.1 x 0.2"), for images whose file carries none; 422 naming `field` when it is not one."""
+    if text is None or not text.strip():
+        return None
+    try:
+        return parse_spacing(text)
+    except ValueError as exc:
+        raise HTTPException(422, f"{field}: {exc}") from None
