@@ -1,20 +1,27 @@
 """How many labelled images does a new scanner need? The learning curve of fine-tuning.
 
-A model trained without the Toshiba scanner (BUSI + BUS-BRA's other three scanners,
-benchmarks/splits/busbra_without_toshiba.json) is fine-tuned with recipes/finetune.yaml on
-0, 10, 25, 50 and 100 labelled Toshiba images (whole patients; a fifth of the patients for
-validation, where the decision rule is refitted) and scored on the Toshiba patients kept for
-test, the same for every point. Replay draws BUSI and the non-Toshiba BUS-BRA training images.
-Beside it: the forgetting check (BUSI test and the non-Toshiba BUS-BRA test, before and after
-the largest point), and the in-domain figure the gap is measured to (the base model on the
-non-Toshiba BUS-BRA test). Each figure has a 95 % bootstrap CI over patients; wall time per
-point is on this machine.
+Two directions, each a base model trained without the target, fine-tuned with
+recipes/finetune.yaml on 0, 10, 25, 50 and 100 labelled target images (whole patients; a fifth
+of the patients for validation, where the decision rule is refitted) and scored on target
+patients kept for test, the same for every point:
+
+- ``toshiba``: base = BUSI + BUS-BRA's other three scanners
+  (benchmarks/splits/busbra_without_toshiba.json), target = BUS-BRA's Toshiba Aplio 300
+  patients (39 test images). Replay: BUSI and the other BUS-BRA scanners. ``--ceiling`` also
+  trains the base recipe with the largest point's Toshiba images from the start and scores it on
+  the same test patients: the figure fine-tuning could reach.
+- ``busi-to-busbra``: base = BUSI alone (one scanner, Cairo), target = BUS-BRA (four scanners,
+  Brazil; its frozen test subset). Replay: BUSI.
+
+Beside each curve: the in-domain figure the gap is measured to (the base on its own sources'
+test) and the forgetting check (those tests before and after the largest point). Each figure
+has a 95 % bootstrap CI over patients; wall time per point is on this machine.
 
 Usage:
-  python benchmarks/adaptation.py --out runs/adaptation               # trains the base (~35 min)
-  (the base alone: sonocad train recipes/default.yaml --out runs/adaptation/base "BASE_SOURCES"
-   train.epochs=10, which also fits its decision rule)
+  python benchmarks/adaptation.py --out runs/adaptation                  # trains the base too
   python benchmarks/adaptation.py --out runs/adaptation --base RUN/best.pt --sizes 0,10,25
+  python benchmarks/adaptation.py --direction busi-to-busbra --out runs/adaptation_busi
+  python benchmarks/adaptation.py --out runs/adaptation --base RUN/best.pt --ceiling --sizes ""
 """
 
 from __future__ import annotations
@@ -24,10 +31,11 @@ import os
 import random
 import time
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from _common import machine_line
+from _common import SOURCES, machine_line
 from sonocad.data.sources import Source
 from sonocad.data.split import SplitFile, read_split, write_split
 from sonocad.engine.recipe import load_recipe
@@ -37,17 +45,10 @@ from sonocad.workflows.decision_fit import fit_run_decision
 from sonocad.workflows.evaluate import evaluate
 
 ROOT = Path(__file__).resolve().parents[1]
-DATASETS = ROOT.parent / "shared" / "datasets"
-BUSI = (DATASETS / "busi" / "Dataset_BUSI_with_GT", ROOT / "benchmarks" / "splits" / "busi.json")
-BUSBRA = DATASETS / "busbra" / "BUSBRA"
+BUSI, BUSI_SPLIT = SOURCES["BUSI"]
+BUSBRA, BUSBRA_SPLIT = SOURCES["BUS-BRA"]
 WITHOUT_TOSHIBA = ROOT / "benchmarks" / "splits" / "busbra_without_toshiba.json"
-TEST_IMAGES = 39  # Toshiba images kept for test: 139 held out, 100 for the largest point
 SEED = 20261206
-# The default recipe's sources, BUS-BRA without its Toshiba images (their patients held out).
-BASE_SOURCES = ("data.sources=[{name: busi, path: '%s', split: '%s'}, {name: busbra, path: '%s', "
-                "split: '%s', weight: 0.8}]" % (*BUSI, BUSBRA, WITHOUT_TOSHIBA))
-# Half the default schedule, so that the whole curve fits in one session on two cores.
-BASE_EPOCHS = "train.epochs=10"
 # The base is one EfficientNet-Lite0 U-Net (the fine-tuning recipe's own model is the bundled
 # ensemble).
 SINGLE = ["model.name=efficientnet_lite0_unet", "model.args={dropout: 0.2}"]
@@ -56,36 +57,84 @@ FIGURES = (("lesion_iou", "lesion IoU"), ("benign_vs_malignant_auroc", "AUROC b-
            ("low_confidence", "flagged"))
 
 
-def toshiba_patients() -> tuple[list[list[str]], list[list[str]]]:
+def _source(name: str, path: Path, split: Path, weight: float = 1.0) -> str:
+    return f"{{name: {name}, path: '{path}', split: '{split}', weight: {weight}}}"
+
+
+@dataclass(frozen=True)
+class Direction:
+    target: str  # the new scanner(s), as the table names them
+    base_sources: tuple[str, ...]  # recipe source entries the base trains on
+    base_epochs: int
+    replay: tuple[str, ...]
+    target_split: Path  # the split whose `pool_subsets` / `test_subset` hold the target
+    pool_subsets: tuple[str, ...]
+    test_subset: str
+    test_images: int | None  # None: the whole test subset
+    in_domain: tuple[tuple[str, Path, Path], ...]  # (name, data, split) the base was tested on
+
+
+DIRECTIONS = {
+    # Half the default schedule, so that the whole curve fits in one session on two cores.
+    "toshiba": Direction(
+        "Toshiba", (_source("busi", BUSI, BUSI_SPLIT),
+                    _source("busbra", BUSBRA, WITHOUT_TOSHIBA, 0.8)), 10,
+        (_source("busi", BUSI, BUSI_SPLIT, 0.15), _source("others", BUSBRA, WITHOUT_TOSHIBA, 0.1)),
+        WITHOUT_TOSHIBA, ("held_out",), "held_out", 39,
+        (("BUSI", BUSI, BUSI_SPLIT), ("BUS-BRA without Toshiba", BUSBRA, WITHOUT_TOSHIBA))),
+    # BUSI alone draws ~600 images an epoch: its default 20 epochs take about as long.
+    "busi-to-busbra": Direction(
+        "BUS-BRA", (_source("busi", BUSI, BUSI_SPLIT),), 20,
+        (_source("busi", BUSI, BUSI_SPLIT, 0.15),), BUSBRA_SPLIT, ("train", "val"), "test", None,
+        (("BUSI", BUSI, BUSI_SPLIT),)),
+}
+
+
+def target_patients(direction: Direction) -> tuple[list[list[str]], list[list[str]]]:
     """(test patients, labelled pool in draw order), each patient its image ids."""
-    held_out = set(read_split(WITHOUT_TOSHIBA).subsets["held_out"])
+    subsets = read_split(direction.target_split).subsets
+    wanted = {i for name in {*direction.pool_subsets, direction.test_subset} for i in subsets[name]}
     by_patient: dict[str, list[str]] = defaultdict(list)
-    for sample in Source("busbra", BUSBRA, WITHOUT_TOSHIBA).open():
-        if sample.image_id in held_out:
+    for sample in Source("busbra", BUSBRA, direction.target_split).open():
+        if sample.image_id in wanted:
             by_patient[sample.patient_id or sample.image_id].append(sample.image_id)
     patients = [sorted(ids) for _, ids in sorted(by_patient.items())]
     random.Random(SEED).shuffle(patients)
+    if direction.test_images is None:  # the frozen test subset
+        test_ids = set(subsets[direction.test_subset])
+        return ([p for p in patients if p[0] in test_ids],
+                [p for p in patients if p[0] not in test_ids])
     test, pool = [], list(patients)
-    while sum(map(len, test)) < TEST_IMAGES:
+    while sum(map(len, test)) < direction.test_images:
         test.append(pool.pop())
     return test, pool
 
 
-def point_split(test: list[list[str]], pool: list[list[str]], size: int, path: Path) -> int:
-    """Write the split of one point: whole patients from the pool until `size` images (a fifth
-    of them for validation, at least one), the fixed test patients. Returns the images used."""
+def chosen_patients(pool: list[list[str]], size: int) -> list[list[str]]:
+    """Whole patients from the pool, in draw order, until `size` images."""
     chosen, count = [], 0
     for patient in pool:
         if count >= size:
             break
         chosen.append(patient)
         count += len(patient)
+    return chosen
+
+
+def point_split(test: list[list[str]], chosen: list[list[str]], path: Path,
+                extra: dict[str, tuple[str, ...]] | None = None) -> int:
+    """Write the split of one point: the chosen patients (a fifth of them for validation, at
+    least one) and the fixed test patients, each subset joined with `extra`'s. Returns the
+    labelled images used."""
     n_val = max(1, round(len(chosen) / 5))
-    subsets = {"train": tuple(sorted(i for p in chosen[n_val:] for i in p)),
-               "val": tuple(sorted(i for p in chosen[:n_val] for i in p)),
-               "test": tuple(sorted(i for p in test for i in p))}
-    write_split(path, SplitFile("BUSBRA", SEED, f"{size} Toshiba images by patient", subsets))
-    return count
+    extra = extra or {}
+    subsets = {"train": [i for p in chosen[n_val:] for i in p],
+               "val": [i for p in chosen[:n_val] for i in p],
+               "test": [i for p in test for i in p]}
+    subsets = {name: tuple(sorted([*ids, *extra.get(name, ())])) for name, ids in subsets.items()}
+    write_split(path, SplitFile("BUSBRA", SEED, f"{sum(map(len, chosen))} target images by "
+                                "patient", subsets))
+    return sum(map(len, chosen))
 
 
 def scored(checkpoint: Path, data: Path, split: str, out: Path) -> dict[str, Any]:
@@ -101,56 +150,72 @@ def row(label: str, figures: dict[str, Any], minutes: float | None) -> str:
             + ("—" if minutes is None else f"{minutes:.1f}") + " |")
 
 
+def train_base(direction: Direction, out: Path, sources: tuple[str, ...] | None = None) -> Path:
+    """Train the default recipe as one model on `sources` (the direction's base sources) and
+    fit its decision rule; returns its best checkpoint."""
+    started = time.monotonic()
+    recipe = load_recipe(ROOT / "recipes" / "default.yaml", [
+        "data.sources=[%s]" % ", ".join(sources or direction.base_sources),
+        f"train.epochs={direction.base_epochs}"])
+    run = train(recipe, None, None, out, overwrite=True)
+    fit_run_decision(run.best_checkpoint, recipe)
+    print(f"{out.name} trained in {(time.monotonic() - started) / 60:.0f} min")
+    return run.best_checkpoint
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--direction", choices=sorted(DIRECTIONS), default="toshiba")
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "adaptation")
-    parser.add_argument("--base", type=Path, help="a model trained without Toshiba")
+    parser.add_argument("--base", type=Path, help="a model trained without the target")
     parser.add_argument("--sizes", default="0,10,25,50,100")
+    parser.add_argument("--ceiling", action="store_true",
+                        help="also train the base recipe with the largest point's target images "
+                             "from the start (toshiba only)")
     args = parser.parse_args()
+    direction = DIRECTIONS[args.direction]
     out = args.out.resolve()
     os.chdir(ROOT)  # the recipes' data paths are relative to the project root
-    base = args.base
-    if base is None:
-        started = time.monotonic()
-        recipe = load_recipe(ROOT / "recipes" / "default.yaml", [BASE_SOURCES, BASE_EPOCHS])
-        run = train(recipe, None, None, out / "base", overwrite=True)
-        fit_run_decision(run.best_checkpoint, recipe)
-        base = run.best_checkpoint
-        print(f"base model trained without Toshiba in {(time.monotonic() - started) / 60:.0f} "
-              "min")
-    test, pool = toshiba_patients()
+    base = args.base or train_base(direction, out / "base")
+    test, pool = target_patients(direction)
+    sizes = [int(s) for s in args.sizes.split(",") if s]
     heading = " | ".join(name for _, name in FIGURES)
-    lines = [f"| labelled Toshiba images | {heading} | minutes |",
+    lines = [f"| labelled {direction.target} images | {heading} | minutes |",
              "| --- |" + " --- |" * (len(FIGURES) + 1)]
     largest = None
-    for size in (int(s) for s in args.sizes.split(",")):
-        split = out / f"toshiba_{size}.json"
-        used = point_split(test, pool, size, split)
+    for size in sizes:
+        split = out / f"target_{size}.json"
+        used = point_split(test, chosen_patients(pool, size), split)
         started = time.monotonic()
         checkpoint = base
         if size:
             recipe = load_recipe(ROOT / "recipes" / "finetune.yaml", [
-                *SINGLE, f"model.init={base}",
-                "data.replay=[{name: busi, path: '%s', split: '%s', weight: 0.15}, "
-                "{name: others, path: '%s', split: '%s', weight: 0.1}]"
-                % (BUSI[0], BUSI[1], BUSBRA, WITHOUT_TOSHIBA)])
+                *SINGLE, f"model.init={base}", "data.replay=[%s]" % ", ".join(direction.replay)])
             run = train(recipe, [BUSBRA], [split], out / f"tuned_{size}", overwrite=True)
             fit_run_decision(run.best_checkpoint, recipe, [BUSBRA], [split])
             checkpoint, largest = run.best_checkpoint, run.best_checkpoint
         minutes = (time.monotonic() - started) / 60 if size else None
         figures = scored(checkpoint, BUSBRA, f"{split}:test", out / f"eval_{size}")
         lines.append(row(f"{used} ({size} asked)", figures, minutes))
-    in_domain = scored(base, BUSBRA, f"{WITHOUT_TOSHIBA}:test", out / "eval_in_domain")
-    lines.append(row("in-domain: base model on the other scanners' BUS-BRA test", in_domain,
-                     None))
-    if largest is not None:
-        for name, (data, split) in {"BUSI": BUSI, "BUS-BRA without Toshiba":
-                                    (BUSBRA, WITHOUT_TOSHIBA)}.items():
-            for label, model in (("before", base), ("after", largest)):
-                figures = scored(model, data, f"{split}:test", out / f"forget_{label}_{name}")
-                lines.append(row(f"forgetting: {name} test, {label} fine-tuning", figures,
-                                 None))
-    print(f"Adapting to a held-out scanner (Toshiba) — {machine_line()}\n")
+    if args.ceiling:
+        # The other scanners' subsets plus the largest point's target patients, from the start.
+        split = out / "ceiling.json"
+        others = {name: ids for name, ids in read_split(WITHOUT_TOSHIBA).subsets.items()
+                  if name in ("train", "val")}
+        used = point_split(test, chosen_patients(pool, max(sizes, default=100)), split, others)
+        sources = (direction.base_sources[0], _source("busbra", BUSBRA, split, 0.8))
+        started = time.monotonic()
+        ceiling = train_base(direction, out / "ceiling", sources)
+        figures = scored(ceiling, BUSBRA, f"{split}:test", out / "eval_ceiling")
+        lines.append(row(f"ceiling: {used} {direction.target} images from the start", figures,
+                         (time.monotonic() - started) / 60))
+    for name, data, split in direction.in_domain:
+        figures = scored(base, data, f"{split}:test", out / f"in_domain_{name}")
+        lines.append(row(f"in-domain: base model on {name} test", figures, None))
+        if largest is not None:
+            figures = scored(largest, data, f"{split}:test", out / f"forget_{name}")
+            lines.append(row(f"forgetting: {name} test after the largest point", figures, None))
+    print(f"Adapting to a held-out scanner ({direction.target}) — {machine_line()}\n")
     print("\n".join(lines))
 
 

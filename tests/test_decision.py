@@ -123,6 +123,23 @@ def test_fit_keeps_normals_normal_and_picks_the_score_that_sees_failures():
     assert report["flagged_share"] <= MAX_FLAGGED and rule.chosen_on == "synthetic"
 
 
+def test_too_few_failures_keep_the_starting_models_flag():
+    # A fine-tuning validation subset of a few good images: nothing to read a threshold from.
+    few = [r for r in _records() if r.label == "normal" or (r.iou or 0) > 0.5][:8]
+    alone, _ = fit_rule(few)
+    assert math.isinf(alone.flag_threshold)  # on its own it would never flag
+    initial = DecisionRule(0.005, "outline_entropy", 0.42, malignancy=(1.3, -0.2))
+    rule, report = fit_rule(few, fallback=initial)
+    assert (rule.score, rule.flag_threshold) == ("outline_entropy", 0.42)
+    assert rule.malignancy == (1.3, -0.2)  # no malignant image to scale on either
+    assert "kept from the model it started from: flag" in rule.chosen_on
+    assert len(report["kept_from_init"]) == 2
+    # With failures enough, the new images decide the flag.
+    refitted, report = fit_rule(_records(), fallback=initial)
+    assert refitted.score == "class_margin" and math.isfinite(refitted.flag_threshold)
+    assert not any(kept.startswith("flag") for kept in report["kept_from_init"])
+
+
 def _window_records(n: int, lesion_fraction: float) -> list[ImageRecord]:
     """Lesion-free windows the class head calls benign, with (almost) nothing outlined."""
     return [ImageRecord(label="normal", probabilities={"normal": 0.3, "benign": 0.6,

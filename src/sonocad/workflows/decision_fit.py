@@ -20,6 +20,12 @@ score, lesion IoU). `fit_rule` then picks, on those validation records only:
   `RULE_OUT_SENSITIVITY` of the malignant images out of rule-out (a malignant image whose final
   call is normal is already missed, so it spends the allowance first).
 
+A fine-tuned model is refitted on the new scanner's validation images, often only a few dozen.
+Where they hold fewer than `MIN_FLAG_FAILURES` failures (or lack a class for the malignancy
+fit), no threshold can be read from them, and the flag (or the scaling) of the checkpoint the
+model started from is kept, saying so in the fit's figures: never flagging at all is the
+silent alternative.
+
 `failure_auroc` scores a flag on any records, e.g. a scanner the model never saw.
 `fit_run_decision` fits and stores the rule of a checkpoint `sonocad train` made.
 `score_views` adds lesion-free windows of lesion images (`sonocad.data.views`) as normal
@@ -40,7 +46,7 @@ import numpy as np
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import f1_score, roc_curve
 
-from sonocad.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from sonocad.checkpoint import Checkpoint, bundled_checkpoint, load_checkpoint, save_checkpoint
 from sonocad.data.sample import LESION_CLASSES, Sample
 from sonocad.data.sources import DataArg, resolve_sources
 from sonocad.data.split import read_split, select
@@ -66,6 +72,7 @@ MAX_LESION_MISSED = 0.01
 FAILURE_IOU = 0.5
 MAX_FLAGGED = 0.2
 RULE_OUT_SENSITIVITY = 0.98
+MIN_FLAG_FAILURES = 5
 
 
 @dataclass(frozen=True)
@@ -142,9 +149,10 @@ def flag_threshold(failed: np.ndarray, scores: np.ndarray,
 
 
 def fit_rule(records: Sequence[ImageRecord], *, min_normal_recall: float = 0.9,
-             max_lesion_missed: float = MAX_LESION_MISSED,
-             chosen_on: str = "validation") -> tuple[DecisionRule, dict[str, Any]]:
-    """The rule and flag chosen on `records`, and every candidate's figures (for the card)."""
+             max_lesion_missed: float = MAX_LESION_MISSED, chosen_on: str = "validation",
+             fallback: DecisionRule | None = None) -> tuple[DecisionRule, dict[str, Any]]:
+    """The rule and flag chosen on `records`, and every candidate's figures (for the card);
+    `fallback`'s flag and malignancy scaling where `records` are too few to fit them."""
     labels = [r.label for r in records]
     normal = np.array([label == "normal" for label in labels])
     lesion = np.array([label in LESION_CLASSES for label in labels])
@@ -170,12 +178,23 @@ def fit_rule(records: Sequence[ImageRecord], *, min_normal_recall: float = 0.9,
     score = max(aurocs, key=lambda name: -1 if math.isnan(aurocs[name]) else aurocs[name])
     failed = failures(records, calls)
     threshold = flag_threshold(failed, np.array([r.scores[score] for r in records]))
-    rule = DecisionRule(fraction, score, threshold, chosen_on, presence,
-                        fit_malignancy(records))
+    platt = fit_malignancy(records)
+    kept = []
+    if fallback is not None and failed.sum() < MIN_FLAG_FAILURES:
+        score, threshold = fallback.score, fallback.flag_threshold
+        kept.append(f"flag ({failed.sum()} failures on validation, fewer than "
+                    f"{MIN_FLAG_FAILURES})")
+    if fallback is not None and platt is None and fallback.malignancy is not None:
+        platt = fallback.malignancy
+        kept.append("malignancy scaling (validation lacks benign or malignant lesions)")
+    if kept:
+        chosen_on += "; kept from the model it started from: " + ", ".join(kept)
+    rule = DecisionRule(fraction, score, threshold, chosen_on, presence, platt)
     rule = replace(rule, rule_out_below=rule_out_point(records, calls, rule))
     flagged = float(np.mean([r.scores[score] >= threshold for r in records]))
     return rule, {"fractions": table, "failure_auroc": aurocs, "n_images": len(records),
-                  "n_failures": int(failed.sum()), "flagged_share": flagged}
+                  "n_failures": int(failed.sum()), "flagged_share": flagged,
+                  **({"kept_from_init": kept} if kept else {})}
 
 
 def fit_malignancy(records: Sequence[ImageRecord]) -> tuple[float, float] | None:
@@ -205,6 +224,16 @@ def rule_out_point(records: Sequence[ImageRecord], calls: Sequence[str],
     return max(scores[allowed], 0.0)  # -inf (too many missed already): rule out normal only
 
 
+def _initial_rule(package: Checkpoint) -> DecisionRule | None:
+    """The decision rule of the checkpoint `package` was fine-tuned from, if it has one."""
+    origin = package.meta.get("init", {}).get("from")
+    if origin is None:
+        return None
+    source = bundled_checkpoint() if origin == "default" else load_checkpoint(origin)
+    rule = source.meta.get("decision")
+    return None if rule is None else DecisionRule.from_dict(rule)
+
+
 def _candidate(fraction: float, presence: float) -> DecisionRule:
     return DecisionRule(fraction, "class_margin", math.inf, min_presence_fraction=presence)
 
@@ -214,7 +243,8 @@ def fit_run_decision(checkpoint: Path, recipe: Recipe, data: DataArg = None,
     """Fit the decision rule of a trained multitask checkpoint on the validation subsets of
     the sources it was validated on (never a replay source, never test; with the recipe's
     ``data.views``, lesion-free windows of their lesion images join them as normal images),
-    and write it into the checkpoint's meta (``decision``, ``decision_fit``)."""
+    and write it into the checkpoint's meta (``decision``, ``decision_fit``). A fine-tuned
+    checkpoint falls back on the rule of the one it started from (`fit_rule`)."""
     sources = [s for s in resolve_sources(recipe.data.sources, data, split, recipe.data.replay)
                if s.validated]
     samples = [sample for source in sources for sample in select(
@@ -227,7 +257,7 @@ def fit_run_decision(checkpoint: Path, recipe: Recipe, data: DataArg = None,
                            ViewConfig(1.0, 1.0, tuple(views.scale), views.margin))
                if views is not None and views.tissue > 0 else [])
     names = ", ".join(source.name for source in sources)
-    rule, fit = fit_rule(records + windows,
+    rule, fit = fit_rule(records + windows, fallback=_initial_rule(package),
                          chosen_on=f"validation subsets of {names}: {len(samples)} images"
                                    + (f" and {len(windows)} lesion-free windows of their "
                                       "lesion images" if windows else ""))
