@@ -22,6 +22,7 @@ Usage:
   python benchmarks/adaptation.py --out runs/adaptation --base RUN/best.pt --sizes 0,10,25
   python benchmarks/adaptation.py --direction busi-to-busbra --out runs/adaptation_busi
   python benchmarks/adaptation.py --out runs/adaptation --base RUN/best.pt --ceiling --sizes ""
+  python benchmarks/adaptation.py --out runs/adaptation --base RUN/best.pt --refit  # rule only
 """
 
 from __future__ import annotations
@@ -172,6 +173,9 @@ def main() -> None:
     parser.add_argument("--ceiling", action="store_true",
                         help="also train the base recipe with the largest point's target images "
                              "from the start (toshiba only)")
+    parser.add_argument("--refit", action="store_true",
+                        help="refit the decision rule of the points' existing checkpoints "
+                             "(OUT/tuned_N) instead of fine-tuning again")
     args = parser.parse_args()
     direction = DIRECTIONS[args.direction]
     out = args.out.resolve()
@@ -191,10 +195,12 @@ def main() -> None:
         if size:
             recipe = load_recipe(ROOT / "recipes" / "finetune.yaml", [
                 *SINGLE, f"model.init={base}", "data.replay=[%s]" % ", ".join(direction.replay)])
-            run = train(recipe, [BUSBRA], [split], out / f"tuned_{size}", overwrite=True)
-            fit_run_decision(run.best_checkpoint, recipe, [BUSBRA], [split])
-            checkpoint, largest = run.best_checkpoint, run.best_checkpoint
-        minutes = (time.monotonic() - started) / 60 if size else None
+            tuned = out / f"tuned_{size}"
+            checkpoint = (tuned / "best.pt" if args.refit else
+                          train(recipe, [BUSBRA], [split], tuned, overwrite=True).best_checkpoint)
+            fit_run_decision(checkpoint, recipe, [BUSBRA], [split])
+            largest = checkpoint
+        minutes = (time.monotonic() - started) / 60 if size and not args.refit else None
         figures = scored(checkpoint, BUSBRA, f"{split}:test", out / f"eval_{size}")
         lines.append(row(f"{used} ({size} asked)", figures, minutes))
     if args.ceiling:
