@@ -19,7 +19,7 @@ from sonocad.inference.predictor import Predictor
 from sonocad.io.images import read_image
 from sonocad.measure import find_lesions, longest_diameter, perpendicular_diameter
 from sonocad.pictures import overlay_picture
-from sonocad.predictions import Prediction, lesion_columns, read_predictions
+from sonocad.predictions import Prediction, lesion_fields, read_predictions, table_cells
 
 
 def _ellipse(shape: tuple[int, int], centre: tuple[int, int], semi_rows: float,
@@ -97,16 +97,19 @@ def test_the_width_is_the_longest_chord_across_the_long_axis_to_within_a_pixel(s
 
 
 def test_the_table_describes_the_main_lesion_and_lists_them_all():
-    columns = lesion_columns(find_lesions(_two_lesions(), (0.1, 0.1), min_mm2=1))
+    columns = table_cells(lesion_fields(find_lesions(_two_lesions(), (0.1, 0.1), min_mm2=1)))
     assert columns["lesion_count"] == 2 and columns["lesion_detected"] == 1
     assert columns["lesion_diameter_mm"] == pytest.approx(10.0)
     assert columns["lesion_perpendicular_mm"] == pytest.approx(4.0)
     listed = json.loads(columns["lesions"])
     assert [lesion["number"] for lesion in listed] == [1, 2]
     assert listed[1]["diameter_mm"] == pytest.approx(3.0)
-    empty = lesion_columns([])
+    empty = table_cells(lesion_fields([]))
     assert empty["lesion_count"] == 0 and empty["lesions"] == "[]"
     assert math.isnan(empty["lesion_diameter_px"]) and empty["lesion_area_px"] == 0
+    # The viewer's JSON of the same record: no NaN, a boolean, the list itself.
+    assert lesion_fields([])["lesion_diameter_px"] is None
+    assert lesion_fields([])["lesion_detected"] is False and lesion_fields([])["lesions"] == []
 
 
 def test_the_overlay_numbers_each_lesion_with_its_own_calipers(monkeypatch):

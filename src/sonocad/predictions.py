@@ -2,11 +2,13 @@
 row per image, written by `predict`, the viewer and every evaluator and read by every
 statistic, comparison and report.
 
-One row builder fills the model's columns for everyone (`prediction_columns`): ``prob_<class>``
+One record holds what a model said about an image (`prediction_record`, JSON-ready: the viewer
+sends it as it is); one encoding turns it into the table's cells for everyone
+(`prediction_columns`): ``prob_<class>``
 and ``predicted_class`` (class head; a detector's best instance), the decision columns where the
 model has a rule, a detector's ``<class>_score`` / ``n_instances`` / ``instances``, and the lesion
 columns: ``scan_area`` (what the lesion map was predicted on: `scan_area`), then
-`lesion_columns`' ``lesion_detected``, ``lesion_count``, the main lesion's ``lesion_region``
+`lesion_fields`' ``lesion_detected``, ``lesion_count``, the main lesion's ``lesion_region``
 (the image's region it lies in, where the image has regions), ``lesion_area_px`` / ``_mm2``,
 ``lesion_diameter_px`` / ``_mm`` (longest) and
 ``lesion_perpendicular_px`` / ``_mm`` (longest across it), and ``lesions``, every lesion's
@@ -131,38 +133,68 @@ class Prediction:
 
 
 def sample_columns(sample: Sample) -> dict[str, Any]:
-    """What the table says about an image before any model has seen it: its ids, source,
-    scanner and label, then the clinical fields its data set gives (BUS-BRA's ``birads``,
+    """What the table says about an image before any model has seen it: its id, its ``file``
+    (the path it was read from, given or under the data root: a reader can open it), patient,
+    source, scanner and label, then the clinical fields its data set gives (BUS-BRA's ``birads``,
     ``histology`` and ``side``; a manifest's extra columns), which `evaluate --by` and a
     researcher's own statistics read."""
-    fixed = {"image_id": sample.image_id, "patient_id": sample.patient_id,
+    fixed = {"image_id": sample.image_id, "file": str(sample.image_path),
+             "patient_id": sample.patient_id,
              "source": sample.source, "scanner": sample.scanner, "label": sample.label}
     clinical = {name: value or None for name, value in sample.clinical.items()
                 if name not in fixed}
     return {**fixed, **clinical}
 
 
+def prediction_record(prediction: Prediction, spacing_mm: tuple[float, float] | None
+                      ) -> dict[str, Any]:
+    """Every field of one image's prediction, JSON-ready: lists and mappings as they are, yes /
+    no as booleans, None where a value is unknown. The one record the three writers share: the
+    viewer sends it as it is, the table (`prediction_columns`) and through it the DICOM report
+    write it in their own encodings."""
+    record: dict[str, Any] = {}
+    if prediction.class_probabilities:
+        record["class_probabilities"] = dict(prediction.class_probabilities)
+        record["predicted_class"] = prediction.predicted_class
+        record.update(decision_fields(prediction.decision))
+    if prediction.instances is not None:
+        record["predicted_class"] = prediction.predicted_class
+        record.update(detection_fields(prediction.instances, prediction.top_scores or {},
+                                       spacing_mm))
+    if prediction.lesion_probability is not None:
+        record["scan_area"] = scan_area(prediction.regions)
+        record.update(lesion_fields(prediction.lesions(spacing_mm)))
+        record["outline_source"] = "box" if prediction.prompt_boxes else "model"
+        record["boxes"] = [[round(v, 1) for v in box] for box in prediction.prompt_boxes]
+    return record
+
+
 def prediction_columns(prediction: Prediction, spacing_mm: tuple[float, float] | None
                        ) -> dict[str, Any]:
-    """The model's columns of one image's row (see the module's docstring)."""
-    row: dict[str, Any] = {}
-    if prediction.class_probabilities:
-        row.update({f"prob_{name}": p for name, p in prediction.class_probabilities.items()})
-        row["predicted_class"] = prediction.predicted_class
-        row.update(decision_columns(prediction.decision))
-    if prediction.instances is not None:
-        fields = detection_fields(prediction.instances, prediction.top_scores or {},
-                                  spacing_mm)
-        row.update({"predicted_class": prediction.predicted_class, **fields,
-                    "instances": json.dumps(fields["instances"], separators=(",", ":"))})
-    if prediction.lesion_probability is not None:
-        row["scan_area"] = scan_area(prediction.regions)
-        row.update(lesion_columns(prediction.lesions(spacing_mm)))
-    if prediction.prompt_boxes:
-        row.update(outline_source="box", boxes=json.dumps(
-            [[round(v, 1) for v in box] for box in prediction.prompt_boxes],
-            separators=(",", ":")))
-    return row
+    """The model's columns of one image's row (see the module's docstring): the table's
+    encoding of `prediction_record`."""
+    return table_cells(prediction_record(prediction, spacing_mm))
+
+
+def table_cells(record: dict[str, Any]) -> dict[str, Any]:
+    """A prediction record as table cells: one ``prob_<class>`` column per class, yes / no as
+    1 / 0, lists as compact JSON text, the main lesion's unknown sizes as NaN (a number column
+    stays numeric), and ``outline_source`` / ``boxes`` only for an outline from boxes."""
+    cells: dict[str, Any] = {}
+    for key, value in record.items():
+        if key == "class_probabilities":
+            cells.update({f"prob_{name}": p for name, p in value.items()})
+        elif key in ("outline_source", "boxes") and record.get("outline_source") != "box":
+            continue
+        elif isinstance(value, bool):
+            cells[key] = int(value)
+        elif isinstance(value, (list, dict)):
+            cells[key] = json.dumps(value, separators=(",", ":"))
+        elif key in MAIN_LESION_SIZES and value is None:
+            cells[key] = math.nan
+        else:
+            cells[key] = value
+    return cells
 
 
 def scan_area(regions: Sequence[Region]) -> str | None:
@@ -174,36 +206,38 @@ def scan_area(regions: Sequence[Region]) -> str | None:
     return "estimated" if any(region.estimated for region in regions) else "dicom regions"
 
 
-def lesion_columns(lesions: Sequence[Lesion]) -> dict[str, Any]:
-    """How many lesions, the main one's area and two diameters in px and mm (NaN without a
-    lesion or, for mm, a spacing), and every lesion's figures as JSON (`Lesion.record`)."""
-    columns: dict[str, Any] = {
-        "lesion_detected": int(bool(lesions)), "lesion_count": len(lesions),
+def lesion_fields(lesions: Sequence[Lesion]) -> dict[str, Any]:
+    """Whether and how many lesions, the main one's region, area and two diameters in px and mm
+    (None without a lesion or, for mm, a spacing; a lesion-free image has area 0), and every
+    lesion's figures (`Lesion.record`)."""
+    fields: dict[str, Any] = {
+        "lesion_detected": bool(lesions), "lesion_count": len(lesions),
         "lesion_region": lesions[0].region if lesions else None,
-        "lesion_area_px": 0.0, **dict.fromkeys(MAIN_LESION_SIZES, math.nan),
-        "lesions": json.dumps([lesion.record() for lesion in lesions], separators=(",", ":"))}
+        "lesion_area_px": 0, **dict.fromkeys(MAIN_LESION_SIZES),
+        "lesions": [lesion.record() for lesion in lesions]}
     if lesions:
         main = lesions[0]
         # One pixel has no width: 0, in mm too where the spacing is known.
         cross = main.perpendicular or Diameter(0.0, main.diameter.length_mm, (0, 0), (0, 0))
-        columns.update(lesion_area_px=float(main.area_px), lesion_area_mm2=main.area_mm2,
-                       lesion_diameter_px=main.diameter.length_px,
-                       lesion_diameter_mm=main.diameter.length_mm,
-                       lesion_perpendicular_px=cross.length_px,
-                       lesion_perpendicular_mm=cross.length_mm)
-    return columns
+        fields.update(lesion_area_px=int(main.area_px), lesion_area_mm2=main.area_mm2,
+                      lesion_diameter_px=main.diameter.length_px,
+                      lesion_diameter_mm=main.diameter.length_mm,
+                      lesion_perpendicular_px=cross.length_px,
+                      lesion_perpendicular_mm=cross.length_mm)
+    return {key: None if isinstance(value, float) and math.isnan(value) else value
+            for key, value in fields.items()}
 
 
-def decision_columns(decision: Decision | None) -> dict[str, Any]:
-    """The columns of a decision (none for a model without a rule)."""
+def decision_fields(decision: Decision | None) -> dict[str, Any]:
+    """The fields of a decision (none for a model without a rule)."""
     if decision is None:
         return {}
     return {"final_class": decision.final_class, "decision_reason": decision.reason,
             "uncertainty": round(decision.uncertainty, 4),
-            "low_confidence": int(decision.low_confidence),
+            "low_confidence": decision.low_confidence,
             "p_malignant": None if decision.p_malignant is None
             else round(decision.p_malignant, 4),
-            "rule_out": None if decision.rule_out is None else int(decision.rule_out)}
+            "rule_out": decision.rule_out}
 
 
 def instance_records(instances: Sequence[Instance], spacing_mm: tuple[float, float] | None
@@ -233,7 +267,7 @@ def detection_fields(instances: Sequence[Instance], top_scores: dict[str, float]
 def write_predictions(stem: str | Path, rows: list[dict[str, Any]]) -> None:
     """Write `stem`.csv and `stem`.json (same rows) atomically."""
     stem = Path(stem)
-    write_text(stem.with_suffix(".csv"), _csv_text(_columns(rows), rows))
+    write_text(stem.with_suffix(".csv"), csv_text(_columns(rows), rows))
     _write_json_rows(stem, rows)
 
 
@@ -253,7 +287,7 @@ class PredictionsStream:
         self._handle: IO[str] | None = None
         if resume and self.path.exists():
             self._fields, self.earlier = _whole_rows(self.path)
-            write_text(self.path, _csv_text(self._fields, self.earlier) if self._fields else "")
+            write_text(self.path, csv_text(self._fields, self.earlier) if self._fields else "")
         self.rows: list[dict[str, Any]] = list(self.earlier)
 
     def add(self, rows: list[dict[str, Any]]) -> None:
@@ -268,12 +302,12 @@ class PredictionsStream:
             self._handle = self.path.open("a" if not fresh else "w", newline="",
                                           encoding="utf-8")
             if fresh:
-                self._handle.write(_csv_text(self._fields, []))
+                self._handle.write(csv_text(self._fields, []))
         extra = {key for row in rows for key in row} - set(self._fields)
         if extra:
             raise InputError(self.path, f"the table has no column {sorted(extra)[0]!r}: it was "
                                         "written by another model; predict into a new folder")
-        self._handle.write(_csv_text(self._fields, rows, header=False))
+        self._handle.write(csv_text(self._fields, rows, header=False))
         self._handle.flush()
         self.rows.extend(rows)
 
@@ -282,7 +316,7 @@ class PredictionsStream:
             self._handle.close()
             self._handle = None
         if self._fields is None:  # no rows at all: still a table, with the id columns
-            write_text(self.path, _csv_text(list(ID_COLUMNS), []))
+            write_text(self.path, csv_text(list(ID_COLUMNS), []))
         _write_json_rows(self.stem, self.rows)
 
 
@@ -290,7 +324,9 @@ def _columns(rows: list[dict[str, Any]]) -> list[str]:
     return list(dict.fromkeys([*ID_COLUMNS, *(key for row in rows for key in row)]))
 
 
-def _csv_text(fields: list[str], rows: list[dict[str, Any]], header: bool = True) -> str:
+def csv_text(fields: list[str], rows: list[dict[str, Any]], header: bool = True) -> str:
+    """Rows as the table's CSV cells (6 significant digits, formulas escaped): every table
+    sonocad writes for a spreadsheet uses it."""
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=fields, extrasaction="raise")
     if header:
