@@ -13,10 +13,11 @@ from pathlib import Path
 import pytest
 
 from conftest import png, tree_digest
+from sonocad import __version__
 from sonocad.cli import main
 from sonocad.errors import InputError
 from sonocad.io.atomic import write_text
-from sonocad.io.outputs import LOCK, MARKER, claim_output_dir, output_of
+from sonocad.io.outputs import LOCK, MARKER, claim_output_dir, output_of, read_marker
 from sonocad.workflows.predict import predict
 from sonocad.workflows.writer import OutputWriter
 
@@ -37,6 +38,15 @@ def test_a_new_or_empty_folder_is_claimed_and_marked(tmp_path: Path) -> None:
     for out in (tmp_path / "new" / "deeper", tmp_path / "empty"):
         claim_output_dir(out, "predict")
         assert output_of(out) == "predict"
+        # The marker names the command and what made the folder: version and command line.
+        assert read_marker(out) == {"command": "predict", "sonocad_version": __version__,
+                                    "command_line": sys.argv}
+
+
+def test_a_marker_without_a_command_is_not_sonocads(tmp_path: Path) -> None:
+    for text in ('{"sonocad_version": "0.1.0"}', "[]", "{"):
+        (tmp_path / MARKER).write_text(text)
+        assert read_marker(tmp_path) is None and output_of(tmp_path) is None
 
 
 def test_a_folder_sonocad_did_not_write_is_refused_even_with_overwrite(tmp_path: Path) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -16,7 +17,7 @@ from sonocad.data import duplicates
 from sonocad.data.adapters import open_dataset
 from sonocad.data.phantom import write_phantom_dataset
 from sonocad.evaluation import combined_runner
-from sonocad.progress import progress, waiting
+from sonocad.progress import RateLog, progress, time_left, waiting
 from sonocad.tasks.base import predict_samples
 
 
@@ -61,6 +62,27 @@ def test_evaluation_counts_images_not_batches(every_update: None, tmp_path: Path
     lines = _lines(capsys)
     assert lines[-1].startswith("sonocad: evaluating 6/6, ") and " images/s" in lines[-1]
     assert len(lines) == 2  # one per batch of 4 and 2 images
+
+
+def test_the_time_left_is_paced_on_this_processs_work_plus_the_other_work_to_come() -> None:
+    assert time_left(10.0, 5, 20) == 30.0  # 2 s an item, 15 left
+    assert time_left(10.0, 7, 20, start=2) == 26.0  # 5 done here (2 before a resume)
+    assert time_left(10.0, 5, 20, also_s=45.0) == 75.0  # and three validations of 15 s
+    assert time_left(10.0, 2, 20, start=2) is None and time_left(10.0, 5, None) is None
+
+
+def test_time_spent_on_other_work_is_left_out_of_the_rate_and_the_pace(
+        every_update: None, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    clock = [100.0]  # the module's own clock, set by hand: no test of time by sleeping
+    monkeypatch.setattr(progress_module, "time", SimpleNamespace(monotonic=lambda: clock[0]))
+    log = RateLog("training step", 20, unit=" images")
+    clock[0] = 140.0  # 10 steps in 20 s, then a validation of 20 s
+    log.exclude(20.0)
+    assert log.left_s(10, also_s=40.0) == 60.0  # 10 steps of 2 s, and two validations
+    log.update(10, 40, "loss 0.5", also_left_s=40.0)
+    assert _lines(capsys) == ["sonocad: training step 10/20, 2.0 images/s, about 60 s left, "
+                              "loss 0.5"]
 
 
 def test_a_call_with_nothing_to_count_says_it_is_still_working(
@@ -119,7 +141,7 @@ def test_combine_counts_the_lesions_before_fitting_anything(
         "fitting table has 14 benign and 6 malignant")
 
 
-def test_validation_after_training_shows_its_progress_in_images(
+def test_validation_shows_its_progress_in_images_and_training_counts_its_time(
         every_update: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from sonocad.data.split import make_split, write_split
 
@@ -127,8 +149,16 @@ def test_validation_after_training_shows_its_progress_in_images(
     write_phantom_dataset(data, per_class=2, size=(32, 32))
     write_split(split, make_split(open_dataset(data), [], fractions=(0.5, 0.5, 0.0)))
     recipe.write_text(TINY_UNET_RECIPE)
-    assert main(["train", str(recipe), "max_steps=1", "--data", str(data), "--split",
+    # 3 training images in a batch of 4: an epoch is one step, and a validation follows each.
+    assert main(["train", str(recipe), "train.epochs=2", "--data", str(data), "--split",
                  str(split), "--out", str(tmp_path / "run")]) == 0
-    validating = [line for line in _lines(capsys) if line.startswith("sonocad: validating")]
+    lines = _lines(capsys)
+    validating = [line for line in lines if line.startswith("sonocad: validating")]
     assert validating and validating[-1].startswith("sonocad: validating 3/3, ")
     assert " images/s" in validating[-1]
+    training = [line for line in lines if line.startswith("sonocad: training step")]
+    assert [line.split(",")[0] for line in training] == ["sonocad: training step 1/2",
+                                                        "sonocad: training step 2/2"]
+    # Before the first validation the time left cannot hold it, and says so; after, it does.
+    assert training[0].endswith(", validation not timed yet")
+    assert " left, loss " in training[1] and "not timed" not in training[1]

@@ -1,5 +1,6 @@
 """provenance.json beside every predict, evaluate and explain output: the model's name and the
-SHA-256 of its file, the back end, the sonocad version and the command line."""
+SHA-256 of its file, the back end, the sonocad version and the command line; the folder's
+marker holds the same."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from sonocad import __version__
 from sonocad.data.adapters import open_dataset
 from sonocad.data.phantom import write_phantom_dataset
 from sonocad.data.split import make_split, write_split
+from sonocad.io.outputs import MARKER, output_of
 from sonocad.predictions import read_predictions
 from sonocad.provenance import PROVENANCE
 from sonocad.workflows.evaluate import evaluate
@@ -24,6 +26,10 @@ from sonocad.workflows.predict import predict
 
 def _provenance(out: Path) -> dict:
     return json.loads((out / PROVENANCE).read_text())
+
+
+def _marker(out: Path) -> dict:
+    return json.loads((out / MARKER).read_text())
 
 
 def _sha256(path: Path) -> str:
@@ -42,6 +48,8 @@ def test_predict_records_the_model_file_back_end_version_and_command_line(
         "sha256": _sha256(checkpoint), "bundled": False, "trained_with_sonocad": __version__}]
     assert provenance["backend"] == "torch" and provenance["sonocad_version"] == __version__
     assert provenance["command_line"] == sys.argv
+    # The folder's marker says the same beside the command, which still reads as before.
+    assert _marker(out) == {"command": "predict", **provenance} and output_of(out) == "predict"
     # The table keeps its own format: the rows, and nothing else.
     rows = json.loads((out / "predictions.json").read_text())
     assert isinstance(rows, list) and len(rows) == len(result.rows) == 1
@@ -72,3 +80,4 @@ def test_evaluate_records_the_checkpoint_it_scored(tmp_path: Path) -> None:
 
     (model,) = _provenance(out)["models"]
     assert model["file"] == str(checkpoint.resolve()) and model["sha256"] == _sha256(checkpoint)
+    assert _marker(out) == {"command": "evaluate", **_provenance(out)}

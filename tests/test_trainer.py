@@ -17,6 +17,7 @@ from conftest import TINY_UNET_RECIPE, training_inputs
 from sonocad.checkpoint import load_checkpoint
 from sonocad.cli import main
 from sonocad.data.split import read_split
+from sonocad.engine.trainer import STEP_FIELDS, _steps_up_to, _validations_left
 
 
 @pytest.fixture(scope="module")
@@ -59,6 +60,13 @@ def test_train_writes_a_self_describing_checkpoint_and_evaluate_reads_it(phantom
     with open(run / "metrics.csv") as handle:
         history = list(csv.DictReader(handle))
     assert len(history) == 4  # one validation per epoch
+    # steps.csv: every optimiser step, with the rate it used; its epochs end where metrics.csv's
+    steps = _steps_rows(run)
+    assert [int(row["step"]) for row in steps] == list(range(1, 9))  # 10 images, 2 batches of 4
+    assert [int(row["epoch"]) for row in steps] == [1, 1, 2, 2, 3, 3, 4, 4]
+    assert float(steps[0]["lr"]) == 0.003 > float(steps[-1]["lr"])  # the cosine schedule
+    assert float(history[0]["train_loss"]) == pytest.approx(
+        sum(float(row["loss"]) for row in steps[:2]) / 2)
     # best.pt holds the validation figures of the epoch with the best Dice
     assert meta["metrics"]["dice"] == pytest.approx(max(float(r["val_dice"]) for r in history))
 
@@ -158,6 +166,9 @@ def test_training_killed_anywhere_resumes_to_the_same_bits(phantoms, tmp_path):
                    if not torch.equal(actual.state_dict[key], tensor)]
         assert not unequal, f"{name}: {len(unequal)} tensors differ, e.g. {unequal[:3]}"
     assert _metrics_rows(killed) == _metrics_rows(tmp_path / "straight")
+    # Step 10, logged after last.pt (the fourth kill), was cut and taken again: none twice,
+    # none lost.
+    assert _steps_rows(killed) == _steps_rows(tmp_path / "straight")
     assert _summary(killed) == _summary(tmp_path / "straight")
 
 
@@ -166,6 +177,31 @@ def _metrics_rows(run: Path) -> list[dict[str, str]]:
     with open(run / "metrics.csv") as handle:
         return [{k: v for k, v in row.items() if k != "seconds"}
                 for row in csv.DictReader(handle)]
+
+
+def _steps_rows(run: Path) -> list[dict[str, str]]:
+    with open(run / "steps.csv", newline="") as handle:
+        reader = csv.DictReader(handle)
+        assert tuple(reader.fieldnames or ()) == ("step", "epoch", "loss", "lr")
+        return list(reader)
+
+
+def test_resuming_keeps_the_logged_steps_up_to_the_checkpoint_and_no_torn_row(
+        tmp_path: Path) -> None:
+    path = tmp_path / "steps.csv"
+    path.write_text(",".join(STEP_FIELDS) + "\n" + "".join(
+        f"{step},1,0.5,0.001\n" for step in range(1, 6)) + "6,2,0.4")  # killed mid-row
+    assert [row[0] for row in _steps_up_to(path, 3)] == ["1", "2", "3"]
+    assert [row[0] for row in _steps_up_to(path, 9)] == ["1", "2", "3", "4", "5"]
+    assert _steps_up_to(tmp_path / "none.csv", 3) == []
+
+
+def test_the_time_left_counts_every_validation_still_to_come() -> None:
+    # 5 steps an epoch, 20 in all: validations after steps 5, 10, 15 and 20.
+    assert [_validations_left(step, 20, 5) for step in (0, 1, 5, 6, 19, 20)] == [
+        4, 4, 4, 3, 1, 1]
+    # max_steps=12 stops mid-epoch, and validates there: after steps 5, 10 and 12.
+    assert [_validations_left(step, 12, 5) for step in (1, 10, 11)] == [3, 2, 1]
 
 
 def _summary(run: Path) -> dict:
@@ -191,6 +227,9 @@ def test_ddp_with_two_processes_matches_one_process(phantoms, tmp_path):
     expected, actual = _train_losses(tmp_path / "one"), _train_losses(tmp_path / "two")
     assert len(actual) == len(expected) == 4
     assert actual == pytest.approx(expected, rel=1e-4)
+    # One process writes steps.csv: each global step once.
+    assert [row["step"] for row in _steps_rows(tmp_path / "two")] == [
+        row["step"] for row in _steps_rows(tmp_path / "one")]
     one_weights = load_checkpoint(tmp_path / "one" / "last.pt").state_dict
     two_weights = load_checkpoint(tmp_path / "two" / "last.pt").state_dict
     # All-reduce sums the two halves' gradients in another order than one process does; AdamW

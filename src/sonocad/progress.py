@@ -66,7 +66,7 @@ def waiting(description: str) -> Iterator[None]:
 
     def report(wait: float) -> None:
         while not finished.wait(wait):
-            print(f"sonocad: {description}, {_duration(time.monotonic() - started)} so far",
+            print(f"sonocad: {description}, {duration(time.monotonic() - started)} so far",
                   file=sys.stderr, flush=True)
             wait = LOG_EVERY_S
 
@@ -81,21 +81,35 @@ def waiting(description: str) -> Iterator[None]:
 
 class RateLog:
     """`update(done)` prints "<what> 40/100, 12.3/s, about 5 s left" at most every
-    `every_s` seconds, the first time after `first_after_s` (default: `every_s`; on the first
-    call when `first` is set). `start`: what was done before this process began (a resumed
-    run), so the time left is paced on this process's work alone."""
+    `every_s` seconds (default: `LOG_EVERY_S`), the first time after `first_after_s`
+    (default: `every_s`; on the first call when `first` is set). `start`: what was done before
+    this process began (a resumed run), so the time left is paced on this process's work
+    alone; `exclude` leaves out the time of other work (a training run's validations), which
+    the time left adds apart."""
 
     def __init__(self, what: str, total: int | None, *, unit: str = "",
-                 every_s: float = LOG_EVERY_S, first: bool = False,
+                 every_s: float | None = None, first: bool = False,
                  first_after_s: float | None = None, start: int = 0) -> None:
-        self.what, self.total, self.unit, self.every_s = what, total, unit, every_s
+        self.what, self.total, self.unit = what, total, unit
+        self.every_s = LOG_EVERY_S if every_s is None else every_s  # as set now, not at import
         self.start = start
         self.started = time.monotonic()
-        wait = 0.0 if first else every_s if first_after_s is None else first_after_s
+        wait = 0.0 if first else self.every_s if first_after_s is None else first_after_s
         self._next = self.started + wait
 
-    def update(self, done: int, rate_items: int | None = None, extra: str = "") -> None:
-        """`rate_items`: what the rate counts (images, say) when it is not `done`."""
+    def exclude(self, seconds: float) -> None:
+        """Leave `seconds` spent on other work out of the rate and the pace."""
+        self.started += seconds
+
+    def left_s(self, done: int, also_s: float = 0.0) -> float | None:
+        """Seconds left at this process's pace, plus `also_s` of other work still to come."""
+        return time_left(time.monotonic() - self.started, done, self.total, start=self.start,
+                         also_s=also_s)
+
+    def update(self, done: int, rate_items: int | None = None, extra: str = "", *,
+               also_left_s: float = 0.0) -> None:
+        """`rate_items`: what the rate counts (images, say) when it is not `done`;
+        `also_left_s`: seconds of other work still to come, which the time left includes."""
         now = time.monotonic()
         if now < self._next:
             return
@@ -104,13 +118,23 @@ class RateLog:
         rate = (rate_items if rate_items is not None else done) / elapsed
         line = f"sonocad: {self.what} {done}" + (f"/{self.total}" if self.total else "")
         line += f", {rate:.1f}{self.unit}/s"
-        if self.total and done > self.start:
-            pace = elapsed / (done - self.start)
-            line += f", about {_duration(pace * (self.total - done))} left"
+        left = time_left(elapsed, done, self.total, start=self.start, also_s=also_left_s)
+        if left is not None:
+            line += f", about {duration(left)} left"
         print(line + (f", {extra}" if extra else ""), file=sys.stderr, flush=True)
 
 
-def _duration(seconds: float) -> str:
+def time_left(elapsed_s: float, done: int, total: int | None, *, start: int = 0,
+              also_s: float = 0.0) -> float | None:
+    """The seconds the rest of `total` takes at the pace of the `done - start` done in
+    `elapsed_s`, plus `also_s` of other work still to come; None without a total or a pace."""
+    if not total or done <= start:
+        return None
+    return elapsed_s / (done - start) * (total - done) + also_s
+
+
+def duration(seconds: float) -> str:
+    """`seconds` as a log line says it: "12 s", "5 min", "1.5 h"."""
     if seconds < 90:
         return f"{seconds:.0f} s"
     if seconds < 5400:

@@ -4,27 +4,25 @@
 It records each model (its registry name, task, the file it was read from with that file's
 SHA-256, whether it is the bundled default model, the sonocad version that trained it), the back
 end that ran it, the sonocad version that wrote the folder and the command line of the process.
-The predictions table keeps its own format; this file sits beside it.
+The predictions table keeps its own format; this file sits beside it. The folder's marker
+(``.sonocad-output.json``, `sonocad.io.outputs`) holds the same beside the command's name.
 """
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Sequence
 from importlib.resources import as_file, files
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sonocad import __version__
 from sonocad.inference.predictor import BUNDLED_ONNX
 from sonocad.io.atomic import write_json
 from sonocad.io.digest import file_sha256
-from sonocad.io.outputs import PROVENANCE
+from sonocad.io.outputs import MARKER, PROVENANCE, made_by, read_marker
 
 if TYPE_CHECKING:  # at run time not needed, and it would import torch
     from sonocad.checkpoint import Checkpoint
     from sonocad.inference.predictor import Predictor
-
 
 
 def model_record(meta: dict[str, Any], path: str | Path | None, *,
@@ -53,7 +51,10 @@ def predictor_record(predictor: Predictor,
 
 
 def write_provenance(out: str | Path, models: Sequence[dict[str, Any]], backend: str) -> None:
-    """``out/provenance.json`` for an output made with `models` on `backend`."""
-    write_json(Path(out) / PROVENANCE, {
-        "models": list(models), "backend": backend, "sonocad_version": __version__,
-        "command_line": list(sys.argv)})
+    """``out/provenance.json`` for an output made with `models` on `backend`, and the same in
+    the marker of `out` (a folder `claim_output_dir` claimed), so that the marker alone says
+    what made the folder."""
+    out = Path(out)
+    provenance = {"models": list(models), "backend": backend, **made_by()}
+    write_json(out / PROVENANCE, provenance)
+    write_json(out / MARKER, {**read_marker(out), **provenance})

@@ -129,7 +129,8 @@ class Recipe(_Section):
     description: str | None = None
     model: ModelSection
     data: DataSection = DataSection()
-    transform: dict[str, Any] = {}  # checked by sonocad.transforms.TransformConfig
+    # Checked and filled by TransformConfig (`parse_recipe`): readers get its attributes.
+    transform: TransformConfig = Field(default_factory=TransformConfig)
     loss: LossSection = LossSection()
     optimizer: OptimizerSection = OptimizerSection()
     scheduler: SchedulerSection = SchedulerSection()
@@ -270,14 +271,14 @@ def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> Recipe:
 def parse_recipe(recipe: dict[str, Any], path: Path) -> Recipe:
     """The typed recipe of a merged mapping, its task / model pairing and task settings
     checked; the first problem is one line naming the key."""
-    try:
-        typed = Recipe.model_validate(recipe)
-    except ValidationError as exc:
-        raise InputError(path, _first_problem(exc)) from None
-    try:  # the transform section is TransformConfig's to check
-        TransformConfig.from_dict(typed.transform)
+    try:  # the transform section is TransformConfig's to check, in its own words
+        transform = TransformConfig.from_dict(recipe.get("transform") or {})
     except SonocadError as exc:
         raise InputError(path, str(exc)) from None
+    try:
+        typed = Recipe.model_validate({**recipe, "transform": transform})
+    except ValidationError as exc:
+        raise InputError(path, _first_problem(exc)) from None
     task = _check_task_and_model(typed, path)
     task.check_recipe(typed, path)
     return typed

@@ -3,9 +3,13 @@
 Run layout (``--out RUN``):
   recipe.yaml    the recipe exactly as used (defaults filled, overrides applied)
   metrics.csv    one row per validation: epoch, step, train loss, validation metrics, lr
+  steps.csv      one row per optimiser step: step, epoch (from 1), loss, lr (the step's own);
+                 appended and flushed step by step, so a killed run keeps every step it took,
+                 and ``--resume`` cuts the rows past last.pt's step before taking them again
   last.pt        everything ``--resume`` needs, written every ``checkpoint_every`` steps
                  (a run killed anywhere and resumed ends, on a CPU, bit for bit as one that
-                 ran straight through: same weights, same metrics.csv but for ``seconds``)
+                 ran straight through: same weights, same steps.csv, same metrics.csv but
+                 for ``seconds``)
   best.pt        the weights that scored best on the validation subset (never the test)
   summary.json   the selection metric, its value, steps, time
 
@@ -36,7 +40,7 @@ import json
 import math
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -77,9 +81,9 @@ from sonocad.errors import SonocadError
 from sonocad.io.atomic import atomic_open, write_json, write_text
 from sonocad.io.outputs import check_output_dir, claim_output_dir
 from sonocad.models import create_model
-from sonocad.progress import RateLog
+from sonocad.progress import RateLog, duration
 from sonocad.tasks import get_task
-from sonocad.transforms import TransformConfig, build_transform
+from sonocad.transforms import build_transform
 
 
 @dataclass(frozen=True)
@@ -104,7 +108,12 @@ class _Progress:
     elapsed_s: float = 0.0
     # This epoch's step losses so far: its logged train loss covers steps before a resume too.
     epoch_losses: list[float] = field(default_factory=list)
+    # The latest validation's seconds: the time left counts one for each validation to come.
+    validation_s: float | None = None
 
+
+STEPS = "steps.csv"
+STEP_FIELDS = ("step", "epoch", "loss", "lr")
 
 # Recipe keys `--resume` may change: how long the run goes on and how it runs, never what it
 # computes (see the module's docstring).
@@ -147,7 +156,7 @@ class _Trainer:
         if world.is_main:
             print(f"training on {len(train_samples)} images, validating on {len(val_samples)}; "
                   f"expected draws per epoch: {self.data_info['epoch_composition']}", flush=True)
-        self.transform_config = TransformConfig.from_dict(recipe.transform)
+        self.transform_config = recipe.transform
         cache = recipe.data.cache
         for samples in (train_samples, val_samples):
             self.task.check_samples(samples, self.class_names)
@@ -215,46 +224,62 @@ class _Trainer:
         max_seconds = (self.cfg_train.max_minutes * 60 if self.cfg_train.max_minutes
                        else math.inf)
         checkpoint_every = self.cfg_train.checkpoint_every or self.batches_per_epoch
-        bar = tqdm(total=self.total_steps, initial=state.step, desc="training", unit="step",
-                   disable=not (self.world.is_main and _is_tty()), dynamic_ncols=True)
-        # Off a terminal: a line at the first step and every 30 s (rate over this process).
-        first_step = state.step
-        log = (RateLog("training step", self.total_steps, unit=" images", first=True,
-                       start=first_step) if self.world.is_main and not _is_tty() else None)
+        display = _Display(self, state.step)
         stop = state.step >= self.total_steps
-        while not stop and state.epoch < self.epochs:
-            self._freeze_encoder(state.epoch < self.cfg_train.freeze_encoder_epochs)
-            for batch in self._loader(state):
-                loss = self._step(batch)
-                if not math.isfinite(loss):
-                    raise self._diverged(state.step + 1, f"the loss is {loss}")
-                state.epoch_losses.append(loss)
-                state.batch += 1
-                state.step += 1
-                bar.update(1)
-                bar.set_postfix(loss=f"{state.epoch_losses[-1]:.4f}", epoch=state.epoch + 1)
-                if log is not None:
-                    images = (state.step - first_step) * self.batch_size  # a global batch
-                    log.update(state.step, images, f"loss {state.epoch_losses[-1]:.4f}, "
-                                                   f"epoch {state.epoch + 1}/{self.epochs}")
-                out_of_time = time.monotonic() - started > max_seconds
-                stop = state.step >= self.total_steps or out_of_time
-                if stop:
-                    break
-                if state.step % checkpoint_every == 0 and state.batch < self.batches_per_epoch:
-                    state.elapsed_s = time.monotonic() - started
-                    self._save_last(state)
-            losses = state.epoch_losses
-            if state.batch >= self.batches_per_epoch:  # else stopped early: the epoch goes on
-                state.epoch, state.batch, state.epoch_losses = state.epoch + 1, 0, []
-            improved_or_none = self._validate(state, losses, started)
-            if not improved_or_none and self._early_stop(state):
-                stop = True
-            state.elapsed_s = time.monotonic() - started
-            self._save_last(state)
-        bar.close()
+        with self._steps_csv(state.step) as log_step:
+            while not stop and state.epoch < self.epochs:
+                self._freeze_encoder(state.epoch < self.cfg_train.freeze_encoder_epochs)
+                for batch in self._loader(state):
+                    lr = self.optimizer.param_groups[0]["lr"]  # this step's: _step moves it on
+                    loss = self._step(batch)
+                    if not math.isfinite(loss):
+                        raise self._diverged(state.step + 1, f"the loss is {loss}")
+                    state.epoch_losses.append(loss)
+                    state.batch += 1
+                    state.step += 1
+                    log_step(state.step, state.epoch + 1, loss, lr)
+                    display.step(state)
+                    out_of_time = time.monotonic() - started > max_seconds
+                    stop = state.step >= self.total_steps or out_of_time
+                    if stop:
+                        break
+                    if state.step % checkpoint_every == 0 and state.batch < self.batches_per_epoch:
+                        state.elapsed_s = time.monotonic() - started
+                        self._save_last(state)
+                losses = state.epoch_losses
+                if state.batch >= self.batches_per_epoch:  # else stopped early: the epoch goes on
+                    state.epoch, state.batch, state.epoch_losses = state.epoch + 1, 0, []
+                validating = time.monotonic()
+                improved_or_none = self._validate(state, losses, started)
+                state.validation_s = time.monotonic() - validating
+                display.exclude(state.validation_s)
+                if not improved_or_none and self._early_stop(state):
+                    stop = True
+                state.elapsed_s = time.monotonic() - started
+                self._save_last(state)
+        display.close()
         barrier(self.world)
         return self._finish(state)
+
+    @contextmanager
+    def _steps_csv(self, step: int) -> Iterator[Callable[[int, int, float, float], None]]:
+        """A function that adds a row (step, epoch, loss, lr) to ``steps.csv`` and flushes it,
+        so a run killed anywhere keeps every step it took. The rows after `step` are cut first,
+        in one atomic rewrite: a resumed run takes those steps again. Other DDP processes write
+        nothing."""
+        if not self.world.is_main:
+            yield lambda *row: None
+            return
+        path = self.out / STEPS
+        write_text(path, _csv_text([list(STEP_FIELDS), *_steps_up_to(path, step)]))
+        with open(path, "a", encoding="utf-8") as handle:
+            writer = csv.writer(handle, lineterminator="\n")
+
+            def log_step(*row: int | float) -> None:
+                writer.writerow(row)
+                handle.flush()
+
+            yield log_step
 
     def _loader(self, state: _Progress) -> DataLoader:
         seed = self.cfg_train.seed
@@ -477,6 +502,50 @@ class _Trainer:
             handle.write(buffer.getvalue())
 
 
+class _Display:
+    """Training's progress on the main process: a bar on a terminal, elsewhere a line at the
+    first step and every 30 s; the time left counts the validations to come at the latest
+    one's duration (until the first, it says they are not timed yet)."""
+
+    def __init__(self, trainer: _Trainer, first_step: int) -> None:
+        self.total_steps, self.epochs = trainer.total_steps, trainer.epochs
+        self.batches_per_epoch, self.batch_size = trainer.batches_per_epoch, trainer.batch_size
+        self.first_step, self.shown = first_step, trainer.world.is_main
+        self.tty = self.shown and _is_tty()
+        # The bar's own time left would leave the validations out: the postfix says it.
+        self.bar = tqdm(total=self.total_steps, initial=first_step, desc="training", unit="step",
+                        disable=not self.tty, dynamic_ncols=True,
+                        bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}, {rate_fmt}"
+                                   "{postfix}]")
+        self.pace = RateLog("training step", self.total_steps, unit=" images", first=True,
+                            start=first_step)
+
+    def step(self, state: _Progress) -> None:
+        if not self.shown:
+            return
+        untimed = state.validation_s is None
+        validations_s = 0.0 if untimed else state.validation_s * _validations_left(
+            state.step, self.total_steps, self.batches_per_epoch)
+        loss, epoch = f"{state.epoch_losses[-1]:.4f}", state.epoch + 1
+        if self.tty:
+            left = duration(self.pace.left_s(state.step, validations_s) or 0.0)
+            self.bar.update(1)
+            self.bar.set_postfix(loss=loss, epoch=epoch,
+                                 left=left + (" + validation" if untimed else ""))
+            return
+        images = (state.step - self.first_step) * self.batch_size  # a global batch
+        self.pace.update(state.step, images, f"loss {loss}, epoch {epoch}/{self.epochs}"
+                         + (", validation not timed yet" if untimed else ""),
+                         also_left_s=validations_s)
+
+    def exclude(self, seconds: float) -> None:
+        """Leave a validation's `seconds` out of the training pace."""
+        self.pace.exclude(seconds)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
 @contextmanager
 def _watch_outputs(model: nn.Module) -> Iterator[set[str]]:
     """The kinds of non-finite value ("nan", "inf") in `model`'s outputs while in the block."""
@@ -553,6 +622,35 @@ def _views(recipe: Recipe, class_names: list[str]) -> ViewConfig | None:
 def _total_steps(epochs: int, max_steps: int | None, batches_per_epoch: int) -> int:
     total = epochs * batches_per_epoch
     return total if max_steps is None else min(total, max_steps)
+
+
+def _validations_left(step: int, total_steps: int, batches_per_epoch: int) -> int:
+    """The validations still to come once `step` is done: one at each epoch's end from `step`
+    on (the one at `step` itself included), and one at the last step."""
+    next_end = max(-(-step // batches_per_epoch), 1) * batches_per_epoch
+    return len(range(next_end, total_steps, batches_per_epoch)) + 1
+
+
+def _steps_up_to(path: Path, step: int) -> list[list[str]]:
+    """The rows of steps 1 .. `step` in the ``steps.csv`` at `path`, in order; a missing file
+    has none, and a row out of order or cut short by a kill ends them."""
+    try:
+        with open(path, encoding="utf-8", newline="") as handle:
+            rows = list(csv.reader(handle))[1:]
+    except FileNotFoundError:
+        return []
+    kept = []
+    for expected, row in zip(range(1, step + 1), rows):
+        if len(row) != len(STEP_FIELDS) or row[0] != str(expected):
+            break
+        kept.append(row)
+    return kept
+
+
+def _csv_text(rows: list[list[Any]]) -> str:
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator="\n").writerows(rows)
+    return buffer.getvalue()
 
 
 def _shown(value: Any) -> str:

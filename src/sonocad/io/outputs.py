@@ -5,7 +5,8 @@ through a link, and never over a file it did not write.
 `explain`, `register`, `train`, `data phantom`, `combine`) goes through:
 
 * a new or empty folder becomes a sonocad output folder (a ``.sonocad-output.json`` marker
-  names the command);
+  names the command, and records the sonocad version and the command line; a command that
+  runs a model adds what `sonocad.provenance` records of it);
 * a folder an earlier run of the same command wrote is refused, unless ``overwrite`` (its files
   are removed first, stale ones included, so nothing of the earlier run is left beside the new
   one) or ``resume`` (kept, to be continued);
@@ -36,9 +37,11 @@ import hashlib
 import itertools
 import json
 import os
+import sys
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 from sonocad import __version__
 from sonocad.errors import InputError, SonocadError
@@ -183,10 +186,24 @@ def is_temporary(path: Path) -> bool:
 
 def output_of(out: str | Path) -> str | None:
     """The command whose output folder `out` is, or None when sonocad did not make it."""
+    marker = read_marker(out)
+    return None if marker is None else str(marker["command"])
+
+
+def read_marker(out: str | Path) -> dict[str, Any] | None:
+    """The marker of output folder `out` (its ``command`` and what made it), or None when
+    sonocad did not make it."""
     try:
-        return str(json.loads((Path(out) / MARKER).read_text(encoding="utf-8"))["command"])
-    except (OSError, ValueError, KeyError, TypeError):
+        marker = json.loads((Path(out) / MARKER).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
         return None
+    return marker if isinstance(marker, dict) and "command" in marker else None
+
+
+def made_by() -> dict[str, Any]:
+    """What every output folder records of the process that made it (its marker, and
+    provenance.json): the sonocad version and the command line."""
+    return {"sonocad_version": __version__, "command_line": list(sys.argv)}
 
 
 def _plan(out: Path, command: str, inputs: Iterable[str | Path], overwrite: bool,
@@ -268,7 +285,7 @@ def _is_empty_or_missing(out: Path) -> bool:
 
 
 def _mark(out: Path, command: str) -> None:
-    marker = {"command": command, "sonocad_version": __version__}
+    marker = {"command": command, **made_by()}
     (out / MARKER).write_text(json.dumps(marker) + "\n", encoding="utf-8")
     (out / WRITTEN_LOG).write_text("", encoding="utf-8")
 

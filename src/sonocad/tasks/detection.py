@@ -24,7 +24,6 @@ from sonocad.evaluation.detection import ScoredImage, box_and_mask_ap, from_torc
 from sonocad.predictions import NO_LESION
 from sonocad.tasks.base import EvaluationResult, LossFn, Predicted, PredictorLike, Task
 from sonocad.tasks.detection_evaluation import evaluate_detection
-from sonocad.transforms import TransformConfig
 
 
 class DetectionTask(Task):
@@ -37,8 +36,8 @@ class DetectionTask(Task):
         """torchvision's detectors resize again to their min_size / max_size: make them the
         letterboxed input's sides, so `transform.input_size` (an override too) is what runs; a
         recipe that says otherwise is an error, not a second, silent resize."""
-        height, width = TransformConfig.from_dict(recipe.transform).size
-        size = recipe.transform.get("input_size", TransformConfig().input_size)  # as written
+        height, width = recipe.transform.size
+        size = recipe.transform.input_size
         args = recipe.model.args
         for key, expected in (("min_size", min(height, width)), ("max_size", max(height, width))):
             if key in args and int(args[key]) != expected:
