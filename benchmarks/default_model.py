@@ -170,8 +170,8 @@ def table(metrics: dict[str, Any], onnx_ms: float, eager_ms: float, minutes: flo
         if key not in groups[source]:
             continue
         stat = groups[source][key]
-        row(f"{label}, {NAMES[source]} test, n={stat['n']}", format_ci(stat), stat["mean"],
-            target, anchor)
+        row(f"{label}, {NAMES[source]} test, n={stat['n']}", format_ci(stat, with_n=False),
+            stat["mean"], target, anchor)
     for group, figures in proxy:
         for measure, target in (("windows called normal (final)", (">=", 0.90)),
                                 ("windows flagged", ("<=", 0.20))):

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from sonocad.evaluation.bootstrap import bootstrap_ci
+from sonocad.evaluation.bootstrap import bootstrap_ci, row_unit
 
 
 def normal_sample(n: int, seed: int = 1) -> np.ndarray:
@@ -113,3 +113,11 @@ def test_grouped_with_unequal_group_sizes_and_nan() -> None:
 def test_rejects_bad_arguments(kwargs: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         bootstrap_ci([0.1, 0.2, 0.3], **kwargs)
+
+
+def test_a_row_is_resampled_with_its_patient_of_its_source_else_alone() -> None:
+    first = row_unit({"image_id": "a.png", "patient_id": "7", "source": "busbra"})
+    assert first == row_unit({"image_id": "b.png", "patient_id": "7", "source": "busbra"})
+    assert first != row_unit({"image_id": "a.png", "patient_id": "7", "source": "other"})
+    assert row_unit({"image_id": "a.png", "patient_id": None}) != row_unit(
+        {"image_id": "b.png", "patient_id": None})

@@ -165,13 +165,42 @@ def test_patient_groups_widen_the_interval() -> None:
 
 
 def test_undefined_resamples_are_left_out_of_the_interval() -> None:
-    # One malignant image among 20: many resamples lack it and its AUROC is undefined there;
-    # the interval comes from the others instead of turning NaN.
-    y, probs = random_case(20, seed=2)
+    # The 5 malignant images are one patient's, of 8: a third of the resamples lack them and
+    # their AUROC is undefined there; the interval comes from the others instead of turning NaN.
+    y, probs = random_case(40, seed=2)
     y[y == 2] = 1
-    y[0] = 2
-    stat = classification_metrics(y, probs, CLASSES, n_boot=100)["metrics"]["auroc_malignant"]
+    y[:5] = 2
+    patients = np.repeat(np.arange(8), 5)
+    stat = classification_metrics(y, probs, CLASSES, groups=patients,
+                                  n_boot=100)["metrics"]["auroc_malignant"]
+    assert stat["ci_method"] == "bootstrap"
     assert not math.isnan(stat["ci_low"]) and stat["ci_low"] <= stat["ci_high"]
+
+
+def test_degenerate_intervals_are_exact_or_not_estimable() -> None:
+    # Six images, every one right: the bootstrap would say 1.000 (1.000-1.000) for all.
+    y = np.array([1, 2, 1, 2, 1, 2])
+    probs = np.array([[0.1, 0.8, 0.1], [0.1, 0.1, 0.8]] * 3)
+    got = classification_metrics(y, probs, CLASSES, n_boot=100)["metrics"]
+    accuracy = got["accuracy"]
+    assert (accuracy["ci_method"], accuracy["n"]) == ("exact", 6)
+    assert (accuracy["ci_low"], accuracy["ci_high"]) == pytest.approx((0.5407, 1.0), abs=1e-4)
+    called_normal = got["lesion_called_normal"]  # 0 of 6: exact, not 0.000 (0.000-0.000)
+    assert called_normal["mean"] == 0 and called_normal["ci_high"] == pytest.approx(0.4593,
+                                                                                   abs=1e-4)
+    assert (got["recall_malignant"]["n"], got["precision_malignant"]["n"]) == (3, 3)
+    auroc = got["benign_vs_malignant_auroc"]  # perfect separation of 3 and 3: no interval
+    assert auroc["mean"] == 1 and auroc["ci_method"] == "n/a" and math.isnan(auroc["ci_low"])
+    assert got["macro_f1"]["ci_method"] == "n/a"  # every resample 1: zero width, none given
+
+
+def test_a_class_of_few_images_has_no_auroc_interval() -> None:
+    y, probs = random_case(60, seed=2)
+    y[y == 2] = 1
+    y[:4] = 2  # four malignant images: a percentile interval of their AUROC would mislead
+    stat = classification_metrics(y, probs, CLASSES, n_boot=100)["metrics"]["auroc_malignant"]
+    assert not math.isnan(stat["mean"]) and stat["ci_method"] == "n/a"
+    assert math.isnan(stat["ci_low"]) and math.isnan(stat["ci_high"])
 
 
 def test_undefined_metrics_are_nan() -> None:
@@ -186,10 +215,12 @@ def test_undefined_metrics_are_nan() -> None:
     assert got["macro_f1"] == pytest.approx(skm.f1_score(y, probs.argmax(1), average="macro"))
 
 
-def test_single_image_has_no_interval() -> None:
-    result = classification_metrics([1], [[0.1, 0.8, 0.1]], CLASSES)
-    assert result["metrics"]["accuracy"]["mean"] == 1
-    assert math.isnan(result["metrics"]["accuracy"]["ci_low"])
+def test_single_image_has_only_exact_intervals() -> None:
+    # Nothing to resample: a proportion still has its exact interval, nothing else has one.
+    result = classification_metrics([1], [[0.1, 0.8, 0.1]], CLASSES)["metrics"]
+    assert result["accuracy"]["mean"] == 1 and result["accuracy"]["ci_method"] == "exact"
+    assert result["accuracy"]["ci_low"] == pytest.approx(0.025)
+    assert math.isnan(result["macro_f1"]["ci_low"])
 
 
 @pytest.mark.parametrize(

@@ -264,3 +264,20 @@ def test_rejects_masks_it_cannot_score(truth: np.ndarray, pred: np.ndarray, mess
 def test_rejects_bad_spacing() -> None:
     with pytest.raises(ValueError, match="spacing"):
         image_metrics(pixel(0, 0), pixel(1, 1), spacing_mm=(0.1, 0.0))
+
+
+def test_summarise_gives_a_share_of_images_its_exact_interval() -> None:
+    # Dice of normal images is 1 (silence) or 0 (a false alarm): a proportion. None of 8 false
+    # alarms: every resample gives 1, and the bootstrap's 1.000 (1.000-1.000) would be a claim
+    # eight images cannot make; the exact interval is 0.631-1.
+    got = summarise([{"dice": 1.0}] * 8, ["dice"], n_boot=200)["dice"]
+    assert (got["mean"], got["n"], got["ci_method"]) == (1.0, 8, "exact")
+    assert (got["ci_low"], got["ci_high"]) == pytest.approx((0.6306, 1.0), abs=1e-4)
+
+
+def test_summarise_gives_no_interval_where_every_resample_agrees() -> None:
+    got = summarise([{"hd95_px": 3.0}] * 6, ["hd95_px"], n_boot=200)["hd95_px"]
+    assert got["mean"] == 3.0 and got["ci_method"] == "n/a" and math.isnan(got["ci_low"])
+    spread = summarise([{"hd95_px": v} for v in (1.0, 2.0, 4.0, 8.0)], ["hd95_px"],
+                       n_boot=200)["hd95_px"]
+    assert spread["ci_method"] == "bootstrap" and spread["ci_low"] < spread["ci_high"]

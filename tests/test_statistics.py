@@ -11,6 +11,7 @@ import pytest
 from scipy import stats
 
 from sonocad.evaluation.bootstrap import bootstrap_indices
+from sonocad.evaluation.intervals import auroc_interval, proportion_interval, spread_interval
 from sonocad.evaluation.statistics import (
     PAIRED_T,
     WILCOXON,
@@ -23,6 +24,7 @@ from sonocad.evaluation.statistics import (
     paired_comparison,
     youden_point,
 )
+from sonocad.evaluation.summary import format_ci
 
 # --- Clopper-Pearson ------------------------------------------------------------------------
 
@@ -154,6 +156,46 @@ def test_a_single_positive_gives_an_auroc_without_a_variance() -> None:
 
 def test_delong_test_identical_scores_has_no_p() -> None:
     assert math.isnan(delong_test(TRUTH, SCORE_A, SCORE_A).p_value)
+
+
+def test_a_perfect_or_tiny_auroc_has_no_delong_interval() -> None:
+    # Perfect separation: DeLong's variance is 0, and 1.000 (1.000-1.000) would be false.
+    perfect = delong_auroc([1] * 6 + [0] * 6, list(range(12, 0, -1)))
+    assert perfect.auroc == 1 and perfect.variance == 0 and math.isnan(perfect.ci_low)
+    tiny = delong_auroc([1, 1, 1, 0, 0, 0, 0, 0, 0], [0.9, 0.3, 0.6, 0.5, 0.2, 0.1, 0.4, 0.7,
+                                                       0.05])
+    assert 0 < tiny.auroc < 1 and math.isnan(tiny.ci_low)  # 3 positives: under MIN_COUNT
+
+
+# --- which interval (sonocad.evaluation.intervals) -------------------------------------------
+
+
+def test_a_proportion_is_exact_where_the_bootstrap_says_nothing() -> None:
+    assert proportion_interval(0, 8, 0.0, 0.0) == pytest.approx((0.0, 0.3694, "exact"),
+                                                                 abs=1e-4)
+    assert proportion_interval(3, 40, 0.0, 0.15)[2] == "exact"  # 3 successes: too few
+    assert proportion_interval(20, 40, 0.35, 0.65) == (0.35, 0.65, "bootstrap")
+    assert proportion_interval(20, 40, math.nan, math.nan)[2] == "exact"  # one patient
+    assert proportion_interval(0, 0, math.nan, math.nan)[2] == "n/a"
+
+
+def test_an_auroc_or_other_figure_has_none_where_the_bootstrap_degenerates() -> None:
+    assert auroc_interval(0.7, 0.9, 5, 5) == (0.7, 0.9, "bootstrap")
+    for low, high, positives in [(1.0, 1.0, 10), (0.7, 0.9, 4)]:
+        assert math.isnan(auroc_interval(low, high, positives, 10)[0])
+    assert spread_interval(0.2, 0.2)[2] == "n/a" and spread_interval(0.1, 0.2)[2] == "bootstrap"
+
+
+@pytest.mark.parametrize(("stat", "text"), [
+    ({"mean": 0.0, "ci_low": 0.0, "ci_high": 0.4593, "n": 6}, "0.000 (0.000-0.459; n=6)"),
+    ({"mean": 1.0, "ci_low": math.nan, "ci_high": math.nan, "n": 6}, "1.000 (CI n/a; n=6)"),
+    ({"mean": 1.0, "ci_low": None, "ci_high": None, "n": 6}, "1.000 (CI n/a; n=6)"),  # JSON
+    ({"mean": 0.5, "ci_low": 0.4, "ci_high": 0.6}, "0.500 (0.400-0.600)"),  # no n known
+    ({"mean": math.nan, "ci_low": math.nan, "ci_high": math.nan, "n": 0}, "n/a"),
+])
+def test_format_ci_shows_the_interval_and_n(stat: dict, text: str) -> None:
+    assert format_ci(stat) == text
+    assert "n=" not in format_ci(stat, with_n=False)
 
 
 # --- Youden ---------------------------------------------------------------------------------

@@ -7,7 +7,8 @@ patient are correlated, so a CI that treats them as independent is too narrow.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike
@@ -94,3 +95,12 @@ def _member_indices(starts: np.ndarray, sizes: np.ndarray) -> np.ndarray:
     """Indices of every member of the chosen clusters, with no Python loop over clusters."""
     ends = np.cumsum(sizes)
     return np.repeat(starts - (ends - sizes), sizes) + np.arange(ends[-1])
+
+
+def row_unit(row: Mapping[str, Any]) -> str:
+    """The cluster a predictions table's row is resampled in: its patient where the row names
+    one (a patient's images are alike), else the image alone. Patient ids are per data source:
+    patient 1 of one data set is not patient 1 of another."""
+    if row.get("patient_id"):
+        return f"patient {row.get('source') or ''}/{row['patient_id']}"
+    return f"image {row['image_id']}"

@@ -6,11 +6,12 @@ numbers whoever computes them. For each group and for all rows pooled: lesion Io
 share of lesion images called normal, each with a 95 % bootstrap CI that resamples patients
 where a row names one and single images where not; for a model with a decision rule also the
 final (reconciled) calls' accuracy, lesions called normal and normal images called normal,
-and the share of images flagged low-confidence, with exact binomial CIs; where the rule
-calibrates P(malignant), its calibration slope, intercept and Brier score on the benign and
-malignant images (`evaluation.calibration`), and the rule-out point's sensitivity (malignant
-images not ruled out) and specificity (benign images ruled out). Per-image means pool as
-image-weighted means of the groups' means.
+and the share of images flagged low-confidence; where the rule calibrates P(malignant), its
+calibration slope, intercept and Brier score on the benign and malignant images
+(`evaluation.calibration`), and the rule-out point's sensitivity (malignant images not ruled
+out) and specificity (benign images ruled out). Every share's interval follows
+`evaluation.intervals`: the same bootstrap, exact (Clopper-Pearson) where the counts are small.
+Per-image means pool as image-weighted means of the groups' means.
 """
 
 from __future__ import annotations
@@ -20,10 +21,10 @@ from collections.abc import Sequence
 from typing import Any
 
 from sonocad.data.sample import LESION_CLASSES
+from sonocad.evaluation.bootstrap import row_unit
 from sonocad.evaluation.calibration import calibration_figures
 from sonocad.evaluation.classification import classification_metrics
 from sonocad.evaluation.segmentation import summarise
-from sonocad.evaluation.statistics import proportion
 
 POOLED = "pooled"
 SEGMENTATION_FIGURES = ("iou", "dice")
@@ -55,7 +56,7 @@ def breakdown(rows: Sequence[dict[str, Any]], by: str, class_names: Sequence[str
 def _figures(rows: list[dict[str, Any]], class_names: Sequence[str] | None,
              n_boot: int) -> dict[str, Any]:
     # The bootstrap unit: the patient where the row names one, else the image alone.
-    rows = [{**row, "_unit": _unit(row)} for row in rows]
+    rows = [{**row, "_unit": row_unit(row)} for row in rows]
     named = sum(1 for row in rows if row.get("patient_id"))
     out: dict[str, Any] = {
         "n_images": len(rows),
@@ -78,7 +79,7 @@ def _figures(rows: list[dict[str, Any]], class_names: Sequence[str] | None,
             out |= {name: dict(metrics[name]) for name in CLASSIFICATION_FIGURES
                     if name in metrics and not _undefined(metrics[name]["mean"])}
     if rows and "final_class" in rows[0]:
-        out |= _final_calls(rows)
+        out |= _final_calls(rows, n_boot)
     if rows and rows[0].get("p_malignant") is not None:
         lesion = [row for row in rows if row.get("label") in LESION_CLASSES]
         if lesion:
@@ -90,52 +91,46 @@ def _figures(rows: list[dict[str, Any]], class_names: Sequence[str] | None,
     return out
 
 
-def _final_calls(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """Shares of the reconciled calls and of flagged images, with exact (Clopper-Pearson) CIs."""
-    lesion = [row for row in rows if row.get("label") in LESION_CLASSES]
-    normal = [row for row in rows if row.get("label") == "normal"]
-    counts = {
-        "final_accuracy": (sum(r["final_class"] == r["label"] for r in rows), len(rows)),
-        "final_lesion_called_normal": (sum(r["final_class"] == "normal" for r in lesion),
-                                       len(lesion)),
-        "final_recall_normal": (sum(r["final_class"] == "normal" for r in normal), len(normal)),
-        "low_confidence": (sum(int(r["low_confidence"]) for r in rows), len(rows)),
-    }
-    if rows[0].get("rule_out") is not None:
-        malignant = [r for r in rows if r.get("label") == "malignant"]
-        benign = [r for r in rows if r.get("label") == "benign"]
-        counts["rule_out_sensitivity"] = (sum(not r["rule_out"] for r in malignant),
-                                          len(malignant))
-        counts["rule_out_specificity"] = (sum(bool(r["rule_out"]) for r in benign), len(benign))
-    out = {}
-    for name, (hits, total) in counts.items():
-        if total:
-            share = proportion(hits, total)
-            out[name] = {"mean": share.estimate, "ci_low": share.ci_low,
-                         "ci_high": share.ci_high, "n": total, "n_excluded": 0}
-    return out
+def _final_calls(rows: list[dict[str, Any]], n_boot: int) -> dict[str, Any]:
+    """Shares of the reconciled calls and of flagged images: per row 1 / 0, or NaN where the
+    share does not ask about that row (a normal image for lesions called normal)."""
+    def share(hit: bool, counted: bool = True) -> float:
+        return float(hit) if counted else math.nan
 
-
-def _unit(row: dict[str, Any]) -> str:
-    return f"patient {row['patient_id']}" if row.get("patient_id") else f"image {row['image_id']}"
+    rule_out = rows[0].get("rule_out") is not None  # the rule has a rule-out point
+    flags = [{
+        "_unit": r["_unit"],
+        "final_accuracy": share(r["final_class"] == r["label"]),
+        "final_lesion_called_normal": share(r["final_class"] == "normal",
+                                            r.get("label") in LESION_CLASSES),
+        "final_recall_normal": share(r["final_class"] == "normal", r.get("label") == "normal"),
+        "low_confidence": share(bool(r["low_confidence"])),
+        **({"rule_out_sensitivity": share(not r["rule_out"], r.get("label") == "malignant"),
+            "rule_out_specificity": share(bool(r["rule_out"]), r.get("label") == "benign")}
+           if rule_out else {}),
+    } for r in rows]
+    names = [name for name in flags[0] if name != "_unit"]
+    summary = summarise(flags, names, n_boot=n_boot, group_by="_unit")
+    return {name: dict(stat) for name, stat in summary.items() if stat["n"]}
 
 
 def format_breakdown(result: dict[str, Any]) -> str:
-    """One console line per group, pooled last: n, then each figure with its CI."""
+    """One console line per group, pooled last: n, then each figure with its CI and n (a
+    figure's n is its denominator: lesion images for IoU, malignant ones for a sensitivity)."""
     from sonocad.evaluation.summary import format_ci
 
     groups = result["groups"]
     shown = [(key, head) for key, head in COLUMNS
              if any(key in figures for figures in groups.values())]
-    width = max(len(name) for name in groups)
-    lines = [f"by {result['by']} (95 % CIs over {groups[POOLED]['ci_unit']}):",
-             f"  {result['by']:<{width}}  {'images':>6}  " + "  ".join(
-                 f"{head:<19}" for _, head in shown)]
-    for name, figures in groups.items():
-        cells = [format_ci(figures[key]) if key in figures else "—" for key, _ in shown]
-        lines.append(f"  {name:<{width}}  {figures['n_images']:>6}  " + "  ".join(
-            f"{cell:<19}" for cell in cells))
-    return "\n".join(lines)
+    table = [[result["by"], "images", *(head for _, head in shown)]]
+    table += [[name, str(figures["n_images"]),
+               *(format_ci(figures[key]) if key in figures else "—" for key, _ in shown)]
+              for name, figures in groups.items()]
+    widths = [max(len(row[k]) for row in table) for k in range(len(table[0]))]
+    return "\n".join([f"by {result['by']} (95 % CIs over {groups[POOLED]['ci_unit']}):"] + [
+        "  " + "  ".join(cell.rjust(w) if k == 1 else cell.ljust(w)
+                         for k, (cell, w) in enumerate(zip(row, widths))).rstrip()
+        for row in table])
 
 
 def _undefined(value: float | None) -> bool:

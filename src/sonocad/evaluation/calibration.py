@@ -7,7 +7,8 @@ predictive analytics", BMC Medicine 2019).
 - ``calibration_intercept`` (calibration-in-the-large): the intercept of the same regression
   with the slope fixed at 1 (the logit as an offset); 0 is ideal, below 0 the probabilities run
   too high;
-- ``brier``: the mean squared difference of probability and outcome.
+- ``brier``: the mean squared difference of probability and outcome;
+- `reliability_curve`: observed against predicted per bin, the picture behind the three.
 
 The fits are Newton-Raphson on one or two parameters in numpy: the bootstrap refits them
 thousands of times, and a statsmodels fit per resample would take minutes (the test compares
@@ -17,16 +18,23 @@ the two).
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike
 
 from sonocad.evaluation.bootstrap import bootstrap_indices, percentile_interval
-from sonocad.evaluation.segmentation import MetricSummary
+from sonocad.evaluation.intervals import (
+    MetricSummary,
+    clopper_pearson,
+    metric_summary,
+    spread_interval,
+)
 
 NEWTON_STEPS = 50
 EPSILON = 1e-6
 FIGURES = ("calibration_slope", "calibration_intercept", "brier")
+RELIABILITY_BINS = 10
 
 
 def calibration_figures(truth: ArrayLike, probability: ArrayLike, *,
@@ -34,7 +42,8 @@ def calibration_figures(truth: ArrayLike, probability: ArrayLike, *,
                         seed: int = 0) -> dict[str, MetricSummary]:
     """Slope, intercept and Brier score of `probability` for the binary `truth`, each with a
     95 % percentile bootstrap CI (whole `groups` resampled where given). Undefined figures (one
-    outcome only, or a perfectly separated resample) are NaN and left out of the interval."""
+    outcome only, or a perfectly separated resample) are NaN and left out of the interval;
+    an interval of zero width is none (`sonocad.evaluation.intervals`)."""
     y = np.asarray(truth, dtype=float)
     p = np.clip(np.asarray(probability, dtype=float), EPSILON, 1 - EPSILON)
     x = np.log(p / (1 - p))
@@ -44,9 +53,40 @@ def calibration_figures(truth: ArrayLike, probability: ArrayLike, *,
     out: dict[str, MetricSummary] = {}
     for k, name in enumerate(FIGURES):
         low, high = percentile_interval(resampled[:, k] if resampled.size else [])
-        out[name] = MetricSummary(mean=point[k], ci_low=low, ci_high=high, n=len(y),
-                                  n_excluded=0)
+        out[name] = metric_summary(point[k], spread_interval(low, high), len(y))
     return out
+
+
+def reliability_curve(truth: ArrayLike, probability: ArrayLike,
+                      n_bins: int = RELIABILITY_BINS) -> dict[str, Any]:
+    """Observed against predicted in `n_bins` equal-width bins of [0, 1] (`calibration_bin`):
+    per bin its ``count``, mean ``predicted`` probability, ``observed`` share of positives and
+    that share's exact (Clopper-Pearson) 95 % CI, None in an empty bin; ``edges`` bound them.
+    Equal widths rather than quantiles: the bins mean the same on every model and data set,
+    and the counts say where the probabilities lie."""
+    y = np.asarray(truth, dtype=float)
+    p = np.asarray(probability, dtype=float)
+    bins = calibration_bin(p, n_bins)
+    counts = np.bincount(bins, minlength=n_bins)
+    positives = np.bincount(bins, weights=y, minlength=n_bins)
+    sums = np.bincount(bins, weights=p, minlength=n_bins)
+    curve: dict[str, Any] = {"n_bins": n_bins,
+                             "edges": np.linspace(0.0, 1.0, n_bins + 1).tolist(),
+                             "counts": counts.tolist(), "positives": positives.astype(int).tolist(),
+                             "predicted": [], "observed": [], "ci_low": [], "ci_high": []}
+    for count, hits, total in zip(counts.tolist(), positives.tolist(), sums.tolist()):
+        low, high = clopper_pearson(int(hits), count) if count else (None, None)
+        curve["predicted"].append(total / count if count else None)
+        curve["observed"].append(hits / count if count else None)
+        curve["ci_low"].append(low)
+        curve["ci_high"].append(high)
+    return curve
+
+
+def calibration_bin(probability: ArrayLike, n_bins: int) -> np.ndarray:
+    """Bin index of each probability in `n_bins` equal widths of [0, 1], right-closed (the first
+    also holds 0): exactly as sklearn's calibration_curve(strategy="uniform") bins them."""
+    return np.searchsorted(np.linspace(0.0, 1.0, n_bins + 1)[1:-1], probability)
 
 
 def _figures(y: np.ndarray, x: np.ndarray, p: np.ndarray) -> tuple[float, float, float]:

@@ -25,6 +25,11 @@ of a class absent from the truth. Names (with ``<c>`` each class name):
 CIs: percentile bootstrap, resampling images, or whole patients with ``groups``. Every metric
 is recomputed on the same resamples; a resample in which a metric is undefined (a class drawn
 zero times) is left out of that metric's interval, the usual practice for bootstrap AUROCs.
+Where the bootstrap says nothing (few or no errors, a class of a few images) the rule of
+`sonocad.evaluation.intervals` applies: proportions (accuracy, precision, recall, lesions called
+normal) take the exact Clopper-Pearson interval, an AUROC is "not estimable". Each metric's
+``n`` is its denominator: the images of that class for a recall, those predicted it for a
+precision, the benign and malignant images for the benign-vs-malignant figures.
 """
 
 from __future__ import annotations
@@ -40,7 +45,15 @@ from sklearn.calibration import calibration_curve
 from sklearn.metrics import confusion_matrix, roc_auc_score, roc_curve
 
 from sonocad.evaluation.bootstrap import bootstrap_indices
-from sonocad.evaluation.segmentation import MetricSummary
+from sonocad.evaluation.calibration import calibration_bin
+from sonocad.evaluation.intervals import (
+    Interval,
+    MetricSummary,
+    auroc_interval,
+    metric_summary,
+    proportion_interval,
+    spread_interval,
+)
 
 CALIBRATION_BINS = 10
 MAX_ROC_POINTS = 200
@@ -69,24 +82,12 @@ def classification_metrics(
     point = _scalar_metrics(y, p, names)
     low, high = _bootstrap_intervals(y, p, names, len(point), groups, ci=ci, n_boot=n_boot,
                                      seed=seed)
-    n_used = dict.fromkeys(point, len(y))
-    for k, name in enumerate(names):  # a recall is computed on that class's images
-        n_used[f"recall_{name}"] = int((y == k).sum())
-    if BENIGN_VS_MALIGNANT + "_auroc" in point:
-        n_lesion = int(_benign_or_malignant(y, names).sum())
-        n_used[BENIGN_VS_MALIGNANT + "_auroc"] = n_lesion
-        if "lesion_called_normal" in point:
-            n_used["lesion_called_normal"] = n_lesion
     predicted = p.argmax(1)
     return {
         "n_images": len(y),
         "class_names": names,
         "support": {name: int((y == k).sum()) for k, name in enumerate(names)},
-        "metrics": {
-            name: MetricSummary(mean=value, ci_low=lo, ci_high=hi, n=n_used[name],
-                                n_excluded=len(y) - n_used[name])
-            for (name, value), lo, hi in zip(point.items(), low, high)
-        },
+        "metrics": _summaries(y, predicted, names, point, low, high, ci),
         "confusion_matrix": {
             "labels": names,
             "matrix": confusion_matrix(y, predicted, labels=range(len(names))).tolist(),
@@ -107,7 +108,7 @@ def expected_calibration_error(confidence: ArrayLike, correct: ArrayLike,
     """
     conf = np.asarray(confidence, dtype=float)
     hits = np.asarray(correct, dtype=float)
-    bins = _calibration_bin(conf, n_bins)
+    bins = calibration_bin(conf, n_bins)
     # |B| * |acc(B) - conf(B)| = |sum of hits in B - sum of confidences in B|.
     gaps = (np.bincount(bins, weights=hits, minlength=n_bins)
             - np.bincount(bins, weights=conf, minlength=n_bins))
@@ -127,7 +128,7 @@ def reliability(confidence: ArrayLike, correct: ArrayLike,
     return {
         "n_bins": n_bins,
         "edges": np.linspace(0.0, 1.0, n_bins + 1).tolist(),
-        "counts": np.bincount(_calibration_bin(conf, n_bins), minlength=n_bins).tolist(),
+        "counts": np.bincount(calibration_bin(conf, n_bins), minlength=n_bins).tolist(),
         "confidence": mean_confidence.tolist(),
         "accuracy": accuracy.tolist(),
     }
@@ -157,12 +158,11 @@ def _scalar_metrics(y: np.ndarray, probs: np.ndarray, names: list[str]) -> dict[
     arithmetic. tests/test_classification_metrics.py holds them equal to scikit-learn's."""
     k = len(names)
     predicted = probs.argmax(1)
-    matrix = np.bincount(y * k + predicted, minlength=k * k).reshape(k, k)
-    tp, n_predicted, n_true = np.diag(matrix), matrix.sum(0), matrix.sum(1)
+    tp, n_predicted, n_true = _confusion_counts(y, predicted, k)
     with np.errstate(divide="ignore", invalid="ignore"):  # an empty denominator gives NaN
         precision, recall = tp / n_predicted, tp / n_true
         f1 = 2 * tp / (n_predicted + n_true)
-    auroc = [_auroc(y == c, probs[:, c]) for c in range(k)]
+    auroc = [rank_auroc(y == c, probs[:, c]) for c in range(k)]
     scalars = {
         "accuracy": float(tp.sum() / len(y)),
         # NaN F1 (class neither true nor predicted) is left out, as sklearn's macro average does.
@@ -171,7 +171,7 @@ def _scalar_metrics(y: np.ndarray, probs: np.ndarray, names: list[str]) -> dict[
     }
     if {"benign", "malignant"} <= set(names):
         kept = _benign_or_malignant(y, names)
-        scalars[BENIGN_VS_MALIGNANT + "_auroc"] = _auroc(
+        scalars[BENIGN_VS_MALIGNANT + "_auroc"] = rank_auroc(
             *benign_vs_malignant_scores(y[kept], probs[kept], names))
         if "normal" in names:  # the miss a radiologist notices first
             called_normal = predicted[kept] == names.index("normal")
@@ -182,6 +182,50 @@ def _scalar_metrics(y: np.ndarray, probs: np.ndarray, names: list[str]) -> dict[
         scalars |= {f"precision_{name}": float(precision[c]), f"recall_{name}": float(recall[c]),
                     f"f1_{name}": float(f1[c]), f"auroc_{name}": auroc[c]}
     return scalars
+
+
+def _confusion_counts(y: np.ndarray, predicted: np.ndarray,
+                      k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(true positives, images predicted, images true) per class."""
+    matrix = np.bincount(y * k + predicted, minlength=k * k).reshape(k, k)
+    return np.diag(matrix), matrix.sum(0), matrix.sum(1)
+
+
+def _summaries(y: np.ndarray, predicted: np.ndarray, names: list[str], point: dict[str, float],
+               low: np.ndarray, high: np.ndarray, ci: float) -> dict[str, MetricSummary]:
+    """Each metric with its n and its interval by `sonocad.evaluation.intervals`' rule, from
+    the bootstrap's (low, high): proportions by their counts, AUROCs by their classes' sizes."""
+    k, n = len(names), len(y)
+    tp, n_predicted, n_true = (a.tolist() for a in _confusion_counts(y, predicted, k))
+    proportions = {"accuracy": (sum(tp), n)}
+    aurocs = {"macro_auroc": (min(n_true), n - max(n_true))}
+    for c, name in enumerate(names):
+        proportions |= {f"recall_{name}": (tp[c], n_true[c]),
+                        f"precision_{name}": (tp[c], n_predicted[c])}
+        aurocs[f"auroc_{name}"] = (n_true[c], n - n_true[c])
+    if BENIGN_VS_MALIGNANT + "_auroc" in point:
+        aurocs[BENIGN_VS_MALIGNANT + "_auroc"] = (n_true[names.index("malignant")],
+                                                  n_true[names.index("benign")])
+    if "lesion_called_normal" in point:
+        lesion = _benign_or_malignant(y, names)
+        proportions["lesion_called_normal"] = (
+            int((predicted[lesion] == names.index("normal")).sum()), int(lesion.sum()))
+    out = {}
+    for (name, value), lo, hi in zip(point.items(), low.tolist(), high.tolist()):
+        interval: Interval
+        used = n
+        if name in proportions:
+            hits, used = proportions[name]
+            interval = proportion_interval(hits, used, lo, hi, ci)
+        elif name in aurocs:
+            positive, negative = aurocs[name]
+            if name == BENIGN_VS_MALIGNANT + "_auroc":
+                used = positive + negative
+            interval = auroc_interval(lo, hi, positive, negative)
+        else:
+            interval = spread_interval(lo, hi)
+        out[name] = metric_summary(value, interval, used, n - used)
+    return out
 
 
 def _bootstrap_intervals(y: np.ndarray, probs: np.ndarray, names: list[str], n_metrics: int,
@@ -203,7 +247,7 @@ def _bootstrap_intervals(y: np.ndarray, probs: np.ndarray, names: list[str], n_m
     return low, high
 
 
-def _auroc(truth: np.ndarray, score: np.ndarray) -> float:
+def rank_auroc(truth: np.ndarray, score: np.ndarray) -> float:
     """Mann-Whitney U / (positives x negatives), ties counted 1/2: scikit-learn's AUROC."""
     n_pos = int(truth.sum())
     n_neg = truth.size - n_pos
@@ -234,16 +278,15 @@ def _benign_or_malignant(y: np.ndarray, names: Sequence[str]) -> np.ndarray:
 def benign_vs_malignant_scores(y: np.ndarray, probs: np.ndarray,
                          names: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
     """(is malignant, P(malignant) / (P(benign) + P(malignant))) for benign/malignant images."""
-    benign, malignant = probs[:, names.index("benign")], probs[:, names.index("malignant")]
+    return y == names.index("malignant"), malignancy_ratio(probs[:, names.index("benign")],
+                                                           probs[:, names.index("malignant")])
+
+
+def malignancy_ratio(benign: np.ndarray, malignant: np.ndarray) -> np.ndarray:
+    """P(malignant) / (P(benign) + P(malignant)) per image: the belief once "normal" is out."""
     total = benign + malignant
     # Both underflowed to 0 (the model is sure it is normal): no preference either way.
-    score = np.divide(malignant, total, out=np.full_like(total, 0.5), where=total > 0)
-    return y == names.index("malignant"), score
-
-
-def _calibration_bin(confidence: np.ndarray, n_bins: int) -> np.ndarray:
-    """Bin index of each confidence, exactly as sklearn's calibration_curve bins it."""
-    return np.searchsorted(np.linspace(0.0, 1.0, n_bins + 1)[1:-1], confidence)
+    return np.divide(malignant, total, out=np.full_like(total, 0.5), where=total > 0)
 
 
 def _check_inputs(y_true: ArrayLike, probs: ArrayLike,

@@ -6,8 +6,9 @@ of `IOU_THRESHOLDS` the pairs are matched greedily, highest IoU first, each lesi
 (with one lesion per image, as in BUSI and BUS-BRA, this is the optimal matching). Per image:
 ``truth_lesions``, ``found_lesions_<t>`` and ``false_lesions_<t>``; over a set of images:
 ``lesion_sensitivity_<t>`` (found / true lesions) and ``false_lesions_per_image_<t>``, with
-95 % percentile bootstrap CIs over patients where ids exist. The per-image overlap metrics
-(IoU, Dice, ...) are not changed by any of this: they score the whole mask.
+95 % percentile bootstrap CIs over patients where ids exist (`sonocad.evaluation.intervals`'
+rule: exact for few lesions found or missed, none where every resample agrees). The per-image
+overlap metrics (IoU, Dice, ...) are not changed by any of this: they score the whole mask.
 """
 
 from __future__ import annotations
@@ -20,7 +21,12 @@ import numpy as np
 from scipy import ndimage
 
 from sonocad.evaluation.bootstrap import bootstrap_indices, percentile_interval
-from sonocad.evaluation.segmentation import MetricSummary
+from sonocad.evaluation.intervals import (
+    MetricSummary,
+    metric_summary,
+    proportion_interval,
+    spread_interval,
+)
 from sonocad.measure import Lesion
 
 IOU_THRESHOLDS = (0.1, 0.5)
@@ -64,20 +70,23 @@ def lesion_detection_summary(rows: Sequence[dict[str, Any]], *, groups: Sequence
     for threshold in IOU_THRESHOLDS:
         found = np.array([row[f"found_lesions_{threshold:g}"] for row in rows], float)
         false = np.array([row[f"false_lesions_{threshold:g}"] for row in rows], float)
-        out[f"lesion_sensitivity_{threshold:g}"] = _summary(
-            lambda i, f=found: _ratio(f[i].sum(), true[i].sum()), len(rows), resamples,
-            int(true.sum()))
-        out[f"false_lesions_per_image_{threshold:g}"] = _summary(
-            lambda i, f=false: float(f[i].mean()) if len(i) else math.nan, len(rows),
-            resamples, len(rows))
+        sensitivity = _bootstrapped(lambda i, f=found: _ratio(f[i].sum(), true[i].sum()),
+                                    len(rows), resamples)
+        out[f"lesion_sensitivity_{threshold:g}"] = metric_summary(
+            sensitivity[0], proportion_interval(int(found.sum()), int(true.sum()),
+                                                *sensitivity[1:]), int(true.sum()))
+        per_image = _bootstrapped(lambda i, f=false: float(f[i].mean()) if len(i) else math.nan,
+                                  len(rows), resamples)
+        out[f"false_lesions_per_image_{threshold:g}"] = metric_summary(
+            per_image[0], spread_interval(*per_image[1:]), len(rows))
     return out
 
 
-def _summary(statistic: Any, n_rows: int, resamples: list[np.ndarray], n: int
-             ) -> MetricSummary:
+def _bootstrapped(statistic: Any, n_rows: int, resamples: list[np.ndarray]
+                  ) -> tuple[float, float, float]:
+    """(the statistic on every row, the bootstrap's low, high)."""
     low, high = percentile_interval([statistic(i) for i in resamples])
-    return MetricSummary(mean=statistic(np.arange(n_rows)), ci_low=low, ci_high=high, n=n,
-                         n_excluded=0)
+    return statistic(np.arange(n_rows)), low, high
 
 
 def _ratio(numerator: float, denominator: float) -> float:

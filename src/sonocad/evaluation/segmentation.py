@@ -34,12 +34,18 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, TypedDict
+from typing import Any, Literal
 
 import numpy as np
 from scipy import ndimage
 
 from sonocad.evaluation.bootstrap import bootstrap_ci
+from sonocad.evaluation.intervals import (
+    MetricSummary,
+    metric_summary,
+    proportion_interval,
+    spread_interval,
+)
 
 # The per-image metrics `image_metrics` returns, in report order.
 SEGMENTATION_METRICS = ("dice", "iou", "precision", "recall", "specificity", "pixel_accuracy",
@@ -76,14 +82,6 @@ class PixelCounts:
         axis = {"true": 1, "pred": 0, "all": None}[normalize]
         with np.errstate(invalid="ignore", divide="ignore"):
             return counts / counts.sum(axis=axis, keepdims=True)
-
-
-class MetricSummary(TypedDict):
-    mean: float
-    ci_low: float
-    ci_high: float
-    n: int  # images (rows) that entered the mean
-    n_excluded: int  # rows whose value was NaN (undefined for that image)
 
 
 def confusion(truth: np.ndarray, pred: np.ndarray) -> PixelCounts:
@@ -166,22 +164,23 @@ def summarise(
     """Mean over rows of each metric, NaN left out, with a percentile-bootstrap CI.
 
     Rows are images; with ``group_by`` (a row key such as "patient_id") the bootstrap resamples
-    whole groups, because images of one patient are not independent.
+    whole groups, because images of one patient are not independent. A metric whose values are
+    all 0 or 1 is a proportion and takes `sonocad.evaluation.intervals`' rule for one (exact
+    where the counts are small); any other has no CI where the bootstrap's has zero width.
     """
     groups = None if group_by is None else [row[group_by] for row in rows]
     summary: dict[str, MetricSummary] = {}
     for name in metrics:
         # None (a missing value read back from a table) becomes NaN.
         values = np.array([row[name] for row in rows], dtype=float)
-        kept = ~np.isnan(values)
+        kept = values[~np.isnan(values)]
         low, high = bootstrap_ci(values, ci=ci, n_boot=n_boot, seed=seed, groups=groups)
-        summary[name] = MetricSummary(
-            mean=float(values[kept].mean()) if kept.any() else float("nan"),
-            ci_low=low,
-            ci_high=high,
-            n=int(kept.sum()),
-            n_excluded=int((~kept).sum()),
-        )
+        if kept.size and np.isin(kept, (0.0, 1.0)).all():
+            interval = proportion_interval(int(kept.sum()), kept.size, low, high, ci)
+        else:
+            interval = spread_interval(low, high)
+        summary[name] = metric_summary(float(kept.mean()) if kept.size else float("nan"),
+                                       interval, kept.size, values.size - kept.size)
     return summary
 
 

@@ -4,8 +4,10 @@
   (Clopper-Pearson), as in QIMS 2023, so they stay inside [0, 1] and hold for small counts.
 - AUROC: DeLong's nonparametric variance, computed with the midrank ("structural components")
   algorithm of Sun & Xu (2014, IEEE Signal Process. Lett. 21:1389), O(N log N). Its CI is the
-  normal approximation AUROC +- z * SE, clipped to [0, 1]; two AUROCs on the same cases are
-  compared with the DeLong test, which accounts for their correlation.
+  normal approximation AUROC +- z * SE, clipped to [0, 1], and none (NaN) where the rule of
+  `sonocad.evaluation.intervals` finds it not estimable (a class under 5 cases, or zero
+  variance: perfect separation); two AUROCs on the same cases are compared with the DeLong
+  test, which accounts for their correlation.
 - The exact McNemar test compares two paired binary outcomes (two models on the same images).
 - ``paired_comparison`` is the JMIR 2026 participant-level test of a per-image metric.
 
@@ -23,7 +25,8 @@ from numpy.typing import ArrayLike
 from scipy import stats
 from sklearn.metrics import roc_curve
 from statsmodels.stats.contingency_tables import mcnemar
-from statsmodels.stats.proportion import proportion_confint
+
+from sonocad.evaluation.intervals import auroc_interval, clopper_pearson
 
 NAN = float("nan")
 PAIRED_T = "paired t"
@@ -84,14 +87,6 @@ class OperatingPoint:
 
 # --- proportions --------------------------------------------------------------------------
 
-def clopper_pearson(successes: int, total: int, ci: float = 0.95) -> tuple[float, float]:
-    """Exact binomial CI of successes / total; (nan, nan) when total is 0."""
-    if total == 0:
-        return NAN, NAN
-    low, high = proportion_confint(successes, total, alpha=1 - ci, method="beta")
-    return float(low), float(high)
-
-
 def proportion(successes: int, total: int, ci: float = 0.95) -> Proportion:
     """successes / total with its Clopper-Pearson CI."""
     estimate = successes / total if total else NAN
@@ -114,7 +109,8 @@ def binary_rates(truth: ArrayLike, predicted: ArrayLike,
 # --- AUROC: DeLong ------------------------------------------------------------------------
 
 def delong_auroc(truth: ArrayLike, score: ArrayLike, ci: float = 0.95) -> Auroc:
-    """AUROC with DeLong variance and CI; all NaN unless both classes occur."""
+    """AUROC with DeLong variance and CI; all NaN unless both classes occur, the CI NaN where
+    it is not estimable (`sonocad.evaluation.intervals.auroc_interval`)."""
     y = _binary(truth)
     n_pos, n_neg = int(y.sum()), int((~y).sum())
     if not n_pos or not n_neg:
@@ -124,7 +120,8 @@ def delong_auroc(truth: ArrayLike, score: ArrayLike, ci: float = 0.95) -> Auroc:
     se = float(np.sqrt(variance))
     half = stats.norm.ppf(0.5 + ci / 2) * se
     low, high = np.clip([auroc - half, auroc + half], 0.0, 1.0)  # NaN stays NaN
-    return Auroc(auroc, variance, se, float(low), float(high), n_pos, n_neg)
+    low, high, _ = auroc_interval(float(low), float(high), n_pos, n_neg)
+    return Auroc(auroc, variance, se, low, high, n_pos, n_neg)
 
 
 def delong_test(truth: ArrayLike, score_a: ArrayLike, score_b: ArrayLike) -> HypothesisTest:

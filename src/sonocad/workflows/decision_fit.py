@@ -52,7 +52,7 @@ from sonocad.data.sources import DataArg, resolve_sources
 from sonocad.data.split import read_split, select
 from sonocad.data.views import ViewConfig, tissue_view
 from sonocad.engine.recipe import Recipe
-from sonocad.evaluation.classification import _auroc
+from sonocad.evaluation.classification import rank_auroc
 from sonocad.evaluation.segmentation import confusion, overlap_metrics
 from sonocad.inference.decision import (
     SCORES,
@@ -132,7 +132,7 @@ def failures(records: Sequence[ImageRecord], calls: Sequence[str]) -> np.ndarray
 
 
 def failure_auroc(records: Sequence[ImageRecord], calls: Sequence[str], score: str) -> float:
-    return _auroc(failures(records, calls), np.array([r.scores[score] for r in records]))
+    return rank_auroc(failures(records, calls), np.array([r.scores[score] for r in records]))
 
 
 def flag_threshold(failed: np.ndarray, scores: np.ndarray,

@@ -1,7 +1,10 @@
 """`sonocad evaluate`: score a checkpoint on a frozen subset; write the predictions table.
 
 The task of the checkpoint does the scoring (`sonocad.tasks.Task.evaluate`); this module
-picks the subset, the predictor and the output folder, and adds per-group breakdowns.
+picks the subset, the predictor and the output folder, and adds what researchers ask of any
+task's table: per-group breakdowns (`--by`), the P(malignant) calibration and reliability curve
+(`sonocad.evaluation.malignancy`, malignancy_reliability.png) and, with ``per="patient"``, the
+patient-level results (`sonocad.evaluation.patients`, patients.csv).
 
 What each task writes: `sonocad.tasks.segmentation_evaluation` (per-image metrics with CIs,
 overlays), `sonocad.tasks.classification_evaluation` (pooled metrics with CIs, ROC, calibration),
@@ -14,11 +17,21 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from sonocad.checkpoint import bundled_checkpoint, load_checkpoint
-from sonocad.data.sample import Sample
+from sonocad.data.sample import LESION_CLASSES, Sample
 from sonocad.data.sources import DataArg, resolve_sources
 from sonocad.data.split import resolve_subset, select
 from sonocad.errors import InputError, SonocadError
 from sonocad.evaluation.breakdown import breakdown
+from sonocad.evaluation.figures import reliability_curve_figure, save_figure
+from sonocad.evaluation.intervals import RULE as INTERVAL_RULE
+from sonocad.evaluation.malignancy import lesion_scores, malignancy_calibration
+from sonocad.evaluation.patients import (
+    MAX,
+    PATIENT_SCORES,
+    TABLE,
+    patient_level,
+    write_patient_table,
+)
 from sonocad.inference.detection import DetectionPredictor
 from sonocad.inference.predictor import Predictor
 from sonocad.io.atomic import write_json
@@ -26,16 +39,28 @@ from sonocad.io.outputs import claim_output_dir
 from sonocad.provenance import model_record, write_provenance
 from sonocad.tasks import EvaluationResult, Predicted, get_task, predict_samples
 
+IMAGE, PATIENT = "image", "patient"
+PER = (IMAGE, PATIENT)
+MALIGNANCY_FIGURE = "malignancy_reliability.png"
+
 
 def evaluate(checkpoint: str | Path, data: DataArg, split_spec: str | Sequence[str],
              out: str | Path, *, layout: str | None = None, overlays: int = 6,
-             batch_size: int = 8, n_boot: int = 2000,
-             by: Sequence[str] = (), overwrite: bool = False) -> EvaluationResult:
+             batch_size: int = 8, n_boot: int = 2000, by: Sequence[str] = (),
+             per: str = IMAGE, patient_score: str = MAX,
+             overwrite: bool = False) -> EvaluationResult:
     """Score a checkpoint ("default": the bundled model) on one frozen subset, or on one per
     data source (`data` and `split_spec` in the same order); `by` (any field of the images:
     "source", "scanner", "label" or a clinical field such as BUS-BRA's "birads") adds
     per-group figures beside the pooled ones, per source always when there are several.
-    `overwrite` replaces an earlier evaluate output in `out`."""
+    `per="patient"` adds the patient-level results, each patient scored by the `patient_score`
+    ("max" or "mean") of their images' P(malignant); refused before anything is predicted
+    where no image names a patient. `overwrite` replaces an earlier evaluate output in `out`."""
+    if per not in PER:
+        raise SonocadError(f"--per {per}: choose {' or '.join(PER)}")
+    if patient_score not in PATIENT_SCORES:
+        raise SonocadError(f"--patient-score {patient_score}: choose "
+                           f"{' or '.join(PATIENT_SCORES)}")
     out = Path(out)
     bundled = str(checkpoint) == "default"
     loaded = bundled_checkpoint() if bundled else load_checkpoint(checkpoint)
@@ -43,12 +68,15 @@ def evaluate(checkpoint: str | Path, data: DataArg, split_spec: str | Sequence[s
     specs = [split_spec] if isinstance(split_spec, str) else list(split_spec)
     samples = _subset_samples(data, specs, layout)
     _check_fields(samples, by)
-    data_paths = [data] if isinstance(data, (str, Path)) else list(data or [])
-    claim_output_dir(out, "evaluate", inputs=[*([] if bundled else [checkpoint]), *data_paths],
-                     overwrite=overwrite)
     labels = loaded.meta["data"].get("labels")
     if labels:
         samples = [s for s in samples if s.label in labels]
+    if per == PATIENT:
+        _check_patients(samples, " + ".join(specs),
+                        loaded.class_names if task.class_scores else None)
+    data_paths = [data] if isinstance(data, (str, Path)) else list(data or [])
+    claim_output_dir(out, "evaluate", inputs=[*([] if bundled else [checkpoint]), *data_paths],
+                     overwrite=overwrite)
     model = DetectionPredictor(loaded) if task.detector else Predictor(loaded)
     write_provenance(out, [model_record(loaded.meta, loaded.path, bundled=bundled)], "torch")
     result = task.evaluate(model, samples, out, " + ".join(specs), overlays=overlays,
@@ -58,8 +86,8 @@ def evaluate(checkpoint: str | Path, data: DataArg, split_spec: str | Sequence[s
         class_names = model.class_names if task.class_scores else None
         result.metrics["breakdowns"] = {key: breakdown(result.rows, key, class_names,
                                                        n_boot=n_boot) for key in keys}
-        write_json(out / "metrics.json", result.metrics)
-    return result
+    return _researcher_outputs(result, n_boot,
+                               patient_score if per == PATIENT else None)
 
 
 def evaluate_out_of_fold(checkpoints: Sequence[str | Path], data: str | Path,
@@ -94,11 +122,50 @@ def evaluate_out_of_fold(checkpoints: Sequence[str | Path], data: str | Path,
         for checkpoint, samples in zip(loaded, folds):  # one model in memory at a time
             yield from predict_samples(Predictor(checkpoint), samples, batch_size)
 
+    samples = [s for fold in folds for s in fold]
     # Overlays are drawn by one predictor, which would not be the one that made each case.
-    return task.evaluate(Predictor(first), [s for samples in folds for s in samples], out,
-                         " + ".join(split_specs), predictions=out_of_fold(), overlays=0,
-                         batch_size=batch_size, n_boot=n_boot,
-                         checkpoint=", ".join(map(str, checkpoints)))
+    result = task.evaluate(Predictor(first), samples, out, " + ".join(split_specs),
+                           predictions=out_of_fold(), overlays=0, batch_size=batch_size,
+                           n_boot=n_boot, checkpoint=", ".join(map(str, checkpoints)))
+    return _researcher_outputs(result, n_boot, None)
+
+
+def _researcher_outputs(result: EvaluationResult, n_boot: int,
+                        patient_score: str | None) -> EvaluationResult:
+    """metrics.json with the interval rule, the P(malignant) calibration (and its figure)
+    where the model scores benign against malignant, and the patient-level results (and
+    patients.csv) with a `patient_score`."""
+    out = result.out_dir
+    result.metrics["intervals"] = INTERVAL_RULE
+    scores = lesion_scores(result.rows)
+    if scores is not None:
+        calibration = malignancy_calibration(scores, n_boot=n_boot) | {
+            "figure": MALIGNANCY_FIGURE}
+        result.metrics["malignancy_calibration"] = calibration
+        save_figure(out / MALIGNANCY_FIGURE, reliability_curve_figure(calibration))
+    if patient_score is not None and scores is not None:  # checked before predicting
+        figures, table = patient_level(scores, patient_score, n_boot=n_boot)
+        result.metrics["patient_level"] = figures | {"table": TABLE}
+        write_patient_table(out / TABLE, table)
+    write_json(out / "metrics.json", result.metrics)
+    return result
+
+
+def _check_patients(samples: Sequence[Sample], subset: str,
+                    class_names: Sequence[str] | None) -> None:
+    """A one-line error, before any image is predicted, where `--per patient` cannot be
+    answered: no patient ids, no benign or malignant image of one, or a model without a
+    benign-vs-malignant score."""
+    if not any(sample.patient_id for sample in samples):
+        raise SonocadError(f"--per patient: no image of {subset} has a patient id (BUSI has "
+                           "none; BUS-BRA has, and a manifest can, in a patient_id column)")
+    if not {"benign", "malignant"} <= set(class_names or ()):
+        raise SonocadError("--per patient needs a model that scores benign against malignant; "
+                           "this one has " + (f"classes {', '.join(class_names)}"
+                                              if class_names else "no class head"))
+    if not any(s.patient_id and s.label in LESION_CLASSES for s in samples):
+        raise SonocadError(f"--per patient: no benign or malignant image of {subset} names a "
+                           "patient")
 
 
 def _check_fields(samples: Sequence[Sample], fields: Sequence[str]) -> None:
