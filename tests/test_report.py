@@ -1,40 +1,49 @@
-"""`sonocad report` on real tiny runs: one self-contained HTML file with every section and the
-evaluations' numbers, one-line errors for what is missing, and a headless-Chromium rendering.
+"""`sonocad report` on real tiny runs, the bundled model's evaluation and a cross-validation:
+one self-contained HTML file with every section and the evaluations' numbers, one-line errors
+for what is missing, and a print layout in which every table column shows.
 
-The rendering (``report.png`` in the temporary folder, path printed with ``-s``) is there for a
-person to look at. Chromium is Debian's ``/usr/bin/chromium`` (``SONOCAD_CHROMIUM`` points
-elsewhere); the test skips, saying so, where it is absent.
+The bundled model is evaluated on three real BUSI images where BUSI is here, else on phantoms.
+The print check lays the reports out in headless Chromium as an A4 page would (print media, the
+printable width) and prints them to PDF (``*.pdf`` beside the reports in the temporary folder,
+paths printed with ``-s``, for a person to look at). It needs Debian's ``chromium`` and
+``chromium-driver`` and the ``selenium`` package, and skips, saying so, where any is missing.
 """
 
 from __future__ import annotations
 
 import base64
 import json
-import os
 import shutil
-import subprocess
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import NamedTuple
 
-import numpy as np
 import pytest
-from PIL import Image as PILImage
 
-from conftest import CLS_CLASSES, TINY_MULTITASK_RECIPE, write_checkpoint
+from conftest import (
+    BUSI_ROOT,
+    CLS_CLASSES,
+    TINY_MULTITASK_RECIPE,
+    TINY_UNET_RECIPE,
+    phantom_dataset,
+    write_checkpoint,
+)
 from sonocad.checkpoint import load_checkpoint
 from sonocad.cli import main
 from sonocad.data.adapters import open_dataset
-from sonocad.data.phantom import write_phantom_dataset
-from sonocad.data.split import make_split, write_split
+from sonocad.data.split import SplitFile, make_folds, write_split
+from sonocad.engine.recipe import load_recipe
 from sonocad.models import create_model
+from sonocad.predictions import read_predictions
 from sonocad.report import build_report, card
 from sonocad.report.card import model_card
 from sonocad.report.markdown import render_markdown
 from sonocad.report.sources import load_run
+from sonocad.workflows.cross_validation import cross_validate
 from sonocad.workflows.evaluate import evaluate
 
-CHROMIUM = Path(os.environ.get("SONOCAD_CHROMIUM", "/usr/bin/chromium"))
+CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
+PRINTABLE_PX = round((210 - 2 * 12) / 25.4 * 96)  # A4 less report.css's @page margins, CSS px
 CARD = """\
 # Phantom model
 
@@ -58,12 +67,17 @@ class Runs(NamedTuple):
     report: Path  # the report of both, with heatmaps and the comparison
 
 
+class Bundled(NamedTuple):
+    data: Path  # the data set it read
+    evaluation: Path  # `sonocad evaluate default --out`
+    real: bool  # BUSI images, not phantoms
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> Runs:
     root = tmp_path_factory.mktemp("report")
-    data, split, recipe = root / "data", root / "split.json", root / "tiny.yaml"
-    write_phantom_dataset(data, per_class=4, size=(64, 64), seed=5)
-    write_split(split, make_split(open_dataset(data), [], fractions=(0.5, 0.25, 0.25), seed=0))
+    data, split = phantom_dataset(root, per_class=4, size=(64, 64), seed=5)
+    recipe = root / "tiny.yaml"
     recipe.write_text(TINY_MULTITASK_RECIPE)
     a, b = root / "a", root / "b"
     assert main(["train", str(recipe), "--data", str(data), "--split", str(split), "--out",
@@ -77,6 +91,39 @@ def runs(tmp_path_factory) -> Runs:
     assert main(["report", str(a), str(b), "--data", str(data), "--examples", "2",
                  "--compare", str(comparison), "--out", str(report)]) == 0
     return Runs(data, split, a, b, comparison, report)
+
+
+@pytest.fixture(scope="module")
+def bundled(runs, tmp_path_factory) -> Bundled:
+    """`sonocad evaluate default` on one image of each class: BUSI's where it is here."""
+    root = tmp_path_factory.mktemp("bundled")
+    real = (BUSI_ROOT / "benign").is_dir()
+    data = BUSI_ROOT if real else runs.data
+    samples = open_dataset(data)
+    ids = sorted(next(s.image_id for s in samples if s.label == label) for label in CLS_CLASSES)
+    write_split(root / "split.json", SplitFile("three", 0, "one a class", {"test": tuple(ids)}))
+    evaluate("default", data, f"{root / 'split.json'}:test", root / "eval", overlays=2,
+             n_boot=50)
+    return Bundled(data, root / "eval", real)
+
+
+@pytest.fixture(scope="module")
+def folds(runs, tmp_path_factory) -> Path:
+    """A 2-fold cross-validation of a tiny U-Net (`sonocad train --folds all`)."""
+    root = tmp_path_factory.mktemp("cv")
+    data = runs.data
+    write_split(root / "kfold.json", make_folds(open_dataset(data), [], k=2, seed=0))
+    (root / "tiny.yaml").write_text(TINY_UNET_RECIPE)
+    recipe = load_recipe(root / "tiny.yaml", ["train.epochs=2"])
+    return cross_validate(recipe, data, root / "kfold.json", root / "cv", n_boot=50).out_dir
+
+
+@pytest.fixture(scope="module")
+def mixed(bundled, folds) -> Path:
+    """The report of a cross-validation and the bundled model's evaluation."""
+    out = bundled.evaluation.parent / "mixed.html"
+    assert main(["report", str(folds), str(bundled.evaluation), "--out", str(out)]) == 0
+    return out
 
 
 class _Elements(HTMLParser):
@@ -99,10 +146,14 @@ def _elements(html: str) -> list[tuple[str, dict[str, str | None]]]:
 def test_the_report_is_one_self_contained_file(runs):
     html = runs.report.read_text(encoding="utf-8")
     elements = _elements(html)
-    images = [attrs["src"] for tag, attrs in elements if tag == "img"]
-    # 2 runs x (curves, 3 overlays, 3 classification figures, 2 heatmap examples)
-    assert len(images) == 2 * 9
-    for src in images:
+    images = [attrs for tag, attrs in elements if tag == "img"]
+    # Per run: the curves, 3 overlays, ROC, confusion and reliability charts, 2 heatmaps.
+    drawn = [attrs["alt"] for attrs in images]
+    for alt, count in {"training curves": 2, "ROC": 2, "confusion matrix": 2,
+                       "reliability": 2, "heatmap example": 4}.items():
+        assert drawn.count(alt) == count, (alt, drawn)
+    assert sum(alt.endswith("case overlay") for alt in drawn) == 6
+    for src in (attrs["src"] for attrs in images):
         assert src.startswith("data:image/png;base64,")
         assert base64.b64decode(src.split(",", 1)[1]).startswith(b"\x89PNG\r\n\x1a\n")
     links = [value for _, attrs in elements for key, value in attrs.items()
@@ -132,7 +183,16 @@ def test_every_section_is_there_with_the_evaluations_numbers(runs):
     assert f">{confusion['tn']:,}<" in html
     meta = load_checkpoint(runs.a / "best.pt").meta
     assert f">{meta['data']['n_train']} (subset train)<" in html
-    assert "lesion probability (right" in html  # a multitask model's heatmap
+    assert "lesion probability (right), in the colours of" in html  # predict's inferno
+    # A two-epoch run's curves run against steps, with every step's loss where the trainer
+    # logged it (steps.csv).
+    steps = json.loads((runs.a / "summary.json").read_text())["steps"]
+    assert "against optimiser steps" in html and f"Training ran {steps} optimiser steps (" in html
+    assert ("steps.csv" in html) == (runs.a / "steps.csv").is_file()
+    # Captions name the images as the data set does, not as their files are named.
+    ids = [row["image_id"] for row in read_predictions(runs.a / "eval" / "predictions.csv")]
+    assert any(f"Best of those drawn: {i}," in html for i in ids)
+    assert "_(" not in html
 
     # Run b has its own card, rendered; run a gets one generated from its checkpoint.
     assert "<h4>Phantom model</h4>" in html and "<strong>synthetic</strong>" in html
@@ -169,7 +229,11 @@ def test_what_is_missing_is_named_in_one_line(runs, tmp_path, capsys):
     shutil.copy(runs.a / "best.pt", unevaluated / "best.pt")
     cases = {
         "eval/metrics.json: no evaluation found": [str(unevaluated)],
-        "no such run folder": [str(tmp_path / "absent")],
+        "absent: no such folder (expected a `sonocad train --out` run folder, a": [
+            str(tmp_path / "absent")],
+        "holds neither best.pt nor metrics.json": [str(runs.data)],
+        "is an evaluation itself; --eval goes with run folders": [
+            str(runs.a / "eval"), "--eval", str(runs.a / "eval")],
         "--eval given 1 time(s) for 2 run(s)": [str(runs.a), str(runs.b), "--eval",
                                                 str(runs.a / "eval")],
         "not a `sonocad compare --out FILE.json` file": [
@@ -218,21 +282,98 @@ def test_the_bundled_model_brings_its_own_card(runs, tmp_path, monkeypatch):
     assert model_card(load_run(runs.a))[1].startswith("generated from")
 
 
+def test_the_normal_groups_undefined_figures_read_na_with_the_reason(runs):
+    html = runs.report.read_text(encoding="utf-8")
+    # Pixel precision on images without a lesion is 0 by construction: n/a, not 0.000.
+    assert '<span class="na">n/a*</span>' in html
+    assert "* n/a: images without a lesion have no lesion pixels" in html
+
+
+def test_the_bundled_models_evaluation_is_reported_without_a_run_folder(bundled, mixed):
+    html = mixed.read_text(encoding="utf-8")
+    section = html[html.index('id="run-2"'):]
+    assert section.count("No training run folder: ") == 1
+    assert "evaluates the bundled default model, so there are no training curves" in section
+    assert "Source: the bundled default model&#39;s card." in section
+    # Its decision rule's final calls stand beside the class head's, counted from the table.
+    rows = read_predictions(bundled.evaluation / "predictions.csv")
+    right = sum(row["final_class"] == row["label"] for row in rows)
+    assert "Class head and final call" in section
+    assert f"{right}/{len(rows)}" in section.split("Final call</th>", 1)[1]
+    assert 'alt="ROC"' in section
+    assert "where the class head&#39;s call and final call sit" in section  # on the ROC
+
+
+def test_the_bundled_model_on_real_busi_images_names_them(bundled, mixed):
+    if not bundled.real:
+        pytest.skip(f"BUSI not found at {BUSI_ROOT}: the bundled model was evaluated on "
+                    "phantoms")
+    html = mixed.read_text(encoding="utf-8")
+    ids = [row["image_id"] for row in read_predictions(bundled.evaluation / "predictions.csv")]
+    assert all(" (" in i for i in ids)  # BUSI's names: "benign/benign (12).png"
+    assert sum(f"{i}, Dice" in html for i in ids) == 2  # the worst and best overlays
+
+
+def test_a_cross_validation_is_reported_fold_by_fold_and_pooled(folds, mixed):
+    html = mixed.read_text(encoding="utf-8")
+    section = html[html.index('id="run-1"'):html.index('id="run-2"')]
+    assert "Training: 2-fold cross-validation" in section
+    assert "<th>fold0</th><th>fold1</th>" in section.replace(' class="num"', "")
+    summary = json.loads((folds / "cv_summary.json").read_text())
+    dice = summary["mean_sd"]["dice"]
+    assert f"{dice['mean']:.3f}" in section and f"{dice['sd']:.3f}" in section
+    pooled = json.loads((folds / "oof" / "metrics.json").read_text())["groups"]["lesion"]
+    assert f"{pooled['dice']['ci_low']:.3f}–{pooled['dice']['ci_high']:.3f}" in section
+    assert 'alt="fold training curves"' in section
+    assert "out-of-fold predictions come from 2 fold models" in section
+    assert "fold0&#39;s" not in section and "other folds&#39; models differ" in section
+    # The summary puts both side by side.
+    assert '<a href="#run-1">1. cv</a>' in html and "Headline metrics of each model" in html
+
+
 @pytest.mark.slow
-def test_chromium_renders_the_report(runs):
-    if not CHROMIUM.is_file():
-        pytest.skip(f"needs Chromium at {CHROMIUM} (apt-get install chromium, or set "
-                    "SONOCAD_CHROMIUM)")
-    png = runs.report.with_suffix(".png")
-    subprocess.run([str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu",
-                    "--hide-scrollbars", "--no-first-run", "--disable-background-networking",
-                    f"--screenshot={png}", "--window-size=1280,4000", runs.report.as_uri()],
-                   check=True, capture_output=True, timeout=120)
-    print(f"rendering: {png}")
-    with PILImage.open(png) as image:
-        assert image.size == (1280, 4000)
-        pixels = np.asarray(image.convert("RGB"))
-    grey = pixels.mean(axis=2)
-    assert grey.std() > 25  # text, tables and figures, not an empty page
-    assert len(np.unique(pixels.reshape(-1, 3), axis=0)) > 500  # figures rendered in colour
-    assert (grey[:150] < 60).mean() > 0.5  # the dark masthead at the top
+def test_every_table_column_and_figure_fits_the_printed_page(runs, mixed):
+    if not (CHROMIUM.is_file() and CHROMEDRIVER.is_file()):
+        pytest.skip(f"needs {CHROMIUM} and {CHROMEDRIVER} (apt-get install chromium "
+                    "chromium-driver)")
+    webdriver = pytest.importorskip("selenium.webdriver", reason="needs selenium (pip install "
+                                                                "-e '.[test]')")
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.print_page_options import PrintOptions
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+                 "--no-first-run", "--disable-background-networking"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(options=options, service=Service(str(CHROMEDRIVER)))
+    try:
+        driver.execute_cdp_cmd("Emulation.setEmulatedMedia", {"media": "print"})
+        driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", {
+            "width": PRINTABLE_PX, "height": 1100, "deviceScaleFactor": 1, "mobile": False})
+        for report in (runs.report, mixed):
+            driver.get(report.as_uri())
+            width, overflowing = driver.execute_script(OVERFLOWING)
+            assert width == PRINTABLE_PX
+            assert not overflowing, f"{report}: {overflowing}"
+            pdf = report.with_suffix(".pdf")
+            pdf.write_bytes(base64.b64decode(driver.print_page(PrintOptions())))
+            assert pdf.read_bytes().startswith(b"%PDF")
+            print(f"printed: {pdf}")
+    finally:
+        driver.quit()
+
+
+# Tables, cells and images that reach past the page's printable width, by their caption.
+OVERFLOWING = """
+const width = document.documentElement.clientWidth, found = [];
+const name = (table) => (table.caption || table).textContent.trim().slice(0, 60);
+for (const table of document.querySelectorAll("table")) {
+  if (table.getBoundingClientRect().right > width + 0.5) found.push("table: " + name(table));
+  for (const cell of table.querySelectorAll("th, td"))
+    if (cell.scrollWidth > cell.clientWidth + 1) found.push("cell in: " + name(table));
+}
+for (const image of document.querySelectorAll("img"))
+  if (image.getBoundingClientRect().right > width + 0.5) found.push("image: " + image.alt);
+return [width, found];
+"""

@@ -361,6 +361,15 @@ def _add_evaluate_command(commands) -> None:
                                "pooled figures: source, scanner, label or a clinical field "
                                "(BUS-BRA's birads, histology, side; a manifest's own columns); "
                                "repeatable (per source always with several --data)")
+    evaluate.add_argument("--per", choices=["image", "patient"], default="image",
+                          help="patient: also one benign-vs-malignant call per patient (AUROC, "
+                               "sensitivity, specificity with CIs over patients; patients.csv), "
+                               "where the images have patient ids (BUS-BRA, a manifest's "
+                               "patient_id column); default image")
+    evaluate.add_argument("--patient-score", choices=["max", "mean"],
+                          help="with --per patient: a patient's P(malignant) is the max over "
+                               "their lesion images (default: one malignant lesion makes the "
+                               "patient malignant) or the mean")
     _add_output_folder(evaluate, "folder to write")
     evaluate.add_argument("--layout", help="dataset layout (default: detect)")
     evaluate.add_argument("--overlays", type=int, default=6,
@@ -373,8 +382,11 @@ def _evaluate(args: argparse.Namespace) -> int:
     from sonocad.evaluation.summary import format_summary
     from sonocad.workflows.evaluate import evaluate
 
+    if args.patient_score and args.per != "patient":
+        raise SonocadError("--patient-score needs --per patient")
     result = evaluate(args.checkpoint, args.data, args.split, args.out, layout=args.layout,
                       overlays=args.overlays, batch_size=args.batch_size, by=args.by,
+                      per=args.per, patient_score=args.patient_score or "max",
                       overwrite=args.overwrite)
     print(format_summary(result.metrics))
     for table in result.metrics.get("breakdowns", {}).values():
@@ -413,15 +425,18 @@ def _compare(args: argparse.Namespace) -> int:
 
 def _add_report_command(commands) -> None:
     report = _command(commands, "report", _report,
-                      "one self-contained HTML report of training runs: data, training "
-                      "curves, metrics with CIs, figures, heatmaps and model cards")
-    report.add_argument("runs", nargs="+", type=Path, metavar="RUN",
-                        help="run folders written by `sonocad train`")
+                      "one self-contained, print-ready HTML report of models and their "
+                      "evaluations: data, training curves, metrics with CIs, figures, heatmaps "
+                      "and model cards")
+    report.add_argument("runs", nargs="+", type=Path, metavar="FOLDER",
+                        help="what to report, in any mix: run folders (`sonocad train --out`), "
+                             "evaluate folders (`sonocad evaluate CKPT|default --out`) and "
+                             "cross-validation folders (`sonocad train --folds all --out`)")
     report.add_argument("--out", type=Path, required=True, metavar="report.html",
                         help="HTML file to write")
     report.add_argument("--eval", type=Path, action="append", dest="evaluations",
-                        metavar="DIR", help="the evaluation of each RUN, once per RUN in order "
-                                            "(default: RUN/eval)")
+                        metavar="DIR", help="with run folders only: the evaluation of each, "
+                                            "once per FOLDER in order (default: RUN/eval)")
     report.add_argument("--data", type=Path, metavar="DIR",
                         help="the data set the evaluations read: enables heatmap examples")
     report.add_argument("--layout", help="dataset layout for --data (default: detect)")

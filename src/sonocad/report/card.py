@@ -18,15 +18,21 @@ CARD_NAME = "MODEL_CARD.md"
 
 def model_card(run: Run) -> tuple[Html, str]:
     """(the card as HTML, where it came from)."""
-    own = run.folder / CARD_NAME
-    if own.is_file():
+    own = run.folder / CARD_NAME if run.folder is not None else None
+    if own is not None and own.is_file():
         return render_markdown(own.read_text(encoding="utf-8")), str(own)
     bundled = files("sonocad").joinpath(*BUNDLED_MODEL[:-1], CARD_NAME)
-    if bundled.is_file() and _is_bundled_model(run.checkpoint):
+    if bundled.is_file() and (run.bundled or run.checkpoint is not None
+                              and _is_bundled_model(run.checkpoint)):
         return (render_markdown(bundled.read_text(encoding="utf-8")),
                 "the bundled default model's card")
-    return generated_card(run), (f"generated from {run.folder / 'best.pt'} (write a "
-                                 f"{CARD_NAME} into the run folder to replace it)")
+    if run.checkpoint is None:
+        return (tag("p", "No card: the checkpoint is not where the evaluation's "
+                         "provenance.json says."), f"none ({run.model_file} is not there)")
+    hint = (f" (write a {CARD_NAME} into the run folder to replace it)" if run.folder else
+            "; the other folds' models differ from it in their training and validation folds"
+            if run.pooled else "")
+    return generated_card(run), f"generated from {run.checkpoint.path or run.model_file}{hint}"
 
 
 def generated_card(run: Run) -> Html:
@@ -78,11 +84,18 @@ def _recipe_rows(recipe: dict[str, Any]) -> list[tuple[str, str]]:
     ]
 
 
+def data_sets(data: dict[str, Any]) -> str | None:
+    """The training data set's path, or its sources' names ("busi, busbra"); None where the
+    checkpoint records neither."""
+    names = [str(source.get("name")) for source in data.get("sources") or []]
+    return data.get("path") or ", ".join(names) or None
+
+
 def _data_rows(data: dict[str, Any]) -> list[tuple[str, str]]:
     return [
         ("Training data", f"{data.get('n_train', '?')} images (subsets "
                           f"{', '.join(data.get('train_subsets') or ['?'])}) of "
-                          f"{data.get('path', 'an unrecorded data set')}"),
+                          f"{data_sets(data) or 'an unrecorded data set'}"),
         ("Split", f"{data.get('split', 'not recorded')} (validation subset "
                   f"{data.get('val_subset', '?')}, {data.get('n_val', '?')} images)"),
     ]

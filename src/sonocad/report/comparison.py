@@ -9,8 +9,8 @@ from typing import Any
 from sonocad.errors import InputError
 from sonocad.evaluation.compare import format_p
 from sonocad.report.html import Html, estimate, join, table, tag
-from sonocad.report.sections import metric_label
 from sonocad.report.sources import read_json
+from sonocad.report.values import metric_label
 
 ANCHOR = "comparison"
 

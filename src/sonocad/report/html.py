@@ -3,7 +3,9 @@
 Text is escaped whenever it enters a page; only `Html` values (made by these functions and the
 templates) pass through as markup, so a file name or a model card can never inject tags. Tables
 and figures are numbered by CSS counters, so the page needs no script and sections can be
-assembled in any order. The templates and the style sheet are package data in `templates/`.
+assembled in any order. A table of more than `MAX_COLUMNS` columns is cut into several, each
+repeating the row headers, so that every column shows on a printed page (no scroll bar there).
+The templates and the style sheet are package data in `templates/`.
 """
 
 from __future__ import annotations
@@ -13,6 +15,9 @@ from collections.abc import Iterable, Sequence
 
 import jinja2
 from markupsafe import Markup, escape
+
+# The columns a printed A4 page holds with estimates and their CIs: a row header and six values.
+MAX_COLUMNS = 7
 
 # Markup the package made itself: it passes through a template as it is, anything else is escaped.
 Html = Markup
@@ -53,8 +58,19 @@ def table(header: Sequence[object] | None, rows: Iterable[Sequence[object]], *,
           caption: object | None = None, numeric: Iterable[int] = ()) -> Html:
     """A table (without a header row when `header` is None); the columns at `numeric`
     positions are right-aligned in tabular figures and the first cell of each row is its
-    header."""
-    return _BLOCKS.table(header, rows, caption, set(numeric))
+    header. A wider table than `MAX_COLUMNS` continues below itself with the rest of its
+    columns, the row headers repeated."""
+    rows, numeric = [list(row) for row in rows], set(numeric)
+    width = len(header) if header else max(map(len, rows), default=0)
+    step = MAX_COLUMNS - 1
+    pieces = []
+    for start in range(1, max(width, 2), step):
+        kept = [0, *range(start, min(start + step, width))]
+        pieces.append(_BLOCKS.table(
+            [header[k] for k in kept] if header else None,
+            [[row[k] for k in kept] for row in rows], caption,
+            {position for position, k in enumerate(kept) if k in numeric}, start > 1))
+    return tag("div", join(pieces), class_="table-wrap")
 
 
 def figure(uri: str, caption: object, *, alt: str, wide: bool = False) -> Html:

@@ -1,9 +1,10 @@
-"""The report's sections: one per run (data, training, results, heatmaps, model card) and, for
-several runs, a side-by-side table of their headline numbers.
+"""The report's sections: one per model (data, training, results, heatmaps, model card) and, for
+several, a side-by-side table of their headline numbers.
 
 Everything shown comes from files `sonocad train` and `sonocad evaluate` wrote; each table and
 figure says what it was computed on, and each missing piece is named in a visible note rather
-than left out silently.
+than left out silently. Figures of metrics.json that no section knows (a newer evaluate's) are
+listed under "Further figures", so a new key shows rather than breaks the report.
 """
 
 from __future__ import annotations
@@ -17,14 +18,16 @@ from typing import Any
 from sonocad.evaluation.breakdown import COLUMNS as BREAKDOWN_COLUMNS
 from sonocad.evaluation.breakdown import POOLED
 from sonocad.explain.runner import LESION_PROBABILITY
-from sonocad.report.card import describe_transform, model_card, selection
+from sonocad.io.outputs import output_stem
+from sonocad.report.card import data_sets, describe_transform, model_card, selection
+from sonocad.report.charts import training_curves, x_axis
+from sonocad.report.classification import classification_results
 from sonocad.report.examples import Example
-from sonocad.report.figures import figure_uri, file_uri, image_uri, training_curves
+from sonocad.report.figures import figure_uri, file_uri, image_uri
 from sonocad.report.html import (
     Html,
     cards,
     escape,
-    estimate,
     figure,
     figures,
     join,
@@ -34,33 +37,29 @@ from sonocad.report.html import (
     tag,
 )
 from sonocad.report.sources import Part, Run
+from sonocad.report.values import (
+    STRUCTURAL,
+    footnote,
+    is_stat,
+    metric_label,
+    not_applicable,
+    stat,
+)
 
-LABELS = {
-    "dice": "Dice", "iou": "IoU", "precision": "Precision", "recall": "Recall (sensitivity)",
-    "specificity": "Specificity", "pixel_accuracy": "Pixel accuracy", "hd95_px": "HD95 (px)",
-    "hd95_mm": "HD95 (mm)", "accuracy": "Accuracy", "macro_f1": "Macro F1",
-    "macro_auroc": "Macro AUROC", "benign_vs_malignant_auroc": "AUROC benign vs malignant",
-    "ece": "Calibration error (ECE)", "sensitivity": "Sensitivity",
-}
 # The numbers a reader looks for first, per task: (group, metric) in metrics.json.
 HEADLINES = {
     "segmentation": (("lesion", "dice"), ("lesion", "iou")),
     "classification": (("all", "accuracy"), ("all", "macro_auroc"),
                        ("all", "benign_vs_malignant_auroc")),
 }
-PER_CLASS = ("precision", "recall", "f1", "auroc")
-CLASSIFICATION_FIGURES = (
-    ("confusion_matrix.png", "Confusion matrix of the test images: rows are the truth, "
-                             "columns the prediction."),
-    ("roc.png", "ROC curves, one class against the rest; dashed: benign against malignant."),
-    ("reliability.png", "Reliability: accuracy against top-class confidence in bins, with "
-                        "the confidences' histogram below."),
-)
+# metrics.json keys the sections below show; any other figure goes to "Further figures".
+SHOWN = {"task", "n_images", "reduction", "model", "split", "checkpoint", "class_names",
+         "support", "groups", "confusion_matrix", "roc", "calibration", "pooled_confusion",
+         "parts", "breakdowns"}
 OVERLAY_NAME = re.compile(r"^rank(\d+)_dice([0-9.]+|nan)_(.+)\.png$")
-
-
-def metric_label(name: str) -> str:
-    return LABELS.get(name, name.replace("_", " "))
+EXAMPLE_NAME = re.compile(r"^rank(\d+)_(.+)\.png$")
+OVERLAY_SIDE = 480  # pixels: a third of the printed width at print resolution
+EXAMPLE_SIDE = 1000  # an image and its heatmap, the full printed width
 
 
 def headlines(run: Run) -> list[tuple[str, dict[str, Any]]]:
@@ -70,49 +69,55 @@ def headlines(run: Run) -> list[tuple[str, dict[str, Any]]]:
         groups = part.metrics.get("groups", {})
         for group, metric in HEADLINES.get(part.task, ()):
             group = group if group in groups else "all"
-            stat = groups.get(group, {}).get(metric)
-            if isinstance(stat, dict):
+            value = groups.get(group, {}).get(metric)
+            if isinstance(value, dict):
                 scope = " · lesion images" if group == "lesion" else ""
-                found.append((metric_label(metric) + scope, stat))
+                found.append((metric_label(metric) + scope, value))
     return found
 
 
 def summary_section(runs: Sequence[Run]) -> Html:
-    """The runs side by side, one column each: model, task, test images and the headline
+    """The models side by side, one column each: model, task, test images and the headline
     numbers with 95 % CIs."""
     per_run = [dict(headlines(run)) for run in runs]
     labels = list(dict.fromkeys(label for values in per_run for label in values))
     rows = [["Model", *(run.model for run in runs)],
             ["Task", *(run.meta["task"] for run in runs)],
             ["Test images", *(number(run.evaluation.get("n_images")) for run in runs)],
-            *([label, *(estimate(**_interval(values[label])) if label in values
+            *([label, *(stat(values[label]) if label in values
                         else tag("span", "–", class_="na") for values in per_run)]
               for label in labels)]
     header = ["", *(tag("a", f"{index}. {run.name}", href=f"#run-{index}")
                     for index, run in enumerate(runs, start=1))]
     return tag("section", join([
         tag("h2", "Summary"),
-        tag("p", join(["Headline numbers of each run on its own test evaluation: estimate with "
-                       "95 % CI. Runs compare fairly only on the same test images; for paired "
-                       "tests use ", tag("code", "sonocad compare"), "."], sep=""),
+        tag("p", join(["Headline numbers of each model on its own test evaluation: estimate "
+                       "with 95 % CI. Models compare fairly only on the same test images; for "
+                       "paired tests use ", tag("code", "sonocad compare"), "."], sep=""),
             class_="lead"),
-        table(header, rows, caption="Headline metrics of each run",
+        table(header, rows, caption="Headline metrics of each model",
               numeric=range(1, len(header)))]), class_="block", id="summary")
 
 
-def run_section(index: int, run: Run, examples: list[Example] | str) -> Html:
-    """Everything about one run; `examples` are its heatmaps, or the reason there are none."""
+def run_section(index: int, run: Run, examples: list[Example] | str, *,
+                training: Html | None = None, kind: str | None = None) -> Html:
+    """Everything about one model; `examples` are its heatmaps, or the reason there are none.
+    `training` replaces the run's own training block (cross-validation's folds), `kind` the
+    task in the heading's tag."""
     split = run.evaluation.get("split", "an unrecorded subset")
+    where = ([" · run folder ", tag("code", run.folder)] if run.folder is not None else [])
     blocks = [
-        tag("h2", join([f"{index}. {run.name}", tag("span", run.meta["task"], class_="tag")],
-                       sep="")),
-        tag("p", join([f"{run.model}, evaluated on ", tag("code", split), " · run folder ",
-                       tag("code", run.folder)], sep=""), class_="lead"),
-        cards((label, estimate(**_interval(stat))) for label, stat in headlines(run)),
+        tag("h2", join([f"{index}. {run.name}", tag("span", kind or run.meta["task"],
+                                                    class_="tag")], sep="")),
+        tag("p", join([f"{run.model}, evaluated on ", tag("code", split), " · evaluation ",
+                       tag("code", run.evaluation_dir), *where], sep=""), class_="lead"),
+        cards((label, stat(value)) for label, value in headlines(run)),
         _data(run),
-        _training(run),
+        training if training is not None else _training(run),
         *(_results(run, part) for part in run.parts),
-        *(_breakdown(table) for table in run.evaluation.get("breakdowns", {}).values()),
+        *(_breakdown(result) for result in run.evaluation.get("breakdowns", {}).values()),
+        _further(run.evaluation, run.evaluation_dir) if "parts" in run.evaluation
+        else Html(""),
         _examples(examples),
         _card(run),
     ]
@@ -124,10 +129,13 @@ def run_section(index: int, run: Run, examples: list[Example] | str) -> Html:
 def _data(run: Run) -> Html:
     data, labels = run.meta.get("data", {}), Counter(row["label"] for row in run.predictions)
     provenance = [
-        ("Data set", _code(data.get("path")) if data.get("path") else "not recorded"),
+        ("Data set", _code(data_sets(data)) if data_sets(data) else "not recorded"),
         ("Split file", _code(data.get("split")) if data.get("split") else "not recorded"),
-        ("Training images", _count(data.get("n_train"), data.get("train_subsets") or [])),
-        ("Validation images", _count(data.get("n_val"), [data.get("val_subset")])),
+        *([("Training and validation images", "each fold's model trained on the other "
+                                               "folds and was selected on its own")]
+          if run.pooled else
+          [("Training images", _count(data.get("n_train"), data.get("train_subsets") or [])),
+           ("Validation images", _count(data.get("n_val"), [data.get("val_subset")]))]),
         ("Test images", join([_count(run.evaluation.get("n_images"), []), " from ",
                               tag("code", run.evaluation.get("split", "?"))], sep="")),
         ("Classes", ", ".join(run.meta.get("class_names", [])) or "none"),
@@ -144,7 +152,7 @@ def _data(run: Run) -> Html:
     return join([
         tag("h3", "Data"),
         table(None, provenance, caption="Training data, split and input, as recorded in "
-                                        "best.pt and the evaluation"),
+                                        "the checkpoint and the evaluation"),
         table(["Class", "Images", "Share", *(["With a lesion mask"] if with_lesion else [])],
               rows, caption="Test images by class (the evaluation's predictions table)",
               numeric=range(1, 4))])
@@ -152,53 +160,89 @@ def _data(run: Run) -> Html:
 
 def _training(run: Run) -> Html:
     blocks: list[object] = [tag("h3", "Training")]
-    if run.history:
-        select = run.meta.get("select_metric")
-        curves = training_curves(run.history, select, run.meta.get("epoch"))
-        blocks.append(figure(figure_uri(curves), "Training curves from metrics.csv: loss "
-                             "(left) and validation metrics (right) per epoch; the dotted line "
-                             f"marks the epoch kept as best.pt (validation {select}).",
-                             alt="training curves", wide=True))
+    if run.folder is None:
+        blocks.append(note(f"No training run folder: {run.evaluation_dir} evaluates "
+                           f"{run.model_file}, so there are no training curves; below is what "
+                           "the checkpoint records of its training."))
+    elif run.history or run.steps:
+        blocks.append(training_figure(run))
     else:
         blocks.append(note(f"No metrics.csv in {run.folder}: the training curves are not "
                            "available."))
     facts = [f"Selection: {selection(run.meta)}."]
     if run.summary:
-        facts.append(f"Training ran {run.summary.get('steps', '?')} steps over "
-                     f"{run.summary.get('epochs', '?')} epochs in "
-                     f"{run.summary.get('minutes', '?')} minutes.")
+        facts.append(ran(run.summary))
     blocks.append(tag("p", " ".join(facts)))
-    at_selection = run.meta.get("metrics") or {}
+    at_selection = {key: value for key, value in (run.meta.get("metrics") or {}).items()
+                    if isinstance(value, int | float)}
     if at_selection:
-        blocks.append(table(["", *map(metric_label, at_selection)],
-                            [["best.pt", *map(number, at_selection.values())]],
-                            caption="Validation metrics of the selected weights",
-                            numeric=range(1, len(at_selection) + 1)))
+        blocks.append(table(["Validation metric", "best.pt"],
+                            [[metric_label(key), number(value)]
+                             for key, value in at_selection.items()],
+                            caption="Validation metrics of the selected weights", numeric=[1]))
     return join(blocks)
+
+
+def training_figure(run: Run) -> Html:
+    """The run's curves against epochs, or against steps for a short run or one whose
+    per-step loss (steps.csv) is there."""
+    select = run.meta.get("select_metric")
+    x = "step" if run.steps else x_axis([run.history])
+    best = run.meta.get(x)
+    curves = training_curves(run.history, run.steps, select, best, x)
+    per_step = "; grey: each logged step's training loss, from steps.csv" if run.steps else ""
+    return figure(figure_uri(curves), f"Training curves: the losses (top{per_step}) and "
+                  f"validation metrics (bottom) at each validation (metrics.csv), against "
+                  f"{'optimiser steps' if x == 'step' else 'epochs'}; the dotted line marks "
+                  f"the weights kept as best.pt (validation {select}).",
+                  alt="training curves", wide=True)
+
+
+def ran(summary: dict[str, Any]) -> str:
+    """'Training ran 20 optimiser steps (less than one epoch) in 0.4 minutes.'"""
+    epochs = summary.get("epochs")
+    span = ("less than one epoch" if epochs == 0 else
+            f"{epochs} complete epoch{'s' if epochs != 1 else ''}" if epochs is not None
+            else "an unrecorded number of epochs")
+    return (f"Training ran {summary.get('steps', '?')} optimiser steps ({span}) in "
+            f"{summary.get('minutes', '?')} minutes.")
 
 
 # --- results -------------------------------------------------------------------------------
 
 def _results(run: Run, part: Part) -> Html:
     title = "Results" if len(run.parts) == 1 else f"Results: {part.task}"
-    body = (_segmentation(part) if part.task == "segmentation" else
-            _classification(part) if part.task == "classification" else
-            _detection(part) if part.task == "detection" else
+    body = (_segmentation(run, part) if part.task == "segmentation" else
+            classification_results(part, run.predictions) if part.task == "classification"
+            else _detection(run, part) if part.task == "detection" else
             _groups(part, f"{part.task} metrics with 95 % CI, by image group"))
     return join([tag("h3", title), tag("p", f"How: {part.metrics.get('reduction', '?')}.",
-                                       class_="small"), body])
+                                       class_="small"), body, _further(part.metrics, part.folder)])
 
 
 def _groups(part: Part, caption: str) -> Html:
-    """Every metric of metrics.json (rows) in every image group (columns), with its CI."""
+    """Every metric of metrics.json (rows) in every image group (columns), with its CI; a
+    figure fixed by construction in a group reads n/a, with the reason below."""
     groups = part.metrics.get("groups", {})
-    metrics = list(dict.fromkeys(k for stats in groups.values() for k, v in stats.items()
+    metrics = list(dict.fromkeys(k for figures in groups.values() for k, v in figures.items()
                                  if isinstance(v, dict)))
-    header = ["Metric", *(f"{name} images (n = {stats.get('n_images', '?')})"
-                          for name, stats in groups.items())]
-    rows = [[metric_label(m), *(estimate(**_interval(stats[m])) if m in stats else "–"
-                                for stats in groups.values())] for m in metrics]
-    return table(header, rows, numeric=range(1, len(header)), caption=caption)
+    reasons: list[str] = []  # the footnote's, in the order their cells come
+
+    def cell(group: str, metric: str) -> Html | str:
+        if metric not in groups[group]:
+            return "–"
+        why = STRUCTURAL.get((group, metric))
+        if why is None:
+            return stat(groups[group][metric])
+        if why not in reasons:
+            reasons.append(why)
+        return not_applicable("*" * (reasons.index(why) + 1))
+
+    header = ["Metric", *(f"{name} images (n = {figures.get('n_images', '?')})"
+                          for name, figures in groups.items())]
+    rows = [[metric_label(m), *(cell(group, m) for group in groups)] for m in metrics]
+    return join([table(header, rows, numeric=range(1, len(header)), caption=caption),
+                 footnote({"*" * (k + 1): why for k, why in enumerate(reasons)})])
 
 
 def _breakdown(result: dict[str, Any]) -> Html:
@@ -207,8 +251,8 @@ def _breakdown(result: dict[str, Any]) -> Html:
     shown = [(key, head) for key, head in BREAKDOWN_COLUMNS
              if any(key in figures for figures in groups.values())]
     rows = [[name, number(figures["n_images"]),
-             *(estimate(**_interval(figures[key])) if key in figures else "–"
-               for key, _ in shown)] for name, figures in groups.items()]
+             *(stat(figures[key]) if key in figures else "–" for key, _ in shown)]
+            for name, figures in groups.items()]
     return join([tag("h3", f"Results by {result['by']}"),
                  table([result["by"].capitalize(), "Images", *(head for _, head in shown)],
                        rows, numeric=range(1, len(shown) + 2),
@@ -217,7 +261,34 @@ def _breakdown(result: dict[str, Any]) -> Html:
                                "images")])
 
 
-def _segmentation(part: Part) -> Html:
+def _further(metrics: dict[str, Any], folder: Path) -> Html:
+    """Figures under metrics.json keys no section shows (lesion-level detection, a newer
+    evaluate's additions), each named by its path, and the PNG files they name in `folder`."""
+    found: list[tuple[str, dict[str, Any]]] = []
+    drawn: list[tuple[str, Path]] = []
+
+    def walk(path: list[str], value: object, depth: int) -> None:
+        if isinstance(value, dict) and is_stat(value):
+            found.append((" · ".join(path), value))
+        elif isinstance(value, dict) and depth < 4:
+            for key, inner in value.items():
+                walk([*path, metric_label(str(key))], inner, depth + 1)
+        elif isinstance(value, str) and value.endswith(".png") and (folder / value).is_file():
+            drawn.append((" · ".join(path[:-1]), folder / value))
+
+    for key, value in metrics.items():
+        if key not in SHOWN:
+            walk([metric_label(key)], value, 1)
+    rows = [[label, stat(value), number(value.get("n"))] for label, value in found]
+    return join([
+        table(["Figure", "Estimate (95 % CI)", "n"], rows, numeric=[1, 2],
+              caption="Further figures in metrics.json") if rows else Html(""),
+        *(figure(file_uri(path), join([f"{label.capitalize()}: {path.name}, as ",
+                                        tag("code", "sonocad evaluate"), " drew it."], sep=""),
+                 alt=label, wide=True) for label, path in drawn)])
+
+
+def _segmentation(run: Run, part: Part) -> Html:
     blocks = [_groups(part, "Per-image segmentation metrics: mean over images with 95 % "
                             "bootstrap CI, for all images and for those with and without a "
                             "lesion")]
@@ -228,30 +299,33 @@ def _segmentation(part: Part) -> Html:
                              ["True background", number(pooled["fp"]), number(pooled["tn"])]],
                             caption="Pixel confusion matrix pooled over all test images "
                                     "(pixel counts)", numeric=[1, 2]))
-    blocks.append(_overlays(part.folder / "overlays"))
+    if not run.pooled:  # out-of-fold tables draw none: no one model made every case
+        blocks.append(_overlays(part.folder / "overlays", image_ids(run)))
     return join(blocks)
 
 
-def _detection(part: Part) -> Html:
+def _detection(run: Run, part: Part) -> Html:
     """AP and AUROC with CIs, the precision-recall curves and the drawn example detections."""
     blocks = [_groups(part, "Box and mask AP (95 % bootstrap CI over images) and the "
                             "image-level AUROC of the malignancy score (DeLong 95 % CI)")]
     curve = part.folder / "precision_recall.png"
     if curve.is_file():
-        blocks.append(figures([figure(file_uri(curve), "Box precision-recall per class at IoU "
-                                      "0.5, over every truth lesion.", alt="precision-recall")]))
+        blocks.append(figure(file_uri(curve), "Box precision-recall per class at IoU 0.5, "
+                             "over every truth lesion.", alt="precision-recall", wide=True))
     drawn = sorted((part.folder / "examples").glob("*.png"))
     if drawn:
+        ids = image_ids(run)
         blocks += [tag("h4", "Example detections"),
                    tag("p", "Lesion images from the lowest to the highest malignancy score: "
                             "truth outlined in green, found instances in their boxes with "
                             "class and score.", class_="small"),
-                   figures(figure(file_uri(path, max_side=360), path.stem.replace("_", " "),
+                   figures(figure(file_uri(path, max_side=OVERLAY_SIDE),
+                                  _image_id(EXAMPLE_NAME, path, 2, ids),
                                   alt="example detection") for path in drawn)]
     return join(blocks)
 
 
-def _overlays(folder: Path) -> Html:
+def _overlays(folder: Path, ids: dict[str, str]) -> Html:
     """The worst, median and best of the overlays `sonocad evaluate` drew, by Dice rank."""
     ranked = sorted(((match, path) for path in folder.glob("*.png")
                      if (match := OVERLAY_NAME.match(path.name))),
@@ -263,9 +337,10 @@ def _overlays(folder: Path) -> Html:
     for name, position in (("worst", 0), ("best", len(ranked) - 1),
                            ("median", len(ranked) // 2)):
         names.setdefault(position, name)
-    items = [figure(file_uri(path, max_side=360),
-                    f"{names[k].capitalize()} of those drawn: Dice {match.group(2)}, "
-                    f"{match.group(3)} (rank {int(match.group(1))} by Dice, lowest first).",
+    items = [figure(file_uri(path, max_side=OVERLAY_SIDE),
+                    f"{names[k].capitalize()} of those drawn: "
+                    f"{_image_id(OVERLAY_NAME, path, 3, ids)}, Dice {match.group(2)} (rank "
+                    f"{int(match.group(1))} by Dice, lowest first).",
                     alt=f"{names[k]} case overlay")
              for k in sorted(names) for match, path in [ranked[k]]]
     return join([tag("h4", "Worst, median and best cases"),
@@ -273,31 +348,20 @@ def _overlays(folder: Path) -> Html:
                      class_="small"), figures(items)])
 
 
-def _classification(part: Part) -> Html:
-    stats = part.metrics.get("groups", {}).get("all", {})
-    classes = part.metrics.get("class_names", [])
-    per_class = {f"{stat}_{name}" for stat in PER_CLASS for name in classes}
-    overall = [[metric_label(k), estimate(**_interval(v))] for k, v in stats.items()
-               if isinstance(v, dict) and k not in per_class]
-    support = part.metrics.get("support", {})
-    class_rows = [[name, number(support.get(name)),
-                   *(estimate(**_interval(stats[f"{stat}_{name}"]))
-                     if f"{stat}_{name}" in stats else "–" for stat in PER_CLASS)]
-                  for name in classes]
-    present = [(png, caption) for png, caption in CLASSIFICATION_FIGURES
-               if (part.folder / png).is_file()]
-    blocks = [
-        table(["Metric", "Estimate (95 % CI)"], overall, numeric=[1],
-              caption=f"Classification of {stats.get('n_images', '?')} test images"),
-        table(["Class", "Support", "Precision", "Recall", "F1", "AUROC"], class_rows,
-              numeric=range(1, 6), caption="Per class, one against the rest (95 % CI)"),
-        figures(figure(file_uri(part.folder / png), caption, alt=png.removesuffix(".png"))
-                for png, caption in present),
-    ]
-    if len(present) < len(CLASSIFICATION_FIGURES):
-        missing = [png for png, _ in CLASSIFICATION_FIGURES if not (part.folder / png).is_file()]
-        blocks.append(note(f"Not found in {part.folder}: {', '.join(missing)}."))
-    return join(blocks)
+def image_ids(run: Run) -> dict[str, str]:
+    """The file-name stem `sonocad evaluate` gave each image's picture -> the image's id, so a
+    caption reads 'benign (196).png' rather than 'benign_(196)'."""
+    ids = {}
+    for row in run.predictions:
+        image_id = str(row["image_id"])
+        for stem in (output_stem(Path(image_id).name), Path(image_id).stem):
+            ids[stem.replace(" ", "_")] = image_id
+    return ids
+
+
+def _image_id(pattern: re.Pattern[str], path: Path, group: int, ids: dict[str, str]) -> str:
+    stem = match.group(group) if (match := pattern.match(path.name)) else path.stem
+    return ids.get(stem, stem)
 
 
 # --- heatmaps and the model card ----------------------------------------------------------
@@ -311,10 +375,12 @@ def _examples(examples: list[Example] | str) -> Html:
     what = ("its lesion probability" if examples[0].method == LESION_PROBABILITY
             else "the Grad-CAM of its predicted class")
     return join([title,
-                 tag("p", f"Each test image (left) beside {what} (right; red is high).",
+                 tag("p", join([f"Each test image (left) beside {what} (right), in the "
+                                "colours of ", tag("code", "sonocad predict"), "'s heatmaps: "
+                                "inferno, bright is high, with its colour bar."], sep=""),
                      class_="small"),
-                 figures(figure(image_uri(example.picture, max_side=640), example.caption,
-                                alt="heatmap example") for example in examples)])
+                 *(figure(image_uri(example.picture, max_side=EXAMPLE_SIDE), example.caption,
+                          alt="heatmap example", wide=True) for example in examples)])
 
 
 def _card(run: Run) -> Html:
@@ -324,10 +390,6 @@ def _card(run: Run) -> Html:
 
 
 # --- helpers -------------------------------------------------------------------------------
-
-def _interval(stat: dict[str, Any]) -> dict[str, float | None]:
-    return {"mean": stat.get("mean"), "low": stat.get("ci_low"), "high": stat.get("ci_high")}
-
 
 def _count(n: int | None, subsets: Sequence[str | None]) -> Html:
     names = [name for name in subsets if name]
