@@ -1,8 +1,8 @@
 """Shared fixtures and helpers. Fixtures: the real data sets (tests that need BUSI skip with a
 reason where it is absent), per-test state, and the tiny checkpoints most tests predict with.
 Helpers, which test modules import (`from conftest import png`), also where they build their
-cases at import time: tiny recipes and checkpoints, phantom data sets and images, a folder's
-digest, running `sonocad`, hostile files and this process's memory."""
+cases at import time: predictions tables, tiny recipes and checkpoints, phantom data sets and
+images, a folder's digest, running `sonocad`, hostile files and this process's memory."""
 
 from __future__ import annotations
 
@@ -35,6 +35,48 @@ SEG_CLASSES = ["background", "lesion"]
 CLS_CLASSES = ["normal", "benign", "malignant"]
 UNET_ARGS = {"base_width": 4, "depth": 2}  # the tiny U-Net the tests' checkpoints hold
 EXIT_OK, EXIT_SOME_FAILED, EXIT_FATAL = 0, 1, 2  # the exit codes `sonocad` promises
+
+
+# --- predictions tables, as `sonocad evaluate` writes them ------------------------------------
+
+# 8 patients, 2 images each: p1-p2 normal (no lesion), p3-p5 benign, p6-p8 malignant.
+TABLE_PATIENTS = [f"p{k}" for k in range(1, 9) for _ in range(2)]
+TABLE_LABELS = ["normal"] * 4 + ["benign"] * 6 + ["malignant"] * 6
+
+
+def multitask_rows(seed: int, quality: float, *, multitask: bool = True,
+                   patients: bool = True) -> list[dict]:
+    """A multitask model's evaluation rows of 16 images (`TABLE_PATIENTS`, `TABLE_LABELS`):
+    segmentation metrics and, with `multitask`, class probabilities; better with `quality`."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for k, (patient, label) in enumerate(zip(TABLE_PATIENTS, TABLE_LABELS, strict=True)):
+        lesion = label != "normal"
+        dice = float(np.clip(quality + rng.normal(0, 0.1), 0, 1)) if lesion else 1.0
+        row = {"image_id": f"img{k:02d}.png", "patient_id": patient if patients else None,
+               "label": label, "truth_lesion": int(lesion), "dice": dice,
+               "iou": dice / (2 - dice), "recall": dice if lesion else None,
+               "hd95_px": float(rng.uniform(2, 20)) if lesion else None, "hd95_mm": None}
+        if multitask:
+            logits = rng.normal(0, 1, 3) + 3 * quality * (np.array(CLS_CLASSES) == label)
+            probs = np.exp(logits) / np.exp(logits).sum()
+            row |= {"predicted_class": CLS_CLASSES[int(probs.argmax())],
+                    **{f"prob_{c}": float(p) for c, p in zip(CLS_CLASSES, probs, strict=True)}}
+        rows.append(row)
+    return rows
+
+
+def detector_table(stem: Path, ids: list[str], labels: list[str],
+                   scores: list[float] | np.ndarray) -> Path:
+    """A detector's predictions table (QIMS 2023's image-level ``malignant_score``) of lesion
+    images, as `sonocad combine` reads it; returns the CSV."""
+    from sonocad.predictions import write_predictions
+
+    write_predictions(stem, [
+        {"image_id": i, "patient_id": None, "label": label, "predicted_class": "normal",
+         "malignant_score": float(score)}
+        for i, label, score in zip(ids, labels, scores, strict=True)])
+    return stem.with_suffix(".csv")
 
 
 # --- data sets and what each test starts from --------------------------------------------------

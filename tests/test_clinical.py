@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import csv
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 from torch import nn
 
+from conftest import detector_table
 from sonocad.cli import main
 from sonocad.data.clinical_synth import (
     SOURCE_COLUMN,
@@ -26,7 +26,6 @@ from sonocad.models.clinical import (
     fit_clinical_model,
     parse_clinical,
 )
-from sonocad.predictions import write_predictions
 
 
 def _cells(age="50", family="no", brca="", density="c") -> dict[str, str]:
@@ -180,19 +179,12 @@ def test_combined_models_refuse_too_few_lesions():
         fit_combined(LOGISTIC, [0.1, 0.9, 0.2], [0.5, 0.5, 0.5], [0, 1, 0], threshold=0.5)
 
 
-def _detector_table(path: Path, ids: list[str], y: np.ndarray, image: np.ndarray) -> Path:
-    write_predictions(path, [
-        {"image_id": i, "patient_id": None, "label": ("benign", "malignant")[label],
-         "predicted_class": "normal", "malignant_score": float(s)}
-        for i, label, s in zip(ids, y, image)])
-    return path.with_suffix(".csv")
-
-
 def test_sonocad_combine_prints_table_2_and_labels_synthetic_inputs(tmp_path, capsys):
     y, image, _ = _scores(100, 1)
     ids = [f"{('benign', 'malignant')[label]}/{i}.png" for i, label in enumerate(y)]
-    fit = _detector_table(tmp_path / "fit", ids[:60], y[:60], image[:60])
-    test = _detector_table(tmp_path / "test", ids[60:], y[60:], image[60:])
+    names = [("benign", "malignant")[label] for label in y]
+    fit = detector_table(tmp_path / "fit", ids[:60], names[:60], image[:60])
+    test = detector_table(tmp_path / "test", ids[60:], names[60:], image[60:])
     clinical = write_synthetic_clinical(tmp_path / f"clinical_{SYNTHETIC}.csv", ids,
                                         [("benign", "malignant")[label] for label in y])
     out = tmp_path / "combined"
@@ -221,7 +213,8 @@ def test_sonocad_combine_prints_table_2_and_labels_synthetic_inputs(tmp_path, ca
 def test_combine_names_images_without_clinical_rows(tmp_path):
     y, image, _ = _scores(20, 2)
     ids = [f"{i}.png" for i in range(20)]
-    table = _detector_table(tmp_path / "fit", ids, y, image)
+    table = detector_table(tmp_path / "fit", ids, [("benign", "malignant")[k] for k in y],
+                           image)
     clinical = write_synthetic_clinical(tmp_path / f"c_{SYNTHETIC}.csv", ids[:10],
                                         ["benign"] * 10)
     assert main(["combine", "--fit", str(table), "--test", str(table), "--clinical",

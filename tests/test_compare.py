@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from conftest import multitask_rows
 from sonocad.cli import main
 from sonocad.errors import SonocadError
 from sonocad.evaluation.compare import compare_evaluations, format_p
@@ -21,32 +22,6 @@ from sonocad.evaluation.statistics import (
 from sonocad.io.atomic import write_json
 from sonocad.predictions import write_predictions
 
-CLASSES = ("normal", "benign", "malignant")
-# 8 patients, 2 images each: p1-p2 normal (no lesion), p3-p5 benign, p6-p8 malignant.
-PATIENTS = [f"p{k}" for k in range(1, 9) for _ in range(2)]
-LABELS = ["normal"] * 4 + ["benign"] * 6 + ["malignant"] * 6
-
-
-def model_rows(seed: int, quality: float, *, multitask: bool = True,
-               patients: bool = True) -> list[dict[str, Any]]:
-    """A multitask predictions table as `sonocad evaluate` writes it; better with `quality`."""
-    rng = np.random.default_rng(seed)
-    rows = []
-    for k, (patient, label) in enumerate(zip(PATIENTS, LABELS, strict=True)):
-        lesion = label != "normal"
-        dice = float(np.clip(quality + rng.normal(0, 0.1), 0, 1)) if lesion else 1.0
-        row = {"image_id": f"img{k:02d}.png", "patient_id": patient if patients else None,
-               "label": label, "truth_lesion": int(lesion), "dice": dice,
-               "iou": dice / (2 - dice), "recall": dice if lesion else None,
-               "hd95_px": float(rng.uniform(2, 20)) if lesion else None, "hd95_mm": None}
-        if multitask:
-            logits = rng.normal(0, 1, 3) + 3 * quality * (np.array(CLASSES) == label)
-            probs = np.exp(logits) / np.exp(logits).sum()
-            row |= {"predicted_class": CLASSES[int(probs.argmax())],
-                    **{f"prob_{c}": float(p) for c, p in zip(CLASSES, probs, strict=True)}}
-        rows.append(row)
-    return rows
-
 
 def write_eval(folder: Path, rows: list[dict[str, Any]], model: str) -> Path:
     write_predictions(folder / "predictions", rows)
@@ -56,8 +31,8 @@ def write_eval(folder: Path, rows: list[dict[str, Any]], model: str) -> Path:
 
 @pytest.fixture
 def evals(tmp_path: Path) -> tuple[Path, Path]:
-    return (write_eval(tmp_path / "a", model_rows(1, 0.8), "model_a"),
-            write_eval(tmp_path / "b", model_rows(2, 0.6), "model_b"))
+    return (write_eval(tmp_path / "a", multitask_rows(1, 0.8), "model_a"),
+            write_eval(tmp_path / "b", multitask_rows(2, 0.6), "model_b"))
 
 
 def table_line(text: str, first: str) -> list[str]:
@@ -131,8 +106,8 @@ def test_both_tables_printed_with_the_statistics_p_values(evals, capsys, tmp_pat
 
 
 def test_segmentation_tables_without_patient_ids(tmp_path: Path, capsys) -> None:
-    a = write_eval(tmp_path / "a", model_rows(1, 0.8, multitask=False, patients=False), "a")
-    b = write_eval(tmp_path / "b", model_rows(2, 0.6, multitask=False, patients=False), "b")
+    a = write_eval(tmp_path / "a", multitask_rows(1, 0.8, multitask=False, patients=False), "a")
+    b = write_eval(tmp_path / "b", multitask_rows(2, 0.6, multitask=False, patients=False), "b")
     comparison = compare_evaluations(a, b, n_boot=200)
     assert comparison.classification is None and comparison.participant_unit == "image"
     dice = comparison.segmentation.rows[0]
@@ -144,7 +119,7 @@ def test_segmentation_tables_without_patient_ids(tmp_path: Path, capsys) -> None
 
 def test_rows_left_out_are_counted_and_no_shared_image_is_refused(tmp_path: Path,
                                                                    capsys) -> None:
-    rows = model_rows(1, 0.8)
+    rows = multitask_rows(1, 0.8)
     a = write_eval(tmp_path / "a", rows, "a")
     b = write_eval(tmp_path / "b", rows[:-1], "b")
     comparison = compare_evaluations(a, b, n_boot=100)
@@ -162,7 +137,7 @@ def test_rows_left_out_are_counted_and_no_shared_image_is_refused(tmp_path: Path
 
 
 def test_disagreeing_truth_is_refused(tmp_path: Path) -> None:
-    rows = model_rows(1, 0.8)
+    rows = multitask_rows(1, 0.8)
     relabelled = [{**row, "label": "benign"} if k == 0 else row for k, row in enumerate(rows)]
     a, b = write_eval(tmp_path / "a", rows, "a"), write_eval(tmp_path / "b", relabelled, "b")
     with pytest.raises(SonocadError, match="disagree on label for 1 image"):
@@ -208,13 +183,13 @@ def predict_like(rows: list[dict[str, Any]], folder: Path) -> list[dict[str, Any
 
 def test_a_predict_table_joins_by_path_suffix_and_by_content(tmp_path: Path, capsys) -> None:
     truth = [{**row, "image_id": f"{row['label']}/{row['image_id']}"}
-             for row in model_rows(1, 0.8)]
+             for row in multitask_rows(1, 0.8)]
     evaluated = write_eval(tmp_path / "eval", truth, "multitask_unet")
     data = tmp_path / "data"
-    for k, row in enumerate(model_rows(2, 0.6)):
+    for k, row in enumerate(multitask_rows(2, 0.6)):
         (data / row["label"]).mkdir(parents=True, exist_ok=True)
         (data / row["label"] / row["image_id"]).write_bytes(f"image {k}".encode())
-    predicted_rows = predict_like(model_rows(2, 0.6), data)
+    predicted_rows = predict_like(multitask_rows(2, 0.6), data)
     predicted = tmp_path / "pred"
     write_predictions(predicted / "predictions", predicted_rows)
     write_json(predicted / "provenance.json", {"models": [
