@@ -11,11 +11,11 @@ import pytest
 import torch
 from PIL import Image as PILImage
 
-from conftest import write_checkpoint
-from sonocad.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from conftest import EXIT_FATAL, run_cli, write_checkpoint
+from sonocad.checkpoint import BUNDLED_MODEL, Checkpoint, load_checkpoint, save_checkpoint
 from sonocad.data.phantom import make_phantom
 from sonocad.errors import InputError, SonocadError
-from sonocad.inference.export import META_KEY, export_onnx, onnx_model_bytes
+from sonocad.inference.export import META_KEY, PACKAGE, export_onnx, onnx_model_bytes
 from sonocad.inference.predictor import Predictor
 from sonocad.model_input import InputSpec
 from sonocad.models import create_model
@@ -204,3 +204,9 @@ def test_an_ensemble_averages_its_members_logits_and_exports(
                                    rtol=1e-4, atol=1e-4)
         np.testing.assert_allclose(classes, (outputs[0][1] + outputs[1][1]) / 2,
                                    rtol=1e-4, atol=1e-4)
+
+
+def test_the_bundled_model_is_never_exported_into_the_installed_package(capsys):
+    for name in ("default", PACKAGE.joinpath(*BUNDLED_MODEL)):
+        code, lines = run_cli(["export", name], capsys)
+        assert code == EXIT_FATAL and "give --out" in lines[-1]

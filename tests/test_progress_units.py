@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from conftest import TINY_UNET_RECIPE
+from conftest import TINY_UNET_RECIPE, detector_table
 from sonocad import progress as progress_module
 from sonocad.cli import main
 from sonocad.data import duplicates
@@ -120,13 +120,9 @@ def test_combine_counts_the_lesions_before_fitting_anything(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture[str]) -> None:
     from sonocad.data.clinical_synth import SYNTHETIC, write_synthetic_clinical
-    from sonocad.predictions import write_predictions
-
     labels = ["benign"] * 14 + ["malignant"] * 6
     ids = [f"{i}.png" for i in range(len(labels))]
-    write_predictions(tmp_path / "fit", [
-        {"image_id": i, "patient_id": None, "label": label, "predicted_class": "normal",
-         "malignant_score": 0.5} for i, label in zip(ids, labels)])
+    detector_table(tmp_path / "fit", ids, labels, [0.5] * len(labels))
     clinical = write_synthetic_clinical(tmp_path / f"clinical_{SYNTHETIC}.csv", ids, labels)
 
     def fitted(*_: object, **__: object) -> None:

@@ -17,6 +17,9 @@ from sonocad.io.outputs import claim_output_file, release_claims
 
 Handler = Callable[[argparse.Namespace], int]
 
+# `sonocad.data.adapters.ADAPTERS`' names, written out: the CLI imports no data code to start.
+LAYOUT_HELP = "busi, busbra, folder, voc, labelme or manifest (default: detect)"
+
 # Exit codes: all good; some inputs failed (the batch carried on); usage or fatal error.
 EXIT_OK, EXIT_SOME_FAILED, EXIT_FATAL = 0, 1, 2
 OUTPUT_RULE = ("a new or empty folder, or an earlier output of this command with --overwrite "
@@ -137,13 +140,13 @@ def _add_data_commands(commands) -> None:
     check = _command(data_commands, "check", _data_check,
                      "report class counts, sizes, duplicates and every problem, file by file")
     check.add_argument("dataset", type=Path, help="dataset folder or CSV manifest")
-    check.add_argument("--layout", help="busi, folder, voc, labelme or manifest (default: detect)")
+    check.add_argument("--layout", help=LAYOUT_HELP)
     check.add_argument("--json", type=Path, metavar="FILE", help="also write the report as JSON")
 
     split = _command(data_commands, "split", _data_split,
                      "split by patient and duplicate group, stratified by class")
     split.add_argument("dataset", type=Path, help="dataset folder or CSV manifest")
-    split.add_argument("--layout", help="busi, folder, voc, labelme or manifest (default: detect)")
+    split.add_argument("--layout", help=LAYOUT_HELP)
     split.add_argument("--out", type=Path, required=True, help="split JSON to write")
     split.add_argument("--folds", type=int, default=0,
                        help="K for K-fold subsets fold0..fold{K-1} (default: train/val/test)")
@@ -371,7 +374,7 @@ def _add_evaluate_command(commands) -> None:
                                "their lesion images (default: one malignant lesion makes the "
                                "patient malignant) or the mean")
     _add_output_folder(evaluate, "folder to write")
-    evaluate.add_argument("--layout", help="dataset layout (default: detect)")
+    evaluate.add_argument("--layout", help=LAYOUT_HELP)
     evaluate.add_argument("--overlays", type=int, default=6,
                           help="overlays of worst to best cases to draw (default 6)")
     evaluate.add_argument("--batch-size", type=int, default=8, help="images per model call (8)")
@@ -439,7 +442,7 @@ def _add_report_command(commands) -> None:
                                             "once per FOLDER in order (default: RUN/eval)")
     report.add_argument("--data", type=Path, metavar="DIR",
                         help="the data set the evaluations read: enables heatmap examples")
-    report.add_argument("--layout", help="dataset layout for --data (default: detect)")
+    report.add_argument("--layout", help=f"--data's layout: {LAYOUT_HELP}")
     report.add_argument("--examples", type=int, default=3, metavar="N",
                         help="test images per run shown with a heatmap (default 3; 0: none)")
     report.add_argument("--compare", type=Path, metavar="FILE.json",
@@ -492,6 +495,8 @@ def _add_inference_commands(commands) -> None:
     predict.add_argument("inputs", nargs="+", metavar="[CKPT] INPUT",
                          help="an optional checkpoint (.pt or .onnx; default: the bundled "
                               "model), then image files, folders or globs")
+    # argparse would repeat the metavar ("[[CKPT] INPUT ...]"), as if checkpoints repeated.
+    predict.usage = "%(prog)s [options] --out DIR [CKPT] INPUT [INPUT ...]"
     _add_output_folder(predict, "folder to write")
     predict.add_argument("--resume", action="store_true",
                          help="continue an earlier predict into --out (after a crash, say): "
@@ -549,7 +554,8 @@ def _add_inference_commands(commands) -> None:
                          help="class activation method for classifiers (gradcam)")
 
     export = _command(commands, "export", _export, "export a checkpoint for ONNX Runtime")
-    export.add_argument("checkpoint", type=Path, help="a checkpoint from `sonocad train`")
+    export.add_argument("checkpoint", type=Path, help="a checkpoint from `sonocad train`, or "
+                        "`default` (the bundled model; then --out is needed)")
     export.add_argument("--format", choices=["onnx"], default="onnx", help="onnx (the only one)")
     export.add_argument("--out", type=Path, help="file to write (default: beside the checkpoint)")
     export.add_argument("--half", action="store_true",

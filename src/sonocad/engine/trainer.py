@@ -362,7 +362,10 @@ class _Trainer:
         if self.world.is_main:
             self._write_history()
             if not _is_tty():
-                print(f"epoch {state.epoch} step {state.step}/{self.total_steps} "
+                # The epoch this validation closes, counted from 1 as the progress line does
+                # (a run stopped mid-epoch validates inside it).
+                epoch = state.epoch + (state.batch > 0)
+                print(f"epoch {epoch} step {state.step}/{self.total_steps} "
                       f"train loss {row['train_loss']:.4f} val {self.select_metric} {value:.4f}"
                       f"{' (best)' if improved else ''} {row['seconds']:.0f} s", flush=True)
         return improved

@@ -21,7 +21,7 @@ import onnx
 import onnx.numpy_helper
 import torch
 
-from sonocad.checkpoint import Checkpoint, load_checkpoint
+from sonocad.checkpoint import Checkpoint, bundled_checkpoint, load_checkpoint
 from sonocad.errors import SonocadError
 from sonocad.inference.logits import LogitsOnly, check_task
 from sonocad.io.atomic import write_bytes
@@ -29,19 +29,28 @@ from sonocad.io.outputs import claim_output_file
 from sonocad.meta import META_KEY
 from sonocad.transforms import TransformConfig
 
+PACKAGE = Path(__file__).resolve().parents[1]  # the installed sonocad: never written into
+
 INPUT_NAME = "image"
 DEFAULT_OPSET = 17
 
 
 def export_onnx(checkpoint_path: str | Path, out_path: str | Path | None = None, *,
                 opset: int = DEFAULT_OPSET, half_weights: bool = False) -> Path:
-    """Write `checkpoint_path` as ONNX to `out_path` (default: beside it, suffix .onnx);
-    `half_weights` stores the weights in half precision (`onnx_model_bytes`)."""
-    checkpoint_path = Path(checkpoint_path)
-    out_path = checkpoint_path.with_suffix(".onnx") if out_path is None else Path(out_path)
-    claim_output_file(out_path, inputs=[checkpoint_path])
-    write_bytes(out_path, onnx_model_bytes(load_checkpoint(checkpoint_path), opset=opset,
-                                           half_weights=half_weights))
+    """Write `checkpoint_path` ("default": the bundled model) as ONNX to `out_path` (default:
+    beside it, suffix .onnx, except for the bundled model, whose folder is the installed
+    package: it needs an `out_path`); `half_weights` stores the weights in half precision
+    (`onnx_model_bytes`)."""
+    bundled = str(checkpoint_path) == "default"
+    checkpoint = bundled_checkpoint() if bundled else load_checkpoint(checkpoint_path)
+    if out_path is None:
+        if bundled or checkpoint.path.resolve().is_relative_to(PACKAGE):
+            raise SonocadError("the bundled model lives in the installed package: give --out "
+                               "FILE.onnx (its ONNX twin ships beside it already)")
+        out_path = checkpoint.path.with_suffix(".onnx")
+    out_path = Path(out_path)
+    claim_output_file(out_path, inputs=[] if bundled else [Path(checkpoint_path)])
+    write_bytes(out_path, onnx_model_bytes(checkpoint, opset=opset, half_weights=half_weights))
     return out_path
 
 
