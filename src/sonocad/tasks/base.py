@@ -135,10 +135,11 @@ class Task:
         raise NotImplementedError
 
 
-def predict_samples(model: PredictorLike, samples: list[Sample],
-                    batch_size: int) -> Iterator[Predicted]:
-    """Stream (sample, image, prediction) in batches; memory stays flat."""
-    for start in progress(range(0, len(samples), batch_size), "evaluating",
+def predict_samples(model: PredictorLike, samples: list[Sample], batch_size: int,
+                    what: str = "evaluating") -> Iterator[Predicted]:
+    """Stream (sample, image, prediction) in batches; memory stays flat. `what` names the
+    progress line (one per call)."""
+    for start in progress(range(0, len(samples), batch_size), what,
                           len(samples), unit="images",
                           size=lambda start: min(batch_size, len(samples) - start)):
         chunk = samples[start:start + batch_size]

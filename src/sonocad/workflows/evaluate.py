@@ -119,8 +119,9 @@ def evaluate_out_of_fold(checkpoints: Sequence[str | Path], data: str | Path,
     write_provenance(out, [model_record(c.meta, c.path) for c in loaded], "torch")
 
     def out_of_fold() -> Iterator[Predicted]:
-        for checkpoint, samples in zip(loaded, folds):  # one model in memory at a time
-            yield from predict_samples(Predictor(checkpoint), samples, batch_size)
+        for fold, (checkpoint, samples) in enumerate(zip(loaded, folds)):  # one model at a time
+            yield from predict_samples(Predictor(checkpoint), samples, batch_size,
+                                       f"evaluating fold {fold} on its held-out images")
 
     samples = [s for fold in folds for s in fold]
     # Overlays are drawn by one predictor, which would not be the one that made each case.
