@@ -78,8 +78,9 @@ def test_predictions_table_matches_the_predictor(result, checkpoint_path: Path,
                                                  samples: list[Sample]) -> None:
     rows = read_predictions(result.out_dir / "predictions.csv")
     assert [r["image_id"] for r in rows] == [s.image_id for s in samples]
-    assert list(rows[0]) == ["image_id", "patient_id", "source", "scanner", "label",
+    assert list(rows[0]) == ["image_id", "patient_id", "source", "scanner", "label", "file",
                              *(f"prob_{c}" for c in CLASSES), "predicted_class", "correct"]
+    assert [row["file"] for row in rows] == [str(s.image_path) for s in samples]
     direct = Predictor(checkpoint_path).predict([s.load_image().pixels for s in samples])
     for row, sample, prediction in zip(rows, samples, direct):
         assert (row["label"], row["patient_id"]) == (sample.label, sample.patient_id)

@@ -267,9 +267,9 @@ def test_predict_on_busi_class_folders_joins_evaluate_of_the_same_images(
 
     assert main(["compare", str(tmp_path / "pred"), str(tmp_path / "eval")]) == 0
     text = capsys.readouterr().out
-    assert ("joined on path suffix: 6 images matched; left out 0 of 6 rows of A, 0 of 6 rows "
+    # Both tables name each image's file: the strongest key after the ids.
+    assert ("joined on file path: 6 images matched; left out 0 of 6 rows of A, 0 of 6 rows "
             "of B") in text
     assert "Classification (QIMS 2023 Table 2): malignant = positive; 3 malignant, 3 benign" \
         in text
     assert "segmentation not compared: only one table has it" in text
-    print(text)

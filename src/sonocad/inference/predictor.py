@@ -250,14 +250,15 @@ class FlipAveraged:
 def _joined(image: Image, parts: list[Prediction | NonFiniteOutput]
             ) -> Prediction | NonFiniteOutput:
     """One image's prediction from its regions' (see `Predictor.predict_images`)."""
-    problem = next((part for part in parts if isinstance(part, NonFiniteOutput)), None)
-    if problem is not None:
-        return problem
+    predictions = [part for part in parts if isinstance(part, Prediction)]
+    if len(predictions) < len(parts):  # a region's output is not finite: nor is the image's
+        return next(part for part in parts if isinstance(part, NonFiniteOutput))
     lesion = np.zeros(image.shape, np.float32)
-    for region, part in zip(image.regions, parts):
+    for region, part in zip(image.regions, predictions):
         x0, y0, x1, y1 = region.box
         lesion[y0:y1, x0:x1] = part.lesion_probability
-    leading = max(parts, key=lambda part: 1 - (part.class_probabilities or {}).get("normal", 1))
+    leading = max(predictions,
+                  key=lambda part: 1 - (part.class_probabilities or {}).get("normal", 1))
     return Prediction(lesion, leading.class_probabilities, leading.decision,
                       regions=image.regions)
 
