@@ -21,12 +21,10 @@ score, lesion IoU). `fit_rule` then picks, on those validation records only:
   call is normal is already missed, so it spends the allowance first).
 
 A fine-tuned model is refitted on the new scanner's validation images, often only a few dozen.
-Where they hold fewer than `MIN_FLAG_FAILURES` failures, no threshold can be read from failures,
-so the flag of the checkpoint the model started from is carried over as what transfers: its
-score, flagging the same share of images it flagged on its own validation images (the starting
-model's raw threshold does not transfer: fine-tuning moves the scores; on the held-out Toshiba
-scanner it flagged 50 % of the test images). Where they lack a class, the malignancy scaling is
-kept. The fit's figures say what was kept: never flagging at all is the silent alternative.
+Where they hold fewer than `MIN_FLAG_FAILURES` failures (or lack a class for the malignancy
+fit), no threshold can be read from them, and the flag (or the scaling) of the checkpoint the
+model started from is kept, saying so in the fit's figures: never flagging at all is the
+silent alternative.
 
 `failure_auroc` scores a flag on any records, e.g. a scanner the model never saw.
 `fit_run_decision` fits and stores the rule of a checkpoint `sonocad train` made.
@@ -152,11 +150,9 @@ def flag_threshold(failed: np.ndarray, scores: np.ndarray,
 
 def fit_rule(records: Sequence[ImageRecord], *, min_normal_recall: float = 0.9,
              max_lesion_missed: float = MAX_LESION_MISSED, chosen_on: str = "validation",
-             fallback: tuple[DecisionRule, float] | None = None
-             ) -> tuple[DecisionRule, dict[str, Any]]:
+             fallback: DecisionRule | None = None) -> tuple[DecisionRule, dict[str, Any]]:
     """The rule and flag chosen on `records`, and every candidate's figures (for the card);
-    `fallback` (a rule and the share of images it flagged) gives the flag and malignancy
-    scaling where `records` are too few to fit them."""
+    `fallback`'s flag and malignancy scaling where `records` are too few to fit them."""
     labels = [r.label for r in records]
     normal = np.array([label == "normal" for label in labels])
     lesion = np.array([label in LESION_CLASSES for label in labels])
@@ -184,16 +180,12 @@ def fit_rule(records: Sequence[ImageRecord], *, min_normal_recall: float = 0.9,
     threshold = flag_threshold(failed, np.array([r.scores[score] for r in records]))
     platt = fit_malignancy(records)
     kept = []
-    initial, share = fallback if fallback is not None else (None, 0.0)
-    if initial is not None and failed.sum() < MIN_FLAG_FAILURES:
-        score = initial.score
-        values = np.array([r.scores[score] for r in records])
-        threshold = (float(np.quantile(values, 1 - share))
-                     if share > 0 and math.isfinite(initial.flag_threshold) else math.inf)
-        kept.append(f"flag score, flagging {share * 100:.0f} % of the images as it did "
-                    f"({failed.sum()} failures on validation, fewer than {MIN_FLAG_FAILURES})")
-    if initial is not None and platt is None and initial.malignancy is not None:
-        platt = initial.malignancy
+    if fallback is not None and failed.sum() < MIN_FLAG_FAILURES:
+        score, threshold = fallback.score, fallback.flag_threshold
+        kept.append(f"flag ({failed.sum()} failures on validation, fewer than "
+                    f"{MIN_FLAG_FAILURES})")
+    if fallback is not None and platt is None and fallback.malignancy is not None:
+        platt = fallback.malignancy
         kept.append("malignancy scaling (validation lacks benign or malignant lesions)")
     if kept:
         chosen_on += "; kept from the model it started from: " + ", ".join(kept)
@@ -232,18 +224,14 @@ def rule_out_point(records: Sequence[ImageRecord], calls: Sequence[str],
     return max(scores[allowed], 0.0)  # -inf (too many missed already): rule out normal only
 
 
-def _initial_rule(package: Checkpoint) -> tuple[DecisionRule, float] | None:
-    """The decision rule of the checkpoint `package` was fine-tuned from and the share of its
-    validation images it flagged, if it has a rule."""
+def _initial_rule(package: Checkpoint) -> DecisionRule | None:
+    """The decision rule of the checkpoint `package` was fine-tuned from, if it has one."""
     origin = package.meta.get("init", {}).get("from")
     if origin is None:
         return None
     source = bundled_checkpoint() if origin == "default" else load_checkpoint(origin)
     rule = source.meta.get("decision")
-    if rule is None:
-        return None
-    share = (source.meta.get("decision_fit") or {}).get("flagged_share", MAX_FLAGGED)
-    return DecisionRule.from_dict(rule), float(share)
+    return None if rule is None else DecisionRule.from_dict(rule)
 
 
 def _candidate(fraction: float, presence: float) -> DecisionRule:
