@@ -7,9 +7,10 @@ patients kept for test, the same for every point:
 
 - ``toshiba``: base = BUSI + BUS-BRA's other three scanners
   (benchmarks/splits/busbra_without_toshiba.json), target = BUS-BRA's Toshiba Aplio 300
-  patients (39 test images). Replay: BUSI and the other BUS-BRA scanners. ``--ceiling`` also
-  trains the base recipe with the largest point's Toshiba images from the start and scores it on
-  the same test patients: the figure fine-tuning could reach.
+  patients (40 test images: whole patients until at least 39). Replay: BUSI and the other
+  BUS-BRA scanners. ``--ceiling`` also trains the base recipe with the largest point's Toshiba
+  images from the start and scores it on the same test patients: the figure fine-tuning could
+  reach.
 - ``busi-to-busbra``: base = BUSI alone (one scanner, Cairo), target = BUS-BRA (four scanners,
   Brazil; its frozen test subset). Replay: BUSI.
 
