@@ -24,6 +24,8 @@ Usage:
   python benchmarks/adaptation.py --direction busi-to-busbra --out runs/adaptation_busi
   python benchmarks/adaptation.py --out runs/adaptation --base RUN/best.pt --ceiling --sizes ""
   python benchmarks/adaptation.py --out runs/adaptation --base RUN/best.pt --refit  # rule only
+  python benchmarks/adaptation.py --out runs/adaptation --base RUN/best.pt --sizes 100 \
+      --without-replay                                       # the forgetting replay prevents
 """
 
 from __future__ import annotations
@@ -177,8 +179,12 @@ def main() -> None:
     parser.add_argument("--refit", action="store_true",
                         help="refit the decision rule of the points' existing checkpoints "
                              "(OUT/tuned_N) instead of fine-tuning again")
+    parser.add_argument("--without-replay", action="store_true",
+                        help="fine-tune without replaying the base's sources (OUT/tuned_N_"
+                             "without_replay): what replay saves from forgetting")
     args = parser.parse_args()
     direction = DIRECTIONS[args.direction]
+    suffix = "_without_replay" if args.without_replay else ""
     out = args.out.resolve()
     os.chdir(ROOT)  # the recipes' data paths are relative to the project root
     base = args.base or train_base(direction, out / "base")
@@ -194,16 +200,17 @@ def main() -> None:
         started = time.monotonic()
         checkpoint = base
         if size:
+            replay = "null" if args.without_replay else "[%s]" % ", ".join(direction.replay)
             recipe = load_recipe(ROOT / "recipes" / "finetune.yaml", [
-                *SINGLE, f"model.init={base}", "data.replay=[%s]" % ", ".join(direction.replay)])
-            tuned = out / f"tuned_{size}"
+                *SINGLE, f"model.init={base}", f"data.replay={replay}"])
+            tuned = out / f"tuned_{size}{suffix}"
             checkpoint = (tuned / "best.pt" if args.refit else
                           train(recipe, [BUSBRA], [split], tuned, overwrite=True).best_checkpoint)
             fit_run_decision(checkpoint, recipe, [BUSBRA], [split])
             largest = checkpoint
         minutes = (time.monotonic() - started) / 60 if size and not args.refit else None
-        figures = scored(checkpoint, BUSBRA, f"{split}:test", out / f"eval_{size}")
-        lines.append(row(f"{used} ({size} asked)", figures, minutes))
+        figures = scored(checkpoint, BUSBRA, f"{split}:test", out / f"eval_{size}{suffix}")
+        lines.append(row(f"{used} ({size} asked){suffix.replace('_', ' ')}", figures, minutes))
     if args.ceiling:
         # The other scanners' subsets plus the largest point's target patients, from the start.
         split = out / "ceiling.json"
@@ -220,8 +227,9 @@ def main() -> None:
         figures = scored(base, data, f"{split}:test", out / f"in_domain_{name}")
         lines.append(row(f"in-domain: base model on {name} test", figures, None))
         if largest is not None:
-            figures = scored(largest, data, f"{split}:test", out / f"forget_{name}")
-            lines.append(row(f"forgetting: {name} test after the largest point", figures, None))
+            figures = scored(largest, data, f"{split}:test", out / f"forget_{name}{suffix}")
+            lines.append(row(f"forgetting: {name} test after the largest point"
+                             f"{suffix.replace('_', ' ')}", figures, None))
     print(f"Adapting to a held-out scanner ({direction.target}) — {machine_line()}\n")
     print("\n".join(lines))
 
