@@ -10,7 +10,7 @@ INSTALLED := $(VENV)/.installed
 $(INSTALLED): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -c constraints.txt -e ".[test,serve,onnx,interactive,lint]"
+	$(BIN)/pip install --quiet -c constraints.txt -e ".[test,serve,onnx,interactive,lite1,lint]"
 	touch $@
 
 BUSI := ../shared/datasets/busi/Dataset_BUSI_with_GT

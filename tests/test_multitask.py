@@ -35,22 +35,26 @@ def test_training_adds_deep_supervision_maps_at_the_input_size():
     assert [tuple(side.shape) for side in outputs["aux"]] == [(2, 1, 64, 96)] * 2
 
 
-def test_imagenet_weights_load_into_the_encoder_and_are_checksummed(monkeypatch):
-    reference = imagenet_state_dict()
-    model = create_model("efficientnet_lite0_unet", pretrained="imagenet")
+@pytest.mark.parametrize("variant, blocks", [("lite0", 16), ("lite1", 21)])
+def test_imagenet_weights_load_into_the_encoder_and_are_checksummed(monkeypatch, variant, blocks):
+    name = f"efficientnet_{variant}_unet"
+    reference = imagenet_state_dict(variant)
+    model = create_model(name, pretrained="imagenet")
+    assert len(model._blocks) == blocks
     state = model.state_dict()
     assert len(reference) > 250
     for key, value in reference.items():
         torch.testing.assert_close(state[key], value)
-    monkeypatch.setitem(efficientnet_lite.WEIGHTS, "lite0",
-                        replace(efficientnet_lite.WEIGHTS["lite0"], sha256="0" * 64))
+    monkeypatch.setitem(efficientnet_lite.WEIGHTS, variant,
+                        replace(efficientnet_lite.WEIGHTS[variant], sha256="0" * 64))
     with pytest.raises(SonocadError, match="SHA-256"):
-        create_model("efficientnet_lite0_unet", pretrained="imagenet")
+        create_model(name, pretrained="imagenet")
 
 
-def test_no_convolution_runs_at_full_resolution():
+@pytest.mark.parametrize("name", ["efficientnet_lite0_unet", "efficientnet_lite1_unet"])
+def test_no_convolution_runs_at_full_resolution(name):
     """The speed argument of the design: everything heavy runs at stride 2 or coarser."""
-    model = create_model("efficientnet_lite0_unet").eval()
+    model = create_model(name).eval()
     full = []
     for module in model.modules():
         if isinstance(module, torch.nn.Conv2d):
