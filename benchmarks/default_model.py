@@ -22,8 +22,11 @@ subsets, with a lesion-free window of each validation lesion image as one more n
 only whole normal images are BUSI's). The proxy rows show lesion-free windows of the test
 images called normal (`benchmarks/tissue_proxy.py`); the triage table what an unflagged call
 misses. Latency: batch 1, 256 px, 2 threads, every member and pass of the default model under
-ONNX Runtime against U2-Net-lite under torch eager, side by side in this run. The cross-scanner
-row reads `benchmarks/cross_scanner.py`'s results.json when it is there.
+ONNX Runtime against U2-Net-lite under torch eager, side by side in this run. The held-out
+scanner rows come from one model of the recipe trained for a short schedule without any Toshiba
+image (`benchmarks/cross_scanner.py`'s "BUSI + BUS-BRA without Toshiba" row, trained into
+RUN/held_out unless --held-out names one): its lesion IoU on the 139 Toshiba images against the
+other scanners' test images, and its flag's failure AUROC on the Toshiba images.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ import numpy as np
 import torch
 
 from _common import best_seconds, machine_line
+from cross_scanner import train_row
 from sonocad.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from sonocad.data.sample import LESION_CLASSES, Sample
 from sonocad.data.sources import Source
@@ -46,7 +50,7 @@ from sonocad.data.split import read_split, select
 from sonocad.engine.recipe import load_recipe
 from sonocad.engine.trainer import train
 from sonocad.evaluation.summary import format_ci
-from sonocad.inference.decision import SCORES, DecisionRule
+from sonocad.inference.decision import DecisionRule
 from sonocad.inference.export import onnx_model_bytes
 from sonocad.inference.logits import TorchRunner
 from sonocad.inference.onnx_backend import OnnxRunner
@@ -79,9 +83,9 @@ RECIPE = ROOT / "recipes" / "default.yaml"
 MEMBERS = {"whole": [],
            "views": ["data.views={p: 0.3, tissue: 0.5, scale: [0.3, 0.7], margin: 0.05}"]}
 WEIGHTS = ROOT / "src" / "sonocad" / "weights"
-CROSS_SCANNER = ROOT / "runs" / "cross_scanner"
 HELD_OUT = (DATASETS / "busbra" / "BUSBRA", ROOT / "benchmarks" / "splits" /
             "busbra_without_toshiba.json")
+HELD_OUT_STEPS = 600  # the held-out-scanner model's short schedule (~14 min on 2 cores)
 SIZE = 256
 # (measure, source, key in the evaluation's per-source figures, target or None, anchor)
 ROWS = [
@@ -148,15 +152,15 @@ def latency_ms(package: Checkpoint) -> tuple[float, float]:
     torch.set_num_threads(2)
     image = torch.randn(1, 3, SIZE, SIZE).numpy()
     onnx = OnnxRunner.from_checkpoint(package)
-    frames = np.repeat(image, 2 if package.meta.get("tta") == "hflip" else 1, axis=0)
+    frames = np.repeat(image, 2 if package.info.tta == "hflip" else 1, axis=0)
     u2net_lite = TorchRunner(create_model("u2net_lite").eval(), get_task("segmentation"))
     return (best_seconds(lambda: onnx(frames), repeats=20) * 1000,
             best_seconds(lambda: u2net_lite(image), repeats=10) * 1000)
 
 
 def table(metrics: dict[str, Any], onnx_ms: float, eager_ms: float, minutes: float | None,
-          weights_mb: float, cross: tuple[float, float] | None,
-          flag_auroc: float | None, proxy: list[tuple[str, dict[str, Any]]]) -> str:
+          weights_mb: float, held_out: dict[str, Any],
+          proxy: list[tuple[str, dict[str, Any]]]) -> str:
     groups = metrics["breakdowns"]["source"]["groups"]
     lines = ["| measure (frozen test splits) | default model (95 % CI) | target | verdict | "
              "published |", "| --- | --- | --- | --- | --- |"]
@@ -180,14 +184,15 @@ def table(metrics: dict[str, Any], onnx_ms: float, eager_ms: float, minutes: flo
                 f", {group} test, n={share.total}",
                 f"{share.estimate:.3f} ({share.ci_low:.3f}-{share.ci_high:.3f})",
                 share.estimate, target)
-    if cross is not None:
-        in_domain, held_out = cross
-        row("cross-scanner: IoU on held-out Toshiba vs in-domain BUS-BRA test (short schedule)",
-            f"{held_out:.3f} vs {in_domain:.3f} (gap {in_domain - held_out:+.3f})",
-            in_domain - held_out, ("<=", 0.05))
-    if flag_auroc is not None:
-        row("confidence flag: AUROC for a failure (IoU < 0.5 or wrong call), held-out Toshiba "
-            "(short schedule)", f"{flag_auroc:.3f}", flag_auroc, (">=", 0.80))
+    in_domain, toshiba = held_out["in_domain_iou"], held_out["toshiba_iou"]
+    row(f"held-out scanner ({held_out['steps']} steps): lesion IoU, Toshiba, n={toshiba['n']}, "
+        f"vs the other scanners' BUS-BRA test, n={in_domain['n']}",
+        f"{format_ci(toshiba, with_n=False)} vs {format_ci(in_domain, with_n=False)} "
+        f"(gap {in_domain['mean'] - toshiba['mean']:+.3f})",
+        in_domain["mean"] - toshiba["mean"], ("<=", 0.05))
+    row(f"held-out scanner ({held_out['steps']} steps): flag AUROC for a failure (IoU < 0.5 or "
+        f"a wrong call), Toshiba, n={toshiba['n']}", f"{held_out['flag_auroc']:.3f}",
+        held_out["flag_auroc"], (">=", 0.80))
     row(f"segmentation + classification, ONNX Runtime, batch 1, {SIZE} px, every pass",
         f"{onnx_ms:.1f} ms", onnx_ms, ("<=", 25), unit=" ms")
     row(f"speed-up over U2-Net-lite (torch eager, {eager_ms:.0f} ms)",
@@ -200,29 +205,22 @@ def table(metrics: dict[str, Any], onnx_ms: float, eager_ms: float, minutes: flo
     return "\n".join(lines)
 
 
-def cross_scanner_gap() -> tuple[float, float] | None:
-    """(BUS-BRA-trained on BUS-BRA test, BUS-BRA-without-Toshiba on Toshiba) lesion IoU."""
-    results = CROSS_SCANNER / "results.json"
-    if not results.is_file():
-        return None
-    rows = json.loads(results.read_text())["rows"]
-    return (rows["BUS-BRA"]["cells"]["BUS-BRA test"]["IoU"]["mean"],
-            rows["BUS-BRA without Toshiba"]["cells"]["Toshiba, held out"]["IoU"]["mean"])
-
-
 def subset(data: Path, split: Path, name: str) -> list[Sample]:
     return select(Source(split.stem, data, split).open(), read_split(split).subsets[name])
 
 
-def choose_rule(package: Checkpoint, views: bool = True) -> tuple[DecisionRule, dict[str, Any]]:
-    """The decision rule and flag, fitted on both sources' validation subsets only; with
+def choose_rule(package: Checkpoint | Path, views: bool = True,
+                sources: tuple[tuple[Path, Path], ...] = tuple(TESTS.values()),
+                ) -> tuple[DecisionRule, dict[str, Any]]:
+    """The decision rule and flag, fitted on the sources' validation subsets only; with
     `views`, a lesion-free window of each lesion image joins them as a normal image."""
-    validation = [s for data, split in TESTS.values() for s in subset(data, split, "val")]
+    validation = [s for data, split in sources for s in subset(data, split, "val")]
     predictor = Predictor(package)
     records = score_images(predictor, validation)
     windows = score_views(predictor, validation, WINDOWS) if views else []
     return fit_rule(records + windows,
-                    chosen_on=f"validation subsets of busi.json and busbra.json, "
+                    chosen_on=f"validation subsets of "
+                              f"{' and '.join(split.name for _, split in sources)}, "
                               f"{len(validation)} images and {len(windows)} lesion-free "
                               "windows of their lesion images")
 
@@ -232,8 +230,10 @@ def proxy_rows(package: Checkpoint) -> list[tuple[str, dict[str, Any]]]:
     predictor = Predictor(package)
     rows = []
     for name in ("BUSI", "BUS-BRA"):
-        for scanner, figures in summarise(calls(predictor, lesion_samples(name, "test"))).items():
-            rows.append((name if scanner == "all" else f"{name} {scanner}", figures))
+        groups = summarise(calls(predictor, lesion_samples(name, "test")))
+        for scanner, figures in groups.items():
+            if scanner == "all" or len(groups) > 2:  # one scanner: its row is the source's
+                rows.append((name if scanner == "all" else f"{name} {scanner}", figures))
     return rows
 
 
@@ -263,19 +263,22 @@ def _share(count: int, total: int) -> str:
     return f"{count}/{total} ({count / total:.1%})" if total else "—"
 
 
-def held_out_flag_aurocs() -> dict[str, float] | None:
-    """Each score's AUROC for a failure on a scanner never trained on: the cross-scanner model
-    trained without Toshiba (its rule fitted on its own validation images), on the 139
-    Toshiba images."""
-    run = CROSS_SCANNER / "busbra_wo_toshiba" / "best.pt"
-    if not run.is_file():
-        return None
-    predictor = Predictor(run)
+def held_out_scanner(folder: Path) -> dict[str, Any]:
+    """A model of the recipe trained for HELD_OUT_STEPS on BUSI and BUS-BRA without any Toshiba
+    image (into `folder` unless it holds one): its lesion IoU on the 139 Toshiba images and on
+    the other scanners' test images, and the failure AUROC of its flag on the Toshiba images,
+    with its rule fitted as the shipped file's (validation subsets and lesion-free windows)."""
+    summary = train_row(folder, ["busi", "busbra-t"], HELD_OUT_STEPS, reuse=True, overrides=[])
     data, split = HELD_OUT
-    rule, _ = fit_rule(score_images(predictor, subset(data, split, "val")))
-    records = score_images(predictor, subset(data, split, "held_out"))
-    calls = final_classes(records, rule)
-    return {score: failure_auroc(records, calls, score) for score in SCORES}
+    iou = {}
+    for name, part in (("in_domain_iou", "test"), ("toshiba_iou", "held_out")):
+        result = evaluate(folder / "best.pt", data, f"{split}:{part}", folder / f"eval_{part}",
+                          overlays=0, overwrite=True)
+        iou[name] = result.metrics["parts"]["segmentation"]["groups"]["lesion"]["iou"]
+    rule, _ = choose_rule(folder / "best.pt", sources=(TESTS["busi"], HELD_OUT))
+    records = score_images(Predictor(folder / "best.pt"), subset(data, split, "held_out"))
+    return {**iou, "steps": summary["steps"],
+            "flag_auroc": failure_auroc(records, final_classes(records, rule), rule.score)}
 
 
 def shipped(run: Path) -> Checkpoint:
@@ -298,13 +301,12 @@ def joined(members: list[Checkpoint]) -> Checkpoint:
     the first's meta, the ensemble as its model (`sonocad.models.ensemble`)."""
     first = members[0]
     for member in members[1:]:
-        if (member.meta["transform"], member.class_names) != (first.meta["transform"],
-                                                              first.class_names):
+        if (member.info.transform, member.class_names) != (first.info.transform,
+                                                           first.class_names):
             raise SystemExit("ensemble members differ in preprocessing or classes")
-    specs = [{"name": m.meta["model"]["name"], "args": m.meta["model"].get("args", {})}
-             for m in members]
+    specs = [{"name": m.info.model.name, "args": m.info.model.args} for m in members]
     return Checkpoint({**first.meta, "model": {"name": "ensemble", "args": {"members": specs}},
-                       "members": [m.meta.get("recipe") for m in members]},
+                       "members": [m.info.recipe for m in members]},
                       ensemble_state_dict([m.state_dict for m in members]))
 
 
@@ -457,6 +459,9 @@ def main() -> None:
                         help="ship with flip test-time augmentation (meta tta: hflip)")
     parser.add_argument("--no-views-in-rule", action="store_true",
                         help="fit the rule on the validation images alone (the ablation)")
+    parser.add_argument("--held-out", type=Path, metavar="RUN",
+                        help="the held-out-scanner model's run folder (default RUN/held_out; "
+                             "trained there unless it holds one)")
     parser.add_argument("--bundle", action="store_true",
                         help="write the package's default.pt and MODEL_CARD.md from this run")
     args = parser.parse_args()
@@ -487,11 +492,10 @@ def main() -> None:
     # As written to disk: plain JSON types, which a weights-only torch.load accepts.
     test_metrics = json.loads((out / "eval" / "metrics.json").read_text())
     package = Checkpoint({**package.meta, "test_metrics": test_metrics}, package.state_dict)
-    held_out = held_out_flag_aurocs()
+    held_out = held_out_scanner((args.held_out or out / "held_out").resolve())
     minutes = sum(summary["minutes"] for summary in summaries) if summaries else None
-    rendered = table(result.metrics, onnx_ms, eager_ms, minutes,
-                     size_mb(package), cross_scanner_gap(),
-                     held_out[rule.score] if held_out else None, proxy_rows(package))
+    rendered = table(result.metrics, onnx_ms, eager_ms, minutes, size_mb(package), held_out,
+                     proxy_rows(package))
     print(f"Default model — {machine}")
     for run, summary in zip(runs, summaries):
         print(f"{run.name}: trained {summary['minutes']} min, {summary['steps']} steps "
@@ -500,7 +504,7 @@ def main() -> None:
     print(rendered)
     print(f"\nTriage (the final call and its flag, test subsets):\n{triage(out / 'eval')}")
     print(f"\ndecision rule (validation): {rule.to_dict()}\nfailure AUROC of each score on "
-          f"validation: {fit['failure_auroc']}; on held-out Toshiba: {held_out}\n"
+          f"validation: {fit['failure_auroc']}\n"
           f"candidate fractions: {fit['fractions']}")
     if args.bundle:
         bundle(package, rendered, machine)
