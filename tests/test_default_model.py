@@ -11,6 +11,7 @@ import pytest
 from PIL import Image as PILImage
 
 from sonocad import checkpoint as checkpoint_module
+from sonocad.checkpoint import bundled_checkpoint
 from sonocad.cli import main
 from sonocad.data.adapters import open_dataset
 from sonocad.data.phantom import make_phantom
@@ -30,9 +31,10 @@ def test_the_bundled_weights_are_small_and_carry_a_model_card():
     assert Path(str(weights)).stat().st_size <= 20 * 1000 * 1000  # issue 25: <= 20 MB
     card = WEIGHTS.joinpath("MODEL_CARD.md").read_text(encoding="utf-8")
     assert "BUSI" in card and "doi:10.1016/j.dib.2019.104863" in card
-    meta = Predictor.default().meta
-    assert meta["task"] == "multitask" and meta["class_names"] == ["normal", "benign", "malignant"]
-    assert "test_metrics" in meta and "path" not in meta["data"]
+    info = Predictor.default().info
+    assert info.task == "multitask" and info.class_names == ("normal", "benign", "malignant")
+    stored = bundled_checkpoint().meta
+    assert "test_metrics" in stored and "path" not in stored["data"]
 
 
 def test_predict_without_a_checkpoint_writes_every_output(tmp_path):

@@ -133,12 +133,12 @@ plt.show()
 ensemble = bundled_checkpoint()
 member_meta = {key: value for key, value in ensemble.meta.items()
                if key not in ("decision", "decision_fit", "test_metrics", "members")}
-member_meta.update(model=ensemble.meta["model"]["args"]["members"][0], metrics={})
+member_meta.update(model=ensemble.info.model.args["members"][0], metrics={})
 member_weights = {key.removeprefix("members.0."): weights
                   for key, weights in ensemble.state_dict.items()
                   if key.startswith("members.0.")}
 save_checkpoint(WORK / "first_member.pt", Checkpoint(member_meta, member_weights))
-print(ensemble.meta["model"]["name"], "->", member_meta["model"]["name"],
+print(ensemble.info.model.name, "->", member_meta["model"]["name"],
       f"({len(member_weights)} of {len(ensemble.state_dict)} tensors)")
 
 # %% [markdown]

@@ -7,7 +7,7 @@ selection and the package version; a training checkpoint (``last.pt``) also hold
 
 A checkpoint may come from a stranger, so loading one trusts nothing in it: it is unpickled
 weights-only; its meta (and an exported ONNX file's) must have the fields every reader uses and
-stay within bounds that size memory and work (`check_meta`: input size, class count, a
+stay within bounds that size memory and work (`read_meta`: input size, class count, a
 detector's resize, the despeckle filter and CLAHE tiles); its model is built first with no
 memory behind it (torch's meta device), so that arguments that would size tensors other than
 the file's own are refused before anything is allocated; and the model is built without
@@ -29,12 +29,12 @@ from torch import Tensor, nn
 from sonocad import __version__
 from sonocad.errors import InputError, SonocadError
 from sonocad.io.atomic import atomic_open
-from sonocad.meta import MAX_CLASSES, MAX_INPUT_SIDE, check_meta
+from sonocad.meta import MAX_CLASSES, MAX_INPUT_SIDE, CheckpointMeta, read_meta
 
 FORMAT = "sonocad-checkpoint/1"
 BUNDLED_MODEL = ("weights", "default.pt")  # inside the sonocad package
 __all__ = ["BUNDLED_MODEL", "FORMAT", "MAX_CLASSES", "MAX_INPUT_SIDE", "Checkpoint",
-           "bundled_checkpoint", "check_meta", "load_checkpoint", "non_finite",
+           "CheckpointMeta", "bundled_checkpoint", "load_checkpoint", "non_finite",
            "non_finite_weights", "save_checkpoint"]
 @dataclass
 class Checkpoint:
@@ -44,12 +44,17 @@ class Checkpoint:
     path: Path | None = field(default=None, compare=False)  # the file it was loaded from
 
     @property
+    def info(self) -> CheckpointMeta:
+        """The meta, typed (`meta` is what the file stores; `load_checkpoint` checked it)."""
+        return CheckpointMeta.from_dict(self.meta)
+
+    @property
     def task(self) -> str:
-        return self.meta["task"]
+        return self.info.task
 
     @property
     def class_names(self) -> list[str]:
-        return list(self.meta["class_names"])
+        return list(self.info.class_names)
 
     def build_model(self) -> nn.Module:
         """The model with its trained weights, in eval mode; never with pretrained weights."""
@@ -67,17 +72,17 @@ class Checkpoint:
     def _create_model(self, source: Path) -> nn.Module:
         from sonocad.models import create_model
 
-        spec = self.meta["model"]
+        spec = self.info.model
         # pretrained=None over the meta's own: the weights come from this file, and loading
         # a checkpoint must never fetch anything.
-        args = {**spec.get("args", {}), "pretrained": None}
+        args = {**spec.args, "pretrained": None}
         try:
-            return create_model(spec["name"], **args)
+            return create_model(spec.name, **args)
         except SonocadError as exc:
             raise InputError(source, f"cannot build its model ({exc})") from None
 
     def _check_weights_fit(self, source: Path, model: nn.Module) -> None:
-        name, expected = self.meta["model"]["name"], model.state_dict()
+        name, expected = self.info.model.name, model.state_dict()
         missing, unexpected = _key_mismatch(expected, self.state_dict)
         if missing or unexpected:
             raise InputError(source, f"its weights do not fit model {name!r} "
@@ -124,7 +129,7 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
             isinstance(value, torch.Tensor) for value in weights.values()):
         raise InputError(path, "damaged sonocad checkpoint: state_dict should map names to "
                                "tensors")
-    check_meta(path, meta)
+    read_meta(path, meta)
     return Checkpoint(meta, weights, payload.get("training_state"), path)
 
 

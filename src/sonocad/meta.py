@@ -1,13 +1,18 @@
-"""A model's meta, checked before anything trusts it: torch-free, so the ONNX back end reads it
-without loading torch.
+"""A model's meta, checked once and then read by attribute (`CheckpointMeta`): torch-free, so
+the ONNX back end reads it without loading torch.
 
 A checkpoint or exported ONNX file may come from a stranger: its meta must have the fields every
 reader uses and stay within bounds that size memory and work: input size, class count, a
 detector's resize, the despeckle filter and CLAHE tiles, and a known test-time augmentation.
+The file keeps the meta as a plain mapping (what torch's weights-only loader and ONNX metadata
+hold); `CheckpointMeta` is its typed view. A stdlib dataclass, not pydantic: pydantic's import
+alone is a tenth of the one-second budget of `sonocad predict`, and `read_meta` already checks.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,15 +33,58 @@ _INPUT_SIZE_ARGS = ("min_size", "max_size")
 _TRANSFORM_LIMITS = {"despeckle_size": 99, "clahe_tiles": 64}
 
 
-def check_meta(path: Path, meta: Any, kind: str = "checkpoint") -> None:
-    """InputError naming `path` (a sonocad `kind`: "checkpoint", "ONNX model") and the key when
-    its meta lacks a field every reader relies on, or holds a value out of the bounds above."""
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str  # the model registry's name
+    args: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class CheckpointMeta:
+    """What a model file says of itself. The first four fields every file has (`read_meta`
+    checks them); the training record may be absent from a file `sonocad train` did not write
+    (a joined ensemble, a hand-made test file)."""
+
+    task: str
+    model: ModelSpec
+    class_names: tuple[str, ...]
+    transform: dict[str, Any]  # the preprocessing as recorded (`InputSpec.from_dict` reads it)
+    tta: str | None = None  # one of TEST_TIME_AUGMENTATIONS
+    decision: dict[str, Any] | None = None  # `sonocad.inference.decision.DecisionRule`
+    data: dict[str, Any] = field(default_factory=dict)  # sources, fingerprints, labels
+    recipe: dict[str, Any] | None = None  # the recipe it was trained with
+    init: dict[str, Any] | None = None  # the model it was fine-tuned from
+    select_metric: str | None = None
+    metrics: dict[str, Any] = field(default_factory=dict)  # validation figures at selection
+    epoch: int | None = None
+    step: int | None = None
+    sonocad_version: str | None = None
+
+    @classmethod
+    def from_dict(cls, meta: Mapping[str, Any]) -> CheckpointMeta:
+        """The typed view of a stored meta whose structure `read_meta` checked (or a partial
+        one a report rebuilds from an evaluation: no transform)."""
+        model = meta["model"]
+        return cls(task=meta["task"], model=ModelSpec(model["name"], dict(model.get("args") or {})),
+                   class_names=tuple(meta["class_names"]), transform=meta.get("transform") or {},
+                   tta=meta.get("tta"), decision=meta.get("decision"),
+                   data=meta.get("data") or {}, recipe=meta.get("recipe"),
+                   init=meta.get("init"), select_metric=meta.get("select_metric"),
+                   metrics=meta.get("metrics") or {}, epoch=meta.get("epoch"),
+                   step=meta.get("step"), sonocad_version=meta.get("sonocad_version"))
+
+
+def read_meta(path: Path, meta: Any, kind: str = "checkpoint") -> CheckpointMeta:
+    """`meta` checked and typed; an InputError naming `path` (a sonocad `kind`: "checkpoint",
+    "ONNX model") and the key when it lacks a field every reader relies on, or holds a value
+    out of the bounds above."""
     problem = _structure_problem(meta)
     if problem:
         raise InputError(path, f"damaged sonocad {kind}: {problem}")
     problem = _bounds_problem(meta)
     if problem:
         raise InputError(path, f"its meta {problem}")
+    return CheckpointMeta.from_dict(meta)
 
 
 # meta["tta"]: None, or "hflip" (the Predictor averages the image and its mirror image).

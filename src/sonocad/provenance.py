@@ -19,21 +19,22 @@ from sonocad.inference.predictor import BUNDLED_ONNX
 from sonocad.io.atomic import write_json
 from sonocad.io.digest import file_sha256
 from sonocad.io.outputs import MARKER, PROVENANCE, made_by, read_marker
+from sonocad.meta import CheckpointMeta
 
 if TYPE_CHECKING:  # at run time not needed, and it would import torch
     from sonocad.checkpoint import Checkpoint
     from sonocad.inference.predictor import Predictor
 
 
-def model_record(meta: dict[str, Any], path: str | Path | None, *,
+def model_record(meta: CheckpointMeta, path: str | Path | None, *,
                  bundled: bool = False) -> dict[str, Any]:
     """One model's entry: name, task, file (absolute) and its SHA-256; file and hash are None
     for a checkpoint made in memory (through the Python API), which has no file."""
     path = None if path is None else Path(path).resolve()
-    return {"name": meta["model"]["name"], "task": meta["task"],
+    return {"name": meta.model.name, "task": meta.task,
             "file": None if path is None else str(path),
             "sha256": None if path is None else file_sha256(path), "bundled": bundled,
-            "trained_with_sonocad": meta.get("sonocad_version")}
+            "trained_with_sonocad": meta.sonocad_version}
 
 
 def predictor_record(predictor: Predictor,
@@ -43,10 +44,10 @@ def predictor_record(predictor: Predictor,
     file, as the predictor's back end chose."""
     if source is None and predictor.checkpoint is None:  # the bundled model's ONNX twin
         with as_file(files("sonocad").joinpath(*BUNDLED_ONNX)) as path:
-            return model_record(predictor.meta, path, bundled=True)
+            return model_record(predictor.info, path, bundled=True)
     if source is None:
-        return model_record(predictor.meta, predictor.checkpoint.path, bundled=True)
-    return model_record(predictor.meta,
+        return model_record(predictor.info, predictor.checkpoint.path, bundled=True)
+    return model_record(predictor.info,
                         source if isinstance(source, str | Path) else source.path)
 
 

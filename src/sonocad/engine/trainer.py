@@ -423,8 +423,8 @@ class _Trainer:
         checkpoint = load_checkpoint(path)
         if checkpoint.training_state is None:
             raise SonocadError(f"{path}: has no training state to resume from")
-        run_total_steps = self._check_same_recipe(path, checkpoint.meta.get("recipe"))
-        if checkpoint.meta["data"]["fingerprint"] != self.data_info["fingerprint"]:
+        run_total_steps = self._check_same_recipe(path, checkpoint.info.recipe)
+        if checkpoint.info.data.get("fingerprint") != self.data_info["fingerprint"]:
             raise SonocadError(f"{path}: was trained on other data or another split; "
                                "resume with the same --data and --split")
         training = checkpoint.training_state
@@ -585,21 +585,20 @@ def _initialise(model: nn.Module, name: str, init: str, class_names: list[str]
     if source.class_names != class_names:
         raise SonocadError(f"--init {where}: its classes {source.class_names} are not the "
                            f"recipe's {class_names}")
-    built = source.meta["model"]
-    mismatch = SonocadError(f"--init {where}: its model {built['name']!r} "
-                            f"{built.get('args', {})} is not the recipe's {name!r} (name and "
-                            "arguments must match)")
-    if built["name"] != name:
+    built = source.info.model
+    mismatch = SonocadError(f"--init {where}: its model {built.name!r} {built.args} is not the "
+                            f"recipe's {name!r} (name and arguments must match)")
+    if built.name != name:
         raise mismatch
     try:
         model.load_state_dict(source.build_model().state_dict())
     except RuntimeError:
         raise mismatch from None
-    data = source.meta.get("data", {})
-    return {"from": init, "sonocad_version": source.meta.get("sonocad_version"),
-            "model": source.meta["model"], "epoch": source.meta.get("epoch"),
+    info = source.info
+    return {"from": init, "sonocad_version": info.sonocad_version,
+            "model": {"name": info.model.name, "args": info.model.args}, "epoch": info.epoch,
             "sources": [{k: v for k, v in item.items() if k != "path"}
-                        for item in data.get("sources", [])]}
+                        for item in info.data.get("sources", [])]}
 
 
 def _encoder(model: nn.Module, name: str) -> list[nn.Module]:

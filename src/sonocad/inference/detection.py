@@ -39,9 +39,9 @@ class DetectionPredictor:
         if not get_task(self.checkpoint.task).detector:
             raise SonocadError(f"expected a detection checkpoint, got a "
                                f"{self.checkpoint.task} model")
-        self.meta = self.checkpoint.meta
+        self.info = self.checkpoint.info
         self.class_names: list[str] = self.checkpoint.class_names
-        self.transform_config = TransformConfig.from_dict(self.meta["transform"])
+        self.transform_config = TransformConfig.from_dict(self.info.transform)
         self.device = torch.device(device)
         self.model: nn.Module = self.checkpoint.build_model().to(self.device)
 

@@ -61,7 +61,7 @@ def onnx_model_bytes(checkpoint: Checkpoint, *, opset: int = DEFAULT_OPSET,
     graph starts (ONNX Runtime folds the casts when it loads the file): half the bytes, the
     same arithmetic, and the same values as a checkpoint already saved in half precision."""
     task = check_task(checkpoint.task, "onnx")
-    size = TransformConfig.from_dict(checkpoint.meta["transform"]).size
+    size = TransformConfig.from_dict(checkpoint.info.transform).size
     module = LogitsOnly(checkpoint.build_model(), task)
     outputs = list(task.output_names)
     buffer = io.BytesIO()
@@ -80,7 +80,7 @@ def onnx_model_bytes(checkpoint: Checkpoint, *, opset: int = DEFAULT_OPSET,
     except torch.onnx.errors.OnnxExporterError as exc:
         # torch's message runs to pages (the graph); its first sentence says what failed.
         reason = str(exc).strip().splitlines()[0].split(". ")[0].rstrip(".")
-        raise SonocadError(f"cannot export model {checkpoint.meta['model']['name']!r} "
+        raise SonocadError(f"cannot export model {checkpoint.info.model.name!r} "
                            f"to ONNX: {reason}") from exc
     model = onnx.load_model_from_string(buffer.getvalue())
     if half_weights:

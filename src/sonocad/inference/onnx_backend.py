@@ -1,7 +1,7 @@
 """The ONNX Runtime back end: one InferenceSession behind the Predictor's `Runner` interface.
 
 It runs a ``.onnx`` file from `sonocad export` (its meta comes from the file's metadata, checked
-as a checkpoint's is: `sonocad.meta.check_meta`) without importing torch, or a checkpoint,
+as a checkpoint's is: `sonocad.meta.read_meta`) without importing torch, or a checkpoint,
 exported in memory first. It uses as many threads as torch does where torch is loaded (the two
 back ends share one CPU budget), else ONNX Runtime's default (the physical cores), with every
 graph optimisation on.
@@ -12,14 +12,14 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnxruntime as ort
 from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
 
 from sonocad.errors import InputError
-from sonocad.meta import META_KEY, check_meta
+from sonocad.meta import META_KEY, CheckpointMeta, read_meta
 
 if TYPE_CHECKING:
     from sonocad.checkpoint import Checkpoint
@@ -30,8 +30,8 @@ _LOAD_ERRORS = (ort_errors.InvalidProtobuf, ort_errors.InvalidGraph, ort_errors.
 
 
 class OnnxRunner:
-    def __init__(self, session: ort.InferenceSession, meta: dict[str, Any]) -> None:
-        self.session, self.meta = session, meta
+    def __init__(self, session: ort.InferenceSession, info: CheckpointMeta) -> None:
+        self.session, self.info = session, info
         self.input_name = session.get_inputs()[0].name
 
     @classmethod
@@ -51,14 +51,13 @@ class OnnxRunner:
             meta = json.loads(text)
         except json.JSONDecodeError:
             raise InputError(path, f"its {META_KEY!r} metadata is not valid JSON") from None
-        check_meta(path, meta, "ONNX model")
-        return cls(session, meta)
+        return cls(session, read_meta(path, meta, "ONNX model"))
 
     @classmethod
     def from_checkpoint(cls, checkpoint: Checkpoint) -> OnnxRunner:
         from sonocad.inference.export import onnx_model_bytes  # torch: a checkpoint needs it
 
-        return cls(_session(onnx_model_bytes(checkpoint)), checkpoint.meta)
+        return cls(_session(onnx_model_bytes(checkpoint)), checkpoint.info)
 
     def __call__(self, batch: np.ndarray) -> tuple[np.ndarray, ...]:
         feed = np.ascontiguousarray(batch, dtype=np.float32)

@@ -41,6 +41,7 @@ from scipy.special import expit
 from sonocad.errors import InputError, SonocadError
 from sonocad.inference.decision import DecisionRule, decide
 from sonocad.io.pixels import Image
+from sonocad.meta import CheckpointMeta
 from sonocad.model_input import InputSpec, model_input, restore_size
 from sonocad.predictions import Prediction
 
@@ -100,11 +101,11 @@ class Predictor:
         if backend == "onnx" and device != "cpu":
             raise SonocadError("the onnx back end runs on the CPU only; use device 'cpu'")
         self.backend = backend
-        self.checkpoint, self.runner, self.meta, self.task, self._detector = _open(
+        self.checkpoint, self.runner, self.info, self.task, self._detector = _open(
             source, backend, device)
-        self.class_names: list[str] = list(self.meta["class_names"])
-        self.transform_config = InputSpec.from_dict(self.meta["transform"])
-        rule = self.meta.get("decision")
+        self.class_names: list[str] = list(self.info.class_names)
+        self.transform_config = InputSpec.from_dict(self.info.transform)
+        rule = self.info.decision
         self.rule = (DecisionRule.from_dict(rule)
                      if rule and self.task.lesion_map and self.task.class_scores else None)
 
@@ -189,7 +190,7 @@ class Predictor:
 
 
 def _open(source: Checkpoint | str | Path, backend: str, device: str
-          ) -> tuple[Checkpoint | None, Any, dict[str, Any], TaskOutputs, bool]:
+          ) -> tuple[Checkpoint | None, Any, CheckpointMeta, TaskOutputs, bool]:
     """(checkpoint or None for an ONNX file, runner, meta, task, whether it is a detector)."""
     if backend == "onnx":
         # Imported on use: ONNX Runtime is an extra.
@@ -200,8 +201,8 @@ def _open(source: Checkpoint | str | Path, backend: str, device: str
         if backend != "onnx":
             raise InputError(source, "an ONNX model runs on the onnx back end, not torch")
         runner = OnnxRunner.from_file(source)
-        task = _task_outputs(runner.meta["task"], backend)
-        return None, _augmented(runner, runner.meta), runner.meta, task, False
+        task = _task_outputs(runner.info.task, backend)
+        return None, _augmented(runner, runner.info), runner.info, task, False
     # A checkpoint: torch from here on.
     from sonocad.checkpoint import Checkpoint, load_checkpoint
     from sonocad.inference.logits import TorchRunner, check_task
@@ -212,10 +213,10 @@ def _open(source: Checkpoint | str | Path, backend: str, device: str
     if task.detector:
         from sonocad.inference.detection import DetectionPredictor
 
-        return checkpoint, DetectionPredictor(checkpoint, device), checkpoint.meta, outputs, True
+        return checkpoint, DetectionPredictor(checkpoint, device), checkpoint.info, outputs, True
     runner = (TorchRunner(checkpoint.build_model(), task, device) if backend == "torch"
               else OnnxRunner.from_checkpoint(checkpoint))
-    return checkpoint, _augmented(runner, checkpoint.meta), checkpoint.meta, outputs, False
+    return checkpoint, _augmented(runner, checkpoint.info), checkpoint.info, outputs, False
 
 
 def _task_outputs(name: str, backend: str) -> TaskOutputs:
@@ -228,8 +229,8 @@ def _task_outputs(name: str, backend: str) -> TaskOutputs:
     return TaskOutputs(task.name, task.lesion_map, task.class_scores)
 
 
-def _augmented(runner: Runner, meta: dict[str, Any]) -> Runner:
-    return FlipAveraged(runner) if meta.get("tta") == "hflip" else runner
+def _augmented(runner: Runner, meta: CheckpointMeta) -> Runner:
+    return FlipAveraged(runner) if meta.tta == "hflip" else runner
 
 
 class FlipAveraged:

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 from sonocad.checkpoint import BUNDLED_MODEL, Checkpoint, load_checkpoint
+from sonocad.meta import CheckpointMeta
 from sonocad.report.html import Html, join, table, tag
 from sonocad.report.markdown import render_markdown
 from sonocad.report.sources import Run
@@ -37,22 +38,21 @@ def model_card(run: Run) -> tuple[Html, str]:
 
 def generated_card(run: Run) -> Html:
     """Model, recipe, data, split and selection, as far as the checkpoint records them."""
-    meta, recipe = run.meta, run.meta.get("recipe") or {}
-    data, model = meta.get("data") or {}, meta["model"]
+    meta = run.info
+    recipe, model = meta.recipe or {}, meta.model
     rows = [
-        ("Model", f"{model['name']}" + (f" ({_pairs(model['args'])})" if model.get("args")
-                                        else "")),
+        ("Model", model.name + (f" ({_pairs(model.args)})" if model.args else "")),
         ("Description", recipe.get("description") or "not recorded"),
-        ("Task", meta["task"]),
-        ("Classes", ", ".join(meta.get("class_names", [])) or "none"),
-        ("Input", describe_transform(meta.get("transform", {}))),
+        ("Task", meta.task),
+        ("Classes", ", ".join(meta.class_names) or "none"),
+        ("Input", describe_transform(meta.transform)),
         *(_recipe_rows(recipe) if recipe else [("Recipe", "not recorded")]),
-        *(_data_rows(data) if data else [("Training data", "not recorded")]),
-        *([("Adapted from", _origin(meta["init"]))] if meta.get("init") else []),
+        *(_data_rows(meta.data) if meta.data else [("Training data", "not recorded")]),
+        *([("Adapted from", _origin(meta.init))] if meta.init else []),
         ("Selection", selection(meta)),
         ("Evaluation", f"{run.evaluation.get('split', 'an unrecorded subset')}, "
                        f"{run.evaluation.get('n_images', '?')} images (results above)"),
-        ("Version", f"sonocad {meta.get('sonocad_version', '?')}"),
+        ("Version", f"sonocad {meta.sonocad_version or '?'}"),
     ]
     return join([table(None, rows),
                  tag("p", "Intended use: research on breast ultrasound. Not a medical device; "
@@ -117,16 +117,17 @@ def describe_transform(transform: dict[str, Any]) -> str:
     return f"{', '.join(parts)}; augmentation: {augment}"
 
 
-def selection(meta: dict[str, Any]) -> str:
+def selection(meta: CheckpointMeta) -> str:
     """How best.pt was chosen: the metric, its value and when."""
-    metric = meta.get("select_metric")
+    metric = meta.select_metric
     if not metric:
         return "not recorded"
-    value = (meta.get("metrics") or {}).get(metric)
-    mode = meta.get("recipe", {}).get("train", {}).get("select_mode", "max")
+    value = meta.metrics.get(metric)
+    mode = (meta.recipe or {}).get("train", {}).get("select_mode", "max")
     at = f"{value:.3f} " if isinstance(value, float) else ""
-    return (f"best validation {metric} ({mode}imum): {at}at epoch {meta.get('epoch', '?')}, "
-            f"step {meta.get('step', '?')}; the test subset was not used")
+    epoch, step = ("?" if n is None else n for n in (meta.epoch, meta.step))
+    return (f"best validation {metric} ({mode}imum): {at}at epoch {epoch}, step {step}; the "
+            "test subset was not used")
 
 
 def _loss(loss: dict[str, Any]) -> str:
@@ -148,7 +149,7 @@ def _is_bundled_model(checkpoint: Checkpoint) -> bool:
         return False
     with as_file(resource) as path:
         bundled = load_checkpoint(path)
-    if bundled.meta["model"]["name"] != checkpoint.meta["model"]["name"] or \
+    if bundled.info.model.name != checkpoint.info.model.name or \
             bundled.state_dict.keys() != checkpoint.state_dict.keys():
         return False
     return all(torch.equal(tensor, checkpoint.state_dict[key].to(tensor.dtype))

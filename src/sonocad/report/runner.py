@@ -118,10 +118,10 @@ def _facts(runs: list[Run]) -> list[tuple[str, object]]:
         return ", ".join(dict.fromkeys(values))
 
     training = [Path(names).name for run in runs
-                if (names := data_sets(run.meta.get("data") or {}))]
+                if (names := data_sets(run.info.data))]
     return [
         ("Runs", unique([run.name for run in runs])),
-        ("Models", unique([f"{run.model} ({run.meta['task']})" for run in runs])),
+        ("Models", unique([f"{run.model} ({run.info.task})" for run in runs])),
         ("Training data", unique(training) or "not recorded"),
         ("Test data", unique([f"{run.evaluation.get('split', '?')} "
                               f"({run.evaluation.get('n_images', '?')} images)"

@@ -82,7 +82,7 @@ def summary_section(runs: Sequence[Run]) -> Html:
     per_run = [dict(headlines(run)) for run in runs]
     labels = list(dict.fromkeys(label for values in per_run for label in values))
     rows = [["Model", *(run.model for run in runs)],
-            ["Task", *(run.meta["task"] for run in runs)],
+            ["Task", *(run.info.task for run in runs)],
             ["Test images", *(number(run.evaluation.get("n_images")) for run in runs)],
             *([label, *(stat(values[label]) if label in values
                         else tag("span", "–", class_="na") for values in per_run)]
@@ -107,7 +107,7 @@ def run_section(index: int, run: Run, examples: list[Example] | str, *,
     split = run.evaluation.get("split", "an unrecorded subset")
     where = ([" · run folder ", tag("code", run.folder)] if run.folder is not None else [])
     blocks = [
-        tag("h2", join([f"{index}. {run.name}", tag("span", kind or run.meta["task"],
+        tag("h2", join([f"{index}. {run.name}", tag("span", kind or run.info.task,
                                                     class_="tag")], sep="")),
         tag("p", join([f"{run.model}, evaluated on ", tag("code", split), " · evaluation ",
                        tag("code", run.evaluation_dir), *where], sep=""), class_="lead"),
@@ -127,7 +127,7 @@ def run_section(index: int, run: Run, examples: list[Example] | str, *,
 # --- data and training ---------------------------------------------------------------------
 
 def _data(run: Run) -> Html:
-    data, labels = run.meta.get("data", {}), Counter(row["label"] for row in run.predictions)
+    data, labels = run.info.data, Counter(row["label"] for row in run.predictions)
     provenance = [
         ("Data set", _code(data_sets(data)) if data_sets(data) else "not recorded"),
         ("Split file", _code(data.get("split")) if data.get("split") else "not recorded"),
@@ -138,14 +138,13 @@ def _data(run: Run) -> Html:
            ("Validation images", _count(data.get("n_val"), [data.get("val_subset")]))]),
         ("Test images", join([_count(run.evaluation.get("n_images"), []), " from ",
                               tag("code", run.evaluation.get("split", "?"))], sep="")),
-        ("Classes", ", ".join(run.meta.get("class_names", [])) or "none"),
-        ("Input", describe_transform(run.meta.get("transform", {}))),
+        ("Classes", ", ".join(run.info.class_names) or "none"),
+        ("Input", describe_transform(run.info.transform)),
         ("Data fingerprint", _code(str(data.get("fingerprint", "not recorded"))[:16])),
     ]
     lesions = Counter(row["label"] for row in run.predictions if row.get("truth_lesion"))
     with_lesion = any("truth_lesion" in row for row in run.predictions)
-    order = [*run.meta.get("class_names", []), *sorted(set(labels) - set(
-        run.meta.get("class_names", [])), key=str)]
+    order = [*run.info.class_names, *sorted(set(labels) - set(run.info.class_names), key=str)]
     rows = [[str(label), number(labels[label]), f"{labels[label] / len(run.predictions):.0%}",
              *([number(lesions[label])] if with_lesion else [])]
             for label in order if labels[label]]
@@ -169,11 +168,11 @@ def _training(run: Run) -> Html:
     else:
         blocks.append(note(f"No metrics.csv in {run.folder}: the training curves are not "
                            "available."))
-    facts = [f"Selection: {selection(run.meta)}."]
+    facts = [f"Selection: {selection(run.info)}."]
     if run.summary:
         facts.append(ran(run.summary))
     blocks.append(tag("p", " ".join(facts)))
-    at_selection = {key: value for key, value in (run.meta.get("metrics") or {}).items()
+    at_selection = {key: value for key, value in run.info.metrics.items()
                     if isinstance(value, int | float)}
     if at_selection:
         blocks.append(table(["Validation metric", "best.pt"],
@@ -186,9 +185,9 @@ def _training(run: Run) -> Html:
 def training_figure(run: Run) -> Html:
     """The run's curves against epochs, or against steps for a short run or one whose
     per-step loss (steps.csv) is there."""
-    select = run.meta.get("select_metric")
+    select = run.info.select_metric
     x = "step" if run.steps else x_axis([run.history])
-    best = run.meta.get(x)
+    best = run.info.step if x == "step" else run.info.epoch
     curves = training_curves(run.history, run.steps, select, best, x)
     per_step = "; grey: each logged step's training loss, from steps.csv" if run.steps else ""
     return figure(figure_uri(curves), f"Training curves: the losses (top{per_step}) and "

@@ -27,6 +27,7 @@ from typing import Any
 from sonocad.checkpoint import Checkpoint, bundled_checkpoint, load_checkpoint
 from sonocad.errors import InputError
 from sonocad.io.outputs import PROVENANCE
+from sonocad.meta import CheckpointMeta, ModelSpec
 from sonocad.predictions import read_predictions
 
 EVALUATION = "metrics.json"
@@ -64,18 +65,18 @@ class Run:
         return self.label or (self.folder or self.evaluation_dir).resolve().name
 
     @property
-    def meta(self) -> dict[str, Any]:
+    def info(self) -> CheckpointMeta:
         """The checkpoint's meta; without a checkpoint, what the evaluation says of it."""
         if self.checkpoint is not None:
-            return self.checkpoint.meta
+            return self.checkpoint.info
         classes = next((part.metrics["class_names"] for part in self.parts
                         if part.metrics.get("class_names")), [])
-        return {"task": self.evaluation.get("task", "?"), "class_names": classes,
-                "model": {"name": self.evaluation.get("model", "?")}}
+        return CheckpointMeta(self.evaluation.get("task", "?"),
+                              ModelSpec(self.evaluation.get("model", "?")), tuple(classes), {})
 
     @property
     def model(self) -> str:
-        return self.meta["model"]["name"]
+        return self.info.model.name
 
     @property
     def bundled(self) -> bool:
@@ -149,7 +150,7 @@ def _trained_run(folder: Path, evaluation_dir: str | Path | None) -> Run:
 
 def _run(folder: Path | None, evaluation: Path, checkpoint: Checkpoint | None,
          metrics: dict[str, Any], provenance: dict[str, Any], name: str | None = None) -> Run:
-    model = checkpoint.meta["model"]["name"] if checkpoint is not None else None
+    model = checkpoint.info.model.name if checkpoint is not None else None
     if model is not None and metrics.get("model") not in (None, model):
         raise InputError(evaluation / EVALUATION,
                          f"evaluates {metrics['model']}, but {checkpoint.path} is {model}; is "

@@ -292,7 +292,7 @@ def _outlined(viewer: Viewer, result_id: str, frame: int,
 def describe_model(predictor: Predictor) -> dict[str, Any]:
     """What the page shows about the model: from its meta, never a file path."""
     return {
-        "name": predictor.meta["model"]["name"],
+        "name": predictor.info.model.name,
         "task": predictor.task.name,
         "class_names": predictor.class_names,
         "input_size": list(predictor.transform_config.size),  # (height, width)

@@ -47,7 +47,7 @@ def run(model: str | Path | None, host: str = "127.0.0.1", port: int = 8000,
         listing = annotations.listing()
         print(f"sonocad: annotating {listing['count']} images into {annotations.root} "
               f"({listing['done']} saved already)", flush=True)
-    print(f"sonocad: serving {predictor.meta['model']['name']} ({predictor.task.name}) at "
+    print(f"sonocad: serving {predictor.info.model.name} ({predictor.task.name}) at "
           f"http://{shown_host}:{bound_port}/ (Ctrl+C stops)", flush=True)
     make_server(app).run(sockets=[listener])
 

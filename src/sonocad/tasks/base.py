@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from sonocad.data.sample import Sample
 from sonocad.errors import SonocadError
 from sonocad.io.pixels import Image
+from sonocad.meta import CheckpointMeta
 from sonocad.progress import progress
 
 LossFn = Callable[[Any, Any], Tensor]
@@ -32,7 +33,7 @@ class PredictorLike(Protocol):
     """What evaluation needs of a predictor (`sonocad.inference`): classes, meta, predict."""
 
     class_names: list[str]
-    meta: dict[str, Any]
+    info: CheckpointMeta
 
     def predict(self, images: Sequence[Any]) -> list[Any]: ...
 

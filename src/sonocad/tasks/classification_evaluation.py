@@ -61,7 +61,7 @@ def evaluate_classification(model: PredictorLike, samples: list[Sample], out: st
                      f"95 % percentile bootstrap CIs over "
                      f"{'patients' if by_patient else 'images'} ({n_boot} resamples; those in "
                      "which a metric is undefined are left out of its CI)",
-        "model": model.meta["model"]["name"],
+        "model": model.info.model.name,
         "split": split_spec,
         **({"checkpoint": str(checkpoint)} if checkpoint is not None else {}),
         "class_names": class_names,

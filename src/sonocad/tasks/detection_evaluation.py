@@ -80,7 +80,7 @@ def evaluate_detection(model: PredictorLike, samples: list[Sample], out: str | P
                 "n_truth_instances": len(truth)})
             instances[sample.image_id] = _instance_records(predicted, class_names)
     summary = _summary(rows, scored, class_names, n_boot)
-    summary.update(model=model.meta["model"]["name"], split=split_spec,
+    summary.update(model=model.info.model.name, split=split_spec,
                    **({"checkpoint": str(checkpoint)} if checkpoint is not None else {}))
     write_predictions(out / "predictions", rows)
     write_text(out / "instances.json", json.dumps(instances, separators=(",", ":")) + "\n")

@@ -99,7 +99,7 @@ class MultitaskTask(Task):
                                                       predictions=class_only)
         rows = [{**seg, **{k: v for k, v in cls.items() if k not in seg}}
                 for seg, cls in zip(segmentation.rows, classification.rows, strict=True)]
-        summary = {"task": self.name, "model": model.meta["model"]["name"],
+        summary = {"task": self.name, "model": model.info.model.name,
                    "split": split_spec, "checkpoint": str(checkpoint), "n_images": len(rows),
                    "parts": {"segmentation": segmentation.metrics,
                              "classification": classification.metrics}}

@@ -49,7 +49,7 @@ def evaluate_segmentation(model: PredictorLike, samples: list[Sample], out: Path
         pooled = pooled + confusion(truth, predicted)
         cases.append((sample, metrics["dice"]))
     summary = _segmentation_summary(rows, pooled, n_boot)
-    summary.update(split=split_spec, model=model.meta["model"]["name"],
+    summary.update(split=split_spec, model=model.info.model.name,
                    **({"checkpoint": str(checkpoint)} if checkpoint is not None else {}))
     write_predictions(out / "predictions", rows)
     write_json(out / "metrics.json", summary)

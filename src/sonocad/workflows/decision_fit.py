@@ -226,11 +226,11 @@ def rule_out_point(records: Sequence[ImageRecord], calls: Sequence[str],
 
 def _initial_rule(package: Checkpoint) -> DecisionRule | None:
     """The decision rule of the checkpoint `package` was fine-tuned from, if it has one."""
-    origin = package.meta.get("init", {}).get("from")
+    origin = (package.info.init or {}).get("from")
     if origin is None:
         return None
     source = bundled_checkpoint() if origin == "default" else load_checkpoint(origin)
-    rule = source.meta.get("decision")
+    rule = source.info.decision
     return None if rule is None else DecisionRule.from_dict(rule)
 
 

@@ -68,7 +68,7 @@ def evaluate(checkpoint: str | Path, data: DataArg, split_spec: str | Sequence[s
     specs = [split_spec] if isinstance(split_spec, str) else list(split_spec)
     samples = _subset_samples(data, specs, layout)
     _check_fields(samples, by)
-    labels = loaded.meta["data"].get("labels")
+    labels = loaded.info.data.get("labels")
     if labels:
         samples = [s for s in samples if s.label in labels]
     if per == PATIENT:
@@ -78,7 +78,7 @@ def evaluate(checkpoint: str | Path, data: DataArg, split_spec: str | Sequence[s
     claim_output_dir(out, "evaluate", inputs=[*([] if bundled else [checkpoint]), *data_paths],
                      overwrite=overwrite)
     model = DetectionPredictor(loaded) if task.detector else Predictor(loaded)
-    write_provenance(out, [model_record(loaded.meta, loaded.path, bundled=bundled)], "torch")
+    write_provenance(out, [model_record(loaded.info, loaded.path, bundled=bundled)], "torch")
     result = task.evaluate(model, samples, out, " + ".join(specs), overlays=overlays,
                            batch_size=batch_size, n_boot=n_boot, checkpoint=checkpoint)
     keys = list(dict.fromkeys([*(["source"] if len(specs) > 1 else []), *by]))
@@ -103,8 +103,8 @@ def evaluate_out_of_fold(checkpoints: Sequence[str | Path], data: str | Path,
     loaded = [load_checkpoint(path) for path in checkpoints]
     first = loaded[0]
     for path, other in zip(checkpoints, loaded):
-        if (other.task, other.class_names, other.meta["model"]["name"]) != (
-                first.task, first.class_names, first.meta["model"]["name"]):
+        if (other.task, other.class_names, other.info.model.name) != (
+                first.task, first.class_names, first.info.model.name):
             raise InputError(path, "is not the same model and classes as the first fold's")
     task = get_task(first.task)
     if task.detector:
@@ -112,11 +112,11 @@ def evaluate_out_of_fold(checkpoints: Sequence[str | Path], data: str | Path,
                            "detector's folds are reported one by one")
     out = Path(out)
     folds = [_subset_samples(data, [spec], layout) for spec in split_specs]
-    labels = first.meta["data"].get("labels")
+    labels = first.info.data.get("labels")
     if labels:
         folds = [[s for s in samples if s.label in labels] for samples in folds]
     claim_output_dir(out, "evaluate", inputs=[*checkpoints, data], overwrite=overwrite)
-    write_provenance(out, [model_record(c.meta, c.path) for c in loaded], "torch")
+    write_provenance(out, [model_record(c.info, c.path) for c in loaded], "torch")
 
     def out_of_fold() -> Iterator[Predicted]:
         for fold, (checkpoint, samples) in enumerate(zip(loaded, folds)):  # one model at a time
