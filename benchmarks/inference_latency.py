@@ -1,6 +1,6 @@
 """Milliseconds per image under torch eager and ONNX Runtime, every registered model.
 
-Usage: python benchmarks/inference_latency.py [--size 256] [--repeats 10]
+Usage: python benchmarks/inference_latency.py [--size 256] [--repeats 10] [--models NAME ...]
 Batch 1, a `--size` square input, 2 threads for both engines, measured side by side in one run
 (the ratio is what to compare on a noisy machine). Untrained weights: speed does not depend
 on them. The last line sets the default model (segmentation + classification in one call,
@@ -43,6 +43,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--models", nargs="+", metavar="NAME",
+                        help="only these registered models (default: all)")
     args = parser.parse_args()
     torch.set_num_threads(2)
     print(f"Inference latency, batch 1, {args.size} px — {machine_line()}\n")
@@ -51,7 +53,7 @@ def main() -> None:
     image = torch.randn(1, 3, args.size, args.size).numpy()
     times: dict[str, tuple[float, float]] = {}
     for task in ("multitask", "segmentation", "classification"):
-        for name in list_models(task):
+        for name in [n for n in list_models(task) if not args.models or n in args.models]:
             try:
                 torch_runner, onnx_runner = runners(name, task, args.size)
             except SonocadError as exc:  # e.g. AlexNet's pooling exports only at 224 px
@@ -63,6 +65,8 @@ def main() -> None:
             times[name] = eager, onnx
             print(f"| {name} | {task} | {eager:.1f} | {onnx:.1f} | {eager / onnx:.2f} |",
                   flush=True)
+    if not {DEFAULT, REFERENCE} <= times.keys():
+        return
     default_onnx, reference_eager = times[DEFAULT][1], times[REFERENCE][0]
     print(f"\n{DEFAULT} (segmentation + classification, ONNX Runtime) {default_onnx:.1f} ms "
           f"against {REFERENCE} (segmentation only, torch eager) {reference_eager:.1f} ms: "
