@@ -83,7 +83,7 @@ def test_the_bundled_onnx_twin_gives_the_checkpoints_masks_on_busi(busi_root: Pa
     lean = Predictor.default(backend="onnx")
     assert lean.checkpoint is None and lean.backend == "onnx"
     heavy = Predictor.default(backend="torch")
-    spec, config = lean.transform_config, TransformConfig.from_dict(heavy.meta["transform"])
+    spec, config = lean.transform_config, TransformConfig.from_dict(heavy.info.transform)
     contour, pixels_seen = [], 0
     for start in range(0, len(paths), 10):
         images = [read_image(path).pixels for path in paths[start:start + 10]]
