@@ -24,6 +24,7 @@ from sonocad.data.sample import Sample
 from sonocad.errors import SonocadError
 from sonocad.evaluation.classification import BENIGN_VS_MALIGNANT, classification_metrics
 from sonocad.evaluation.figures import save_figure
+from sonocad.evaluation.intervals import RULE
 from sonocad.io.atomic import write_json
 from sonocad.predictions import prediction_columns, sample_columns, write_predictions
 from sonocad.tasks.base import EvaluationResult, Predicted, PredictorLike, predict_samples
@@ -58,9 +59,9 @@ def evaluate_classification(model: PredictorLike, samples: list[Sample], out: st
         "reduction": "metrics pooled over all images ('mean' is the estimate on the whole "
                      "subset); one-vs-rest AUROC, macro = unweighted mean over classes; "
                      f"top-label ECE in {result['calibration']['n_bins']} equal-width bins; "
-                     f"95 % percentile bootstrap CIs over "
-                     f"{'patients' if by_patient else 'images'} ({n_boot} resamples; those in "
-                     "which a metric is undefined are left out of its CI)",
+                     f"{RULE} ({n_boot} resamples over "
+                     f"{'patients' if by_patient else 'images'}; those in which a metric is "
+                     "undefined are left out of its CI)",
         "model": model.info.model.name,
         "split": split_spec,
         **({"checkpoint": str(checkpoint)} if checkpoint is not None else {}),

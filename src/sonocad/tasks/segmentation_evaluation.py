@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from sonocad.data.sample import Sample
+from sonocad.evaluation.intervals import RULE
 from sonocad.evaluation.lesion_detection import lesion_detection_summary, lesion_matches
 from sonocad.evaluation.segmentation import (
     SEGMENTATION_METRICS,
@@ -71,8 +72,8 @@ def _segmentation_summary(rows: list[dict[str, Any]], pooled: PixelCounts,
     return {
         "task": "segmentation",
         "n_images": len(rows),
-        "reduction": f"per-image metrics averaged over images; 95 % percentile bootstrap CIs "
-                     f"over {unit}; confusion matrix pooled over all pixels",
+        "reduction": f"per-image metrics averaged over images ({unit} resampled); {RULE}; "
+                     "confusion matrix pooled over all pixels",
         "groups": {name: {"n_images": len(group), **summarise(
                        group, SEGMENTATION_METRICS, n_boot=n_boot,
                        group_by="patient_id" if by_patient else None)}
