@@ -263,17 +263,18 @@ def _share(count: int, total: int) -> str:
     return f"{count}/{total} ({count / total:.1%})" if total else "—"
 
 
-def held_out_scanner(folder: Path) -> dict[str, Any]:
+def held_out_scanner(folder: Path, out: Path) -> dict[str, Any]:
     """A model of the recipe trained for HELD_OUT_STEPS on BUSI and BUS-BRA without any Toshiba
     image (into `folder` unless it holds one): its lesion IoU on the 139 Toshiba images and on
-    the other scanners' test images, and the failure AUROC of its flag on the Toshiba images,
-    with its rule fitted as the shipped file's (validation subsets and lesion-free windows)."""
+    the other scanners' test images (evaluated into `out`, not into a run this script may not
+    have made), and the failure AUROC of its flag on the Toshiba images, with its rule fitted
+    as the shipped file's (validation subsets and lesion-free windows)."""
     summary = train_row(folder, ["busi", "busbra-t"], HELD_OUT_STEPS, reuse=True, overrides=[])
     data, split = HELD_OUT
     iou = {}
     for name, part in (("in_domain_iou", "test"), ("toshiba_iou", "held_out")):
-        result = evaluate(folder / "best.pt", data, f"{split}:{part}", folder / f"eval_{part}",
-                          overlays=0, overwrite=True)
+        result = evaluate(folder / "best.pt", data, f"{split}:{part}",
+                          out / f"held_out_eval_{part}", overlays=0, overwrite=True)
         iou[name] = result.metrics["parts"]["segmentation"]["groups"]["lesion"]["iou"]
     rule, _ = choose_rule(folder / "best.pt", sources=(TESTS["busi"], HELD_OUT))
     records = score_images(Predictor(folder / "best.pt"), subset(data, split, "held_out"))
@@ -492,7 +493,7 @@ def main() -> None:
     # As written to disk: plain JSON types, which a weights-only torch.load accepts.
     test_metrics = json.loads((out / "eval" / "metrics.json").read_text())
     package = Checkpoint({**package.meta, "test_metrics": test_metrics}, package.state_dict)
-    held_out = held_out_scanner((args.held_out or out / "held_out").resolve())
+    held_out = held_out_scanner((args.held_out or out / "held_out").resolve(), out)
     minutes = sum(summary["minutes"] for summary in summaries) if summaries else None
     rendered = table(result.metrics, onnx_ms, eager_ms, minutes, size_mb(package), held_out,
                      proxy_rows(package))
